@@ -1,0 +1,185 @@
+"""The ``mofi`` command: one subcommand per pipeline stage, plus ``run``, ``serve`` and ``ui``.
+
+Stage commands are thin: they hand their params section to the stage's pure function (see
+``mofi_core.stage.execute``). DVC calls them (``dvc.yaml``); Prefect calls DVC (``flows/``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+# Quiet and offline by default; an explicit environment setting wins.
+OFFLINE_DEFAULTS = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+app = typer.Typer(help="MOFI pipeline: noisy image/alt-text pairs -> Image-to-Entities dataset "
+                       "-> image encoders, evaluated against a CLIP trained on raw alt-text.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (one section per stage)")]
+RootOpt = Annotated[Path, typer.Option("--root", help="project root holding data/, models/...")]
+
+
+def _fail(err: BaseException) -> None:
+    if os.environ.get("MOFI_DEBUG"):
+        traceback.print_exc()
+    typer.echo(f"error: {type(err).__name__}: {err}", err=True)
+    raise typer.Exit(1)
+
+
+def _stage_command(name: str, loader: Callable[[], Callable], help_text: str) -> None:
+    def command(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+        from mofi_core.stage import execute
+
+        try:
+            metrics = execute(name, loader(), params, root)
+        except Exception as err:  # every failure is reported with its message and exit code 1
+            _fail(err)
+        typer.echo(f"{name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in _flat(metrics).items()))
+
+    command.__doc__ = help_text
+    app.command(name, help=help_text)(command)
+
+
+def _flat(metrics: dict) -> dict:
+    from mofi_core.tracking import flatten
+
+    return flatten(metrics)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _load(module: str, attr: str = "run") -> Callable[[], Callable]:
+    def loader() -> Callable:
+        import importlib
+
+        return getattr(importlib.import_module(module), attr)
+
+    return loader
+
+
+STAGES = {
+    "corpus": (_load("mofi_core.demo.world"),
+               "Materialise the embedded demo world: KB, corpus shards, ground truth, benchmark."),
+    "ingest": (_load("mofi_core.curate.ingest"),
+               "Decode-check and normalise every sample; clean shards + manifest + rejects."),
+    "ner": (_load("mofi_core.curate.ner"),
+            "spaCy NER + KB gazetteer on alt-text; link mentions to KB candidates."),
+    "baseline": (_load("mofi_core.train.run", "run_baseline"),
+                 "Train the control: CLIP on raw alt-text (also the default scorer)."),
+    "score": (_load("mofi_core.curate.score"),
+              "CLIP similarity of every (image, candidate entity) pair."),
+    "build": (_load("mofi_core.curate.build"),
+              "Filter rule + min images per entity -> Image-to-Entities dataset."),
+    "validate": (_load("mofi_core.validate"),
+                 "great-expectations gate on the I2E dataset; failure stops the pipeline."),
+    "train": (_load("mofi_core.train.run", "run_train"),
+              "Train the MOFI encoder on the I2E dataset (train.recipe)."),
+    "evaluate": (_load("mofi_core.evaluate.report"),
+                 "GPR1200-protocol retrieval: MOFI vs the baseline CLIP."),
+    "register": (_load("mofi_core.registry"),
+                 "Log the encoder to MLflow, register it, promote to champion if better."),
+}
+for _name, (_loader, _help) in STAGES.items():
+    _stage_command(_name, _loader, _help)
+
+
+def _parse_sets(values: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=50")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+@app.command()
+def run(sets: Annotated[list[str], typer.Option(
+            "--set", "-S", help="override a param, e.g. -S train.steps=50 (repeatable)")] = [],  # noqa: B006
+        project_dir: Annotated[Path, typer.Option(help="project folder")] = Path("."),
+        retries: Annotated[int, typer.Option(help="retries of a failed stage")] = 1) -> None:
+    """Run the whole pipeline now: the Prefect flow 'mofi' over the DVC stages (no server needed)."""
+    overrides = _parse_sets(sets)
+    from flows.mofi_flow import mofi
+
+    try:
+        summary = mofi(overrides=overrides, project_dir=str(project_dir.resolve()),
+                       retries=retries)
+    except Exception as err:
+        _fail(err)
+    _print_summary(summary, project_dir.resolve())
+
+
+def _print_summary(summary: dict, root: Path) -> None:
+    typer.echo("\nstage times:")
+    for s in summary["stages"]:
+        typer.echo(f"  {s['stage']:<9} {s['status']:<8} {s['seconds']:>7.1f} s")
+    typer.echo("\nretrieval on the benchmark (GPR1200 protocol):")
+    for name in ("mofi", "baseline"):
+        m = summary.get(name) or {}
+        if m:
+            typer.echo(f"  {name:<9} mAP {m['gpr_map']:.4f}  R@1 {m['recall_at_1']:.4f}  "
+                       f"R@5 {m['recall_at_5']:.4f}")
+    model = summary.get("model") or {}
+    if model:
+        typer.echo(f"\nregistered {model['model_name']} version {model['version']}; "
+                   f"champion is version {model['champion']}")
+    typer.echo(f"\nMLflow UI: mofi ui --root {root}   (then open http://127.0.0.1:5000)")
+
+
+@app.command()
+def serve(project_dir: Annotated[Path, typer.Option(help="project folder")] = Path(".")) -> None:
+    """Register deployment 'full' of flow 'mofi' with the Prefect server and serve it
+    (then: prefect deployment run mofi/full)."""
+    from flows.mofi_flow import mofi
+
+    mofi.serve(name="full", parameters={"project_dir": str(project_dir.resolve())},
+               description="the whole MOFI pipeline over the DVC stages")
+
+
+@app.command()
+def ui(root: RootOpt = Path("."),
+       port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
+       host: Annotated[str, typer.Option(help="bind address; keep loopback unless you mean it")]
+       = "127.0.0.1") -> None:
+    """Open the MLflow UI on the project's tracking store."""
+    from mofi_core.tracking import configure
+
+    configure(root.resolve())
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port)]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (root.resolve() / ".mlflow" / "artifacts").as_uri()]
+    typer.echo(" ".join(cmd))
+    os.execv(sys.executable, cmd)
+
+
+def main() -> None:
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    app()
+
+
+if __name__ == "__main__":
+    main()

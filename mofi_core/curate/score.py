@@ -1,0 +1,138 @@
+"""score: CLIP similarity of each (image, candidate entity). Scores only; ``build`` decides.
+
+Entity text embeddings are computed once per entity (never per image); images are decoded and
+preprocessed in DataLoader workers while the main process runs the image tower.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from mofi_core.config import ScoreConfig
+from mofi_core.io import tables
+from mofi_core.io.shards import iter_samples, list_shards
+from mofi_core.kb import KnowledgeBase
+from mofi_core.models.artifact import image_transform, load_model
+from mofi_core.models.factory import tokenizer_for
+from mofi_core.train.loop import resolve_device
+
+
+class ShardImages(IterableDataset):
+    """(key, preprocessed image) for the wanted keys; shards are split across workers."""
+
+    def __init__(self, shards: list[Path], keys: set[str], transform) -> None:
+        self.shards, self.keys, self.transform = shards, keys, transform
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        info = get_worker_info()
+        mine = self.shards if info is None else self.shards[info.id::info.num_workers]
+        for shard in mine:
+            for s in iter_samples(shard):
+                if s["__key__"] in self.keys:
+                    img = Image.open(io.BytesIO(s["jpg"])).convert("RGB")
+                    yield s["__key__"], self.transform(img)
+
+
+def load_scorer(cfg: ScoreConfig, baseline_dir: Path):
+    """(clip model, image transform, tokenizer) for ``score.model``."""
+    if cfg.model == "baseline":
+        model, meta = load_model(baseline_dir)
+        if meta.kind != "clip":
+            raise ValueError(f"{baseline_dir} holds a {meta.kind!r} model; scoring needs a CLIP")
+        return model, image_transform(meta), tokenizer_for(meta.arch_config)
+    return _load_open_clip(cfg)
+
+
+def _load_open_clip(cfg: ScoreConfig):
+    import open_clip
+
+    if not cfg.pretrained:
+        raise ValueError(f"score.model={cfg.model!r} without score.pretrained would score with "
+                         "random weights; set score.pretrained to a tag or a checkpoint file")
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.model, pretrained=cfg.pretrained)
+    except Exception as err:  # open_clip raises RuntimeError/OSError/hub errors alike
+        raise RuntimeError(
+            f"could not load open_clip {cfg.model!r} with pretrained={cfg.pretrained!r}: {err}. "
+            "Offline, only checkpoint files on disk (or tags already in the local cache) work: "
+            "download the weights where there is network and set score.pretrained to the file."
+        ) from err
+    return model.eval(), preprocess, open_clip.get_tokenizer(cfg.model)
+
+
+@torch.no_grad()
+def entity_text_embeddings(model, tokenizer, kb: KnowledgeBase, entity_ids: list[str],
+                           prompt: str, device: torch.device, batch: int = 256) -> torch.Tensor:
+    out = []
+    for i in range(0, len(entity_ids), batch):
+        texts = [prompt.format(name=kb.entities[e].name) for e in entity_ids[i:i + batch]]
+        out.append(model.encode_text(tokenizer(texts).to(device), normalize=True))
+    return torch.cat(out).float()
+
+
+def candidates_by_key(mentions: pa.Table) -> dict[str, list[str]]:
+    cands: dict[str, list[str]] = defaultdict(list)
+    for key, ent in zip(mentions["key"].to_pylist(), mentions["entity_id"].to_pylist(),
+                        strict=True):
+        if ent is not None and ent not in cands[key]:
+            cands[key].append(ent)
+    return dict(cands)
+
+
+@torch.no_grad()
+def score(ingest_dir: Path, mentions_file: Path, kb_path: Path, baseline_dir: Path,
+          out_file: Path, cfg: ScoreConfig, num_workers: int = 1) -> dict[str, float]:
+    device = resolve_device(cfg.device)
+    model, transform, tokenizer = load_scorer(cfg, baseline_dir)
+    model = model.to(device)
+    kb = KnowledgeBase.load(kb_path)
+    cands = candidates_by_key(tables.read_table(mentions_file, tables.MENTIONS))
+    entity_ids = sorted({e for es in cands.values() for e in es})
+    missing = [e for e in entity_ids if e not in kb.entities]
+    if missing:
+        raise ValueError(f"{mentions_file} links to entities not in {kb_path}: {missing[:5]}")
+    index = {e: i for i, e in enumerate(entity_ids)}
+    text = entity_text_embeddings(model, tokenizer, kb, entity_ids, cfg.prompt, device)
+    loader = DataLoader(ShardImages(list_shards(ingest_dir / "shards"), set(cands), transform),
+                        batch_size=cfg.batch_size, num_workers=num_workers)
+    rows_key, rows_ent, rows_score = [], [], []
+    for keys, images in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            img = model.encode_image(images.to(device), normalize=True).float()
+        for key, emb in zip(keys, img, strict=True):
+            ents = cands[key]
+            sims = text[[index[e] for e in ents]] @ emb
+            rows_key.extend([key] * len(ents))
+            rows_ent.extend(ents)
+            rows_score.extend(sims.cpu().tolist())
+    unseen = set(cands) - set(rows_key)
+    if unseen:
+        raise ValueError(f"{len(unseen)} keys in {mentions_file} have no image in "
+                         f"{ingest_dir / 'shards'} (e.g. {sorted(unseen)[:3]}): ner and ingest "
+                         "outputs are out of sync; re-run both")
+    table = pa.table({"key": rows_key, "entity_id": rows_ent,
+                      "score": pa.array(rows_score, pa.float32())})
+    tables.write_table(out_file, table, tables.SCORES)
+    scores = np.asarray(rows_score, dtype=np.float32)
+    return {"pairs_scored": len(scores), "images_scored": len(set(rows_key)),
+            "entities_scored": len(entity_ids),
+            "score_mean": float(scores.mean()) if len(scores) else 0.0,
+            "score_p10": float(np.percentile(scores, 10)) if len(scores) else 0.0,
+            "score_p90": float(np.percentile(scores, 90)) if len(scores) else 0.0}
+
+
+def run(cfg: ScoreConfig, ctx) -> dict:
+    """Stage ``score``: CLIP similarity per (image, candidate entity)."""
+    lay = ctx.layout
+    return score(lay.ingest, lay.ner / "mentions.parquet", lay.kb, lay.baseline_model,
+                 lay.score / "scores.parquet", cfg)

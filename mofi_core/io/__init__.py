@@ -1,0 +1,1 @@
+"""Paths, atomic writes, shard and table I/O shared by every stage."""

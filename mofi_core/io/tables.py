@@ -1,0 +1,65 @@
+"""Parquet tables between stages, each with a declared schema checked where it is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mofi_core.io.atomic import atomic_path
+
+KB = pa.schema([
+    ("entity_id", pa.string()), ("name", pa.string()), ("aliases", pa.list_(pa.string())),
+    ("description", pa.string()), ("type", pa.string()),
+])
+TRUTH = pa.schema([("key", pa.string()), ("entity_ids", pa.list_(pa.string()))])
+MANIFEST = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+    ("sha256", pa.string()), ("text", pa.string()), ("duplicate_of", pa.string()),
+])
+REJECTS = pa.schema([("key", pa.string()), ("shard", pa.string()), ("reason", pa.string())])
+MENTIONS = pa.schema([
+    ("key", pa.string()), ("mention", pa.string()), ("start", pa.int32()), ("end", pa.int32()),
+    ("label", pa.string()), ("source", pa.string()), ("entity_id", pa.string()),
+    ("link_score", pa.float32()),
+])
+SCORES = pa.schema([("key", pa.string()), ("entity_id", pa.string()), ("score", pa.float32())])
+LABELS = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("entity_ids", pa.list_(pa.string())),
+    ("scores", pa.list_(pa.float32())),
+])
+
+
+class SchemaError(ValueError):
+    """A table between stages does not have the columns/types its reader expects."""
+
+
+def write_table(path: Path | str, table: pa.Table, schema: pa.Schema) -> None:
+    """Cast to ``schema`` (column order and types) and publish atomically."""
+    try:
+        table = table.select(schema.names).cast(schema)
+    except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise SchemaError(f"cannot write {path}: {err}; expected {schema}") from err
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_table(path: Path | str, schema: pa.Schema) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run the stage that produces it first")
+    table = pq.read_table(path)
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise SchemaError(f"{path}: missing columns {missing}; expected {schema.names}")
+    table = table.select(schema.names)
+    for f in schema:
+        if not table.schema.field(f.name).type.equals(f.type):
+            raise SchemaError(f"{path}: column {f.name!r} is {table.schema.field(f.name).type}, "
+                              f"expected {f.type}")
+    return table
+
+
+def from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=schema)

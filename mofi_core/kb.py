@@ -1,0 +1,67 @@
+"""Knowledge base: one row per entity (entity_id, name, aliases, description, type).
+
+The alias index maps a normalised surface form to every entity it may name; a form shared by
+several entities yields several candidates, which later stages disambiguate.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from mofi_core.io import tables
+
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def normalise_alias(text: str) -> str:
+    """Casefold, strip accents and punctuation, collapse spaces: 'Mt. Fúji' -> 'mt fuji'."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c))
+    return " ".join(_PUNCT.sub(" ", text.casefold()).split())
+
+
+@dataclass(frozen=True)
+class KBEntity:
+    entity_id: str
+    name: str
+    aliases: tuple[str, ...]
+    description: str
+    type: str
+
+
+class KnowledgeBase:
+    def __init__(self, entities: list[KBEntity]) -> None:
+        self.entities = {e.entity_id: e for e in entities}
+        if len(self.entities) != len(entities):
+            raise ValueError("knowledge base has duplicate entity_id values")
+        index: dict[str, set[str]] = defaultdict(set)
+        for e in entities:
+            for form in (e.name, *e.aliases):
+                norm = normalise_alias(form)
+                if norm:
+                    index[norm].add(e.entity_id)
+        self.alias_index = {k: tuple(sorted(v)) for k, v in index.items()}
+
+    @classmethod
+    def load(cls, path: Path | str) -> "KnowledgeBase":
+        rows = tables.read_table(path, tables.KB).to_pylist()
+        bad = [r.get("entity_id") for r in rows if not r["entity_id"] or not r["name"]]
+        if bad:
+            raise ValueError(f"{path}: {len(bad)} KB rows lack entity_id or name (first: {bad[0]})")
+        return cls([KBEntity(r["entity_id"], r["name"], tuple(r["aliases"] or ()),
+                             r["description"] or "", r["type"] or "") for r in rows])
+
+    def candidates(self, mention: str) -> tuple[str, ...]:
+        return self.alias_index.get(normalise_alias(mention), ())
+
+    def surface_forms(self) -> list[str]:
+        """Every name and alias as written in the KB, for the gazetteer."""
+        forms = {f for e in self.entities.values() for f in (e.name, *e.aliases) if f.strip()}
+        return sorted(forms)
+
+    def __len__(self) -> int:
+        return len(self.entities)

@@ -1,0 +1,1 @@
+"""Model architectures (open_clip towers), the MOFI image classifier, and model folders on disk."""

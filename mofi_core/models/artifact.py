@@ -1,0 +1,91 @@
+"""A model on disk: ``model.safetensors`` (weights) + ``model.json`` (everything to rebuild it).
+
+Loading never unpickles: weights are safetensors, metadata is JSON, and the architecture config is
+stored inline so a folder loads without the registry that created it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mofi_core.io.atomic import atomic_dir
+from mofi_core.models.factory import ImageClassifier, build_clip
+
+FORMAT = "mofi-model/1"
+WEIGHTS, META = "model.safetensors", "model.json"
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    kind: str  # "clip" (image + text towers) or "classifier" (image tower + entity head)
+    arch: str
+    arch_config: dict[str, Any]
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    recipe: str
+    classes: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+
+
+def default_meta(kind: str, arch: str, cfg: dict[str, Any], recipe: str,
+                 classes: tuple[str, ...] = ()) -> ModelMeta:
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    size = cfg["vision_cfg"]["image_size"]
+    return ModelMeta(kind=kind, arch=arch, arch_config=cfg, recipe=recipe, classes=classes,
+                     image_size=size if isinstance(size, int) else size[0],
+                     mean=tuple(OPENAI_DATASET_MEAN), std=tuple(OPENAI_DATASET_STD))
+
+
+def build_model(meta: ModelMeta) -> nn.Module:
+    if meta.kind == "clip":
+        return build_clip(meta.arch_config)
+    if meta.kind == "classifier":
+        return ImageClassifier(meta.arch_config, len(meta.classes))
+    raise ValueError(f"unknown model kind {meta.kind!r}")
+
+
+def save_model(folder: Path | str, model: nn.Module, meta: ModelMeta) -> None:
+    """Publish the folder atomically."""
+    with atomic_dir(folder) as tmp:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        (tmp / META).write_text(json.dumps(asdict(meta), indent=2, sort_keys=True),
+                                encoding="utf-8")
+
+
+def read_meta(folder: Path | str) -> ModelMeta:
+    path = Path(folder) / META
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {folder} is not a mofi model folder")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if raw.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {raw.get('format')!r}, this code reads {FORMAT!r}")
+    raw["mean"], raw["std"], raw["classes"] = (tuple(raw[k]) for k in ("mean", "std", "classes"))
+    return ModelMeta(**raw)
+
+
+def load_model(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
+    meta = read_meta(folder)
+    model = build_model(meta)
+    state = load_file(str(Path(folder) / WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder}: weights do not match {meta.arch} "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return model.eval(), meta
+
+
+def image_transform(meta: ModelMeta, train: bool = False):
+    import open_clip
+
+    return open_clip.image_transform(meta.image_size, is_train=train, mean=meta.mean,
+                                     std=meta.std)

@@ -1,0 +1,127 @@
+"""register: log the encoder as an MLflow pyfunc model and manage the ``champion`` alias.
+
+The model is logged *as code* (``serving/pyfunc_model.py``) with the model folder (safetensors +
+JSON) as an artifact, so loading it never unpickles anything. Every new version carries tags
+linking it to the git commit, the DVC hashes of its training data and its metric; it becomes
+``champion`` only if that metric beats the current champion's (the first version always does).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from mofi_core.config import RegisterConfig
+
+PYFUNC_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
+CHAMPION = "champion"
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True, timeout=30)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def dvc_hashes(root: Path, stages: tuple[str, ...] = ("build", "train")) -> dict[str, str]:
+    """md5 of each out of the given stages, as recorded in dvc.lock ({} without a lock)."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+    out = {}
+    for stage in stages:
+        for o in data.get("stages", {}).get(stage, {}).get("outs", []):
+            if "md5" in o:
+                out[f"dvc.{stage}.{o['path']}"] = o["md5"]
+    return out
+
+
+def _signature(embed_dim: int):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+
+    inputs = Schema([ColSpec("binary", "image", required=False),
+                     ColSpec("string", "path", required=False)])
+    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype("float32"),
+                                                                    (-1, embed_dim))]))
+
+
+def _example(model_dir: Path):
+    import pandas as pd
+    from PIL import Image
+
+    from mofi_core.models.artifact import read_meta
+
+    size = read_meta(model_dir).image_size
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (128, 64, 32)).save(buf, format="JPEG")
+    return pd.DataFrame({"image": [buf.getvalue()]})
+
+
+def current_champion(client, name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) -> dict:
+    """Log + register; returns what was decided (version, metric, promoted, champion)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from mofi_core.models.artifact import read_meta
+
+    if cfg.metric not in metrics.get("mofi", {}):
+        raise KeyError(f"register.metric {cfg.metric!r} is not in the evaluate metrics "
+                       f"({sorted(metrics.get('mofi', {}))}); choose one of those")
+    value = float(metrics["mofi"][cfg.metric])
+    meta = read_meta(model_dir)
+    info = mlflow.pyfunc.log_model(
+        name="encoder", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},
+        code_paths=[str(Path(__file__).parent)], signature=_signature(meta.arch_config["embed_dim"]),
+        input_example=_example(model_dir), registered_model_name=cfg.model_name,
+        pip_requirements=["torch==2.14.1", "open-clip-torch==3.3.0", "safetensors", "pillow",
+                          "pandas", "numpy"])
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    tags = {"git_commit": git_commit(root), cfg.metric: f"{value:.6f}", "recipe": meta.recipe,
+            "arch": meta.arch, **dvc_hashes(root)}
+    for k, v in tags.items():
+        client.set_model_version_tag(cfg.model_name, version, k, v)
+    champ = current_champion(client, cfg.model_name)
+    champ_value = float(champ.tags.get(cfg.metric, "-inf")) if champ else None
+    promoted = champ is None or value > champ_value
+    if promoted:
+        client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    client.set_model_version_tag(cfg.model_name, version, "promoted", str(promoted).lower())
+    return {"model_name": cfg.model_name, "version": int(version), cfg.metric: value,
+            "promoted": promoted, "previous_champion": int(champ.version) if champ else None,
+            "previous_champion_metric": champ_value,
+            "champion": int(version) if promoted else int(champ.version)}
+
+
+def run(cfg: RegisterConfig, ctx) -> dict:
+    """Stage ``register``: needs tracking on (the registry lives in the MLflow store)."""
+    lay = ctx.layout
+    if ctx.tracker.run_id is None:
+        raise RuntimeError("register needs MLflow tracking; unset MOFI_TRACKING=off")
+    metrics = json.loads(lay.metrics("evaluate").read_text(encoding="utf-8"))
+    decision = register(lay.mofi_model, metrics, lay.root, cfg)
+    from mofi_core.io.atomic import write_json
+
+    write_json(lay.reports / "register.json", decision)
+    return {k: v for k, v in decision.items() if isinstance(v, int | float) and v is not None}

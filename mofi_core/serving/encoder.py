@@ -1,0 +1,51 @@
+"""Images in (bytes or paths), L2-normalised embeddings out: the registered model's contract."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from mofi_core.models.artifact import image_transform, load_model
+
+
+def to_image(data: bytes | None, path: str | None) -> Image.Image:
+    if data is not None and len(data) > 0:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    if path:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    raise ValueError("each row needs 'image' (bytes) or 'path' (file path)")
+
+
+def _given(value):
+    """None for the missing-value markers pandas puts in an optional column."""
+    if value is None or (not isinstance(value, bytes | str) and pd.isna(value)):
+        return None
+    return value
+
+
+def images_from_frame(frame: pd.DataFrame) -> list[Image.Image]:
+    """Rows with an ``image`` (bytes) or ``path`` column -> RGB images."""
+    if "image" not in frame and "path" not in frame:
+        raise ValueError(f"input needs an 'image' or 'path' column, got {list(frame.columns)}")
+    none = [None] * len(frame)
+    images = frame["image"] if "image" in frame else none
+    paths = frame["path"] if "path" in frame else none
+    return [to_image(_given(i), _given(p)) for i, p in zip(images, paths, strict=True)]
+
+
+class Encoder:
+    def __init__(self, model_dir: Path | str) -> None:
+        self.model, self.meta = load_model(model_dir)
+        self.transform = image_transform(self.meta)
+
+    @torch.no_grad()
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        batch = torch.stack([self.transform(img) for img in images])
+        feats = self.model.encode_image(batch).float()
+        return torch.nn.functional.normalize(feats, dim=-1).numpy().astype(np.float32)

@@ -1,0 +1,42 @@
+"""What every stage command does around its pure function: load its params section, open a
+tracking run, call the stage, write its metrics file, log params/metrics/outputs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mofi_core import tracking
+from mofi_core.config import Section, load_params
+from mofi_core.io.atomic import write_json
+from mofi_core.io.layout import Layout
+
+
+@dataclass
+class StageContext:
+    layout: Layout
+    tracker: tracking.Tracker
+    artifacts: list[Path] = field(default_factory=list)  # logged to the run at the end
+
+
+StageFn = Callable[[Section, StageContext], dict[str, Any]]
+
+
+def execute(name: str, fn: StageFn, params_file: Path, root: Path) -> dict[str, Any]:
+    """Run stage ``name``; its metrics land in ``metrics/<name>.json`` (DVC metrics)."""
+    section = load_params(params_file).section(name)
+    layout = Layout(root.resolve())
+    with tracking.run(name, layout.root, tags={"mofi.stage": name}) as tracker:
+        tracker.log_params({name: section.model_dump(mode="json")})
+        ctx = StageContext(layout=layout, tracker=tracker)
+        start = time.perf_counter()
+        metrics = fn(section, ctx)
+        # timings go to the run, not to the metrics file: outputs stay byte-identical on re-runs
+        write_json(layout.metrics(name), metrics)
+        tracker.log_metrics({**metrics, "stage_seconds": time.perf_counter() - start})
+        for path in ctx.artifacts:
+            tracker.log_artifact(path)
+    return metrics
