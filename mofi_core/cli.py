@@ -116,7 +116,7 @@ def run(sets: Annotated[list[str], typer.Option(
             "--set", "-S", help="override a param, e.g. -S train.steps=50 (repeatable)")] = [],  # noqa: B006
         project_dir: Annotated[Path, typer.Option(help="project folder")] = Path("."),
         retries: Annotated[int, typer.Option(help="retries of a failed stage")] = 1) -> None:
-    """Run the whole pipeline now: the Prefect flow 'mofi' over the DVC stages (no server needed)."""
+    """Run the whole pipeline now: Prefect flow 'mofi' over the DVC stages (no server needed)."""
     overrides = _parse_sets(sets)
     from flows.mofi_flow import mofi
 
@@ -172,7 +172,7 @@ def ui(root: RootOpt = Path("."),
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (root.resolve() / ".mlflow" / "artifacts").as_uri()]
     typer.echo(" ".join(cmd))
-    os.execv(sys.executable, cmd)
+    os.execv(sys.executable, cmd)  # noqa: S606 - fixed argv, no shell
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ class KnowledgeBase:
         self.alias_index = {k: tuple(sorted(v)) for k, v in index.items()}
 
     @classmethod
-    def load(cls, path: Path | str) -> "KnowledgeBase":
+    def load(cls, path: Path | str) -> KnowledgeBase:
         rows = tables.read_table(path, tables.KB).to_pylist()
         bad = [r.get("entity_id") for r in rows if not r["entity_id"] or not r["name"]]
         if bad:

@@ -92,7 +92,8 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) ->
     meta = read_meta(model_dir)
     info = mlflow.pyfunc.log_model(
         name="encoder", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(Path(__file__).parent)], signature=_signature(meta.arch_config["embed_dim"]),
+        code_paths=[str(Path(__file__).parent)],
+        signature=_signature(meta.arch_config["embed_dim"]),
         input_example=_example(model_dir), registered_model_name=cfg.model_name,
         pip_requirements=["torch==2.14.1", "open-clip-torch==3.3.0", "safetensors", "pillow",
                           "pandas", "numpy"])

@@ -135,15 +135,15 @@ def ingest(corpus_shards: Path, out_dir: Path, cfg: IngestConfig) -> IngestResul
     result = IngestResult()
     seen_keys: set[str] = set()
     first_by_hash: dict[str, str] = {}
-    clean: list[tuple[str, CleanSample]] = []
+    clean: list[CleanSample] = []
     for shard in list_shards(corpus_shards):
-        clean.extend((shard.name, s) for s in _read_shard(shard, cfg, result, seen_keys))
+        clean.extend(_read_shard(shard, cfg, result, seen_keys))
     with atomic_dir(out_dir) as out:
         (out / "shards").mkdir()
         for start in range(0, len(clean), cfg.samples_per_shard):
             name = shard_name(start // cfg.samples_per_shard)
             with ShardWriter(out / "shards" / name) as writer:
-                for source, s in clean[start:start + cfg.samples_per_shard]:
+                for s in clean[start:start + cfg.samples_per_shard]:
                     writer.write(s.key, {"jpg": s.jpg, "txt": s.text})
                     dup = first_by_hash.setdefault(s.sha256, s.key)
                     result.manifest.append({

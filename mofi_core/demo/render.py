@@ -13,8 +13,9 @@ from PIL import Image, ImageDraw, ImageEnhance
 
 from mofi_core.demo.entities import SHAPES, TYPES, Entity
 
-_BACKGROUND_TINT = {t: c for t, c in zip(TYPES, ((150, 140, 130), (120, 160, 210), (200, 200, 200),
-                                                 (180, 170, 160), (90, 150, 90), (110, 170, 190)))}
+_TINTS = ((150, 140, 130), (120, 160, 210), (200, 200, 200), (180, 170, 160), (90, 150, 90),
+          (110, 170, 190))
+_BACKGROUND_TINT = dict(zip(TYPES, _TINTS, strict=True))
 _CANVAS = 128  # objects are drawn at this size, then resized into the image
 
 

@@ -12,7 +12,7 @@ from mofi_core.evaluate.retrieval import gpr_files, retrieval_metrics
 def evaluate(models: dict[str, Path], gpr_dir: Path, cfg: EvaluateConfig) -> dict:
     """``{model name: {metric: value}}`` plus ``mofi_vs_baseline`` ratios of each metric."""
     files, labels = gpr_files(gpr_dir)
-    results: dict = {"benchmark": {"images": len(files), "classes": int(len(set(labels)))}}
+    results: dict = {"benchmark": {"images": len(files), "classes": len(set(labels))}}
     for name, folder in models.items():
         feats = embed_files(folder, files, cfg.batch_size, cfg.device)
         results[name] = retrieval_metrics(feats, labels)

@@ -51,7 +51,7 @@ class ShardWriter:
         self._tar.close()
         self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -95,28 +95,39 @@ def split_member_name(name: str) -> tuple[str, str] | None:
 def iter_samples(path: Path | str) -> Iterator[dict[str, Any]]:
     """Yield ``{"__key__": key, ext: bytes, ...}`` grouped by key, in tar order.
 
-    Raises :class:`tarfile.TarError` / ``OSError`` for an unreadable shard; callers that must
-    survive bad shards catch those and record the shard as rejected.
+    Raises :class:`tarfile.TarError` / ``OSError`` for an unreadable or truncated shard, after
+    yielding the samples complete before the damage; callers that must survive bad shards catch
+    those and record the shard as rejected.
     """
     current: dict[str, Any] | None = None
     with tarfile.open(path, "r:*") as tar:
         for member in tar:
-            if not member.isfile():
-                continue
-            parts = split_member_name(member.name)
+            parts = split_member_name(member.name) if member.isfile() else None
             if parts is None:
                 continue
             key, ext = parts
-            fh = tar.extractfile(member)
-            data = fh.read() if fh is not None else b""
             if current is not None and current["__key__"] != key:
                 yield current
                 current = None
+            fh = tar.extractfile(member)
+            data = fh.read() if fh is not None else b""
             if current is None:
                 current = {"__key__": key}
             current[ext] = data
-    if current is not None:
-        yield current
+        if current is not None:
+            yield current
+        _check_trailer(tar, Path(path))
+
+
+def _check_trailer(tar: tarfile.TarFile, path: Path) -> None:
+    """tarfile stops silently at a header cut short; a complete plain tar ends in zero blocks."""
+    if not isinstance(tar.fileobj, io.BufferedReader):  # compressed: the codec checks its end
+        return
+    tar.fileobj.seek(tar.offset)
+    tail = tar.fileobj.read()
+    if len(tail) < tarfile.BLOCKSIZE or tail.strip(b"\0"):
+        raise tarfile.ReadError(f"{path.name} is truncated: no end-of-archive after byte "
+                                f"{tar.offset}")
 
 
 def list_shards(folder: Path | str) -> list[Path]:

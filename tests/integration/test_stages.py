@@ -1,0 +1,130 @@
+"""Each stage's function on the tiny world, chained the way dvc.yaml chains them."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from mofi_core.curate.build import build
+from mofi_core.curate.ingest import ingest
+from mofi_core.curate.ner import run_ner
+from mofi_core.curate.score import score
+from mofi_core.evaluate.report import evaluate
+from mofi_core.io.shards import iter_samples
+from mofi_core.train.run import train_clip, train_supervised
+from mofi_core.validate import ValidationFailed, validate
+
+
+@pytest.fixture(scope="module")
+def chain(tiny_world):
+    layout, params, _ = tiny_world
+    out = {"ingest": ingest(layout.corpus_shards, layout.ingest, params.ingest).metrics()}
+    out["ner"] = run_ner(layout.ingest / "manifest.parquet", layout.kb,
+                         layout.ner / "mentions.parquet", params.ner)
+    out["baseline"] = train_clip(layout.ingest, layout.baseline_model, params.baseline,
+                                 lambda s, r: None)
+    out["score"] = score(layout.ingest, layout.ner / "mentions.parquet", layout.kb,
+                         layout.baseline_model, layout.score / "scores.parquet", params.score,
+                         num_workers=0)
+    out["build"] = build(layout.ingest, layout.score / "scores.parquet", layout.i2e, params.build)
+    out["validate"] = validate(layout.i2e, layout.kb, layout.ingest / "manifest.parquet",
+                               layout.reports / "validate.json", params.validate_)
+    out["train"] = train_supervised(layout.i2e, layout.mofi_model, params.train,
+                                    lambda s, r: None)
+    out["evaluate"] = evaluate({"mofi": layout.mofi_model, "baseline": layout.baseline_model},
+                               layout.gpr, params.evaluate)
+    return layout, params, out
+
+
+def test_ingest_keeps_every_clean_demo_sample(chain):
+    _, params, out = chain
+    c = params.corpus
+    assert out["ingest"]["samples_kept"] == c.num_entities * c.images_per_entity
+    assert out["ingest"]["samples_rejected"] == 0
+
+
+def test_ner_links_most_samples(chain):
+    _, _, out = chain
+    assert out["ner"]["samples_with_candidates"] > 0.5 * out["ner"]["samples"]
+
+
+def test_scores_are_cosines_for_every_candidate(chain):
+    layout, _, out = chain
+    scores = pq.read_table(layout.score / "scores.parquet").to_pandas()
+    mentions = pq.read_table(layout.ner / "mentions.parquet").to_pandas().dropna(
+        subset=["entity_id"])
+    assert set(zip(scores.key, scores.entity_id)) == set(zip(mentions.key, mentions.entity_id))
+    assert scores.score.between(-1.0001, 1.0001).all()
+    assert out["score"]["entities_scored"] == scores.entity_id.nunique()
+
+
+def test_i2e_shards_match_labels_and_vocab(chain):
+    layout, _, out = chain
+    vocab = json.loads((layout.i2e / "vocab.json").read_text())["classes"]
+    labels = pq.read_table(layout.i2e / "labels.parquet").to_pylist()
+    samples = {s["__key__"]: json.loads(s["json"])
+               for shard in (layout.i2e / "shards").glob("*.tar") for s in iter_samples(shard)}
+    assert set(samples) == {r["key"] for r in labels}
+    assert all(set(s["entity_ids"]) <= set(vocab) for s in samples.values())
+    assert out["build"]["images"] == len(labels) and out["build"]["entities"] == len(vocab)
+
+
+def test_validate_passes_then_fails_on_a_corrupted_dataset(chain, tmp_path):
+    import shutil
+
+    layout, params, out = chain
+    assert out["validate"]["success"] and out["validate"]["expectations"] >= 12
+    bad = tmp_path / "i2e"
+    shutil.copytree(layout.i2e, bad)
+    table = pq.read_table(bad / "labels.parquet").to_pylist()
+    table[0]["entity_ids"] = ["Q999999"]  # not in the vocabulary nor the KB
+    table.append(dict(table[1]))  # duplicate key
+    import pyarrow as pa
+
+    from mofi_core.io import tables as t
+    t.write_table(bad / "labels.parquet", pa.Table.from_pylist(table, schema=t.LABELS), t.LABELS)
+    with pytest.raises(ValidationFailed) as err:
+        validate(bad, layout.kb, layout.ingest / "manifest.parquet", tmp_path / "r.json",
+                 params.validate_)
+    msg = str(err.value)
+    assert "expect_column_values_to_be_unique" in msg and "expect_column_values_to_be_in_set" in msg
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["summary"]["success"] is False and report["summary"]["failed"] >= 2
+
+
+def test_training_reduces_loss(chain):
+    layout, params, _ = chain
+    hist = train_supervised(layout.i2e, layout.root / "m2",
+                            params.train.model_copy(update={"steps": 40, "log_every": 10}),
+                            lambda s, r: None)
+    assert hist[-1]["loss"] < hist[0]["loss"]
+
+
+def test_evaluate_compares_both_models_on_the_benchmark(chain):
+    _, params, out = chain
+    ev = out["evaluate"]
+    c = params.corpus.benchmark
+    assert ev["benchmark"]["classes"] == c.seen_classes + c.unseen_classes
+    for name in ("mofi", "baseline"):
+        assert 0 < ev[name]["gpr_map"] <= 1 and math.isfinite(ev[name]["gpr_map"])
+    assert ev["mofi_vs_baseline"]["gpr_map"] == pytest.approx(
+        ev["mofi"]["gpr_map"] / ev["baseline"]["gpr_map"])
+
+
+def test_model_folder_round_trip_without_pickle(chain):
+    from safetensors import safe_open
+
+    from mofi_core.serving.encoder import Encoder
+
+    layout, _, _ = chain
+    with safe_open(str(layout.mofi_model / "model.safetensors"), "pt") as f:
+        assert len(list(f.keys())) > 0
+    files = sorted(layout.gpr.glob("*.jpg"))[:3]
+    from PIL import Image
+
+    emb = Encoder(layout.mofi_model).embed([Image.open(f).convert("RGB") for f in files])
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    again = Encoder(layout.mofi_model).embed([Image.open(f).convert("RGB") for f in files])
+    np.testing.assert_array_equal(emb, again)

@@ -1,0 +1,99 @@
+import io
+import tarfile
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from mofi_core.config import IngestConfig
+from mofi_core.curate.ingest import RejectRateError, clean_text, ingest, normalise_image
+from mofi_core.io.shards import ShardWriter, iter_samples
+
+
+def _img(mode="RGB", size=(32, 32), fmt="PNG", **kw) -> bytes:
+    color = {"RGB": (10, 20, 30), "RGBA": (10, 20, 30, 128), "L": 90, "CMYK": (1, 2, 3, 4),
+             "P": 3, "I;16": 40000}[mode]
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def test_clean_text_repairs_bytes_and_strips_controls():
+    assert clean_text(b"caf\xc3\xa9 \x00 bar\tbaz\n", 100) == "café bar baz"
+    assert clean_text(b"bad \xff utf8", 100) == "bad \ufffd utf8"
+    assert clean_text(b"x" * 50, 10) == "x" * 10
+
+
+@pytest.mark.parametrize("mode,fmt", [("RGBA", "PNG"), ("L", "PNG"), ("CMYK", "JPEG"),
+                                      ("P", "PNG"), ("I;16", "PNG"), ("RGB", "WEBP")])
+def test_odd_image_modes_are_converted_not_rejected(mode, fmt):
+    data, w, h = normalise_image(_img(mode, fmt=fmt), IngestConfig())
+    img = Image.open(io.BytesIO(data))
+    assert (img.format, img.mode, w, h) == ("JPEG", "RGB", 32, 32)
+
+
+def test_rgb_jpeg_keeps_its_bytes():
+    raw = _img("RGB", fmt="JPEG")
+    assert normalise_image(raw, IngestConfig())[0] == raw
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty image"), (b"not an image at all", "undecodable"),
+    (_img(size=(8, 8)), "outside"), (_img(size=(300, 300)), "max_pixels"),
+])
+def test_bad_images_are_rejected_with_a_reason(data, reason):
+    cfg = IngestConfig(max_pixels=200 * 200)
+    with pytest.raises(ValueError, match=reason):
+        normalise_image(data, cfg)
+
+
+def _corpus(folder):
+    folder.mkdir()
+    with ShardWriter(folder / "00000.tar") as w:
+        w.write("good1", {"jpg": _img(fmt="JPEG"), "txt": "Mount Kelvara"})
+        w.write("gray", {"png": _img("L"), "txt": "gray"})
+        w.write("notimg", {"jpg": b"hello", "txt": "x"})
+        w.write("notext", {"jpg": _img(fmt="JPEG")})
+        w.write("dup", {"jpg": _img(fmt="JPEG"), "txt": "same pixels as good1"})
+    with ShardWriter(folder / "00001.tar") as w:
+        w.write("good1", {"jpg": _img(fmt="JPEG"), "txt": "duplicate key"})
+        w.write("good2", {"jpg": _img(size=(40, 40), fmt="JPEG"), "txt": ""})
+    # a truncated shard: the first sample survives, the damage is one rejection
+    whole = io.BytesIO()
+    with tarfile.open(fileobj=whole, mode="w") as tar:
+        for name, data in [("t1.jpg", _img(fmt="JPEG")), ("t1.txt", b"ok"),
+                           ("t2.jpg", _img(size=(64, 64), fmt="PNG") * 20)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (folder / "00002.tar").write_bytes(whole.getvalue()[:3000])
+
+
+def test_ingest_keeps_every_good_sample_and_lists_every_bad_one(tmp_path):
+    _corpus(tmp_path / "corpus")
+    result = ingest(tmp_path / "corpus", tmp_path / "out", IngestConfig(max_reject_fraction=0.9))
+    manifest = pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()
+    rejects = {(r["key"], r["shard"]): r["reason"]
+               for r in pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()}
+    assert sorted(r["key"] for r in manifest) == ["dup", "good1", "good2", "gray", "t1"]
+    assert "undecodable" in rejects[("notimg", "00000.tar")]
+    assert "no .txt" in rejects[("notext", "00000.tar")]
+    assert rejects[("good1", "00001.tar")] == "duplicate key"
+    assert "unreadable shard" in rejects[("*", "00002.tar")]
+    by_key = {r["key"]: r for r in manifest}
+    assert by_key["dup"]["duplicate_of"] == "good1" and by_key["good1"]["duplicate_of"] is None
+    written = [s["__key__"] for s in iter_samples(tmp_path / "out" / "shards" / "00000.tar")]
+    assert sorted(written) == sorted(by_key)
+    assert result.metrics()["samples_rejected"] == 4
+
+
+def test_too_many_rejections_fail_loudly_after_publishing_the_rejects(tmp_path):
+    _corpus(tmp_path / "corpus")
+    with pytest.raises(RejectRateError, match="max_reject_fraction"):
+        ingest(tmp_path / "corpus", tmp_path / "out", IngestConfig(max_reject_fraction=0.1))
+    assert (tmp_path / "out" / "rejects.parquet").is_file()
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no \.tar shards"):
+        ingest(tmp_path, tmp_path / "out", IngestConfig())
