@@ -7,6 +7,7 @@ preprocessed in DataLoader workers while the main process runs the image tower.
 from __future__ import annotations
 
 import io
+import os
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,21 +53,43 @@ def load_scorer(cfg: ScoreConfig, baseline_dir: Path):
     return _load_open_clip(cfg)
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def check_pretrained(model: str, pretrained: str | None) -> None:
+    """Fail before loading anything if the weights cannot be had without the network."""
+    import open_clip
+
+    if not pretrained:
+        raise ValueError(f"score.model={model!r} without score.pretrained would score with "
+                         "random weights; set score.pretrained to a tag or a checkpoint file")
+    if Path(pretrained).is_file():
+        return
+    tag = open_clip.get_pretrained_cfg(model, pretrained)
+    if not tag:
+        raise ValueError(f"score.pretrained={pretrained!r} is neither a file nor an open_clip tag "
+                         f"of {model!r} (tags: {open_clip.list_pretrained_tags_by_model(model)})")
+    if _offline() and not tag.get("hf_hub"):
+        # open_clip would fetch this one from a URL: never do that silently in offline mode
+        raise RuntimeError(f"open_clip tag {model}/{pretrained} is only downloadable from a URL "
+                           "and HF_HUB_OFFLINE is set: download the checkpoint where there is "
+                           "network and set score.pretrained to the file")
+
+
 def _load_open_clip(cfg: ScoreConfig):
     import open_clip
 
-    if not cfg.pretrained:
-        raise ValueError(f"score.model={cfg.model!r} without score.pretrained would score with "
-                         "random weights; set score.pretrained to a tag or a checkpoint file")
+    check_pretrained(cfg.model, cfg.pretrained)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             cfg.model, pretrained=cfg.pretrained)
     except Exception as err:  # open_clip raises RuntimeError/OSError/hub errors alike
         raise RuntimeError(
             f"could not load open_clip {cfg.model!r} with pretrained={cfg.pretrained!r}: {err}. "
-            "Offline, only checkpoint files on disk (or tags already in the local cache) work: "
-            "download the weights where there is network and set score.pretrained to the file."
-        ) from err
+            "Offline, only checkpoint files on disk (or tags already in the local Hugging Face "
+            "cache) work: download the weights where there is network and set score.pretrained "
+            "to the file.") from err
     return model.eval(), preprocess, open_clip.get_tokenizer(cfg.model)
 
 

@@ -74,9 +74,13 @@ def test_deployment_run_completes_against_a_real_server(project, first_run):
                 assert serve.poll() is None, (project.root / "serve.log").read_text()[-3000:]
                 out = project.run("prefect", "deployment", "run", "mofi/full", "--watch",
                                   "-p", 'overrides={"train.steps": 14}', timeout=900)
+            artifact = project.run("prefect", "artifact", "inspect", "mofi-run-summary").stdout
         finally:
             project.env.pop("PREFECT_API_URL")
     assert "Completed" in out.stdout, out.stdout[-3000:]
+    # the run summary artifact: stage table, metrics and the registered version
+    for text in ("| train | ran |", "| corpus | skipped |", "Retrieval", "mofi-encoder"):
+        assert text in artifact, artifact[-3000:]
     # the run really happened: its override reached DVC and MLflow, and only the stages
     # downstream of train.steps ran under its pipeline run
     lock = (project.root / "dvc.lock").read_text()

@@ -1,0 +1,51 @@
+import pytest
+from typer.testing import CliRunner
+
+from mofi_core.cli import STAGES, app
+from mofi_core.config import ScoreConfig
+from mofi_core.curate.score import check_pretrained, load_scorer
+
+runner = CliRunner()
+
+
+def test_help_lists_every_stage_and_the_orchestration_commands():
+    out = runner.invoke(app, ["--help"]).output
+    for name in [*STAGES, "run", "serve", "ui"]:
+        assert name in out
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_each_stage_help_explains_its_options(stage):
+    result = runner.invoke(app, [stage, "--help"])
+    assert result.exit_code == 0
+    assert "--params" in result.output and "--root" in result.output
+
+
+def test_stage_failure_is_one_clear_line_and_exit_code_1(tmp_path):
+    result = runner.invoke(app, ["ingest", "--params", str(tmp_path / "none.yaml"),
+                                 "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "params file not found" in result.output
+
+
+def test_run_rejects_malformed_overrides():
+    result = runner.invoke(app, ["run", "-S", "train.steps"])
+    assert result.exit_code != 0 and "KEY=VALUE" in result.output
+
+
+def test_open_clip_without_weights_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="random weights"):
+        check_pretrained("ViT-B-16", None)
+    with pytest.raises(ValueError, match="neither a file nor an open_clip tag"):
+        check_pretrained("ViT-B-16", "no-such-tag")
+
+
+def test_missing_cached_weights_fail_clearly_without_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    cfg = ScoreConfig(model="ViT-B-16", pretrained="openai")
+    with pytest.raises(RuntimeError, match="Offline, only checkpoint files on disk"):
+        load_scorer(cfg, tmp_path)
+    missing = ScoreConfig(model="ViT-B-16", pretrained=str(tmp_path / "nope.pt"))
+    with pytest.raises(ValueError, match="neither a file"):
+        load_scorer(missing, tmp_path)
