@@ -7,7 +7,8 @@ BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
 # the venv's tools (mofi, dvc, prefect) must be found by DVC stage commands and the flow
 RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false \
-       GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1
+       GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
+       MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
 .PHONY: setup demo test test-fast lint lock ui clean
 

@@ -23,6 +23,7 @@ OFFLINE_DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 app = typer.Typer(help="MOFI pipeline: noisy image/alt-text pairs -> Image-to-Entities dataset "

@@ -79,7 +79,11 @@ def _suites(cfg: ValidateConfig, rule: dict, classes: list[str], kb_ids: list[st
 def run_suites(frames: I2EFrames, suites: dict) -> list[dict]:
     import great_expectations as gx
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False,
+                                                         metric_calculations=False)
     source = context.data_sources.add_pandas("i2e")
     results = []
     for name, expectations in suites.items():
