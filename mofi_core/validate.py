@@ -78,7 +78,6 @@ def _suites(cfg: ValidateConfig, rule: dict, classes: list[str], kb_ids: list[st
 
 def run_suites(frames: I2EFrames, suites: dict) -> list[dict]:
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
