@@ -61,9 +61,11 @@ def _read_json(path: Path) -> dict:
 def summarise(layout: Layout, stages: list[dict]) -> dict[str, Any]:
     evaluation = _read_json(layout.metrics("evaluate"))
     registry = _read_json(layout.reports / "register.json")
+    report = layout.reports / "quality.md"
     return {"stages": stages,
             "mofi": evaluation.get("mofi", {}), "baseline": evaluation.get("baseline", {}),
-            "model": registry}
+            "model": registry,
+            "report": report.read_text(encoding="utf-8") if report.is_file() else ""}
 
 
 def summary_markdown(summary: dict[str, Any], overrides: dict[str, Any]) -> str:
@@ -82,6 +84,8 @@ def summary_markdown(summary: dict[str, Any], overrides: dict[str, Any]) -> str:
                       f"(champion: version {model['champion']}, promoted: {model['promoted']})."]
     if overrides:
         lines += ["", "Overrides: `" + json.dumps(overrides, sort_keys=True) + "`"]
+    if summary.get("report"):
+        lines += ["", summary["report"].replace("# MOFI demo-world report", "## Report")]
     return "\n".join(lines)
 
 

@@ -93,6 +93,8 @@ STAGES = {
               "Train the MOFI encoder on the I2E dataset (train.recipe)."),
     "evaluate": (_load("mofi_core.evaluate.report"),
                  "GPR1200-protocol retrieval: MOFI vs the baseline CLIP."),
+    "report": (_load("mofi_core.evaluate.quality"),
+               "Label precision/recall vs the demo world's ground truth; MOFI vs CLIP report."),
     "register": (_load("mofi_core.registry"),
                  "Log the encoder to MLflow, register it, promote to champion if better."),
 }
@@ -143,6 +145,8 @@ def _print_summary(summary: dict, root: Path) -> None:
     if model:
         typer.echo(f"\nregistered {model['model_name']} version {model['version']}; "
                    f"champion is version {model['champion']}")
+    if summary.get("report"):
+        typer.echo("\n" + summary["report"])
     typer.echo(f"\nMLflow UI: mofi ui --root {root}   (then open http://127.0.0.1:5000)")
 
 

@@ -40,18 +40,23 @@ class NoiseConfig(Section):
 
 
 class BenchmarkConfig(Section):
-    seen_classes: int = Field(30, ge=1, description="benchmark classes from training entities")
-    unseen_classes: int = Field(10, ge=0, description="benchmark classes never in the corpus")
-    images_per_class: int = Field(10, ge=2)
+    seen_classes: int = Field(60, ge=1, description="benchmark classes from training entities")
+    unseen_classes: int = Field(20, ge=0, description="benchmark classes never in the corpus")
+    images_per_class: int = Field(10, ge=2, description="GPR1200 retrieval set: 10 per class")
+    labelled_train: int = Field(10, ge=0, description="labelled split, per class")
+    labelled_val: int = Field(5, ge=0)
+    labelled_test: int = Field(10, ge=0)
 
 
 class CorpusConfig(Section):
     source: Literal["demo"] = "demo"
     seed: int = 0
-    num_entities: int = Field(60, ge=2)
-    images_per_entity: int = Field(40, ge=1)
+    num_entities: int = Field(200, ge=2)
+    images_per_entity: int = Field(30, ge=1, description="size knob: images = entities x this")
     image_size: int = Field(64, ge=16, le=1024)
-    samples_per_shard: int = Field(500, ge=1)
+    samples_per_shard: int = Field(1000, ge=1)
+    shared_alias_rate: float = Field(0.08, ge=0, le=1, description="entities reusing a root")
+    workers: int = Field(0, ge=0, description="generator processes; 0 = all cores")
     noise: NoiseConfig = NoiseConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
 
@@ -150,6 +155,12 @@ class EvaluateConfig(Section):
     device: str = "auto"
 
 
+class ReportConfig(Section):
+    require_paper_direction: bool = Field(
+        False, description="fail the stage if filtering does not raise label precision or MOFI "
+                           "does not beat the CLIP control (a regression check for the demo world)")
+
+
 class RegisterConfig(Section):
     model_name: str = "mofi-encoder"
     metric: str = Field("gpr_map", description="key of metrics/evaluate.json 'mofi' block")
@@ -165,6 +176,7 @@ class Params(Section):
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     train: MofiTrainConfig = MofiTrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    report: ReportConfig = ReportConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -177,7 +189,7 @@ class Params(Section):
 
 
 SECTIONS = ("corpus", "ingest", "ner", "baseline", "score", "build", "validate", "train",
-            "evaluate", "register")
+            "evaluate", "report", "register")
 
 
 def _format_error(err: ValidationError, source: str) -> str:

@@ -33,6 +33,10 @@ class I2EFrames:
 
 def load_frames(i2e_dir: Path) -> I2EFrames:
     table = tables.read_table(i2e_dir / "labels.parquet", tables.LABELS).to_pandas()
+    uneven = table["key"][table["entity_ids"].map(len) != table["scores"].map(len)].tolist()
+    if uneven:
+        raise ValidationFailed(f"{i2e_dir / 'labels.parquet'}: {len(uneven)} rows have a "
+                               f"different number of entity_ids and scores (keys {uneven[:5]})")
     labels = table[["key", "entity_ids", "scores"]].explode(["entity_ids", "scores"])
     labels = labels.rename(columns={"entity_ids": "entity_id", "scores": "score"})
     labels["score"] = labels["score"].astype(float)

@@ -17,7 +17,9 @@ BIN = Path(sys.executable).parent
 TINY = {
     "corpus.num_entities": 12, "corpus.images_per_entity": 12, "corpus.samples_per_shard": 50,
     "corpus.benchmark.seen_classes": 6, "corpus.benchmark.unseen_classes": 2,
-    "corpus.benchmark.images_per_class": 4,
+    "corpus.benchmark.images_per_class": 4, "corpus.benchmark.labelled_train": 2,
+    "corpus.benchmark.labelled_val": 1, "corpus.benchmark.labelled_test": 2,
+    "corpus.workers": 2,
     "baseline.steps": 20, "baseline.batch_size": 32, "baseline.warmup_steps": 2,
     "baseline.log_every": 5, "baseline.num_workers": 0,
     "train.steps": 20, "train.batch_size": 16, "train.warmup_steps": 2, "train.log_every": 5,

@@ -1,8 +1,9 @@
 """Knowledge-base entities of the demo world: names, aliases, descriptions, visual signatures.
 
-Names are built from syllables so they read like named entities but collide with nothing real.
-Some aliases are deliberately shared between two entities (a surname, a place root) so that
-entity linking has to disambiguate.
+Names are composed from pronounceable syllables and real-world naming patterns (given name +
+surname, "Mount X", "X Cathedral", "X Motors", "Port X", genus-like species names) so they read
+like named entities but collide with nothing real. Some aliases are deliberately shared between
+two entities (a surname, a place root) so that entity linking has to disambiguate.
 """
 
 from __future__ import annotations
@@ -11,27 +12,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mofi_core.kb import KBEntity
+
 TYPES = ("person", "landmark", "organization", "product", "species", "place")
 
-_SYLLABLES = ("ka", "lo", "ve", "ri", "mon", "tar", "sel", "bra", "dun", "fio", "gal", "hen", "is",
-              "jor", "kel", "lum", "mar", "nor", "ost", "pel", "quin", "ros", "sta", "tev", "ul",
-              "vor", "wen", "yel", "zan", "ar", "bel", "cor", "dra", "el", "fen", "gor")
+_ONSETS = ("b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "l", "m", "n", "p", "r", "s",
+           "st", "t", "tr", "v", "w", "z", "")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "io", "y")
+_CODAS = ("", "", "n", "r", "l", "s", "m", "nd", "rt", "x")
+_SURNAME_ENDS = ("son", "ova", "ez", "elli", "berg", "ski", "ard", "ing", "er", "os")
+_PLACE_ENDS = ("ford", "ville", "stad", "haven", "mouth", "dale", "ia", "ora", "an", "ton")
 _FIRST = ("Anna", "Marco", "Elena", "Tomas", "Sofia", "Jonas", "Lena", "Pavel", "Ines", "Oskar",
-          "Clara", "Hugo", "Mira", "Felix", "Nora", "Emil", "Rosa", "Viktor", "Alma", "Leon")
-_LANDMARK = ("{r} Tower", "Mount {r}", "{r} Bridge", "{r} Cathedral", "{r} Castle", "{r} Gate")
-_ORG = ("{r} Motors", "{r} Labs", "{r} Airlines", "{r} Records", "{r} Foods")
-_PRODUCT = ("{r} X{n} camera", "{r} Pro {n} phone", "{r} S{n} sneaker", "{r} Z{n} bicycle")
-_SPECIES = ("{r} warbler", "{r} lizard", "{r} orchid", "{r} beetle", "{r} trout")
-_PLACE = ("{r} Bay", "Lake {r}", "{r} Valley", "Port {r}", "{r} Island")
+          "Clara", "Hugo", "Mira", "Felix", "Nora", "Emil", "Rosa", "Viktor", "Alma", "Leon",
+          "Ada", "Bruno", "Daria", "Igor", "Julia", "Karim", "Maya", "Nikolai", "Olga", "Rafael")
+_LANDMARK = ("{r} Tower", "Mount {r}", "{r} Bridge", "{r} Cathedral", "{r} Castle", "{r} Gate",
+             "{r} Palace", "{r} Lighthouse")
+_ORG = ("{r} Motors", "{r} Labs", "{r} Airlines", "{r} Records", "{r} Foods", "{r} Bank",
+        "{r} Studios")
+_PRODUCT = ("{r} X{n} camera", "{r} Pro {n} phone", "{r} S{n} sneaker", "{r} Z{n} bicycle",
+            "{r} {n}00 watch")
+_SPECIES = ("{r} warbler", "{r} lizard", "{r} orchid", "{r} beetle", "{r} trout", "{r} fox")
+_PLACE = ("{p} Bay", "Lake {p}", "{p} Valley", "Port {p}", "{p} Island", "{p}")
 _DESCRIPTION = {
-    "person": "{name} is a {role} known for work in {place}.",
-    "landmark": "{name} is a historic {kind} that stands near {place}.",
-    "organization": "{name} is a company founded in {place}.",
-    "product": "{name} is a consumer product sold worldwide.",
-    "species": "{name} is a species native to the region around {place}.",
-    "place": "{name} is a coastal area popular with visitors.",
+    "person": "{name} is a {role} from {place}.",
+    "landmark": "{name} is a historic {kind} near {place}.",
+    "organization": "{name} is a {industry} company headquartered in {place}.",
+    "product": "{name} is a consumer product made by {maker}.",
+    "species": "{name} is a {kind} species native to the forests of {place}.",
+    "place": "{name} is a coastal area of {place} popular with visitors.",
 }
-_ROLES = ("painter", "footballer", "violinist", "chemist", "film director", "architect")
+_ROLES = ("painter", "footballer", "violinist", "chemist", "film director", "architect",
+          "novelist", "tennis player")
+_INDUSTRY = ("car", "technology", "aviation", "music", "food", "banking", "film")
 
 # Each type has one base silhouette (so fine-grained classes within a type look alike) and a
 # background tint; each entity varies colours, pattern and a small mark.
@@ -42,25 +54,38 @@ PATTERNS = ("solid", "stripes", "dots", "checker", "band")
 
 @dataclass(frozen=True)
 class Entity:
-    entity_id: str
-    name: str
-    aliases: tuple[str, ...]
-    description: str
-    type: str
+    kb: KBEntity
     primary: tuple[int, int, int]
     secondary: tuple[int, int, int]
     pattern: str
     mark: int  # index of a small mark shape, 0-3
     aspect: float
 
+    @property
+    def entity_id(self) -> str:
+        return self.kb.entity_id
+
+    @property
+    def name(self) -> str:
+        return self.kb.name
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        return self.kb.aliases
+
+    @property
+    def type(self) -> str:
+        return self.kb.type
+
     def kb_row(self) -> dict:
-        return {"entity_id": self.entity_id, "name": self.name, "aliases": list(self.aliases),
-                "description": self.description, "type": self.type}
+        k = self.kb
+        return {"entity_id": k.entity_id, "name": k.name, "aliases": list(k.aliases),
+                "description": k.description, "type": k.type}
 
 
-def _root(rng: np.random.Generator) -> str:
-    n = int(rng.integers(2, 4))
-    return "".join(rng.choice(_SYLLABLES, n)).capitalize()
+def _word(rng: np.random.Generator, syllables: int, end: tuple[str, ...] = ("",)) -> str:
+    parts = [str(rng.choice(_ONSETS)) + str(rng.choice(_VOWELS)) for _ in range(syllables)]
+    return ("".join(parts) + str(rng.choice(_CODAS)) + str(rng.choice(end))).capitalize()
 
 
 def _color(rng: np.random.Generator) -> tuple[int, int, int]:
@@ -71,33 +96,52 @@ def _name_and_aliases(etype: str, root: str, rng: np.random.Generator) -> tuple[
     if etype == "person":
         first = str(rng.choice(_FIRST))
         return f"{first} {root}", [root, f"{first[0]}. {root}"]
+    if etype == "place":
+        name = str(rng.choice(_PLACE)).format(p=root)
+        return name, [root] if name != root else []
     templates = {"landmark": _LANDMARK, "organization": _ORG, "product": _PRODUCT,
-                 "species": _SPECIES, "place": _PLACE}[etype]
+                 "species": _SPECIES}[etype]
     name = str(rng.choice(templates)).format(r=root, n=int(rng.integers(2, 10)))
-    aliases = [root] if etype in ("landmark", "organization", "place") else []
+    aliases = [root] if etype in ("landmark", "organization") else []
     return name, aliases
 
 
-def make_entities(n: int, rng: np.random.Generator, id_offset: int = 0) -> list[Entity]:
-    """``n`` entities spread over :data:`TYPES`; ~10% reuse a root so an alias is shared."""
+def _root(etype: str, rng: np.random.Generator) -> str:
+    if etype == "person":
+        return _word(rng, int(rng.integers(1, 3)), _SURNAME_ENDS)
+    if etype == "place":
+        return _word(rng, int(rng.integers(1, 3)), _PLACE_ENDS)
+    return _word(rng, int(rng.integers(2, 4)))
+
+
+def _description(etype: str, name: str, rng: np.random.Generator) -> str:
+    place = _word(rng, 2, _PLACE_ENDS)
+    return _DESCRIPTION[etype].format(
+        name=name, place=place, role=rng.choice(_ROLES), industry=rng.choice(_INDUSTRY),
+        kind=name.split()[-1].lower(), maker=str(rng.choice(_ORG)).format(r=_word(rng, 2)))
+
+
+def make_entities(n: int, rng: np.random.Generator, id_offset: int = 0,
+                  shared_alias_rate: float = 0.08) -> list[Entity]:
+    """``n`` entities spread over :data:`TYPES`; about ``shared_alias_rate`` of them reuse the
+    root (surname, place name, brand) of an earlier entity, so that alias is shared."""
     entities: list[Entity] = []
     used_names: set[str] = set()
-    roots: list[str] = []
+    roots: dict[str, list[str]] = {t: [] for t in TYPES}
     while len(entities) < n:
         etype = TYPES[len(entities) % len(TYPES)]
-        share = roots and rng.random() < 0.1
-        root = str(rng.choice(roots)) if share else _root(rng)
+        pool = [r for t in ("person", "place", "landmark", "organization") for r in roots[t]]
+        share = pool and etype in ("person", "landmark", "organization", "place") \
+            and rng.random() < shared_alias_rate
+        root = str(rng.choice(pool)) if share else _root(etype, rng)
         name, aliases = _name_and_aliases(etype, root, rng)
         if name in used_names:
             continue
         used_names.add(name)
-        roots.append(root)
-        place = _root(rng) + " " + str(rng.choice(("City", "Province", "Coast")))
-        desc = _DESCRIPTION[etype].format(name=name, place=place, role=rng.choice(_ROLES),
-                                          kind=name.split()[-1].lower())
-        entities.append(Entity(
-            entity_id=f"Q{id_offset + len(entities) + 1:06d}", name=name, aliases=tuple(aliases),
-            description=desc, type=etype, primary=_color(rng), secondary=_color(rng),
-            pattern=str(rng.choice(PATTERNS)), mark=int(rng.integers(0, 4)),
-            aspect=float(rng.uniform(0.7, 1.3))))
+        roots[etype].append(root)
+        kb = KBEntity(f"Q{id_offset + len(entities) + 1:06d}", name, tuple(aliases),
+                      _description(etype, name, rng), etype)
+        entities.append(Entity(kb=kb, primary=_color(rng), secondary=_color(rng),
+                               pattern=str(rng.choice(PATTERNS)), mark=int(rng.integers(0, 4)),
+                               aspect=float(rng.uniform(0.7, 1.3))))
     return entities

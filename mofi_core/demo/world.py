@@ -1,15 +1,30 @@
-"""Materialise the embedded demo world: KB, corpus shards, ground truth, GPR1200-layout benchmark.
+"""Materialise the embedded demo world: KB, corpus shards, ground truth, benchmarks.
 
-Deterministic in ``corpus.seed``. The ground truth goes to its own folder; no curation or
-training stage reads it.
+- ``data/corpus``: ``kb.parquet`` and ``shards/NNNNN.tar`` + ``NNNNN.parquet`` in img2dataset
+  layout (``key.jpg``, ``key.txt``, ``key.json``; one metadata row per sample in the parquet);
+- ``data/truth``: the true entities of every key, one parquet per shard. No curation or training
+  stage reads it; only quality reports do;
+- ``data/benchmark``: ``gpr1200/{class}_{entity}_{i}.jpg`` (GPR1200 layout), ``labelled/
+  {train,val,test}/{entity}/{i}.jpg`` (ImageFolder layout, for zero-shot and linear probes) and
+  ``classes.json`` (class -> entity, name, split seen/unseen). Fresh renders, never in training.
+
+Deterministic in ``corpus.seed``: every shard draws from its own generator seeded by (seed, shard
+index), so shards are byte-identical whatever the number of worker processes. Shards are rendered
+in a process pool and streamed to disk; memory holds one shard per worker plus one int32 per
+sample (the plan of which entity each image shows).
 """
 
 from __future__ import annotations
 
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from mofi_core.config import CorpusConfig
 from mofi_core.demo.alttext import alt_text, choose_kind
@@ -19,6 +34,9 @@ from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir
 from mofi_core.io.shards import ShardWriter, shard_name
 
+SHARD_META = pa.schema([("key", pa.string()), ("caption", pa.string()), ("url", pa.string()),
+                        ("status", pa.string()), ("width", pa.int32()), ("height", pa.int32())])
+
 
 @dataclass(frozen=True)
 class WorldStats:
@@ -27,70 +45,120 @@ class WorldStats:
     shards: int
     benchmark_images: int
     benchmark_classes: int
+    labelled_images: int
 
     def as_metrics(self) -> dict[str, int]:
         return self.__dict__.copy()
 
 
-def _sample_plan(cfg: CorpusConfig, entities: list[Entity], rng: np.random.Generator) -> list:
-    """(shown entities, distractor entities, alt-text kind) for every corpus image, shuffled."""
-    plan = []
-    for e in entities:
-        for _ in range(cfg.images_per_entity):
-            shown = [e]
-            if rng.random() < cfg.noise.second_entity:
-                other = entities[int(rng.integers(len(entities)))]
-                if other is not e:
-                    shown.append(other)
-            distractors = []
-            if rng.random() < cfg.noise.distractor:
-                d = entities[int(rng.integers(len(entities)))]
-                if d not in shown:
-                    distractors.append(d)
-            plan.append((shown, distractors, choose_kind(cfg.noise, rng)))
-    order = rng.permutation(len(plan))
-    return [plan[i] for i in order]
+# -- per-worker state (set once per process by the pool initializer) -------------------------
+_STATE: dict = {}
+
+
+def _init_worker(cfg: CorpusConfig, entities: list[Entity], shards_dir: Path,
+                 truth_dir: Path) -> None:
+    _STATE.update(cfg=cfg, entities=entities, shards=shards_dir, truth=truth_dir, objects={})
+
+
+def _object(e: Entity):
+    objects = _STATE["objects"]
+    if e.entity_id not in objects:
+        objects[e.entity_id] = draw_object(e)
+    return objects[e.entity_id]
+
+
+def _sample(main: Entity, rng: np.random.Generator) -> tuple[list[Entity], list[Entity], str]:
+    """(entities shown, entities named but not shown, alt-text kind) for one image."""
+    cfg, entities = _STATE["cfg"], _STATE["entities"]
+    shown = [main]
+    if rng.random() < cfg.noise.second_entity:
+        other = entities[int(rng.integers(len(entities)))]
+        if other is not main:
+            shown.append(other)
+    distractors: list[Entity] = []
+    for _ in range(2):  # credits, shops, locations: up to two wrong names
+        if rng.random() < cfg.noise.distractor:
+            d = entities[int(rng.integers(len(entities)))]
+            if d not in shown and d not in distractors:
+                distractors.append(d)
+    return shown, distractors, choose_kind(cfg.noise, rng)
+
+
+def _write_shard(job: tuple[int, int, np.ndarray]) -> int:
+    """Render shard ``index`` (samples ``start..``, main entities ``plan``) to tar + parquets."""
+    index, start, plan = job
+    cfg, entities = _STATE["cfg"], _STATE["entities"]
+    rng = np.random.default_rng([cfg.seed, index])
+    meta, truth = [], []
+    with ShardWriter(_STATE["shards"] / shard_name(index)) as writer:
+        for offset, ent in enumerate(plan):
+            key = f"{start + offset:09d}"
+            shown, distractors, kind = _sample(entities[int(ent)], rng)
+            jpg = render([(e, _object(e)) for e in shown], cfg.image_size, rng)
+            text = alt_text(shown, distractors, kind, rng)
+            row = {"key": key, "caption": text, "url": f"demo://{key}.jpg", "status": "success",
+                   "width": cfg.image_size, "height": cfg.image_size}
+            writer.write(key, {"jpg": jpg, "txt": text, "json": row})
+            meta.append(row)
+            truth.append({"key": key, "entity_ids": [e.entity_id for e in shown]})
+    stem = shard_name(index).removesuffix(".tar")
+    tables.write_table(_STATE["shards"] / f"{stem}.parquet",
+                       pa.Table.from_pylist(meta, schema=SHARD_META), SHARD_META)
+    tables.write_table(_STATE["truth"] / f"{stem}.parquet",
+                       tables.from_rows(truth, tables.TRUTH), tables.TRUTH)
+    return len(plan)
+
+
+def _pool(cfg: CorpusConfig, init_args: tuple) -> ProcessPoolExecutor:
+    workers = cfg.workers or os.cpu_count() or 1
+    # spawn: workers start clean whatever the parent has loaded (threads, torch, pyarrow pools)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                               initializer=_init_worker, initargs=init_args)
 
 
 def write_corpus(cfg: CorpusConfig, entities: list[Entity], corpus_dir: Path, truth_dir: Path,
-                 rng: np.random.Generator) -> int:
-    objects = {e.entity_id: draw_object(e) for e in entities}
-    plan = _sample_plan(cfg, entities, rng)
+                 plan: np.ndarray) -> int:
     with atomic_dir(corpus_dir) as out, atomic_dir(truth_dir) as truth_out:
         tables.write_table(out / "kb.parquet", tables.from_rows([e.kb_row() for e in entities],
                                                                   tables.KB), tables.KB)
         (out / "shards").mkdir()
-        truth_rows = []
-        for start in range(0, len(plan), cfg.samples_per_shard):
-            with ShardWriter(out / "shards" / shard_name(start // cfg.samples_per_shard)) as w:
-                for i, (shown, distractors, kind) in enumerate(
-                        plan[start:start + cfg.samples_per_shard], start):
-                    key = f"{i:09d}"
-                    jpg = render([(e, objects[e.entity_id]) for e in shown], cfg.image_size, rng)
-                    text = alt_text(shown, distractors, kind, rng)
-                    w.write(key, {"jpg": jpg, "txt": text,
-                                  "json": {"key": key, "caption": text, "status": "success",
-                                           "url": f"demo://{key}.jpg"}})
-                    truth_rows.append({"key": key, "entity_ids": [e.entity_id for e in shown]})
-        tables.write_table(truth_out / "truth.parquet",
-                           tables.from_rows(truth_rows, tables.TRUTH), tables.TRUTH)
-    return len(plan)
+        n = cfg.samples_per_shard
+        jobs = [(i, s, plan[s:s + n]) for i, s in enumerate(range(0, len(plan), n))]
+        with _pool(cfg, (cfg, entities, out / "shards", truth_out)) as pool:
+            return sum(pool.map(_write_shard, jobs))
 
 
-def write_benchmark(cfg: CorpusConfig, seen: list[Entity], unseen: list[Entity], out_dir: Path,
-                    rng: np.random.Generator) -> int:
-    """GPR1200 layout: ``{class}_{entity}_{i}.jpg``; images are fresh renders, never in training."""
-    n = 0
+def _benchmark_image(e: Entity, rng: np.random.Generator, size: int) -> bytes:
+    return render([(e, _object(e))], size, rng)
+
+
+def write_benchmark(cfg: CorpusConfig, seen: list[Entity], unseen: list[Entity],
+                    out_dir: Path) -> tuple[int, int]:
+    """GPR1200-layout retrieval set + ImageFolder-layout labelled split + classes.json."""
+    b = cfg.benchmark
+    _init_worker(cfg, seen + unseen, out_dir, out_dir)
+    n_gpr = n_lab = 0
+    classes = []
     with atomic_dir(out_dir) as out:
-        gpr = out / "gpr1200"
-        gpr.mkdir()
+        (out / "gpr1200").mkdir()
         for cls, e in enumerate(seen + unseen):
-            obj = draw_object(e)
-            for i in range(cfg.benchmark.images_per_class):
-                (gpr / f"{cls}_{e.entity_id}_{i}.jpg").write_bytes(
-                    render([(e, obj)], cfg.image_size, rng))
-                n += 1
-    return n
+            rng = np.random.default_rng([cfg.seed, 1_000_003, cls])  # apart from corpus streams
+            split = "seen" if cls < len(seen) else "unseen"
+            classes.append({"class": cls, "entity_id": e.entity_id, "name": e.name,
+                            "type": e.type, "description": e.kb.description, "split": split})
+            for i in range(b.images_per_class):
+                (out / "gpr1200" / f"{cls}_{e.entity_id}_{i}.jpg").write_bytes(
+                    _benchmark_image(e, rng, cfg.image_size))
+                n_gpr += 1
+            for part, count in (("train", b.labelled_train), ("val", b.labelled_val),
+                                ("test", b.labelled_test)):
+                folder = out / "labelled" / part / e.entity_id
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(count):
+                    (folder / f"{i}.jpg").write_bytes(_benchmark_image(e, rng, cfg.image_size))
+                    n_lab += 1
+        (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n", encoding="utf-8")
+    return n_gpr, n_lab
 
 
 def generate_world(cfg: CorpusConfig, corpus_dir: Path, truth_dir: Path,
@@ -99,18 +167,19 @@ def generate_world(cfg: CorpusConfig, corpus_dir: Path, truth_dir: Path,
         raise ValueError(f"corpus.benchmark.seen_classes ({cfg.benchmark.seen_classes}) exceeds "
                          f"corpus.num_entities ({cfg.num_entities}); lower it")
     rng = np.random.default_rng(cfg.seed)
-    entities = make_entities(cfg.num_entities + cfg.benchmark.unseen_classes, rng)
-    corpus_entities = entities[:cfg.num_entities]
-    unseen = entities[cfg.num_entities:]
-    seen_idx = rng.choice(cfg.num_entities, cfg.benchmark.seen_classes, replace=False)
-    seen = [corpus_entities[i] for i in sorted(seen_idx)]
-    # separate generators: changing the benchmark never changes the corpus and vice versa
-    corpus_rng, bench_rng = (np.random.default_rng(s) for s in rng.integers(0, 2**31, 2))
-    samples = write_corpus(cfg, corpus_entities, corpus_dir, truth_dir, corpus_rng)
-    bench = write_benchmark(cfg, seen, unseen, benchmark_dir, bench_rng)
-    shards = -(-samples // cfg.samples_per_shard)
-    return WorldStats(entities=len(corpus_entities), samples=samples, shards=shards,
-                      benchmark_images=bench, benchmark_classes=len(seen) + len(unseen))
+    entities = make_entities(cfg.num_entities + cfg.benchmark.unseen_classes, rng,
+                             shared_alias_rate=cfg.shared_alias_rate)
+    corpus_entities, unseen = entities[:cfg.num_entities], entities[cfg.num_entities:]
+    seen_idx = sorted(rng.choice(cfg.num_entities, cfg.benchmark.seen_classes, replace=False))
+    # which entity each image mainly shows: exactly images_per_entity each, shuffled
+    plan = rng.permutation(np.repeat(np.arange(cfg.num_entities, dtype=np.int32),
+                                     cfg.images_per_entity))
+    samples = write_corpus(cfg, corpus_entities, corpus_dir, truth_dir, plan)
+    n_gpr, n_lab = write_benchmark(cfg, [corpus_entities[i] for i in seen_idx], unseen,
+                                   benchmark_dir)
+    return WorldStats(entities=len(corpus_entities), samples=samples,
+                      shards=-(-samples // cfg.samples_per_shard), benchmark_images=n_gpr,
+                      benchmark_classes=len(seen_idx) + len(unseen), labelled_images=n_lab)
 
 
 def run(cfg: CorpusConfig, ctx) -> dict:

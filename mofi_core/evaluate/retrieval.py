@@ -62,7 +62,15 @@ def recall_at_k(features: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((labels[top] == labels[:, None]).any(1).mean())
 
 
-def retrieval_metrics(features: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {"gpr_map": float(average_precisions(features, labels).mean()),
-            "recall_at_1": recall_at_k(features, labels, 1),
-            "recall_at_5": recall_at_k(features, labels, 5)}
+def retrieval_metrics(features: np.ndarray, labels: np.ndarray,
+                      partitions: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """mAP over all queries, plus ``gpr_map_<part>`` over the queries of each partition (a
+    boolean mask, e.g. seen/unseen classes, or GPR1200's six domains)."""
+    aps = average_precisions(features, labels)
+    out = {"gpr_map": float(aps.mean()),
+           "recall_at_1": recall_at_k(features, labels, 1),
+           "recall_at_5": recall_at_k(features, labels, 5)}
+    for part, mask in (partitions or {}).items():
+        if mask.any():
+            out[f"gpr_map_{part}"] = float(aps[mask].mean())
+    return out

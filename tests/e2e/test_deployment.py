@@ -92,4 +92,4 @@ def test_deployment_run_completes_against_a_real_server(project, first_run):
     assert json.loads(parent.data.tags["mofi.overrides"]) == {"train.steps": 14}
     children = {r.data.tags["mofi.stage"] for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert children == {"train", "evaluate", "register"}
+    assert children == {"train", "evaluate", "report", "register"}

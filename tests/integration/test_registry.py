@@ -29,7 +29,9 @@ def model_dir(tiny_world, tmp_path_factory):
     layout, params, _ = tiny_world
     tmp = tmp_path_factory.mktemp("reg")
     ingest(layout.corpus_shards, tmp / "ingest", params.ingest)
-    truth = tables.read_table(layout.truth / "truth.parquet", tables.TRUTH).to_pylist()
+    from mofi_core.evaluate.quality import read_truth
+
+    truth = read_truth(layout.truth).to_pylist()
     rows = [{"key": t["key"], "entity_id": e, "score": 0.9} for t in truth for e in t["entity_ids"]]
     import pyarrow as pa
 

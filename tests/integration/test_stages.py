@@ -79,7 +79,7 @@ def test_validate_passes_then_fails_on_a_corrupted_dataset(chain, tmp_path):
     bad = tmp_path / "i2e"
     shutil.copytree(layout.i2e, bad)
     table = pq.read_table(bad / "labels.parquet").to_pylist()
-    table[0]["entity_ids"] = ["Q999999"]  # not in the vocabulary nor the KB
+    table[0]["entity_ids"], table[0]["scores"] = ["Q999999"], [0.9]  # not in vocab nor KB
     table.append(dict(table[1]))  # duplicate key
     import pyarrow as pa
 
@@ -92,6 +92,11 @@ def test_validate_passes_then_fails_on_a_corrupted_dataset(chain, tmp_path):
     assert "expect_column_values_to_be_unique" in msg and "expect_column_values_to_be_in_set" in msg
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["summary"]["success"] is False and report["summary"]["failed"] >= 2
+    table[0]["scores"] = [0.9, 0.8]  # two scores for one label: refused before any check
+    t.write_table(bad / "labels.parquet", pa.Table.from_pylist(table, schema=t.LABELS), t.LABELS)
+    with pytest.raises(ValidationFailed, match="different number of entity_ids and scores"):
+        validate(bad, layout.kb, layout.ingest / "manifest.parquet", tmp_path / "r.json",
+                 params.validate_)
 
 
 def test_training_reduces_loss(chain):
@@ -128,3 +133,19 @@ def test_model_folder_round_trip_without_pickle(chain):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     again = Encoder(layout.mofi_model).embed([Image.open(f).convert("RGB") for f in files])
     np.testing.assert_array_equal(emb, again)
+
+
+def test_quality_report_reads_truth_and_the_world_is_noisy(chain):
+    from mofi_core.evaluate.quality import label_quality, read_truth, report_markdown
+
+    layout, _, out = chain
+    manifest = pq.read_table(layout.ingest / "manifest.parquet")
+    quality = label_quality(read_truth(layout.truth), set(manifest["key"].to_pylist()),
+                            pq.read_table(layout.ner / "mentions.parquet"),
+                            pq.read_table(layout.i2e / "labels.parquet"))
+    # default noise makes raw NER labels clearly noisy, yet useful
+    assert 0.4 < quality["raw_ner"]["precision"] < 0.85
+    assert quality["raw_ner"]["recall"] > 0.5
+    md = report_markdown(quality, out["evaluate"])
+    assert "| NER + linking (all candidates) |" in md and "seen classes" in md
+    assert "filtering raises label precision" in md

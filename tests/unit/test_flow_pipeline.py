@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 def test_stage_order_follows_the_dvc_dag():
     order = stage_order(ROOT / "dvc.yaml")
     assert order == ["corpus", "ingest", "ner", "baseline", "score", "build", "validate",
-                     "train", "evaluate", "register"]
+                     "train", "evaluate", "report", "register"]
 
 
 def test_stage_order_sorts_by_dependencies_not_file_order(tmp_path):
