@@ -27,7 +27,7 @@ demo: setup
 	$(RUN) $(BIN)/mofi run
 
 test: setup
-	$(BIN)/ruff check mofi_core flows tests
+	$(BIN)/ruff check mofi_core flows tests benchmarks
 	$(RUN) $(BIN)/pytest -q
 
 test-fast: setup

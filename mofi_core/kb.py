@@ -6,6 +6,7 @@ several entities yields several candidates, which later stages disambiguate.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections import defaultdict
@@ -33,6 +34,26 @@ class KBEntity:
     type: str
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"knowledge base {path} not found")
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not a JSON object ({err.msg})") from None
+            missing = [f for f in tables.KB.names if f not in row]
+            if not isinstance(row, dict) or missing:
+                raise ValueError(f"{path}:{n}: entity needs fields {tables.KB.names} "
+                                 f"(missing {missing})")
+            rows.append(row)
+    return rows
+
+
 class KnowledgeBase:
     def __init__(self, entities: list[KBEntity]) -> None:
         self.entities = {e.entity_id: e for e in entities}
@@ -48,10 +69,14 @@ class KnowledgeBase:
 
     @classmethod
     def load(cls, path: Path | str) -> KnowledgeBase:
-        rows = tables.read_table(path, tables.KB).to_pylist()
+        """From parquet (schema ``tables.KB``) or JSON Lines (one entity object per line)."""
+        path = Path(path)
+        rows = _read_jsonl(path) if path.suffix in (".jsonl", ".ndjson") else \
+            tables.read_table(path, tables.KB).to_pylist()
         bad = [r.get("entity_id") for r in rows if not r["entity_id"] or not r["name"]]
         if bad:
-            raise ValueError(f"{path}: {len(bad)} KB rows lack entity_id or name (first: {bad[0]})")
+            raise ValueError(f"{path}: {len(bad)} KB rows lack entity_id or name "
+                             f"(first: {bad[0]!r})")
         return cls([KBEntity(r["entity_id"], r["name"], tuple(r["aliases"] or ()),
                              r["description"] or "", r["type"] or "") for r in rows])
 

@@ -65,3 +65,17 @@ def test_unlinked_ner_mentions_are_kept_and_counted(kb, nlp):
 def test_missing_spacy_model_is_a_clear_error():
     with pytest.raises(SpacyModelError, match=r"ner\.spacy_model"):
         load_nlp("en_core_web_nonexistent")
+
+
+def test_kb_loads_from_jsonl_as_users_bring_it(tmp_path):
+    path = tmp_path / "kb.jsonl"
+    path.write_text('{"entity_id": "Q1", "name": "Mount Fuji", "aliases": ["Fujisan"], '
+                    '"description": "A volcano.", "type": "landmark"}\n\n')
+    kb = KnowledgeBase.load(path)
+    assert kb.candidates("fujisan") == ("Q1",)
+    path.write_text('{"entity_id": "Q1", "name": "X"}\n')
+    with pytest.raises(ValueError, match=r"kb\.jsonl:1: entity needs fields"):
+        KnowledgeBase.load(path)
+    path.write_text("not json\n")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        KnowledgeBase.load(path)
