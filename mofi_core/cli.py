@@ -102,6 +102,38 @@ for _name, (_loader, _help) in STAGES.items():
     _stage_command(_name, _loader, _help)
 
 
+kb_app = typer.Typer(help="Knowledge-base tools.", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
+
+
+@kb_app.command("import-wikidata")
+def import_wikidata(
+        dump: Annotated[Path, typer.Argument(help="Wikidata JSON dump (.json, .json.bz2, .gz)")],
+        out: Annotated[Path, typer.Option(help="KB parquet to write")] = Path("kb.parquet"),
+        type_map: Annotated[Path | None, typer.Option(
+            help="YAML/JSON mapping of P31 ids to KB types, e.g. {Q5: person}")] = None,
+        language: Annotated[str, typer.Option(help="label/alias/description language")] = "en",
+        min_sitelinks: Annotated[int, typer.Option(help="keep entities with at least this "
+                                                        "many sitelinks")] = 1) -> None:
+    """Stream a Wikidata JSON dump into the KB format (entity_id, name, aliases, ...)."""
+    import yaml
+
+    from mofi_core.wikidata import import_wikidata as run_import
+
+    try:
+        mapping = None
+        if type_map is not None:
+            mapping = yaml.safe_load(type_map.read_text(encoding="utf-8"))
+            if not isinstance(mapping, dict) or not mapping:
+                raise ValueError(f"{type_map}: expected a mapping like {{Q5: person}}")
+            mapping = {str(k): str(v) for k, v in mapping.items()}
+        stats = run_import(dump, out, mapping, language, min_sitelinks)
+    except Exception as err:
+        _fail(err)
+    typer.echo(f"wrote {out}: {stats.kept} entities from {stats.lines} dump lines; "
+               f"skipped {dict(stats.skipped)}")
+
+
 def _parse_sets(values: list[str]) -> dict:
     import yaml
 
