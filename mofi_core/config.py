@@ -125,14 +125,25 @@ class MofiTrainConfig(TrainConfig):
 class ScoreConfig(Section):
     model: str = Field("baseline", description="'baseline' or an open_clip architecture name")
     pretrained: str | None = Field(None, description="open_clip tag or local checkpoint file")
-    prompt: str = "a photo of {name}."
+    prompts: tuple[str, ...] = Field(("a photo of {name}.",), min_length=1, description=(
+        "text templates averaged per entity; may use {name} and {description}"))
+    null_samples: int = Field(16, ge=0, description="random non-candidate entities scored per "
+                                                    "image (null distribution); 0 = none")
+    null_pool: int = Field(4096, ge=1, description="KB sample the null entities come from")
+    seed: int = 0
     batch_size: int = Field(256, ge=1)
     device: str = "auto"
 
     @model_validator(mode="after")
     def _prompt(self) -> ScoreConfig:
-        if "{name}" not in self.prompt:
-            raise ValueError(f"score.prompt must contain '{{name}}', got {self.prompt!r}")
+        for p in self.prompts:
+            if "{name}" not in p:
+                raise ValueError(f"score.prompts: each must contain '{{name}}', got {p!r}")
+            try:
+                p.format(name="x", description="y")
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(f"score.prompts: {p!r} may only use {{name}} and "
+                                 f"{{description}} ({err!r})") from None
         if self.model == "baseline" and self.pretrained:
             raise ValueError("score.pretrained is only used with an open_clip architecture; "
                              "set score.model to one (e.g. ViT-B-16) or clear score.pretrained")
@@ -140,8 +151,16 @@ class ScoreConfig(Section):
 
 
 class BuildConfig(Section):
-    threshold: float = Field(0.25, ge=-1, le=1, description="min cosine(image, entity prompt)")
+    """Filter rules are combined with AND; then the label vocabulary is cut by image counts."""
+
+    rules: tuple[Literal["threshold", "top_k", "null_quantile"], ...] = Field(
+        ("threshold",), min_length=1, description="which filters apply (all must pass)")
+    threshold: float = Field(0.45, ge=-1, le=1, description="min cosine(image, entity text)")
+    top_k: int = Field(1, ge=1, description="keep the k best-scoring candidates of an image")
+    null_quantile: float = Field(0.95, gt=0, lt=1, description=(
+        "keep a candidate scoring above this quantile of the image's null scores"))
     min_images_per_entity: int = Field(5, ge=1)
+    max_images_per_entity: int = Field(0, ge=0, description="cap per entity (best scores); 0=none")
     samples_per_shard: int = Field(1000, ge=1)
 
 

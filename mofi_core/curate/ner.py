@@ -2,9 +2,10 @@
 
 Two sources of mentions: the spaCy pipeline's statistical NER (only the ``ner`` component runs)
 and a KB gazetteer (case-insensitive phrase matching over every KB name and alias), which catches
-names the statistical model misses. Linking is an exact lookup of the normalised mention in the
-KB alias index; a mention with several candidates keeps all of them (``link_score`` = 1/n) so
-that CLIP scoring can decide. Unlinked mentions stay in the output (``entity_id`` null).
+names the statistical model misses. Linking looks the normalised mention up in the KB alias
+index; a mention with several candidates keeps all of them, weighted (``link_score``) by type
+compatibility with the NER label and by co-mentions, so that CLIP scoring can decide. Unlinked
+mentions stay in the output (``entity_id`` null).
 """
 
 from __future__ import annotations
@@ -56,6 +57,32 @@ def _spans(doc, matcher, labels: frozenset[str]) -> list[tuple[int, int, str, st
     return sorted(out)
 
 
+# spaCy NER label -> KB types it is compatible with (labels not listed carry no type evidence)
+TYPE_COMPATIBILITY = {
+    "PERSON": {"person"}, "ORG": {"organization"}, "GPE": {"place"},
+    "LOC": {"place", "landmark"}, "FAC": {"landmark"}, "PRODUCT": {"product"},
+    "WORK_OF_ART": {"product"},
+}
+
+
+def link_scores(cands: tuple[str, ...], label: str, kb: KnowledgeBase,
+                co_mentioned: set[str]) -> list[float]:
+    """Disambiguation weights, normalised over the candidates: a candidate whose KB type fits
+    the NER label counts 2x (0.5x when it contradicts it), one named unambiguously elsewhere in
+    the same alt-text counts 3x. Every candidate is kept; CLIP scoring decides later."""
+    fits = TYPE_COMPATIBILITY.get(label)
+    weights = []
+    for c in cands:
+        w = 1.0
+        if fits is not None:
+            w *= 2.0 if kb.entities[c].type in fits else 0.5
+        if c in co_mentioned:
+            w *= 3.0
+        weights.append(w)
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: NerConfig,
                      nlp=None) -> list[dict]:
     """One row per (mention, candidate); unlinked mentions get one row with a null entity."""
@@ -64,14 +91,18 @@ def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: 
     labels = frozenset(cfg.labels)
     rows: list[dict] = []
     for key, doc in zip(keys, nlp.pipe(texts, batch_size=cfg.batch_size), strict=True):
-        for start, end, label, source in _spans(doc, matcher, labels):
-            mention = doc.text[start:end]
-            cands = kb.candidates(mention)
-            base = {"key": key, "mention": mention, "start": start, "end": end, "label": label,
-                    "source": source}
+        spans = [(start, end, label, source, kb.candidates(doc.text[start:end]))
+                 for start, end, label, source in _spans(doc, matcher, labels)]
+        sure = {c[0] for *_, c in spans if len(c) == 1}
+        for start, end, label, source, cands in spans:
+            base = {"key": key, "mention": doc.text[start:end], "start": start, "end": end,
+                    "label": label, "source": source}
             if not cands:
                 rows.append({**base, "entity_id": None, "link_score": 0.0})
-            rows.extend({**base, "entity_id": c, "link_score": 1.0 / len(cands)} for c in cands)
+                continue
+            scores = link_scores(cands, label, kb, sure)
+            rows.extend({**base, "entity_id": c, "link_score": sc}
+                        for c, sc in zip(cands, scores, strict=True))
     return rows
 
 

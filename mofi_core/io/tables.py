@@ -25,6 +25,7 @@ MENTIONS = pa.schema([
     ("link_score", pa.float32()),
 ])
 SCORES = pa.schema([("key", pa.string()), ("entity_id", pa.string()), ("score", pa.float32())])
+NULL_SCORES = pa.schema([("key", pa.string()), ("scores", pa.list_(pa.float32()))])
 LABELS = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("entity_ids", pa.list_(pa.string())),
     ("scores", pa.list_(pa.float32())),

@@ -35,8 +35,9 @@ def model_dir(tiny_world, tmp_path_factory):
     rows = [{"key": t["key"], "entity_id": e, "score": 0.9} for t in truth for e in t["entity_ids"]]
     import pyarrow as pa
 
-    tables.write_table(tmp / "scores.parquet", pa.Table.from_pylist(rows), tables.SCORES)
-    build(tmp / "ingest", tmp / "scores.parquet", tmp / "i2e", BuildConfig(threshold=0.5))
+    tables.write_table(tmp / "score" / "scores.parquet", pa.Table.from_pylist(rows),
+                       tables.SCORES)
+    build(tmp / "ingest", tmp / "score", tmp / "i2e", BuildConfig(threshold=0.5))
     train_supervised(tmp / "i2e", tmp / "model", params.train.model_copy(update={"steps": 5}),
                      lambda s, r: None)
     return tmp / "model"

@@ -26,9 +26,8 @@ def chain(tiny_world):
     out["baseline"] = train_clip(layout.ingest, layout.baseline_model, params.baseline,
                                  lambda s, r: None)
     out["score"] = score(layout.ingest, layout.ner / "mentions.parquet", layout.kb,
-                         layout.baseline_model, layout.score / "scores.parquet", params.score,
-                         num_workers=0)
-    out["build"] = build(layout.ingest, layout.score / "scores.parquet", layout.i2e, params.build)
+                         layout.baseline_model, layout.score, params.score, num_workers=0)
+    out["build"] = build(layout.ingest, layout.score, layout.i2e, params.build)
     out["validate"] = validate(layout.i2e, layout.kb, layout.ingest / "manifest.parquet",
                                layout.reports / "validate.json", params.validate_)
     out["train"] = train_supervised(layout.i2e, layout.mofi_model, params.train,
@@ -57,7 +56,12 @@ def test_scores_are_cosines_for_every_candidate(chain):
         subset=["entity_id"])
     assert set(zip(scores.key, scores.entity_id)) == set(zip(mentions.key, mentions.entity_id))
     assert scores.score.between(-1.0001, 1.0001).all()
-    assert out["score"]["entities_scored"] == scores.entity_id.nunique()
+    assert out["score"]["entities_embedded"] >= scores.entity_id.nunique()
+    null = pq.read_table(layout.score / "null.parquet").to_pandas()
+    assert set(null.key) == set(scores.key)
+    cands = scores.groupby("key").entity_id.apply(set)
+    # null entities are never the image's candidates; the tiny KB has 12 entities
+    assert all(0 < len(s) <= 12 - len(cands[k]) for k, s in zip(null.key, null.scores))
 
 
 def test_i2e_shards_match_labels_and_vocab(chain):

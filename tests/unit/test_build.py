@@ -22,3 +22,38 @@ def test_multi_label_images_keep_every_passing_entity_sorted():
 def test_threshold_bounds_are_validated():
     with pytest.raises(ValueError):
         BuildConfig(threshold=1.5)
+
+
+def _cfg(**kw):
+    return BuildConfig(min_images_per_entity=1, **kw)
+
+
+def test_top_k_keeps_the_best_candidates_of_each_image():
+    out = select_labels(["a", "a", "a", "b"], ["X", "Y", "Z", "X"], [0.2, 0.9, 0.5, 0.1],
+                        _cfg(rules=("top_k",), top_k=2))
+    assert out == {"a": [("Y", 0.9), ("Z", 0.5)], "b": [("X", 0.1)]}
+
+
+def test_null_quantile_uses_each_images_own_cutoff():
+    out = select_labels(["a", "a", "b"], ["X", "Y", "X"], [0.6, 0.4, 0.45],
+                        _cfg(rules=("null_quantile",)), null_cut={"a": 0.5, "b": 0.3})
+    assert out == {"a": [("X", 0.6)], "b": [("X", 0.45)]}
+    with pytest.raises(ValueError, match="null_samples"):
+        select_labels(["c"], ["X"], [0.9], _cfg(rules=("null_quantile",)), null_cut={})
+
+
+def test_rules_combine_with_and():
+    out = select_labels(["a", "a", "b", "b"], ["X", "Y", "X", "Y"], [0.6, 0.5, 0.2, 0.1],
+                        _cfg(rules=("top_k", "threshold"), top_k=1, threshold=0.3))
+    assert out == {"a": [("X", 0.6)]}  # b's best (0.2) fails the threshold
+
+
+def test_cap_per_entity_keeps_its_best_images():
+    out = select_labels(["a", "b", "c"], ["X", "X", "X"], [0.5, 0.9, 0.7],
+                        _cfg(rules=("threshold",), threshold=0.0, max_images_per_entity=2))
+    assert out == {"b": [("X", 0.9)], "c": [("X", 0.7)]}
+
+
+def test_unknown_rule_is_refused():
+    with pytest.raises(ValueError):
+        BuildConfig(rules=("magic",))

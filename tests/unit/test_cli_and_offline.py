@@ -49,3 +49,23 @@ def test_missing_cached_weights_fail_clearly_without_network(tmp_path, monkeypat
     missing = ScoreConfig(model="ViT-B-16", pretrained=str(tmp_path / "nope.pt"))
     with pytest.raises(ValueError, match="neither a file"):
         load_scorer(missing, tmp_path)
+
+
+def test_null_draw_is_seeded_by_key_and_skips_candidates():
+    import numpy as np
+
+    from mofi_core.curate.score import null_draw
+
+    pool = np.arange(20)
+    a = null_draw("000000001", pool, {3, 4}, 5, seed=0)
+    assert len(a) == 5 and not {3, 4} & set(a.tolist())
+    assert a.tolist() == null_draw("000000001", pool, {3, 4}, 5, seed=0).tolist()
+    assert a.tolist() != null_draw("000000002", pool, {3, 4}, 5, seed=0).tolist()
+
+
+def test_prompt_templates_are_checked():
+    with pytest.raises(ValueError, match="must contain"):
+        ScoreConfig(prompts=("a photo",))
+    with pytest.raises(ValueError, match="may only use"):
+        ScoreConfig(prompts=("{name} {colour}",))
+    assert ScoreConfig(prompts=("{name}: {description}",)).prompts
