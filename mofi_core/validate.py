@@ -65,7 +65,7 @@ def _suites(cfg: ValidateConfig, rule: dict, classes: list[str], kb_ids: list[st
         E.ExpectColumnValuesToNotBeNull(column="entity_id"),
         E.ExpectColumnValuesToBeInSet(column="entity_id", value_set=classes),
         E.ExpectColumnValuesToBeInSet(column="entity_id", value_set=kb_ids),
-        E.ExpectColumnValuesToBeBetween(column="score", min_value=rule["threshold"],
+        E.ExpectColumnValuesToBeBetween(column="score", min_value=rule["score_floor"],
                                         max_value=1.0),
         E.ExpectCompoundColumnsToBeUnique(column_list=["key", "entity_id"]),
     ]

@@ -107,12 +107,9 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
 
 
 def rule_summary(cfg: BuildConfig) -> dict:
-    return {"rules": list(cfg.rules),
-            "threshold": cfg.threshold if "threshold" in cfg.rules else -1.0,
-            "top_k": cfg.top_k if "top_k" in cfg.rules else None,
-            "null_quantile": cfg.null_quantile if "null_quantile" in cfg.rules else None,
-            "min_images_per_entity": cfg.min_images_per_entity,
-            "max_images_per_entity": cfg.max_images_per_entity or None}
+    """What build applied; ``score_floor`` is the lowest score a kept label can have."""
+    return {**cfg.model_dump(mode="json", exclude={"samples_per_shard"}),
+            "score_floor": cfg.threshold if "threshold" in cfg.rules else -1.0}
 
 
 def _write_shards(ingest_dir: Path, labels: Labels, out: Path, per_shard: int) -> list[dict]:

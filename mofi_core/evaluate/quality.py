@@ -38,20 +38,46 @@ def precision_recall(predicted: Pairs, truth: Pairs) -> dict[str, float]:
             "recall": hits / len(truth) if truth else 0.0, "pairs": len(predicted)}
 
 
+def truth_pairs(truth: pa.Table, kept_keys: set[str]) -> Pairs:
+    return {(k, e) for k, es in zip(truth["key"].to_pylist(), truth["entity_ids"].to_pylist(),
+                                     strict=True) if k in kept_keys for e in es}
+
+
 def label_quality(truth: pa.Table, kept_keys: set[str], mentions: pa.Table, labels: pa.Table
                   ) -> dict[str, dict[str, float]]:
     """(key, entity) pairs: raw NER/linking candidates and the filtered I2E labels vs truth.
 
     Only keys that survived ingest count, so rejected samples don't bias recall."""
-    true: Pairs = {(k, e) for k, es in zip(truth["key"].to_pylist(),
-                                            truth["entity_ids"].to_pylist(), strict=True)
-                   if k in kept_keys for e in es}
+    true = truth_pairs(truth, kept_keys)
     raw: Pairs = {(k, e) for k, e in zip(mentions["key"].to_pylist(),
                                           mentions["entity_id"].to_pylist(), strict=True) if e}
     kept: Pairs = {(k, e) for k, es in zip(labels["key"].to_pylist(),
                                             labels["entity_ids"].to_pylist(), strict=True)
                    for e in es}
     return {"raw_ner": precision_recall(raw, true), "filtered": precision_recall(kept, true)}
+
+
+def rule_variants(rule: dict, score_dir: Path, truth_pairs: Pairs) -> dict[str, dict]:
+    """Label quality of each filter rule alone (with build's settings) and of the applied
+    combination, from the kept scores: what each rule buys, on the same candidates."""
+    from mofi_core.config import BuildConfig
+    from mofi_core.curate.build import null_cutoffs, select_labels
+
+    scores = tables.read_table(score_dir / "scores.parquet", tables.SCORES)
+    cols = (scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
+            scores["score"].to_pylist())
+    base = {k: v for k, v in rule.items() if k in BuildConfig.model_fields and k != "rules"}
+    has_null = (score_dir / "null.parquet").is_file()
+    out = {}
+    for rules in (("threshold",), ("top_k",), ("null_quantile",), tuple(rule["rules"])):
+        if "null_quantile" in rules and not has_null:
+            continue
+        cfg = BuildConfig(**base, rules=rules)
+        cut = null_cutoffs(score_dir / "null.parquet", cfg.null_quantile) \
+            if "null_quantile" in rules else None
+        kept = {(k, e) for k, ls in select_labels(*cols, cfg, cut).items() for e, _ in ls}
+        out["+".join(rules)] = precision_recall(kept, truth_pairs)
+    return out
 
 
 def _pct(x: float) -> str:
@@ -63,9 +89,11 @@ def report_markdown(quality: dict, evaluation: dict) -> str:
     if quality:
         lines += ["## Entity labels vs ground truth ((image, entity) pairs)", "",
                   "| step | pairs | precision | recall |", "|---|---|---|---|"]
-        for step, title in (("raw_ner", "NER + linking (all candidates)"),
-                            ("filtered", "after CLIP filter + min images (I2E)")):
-            q = quality[step]
+        steps = [("NER + linking (all candidates)", quality["raw_ner"]),
+                 ("after CLIP filter + min images (I2E)", quality["filtered"])]
+        steps += [(f"rule `{name}` (same candidates, same min images)", q)
+                  for name, q in quality.get("rules", {}).items()]
+        for title, q in steps:
             lines.append(f"| {title} | {q['pairs']} | {_pct(q['precision'])} | "
                          f"{_pct(q['recall'])} |")
     lines += ["", "## Retrieval on the benchmark (GPR1200 protocol, mAP)", "",
@@ -100,9 +128,11 @@ def run(cfg: ReportConfig, ctx) -> dict:
     quality = {}
     if lay.truth.is_dir():
         manifest = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST)
-        quality = label_quality(read_truth(lay.truth), set(manifest["key"].to_pylist()),
-                                pq.read_table(lay.ner / "mentions.parquet"),
+        truth, kept_keys = read_truth(lay.truth), set(manifest["key"].to_pylist())
+        quality = label_quality(truth, kept_keys, pq.read_table(lay.ner / "mentions.parquet"),
                                 pq.read_table(lay.i2e / "labels.parquet"))
+        rule = json.loads((lay.i2e / "stats.json").read_text(encoding="utf-8"))["rule"]
+        quality["rules"] = rule_variants(rule, lay.score, truth_pairs(truth, kept_keys))
     markdown = report_markdown(quality, evaluation)
     write_bytes(lay.reports / "quality.md", markdown.encode("utf-8"))
     ctx.artifacts.append(lay.reports / "quality.md")

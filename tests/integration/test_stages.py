@@ -150,6 +150,17 @@ def test_quality_report_reads_truth_and_the_world_is_noisy(chain):
     # default noise makes raw NER labels clearly noisy, yet useful
     assert 0.4 < quality["raw_ner"]["precision"] < 0.85
     assert quality["raw_ner"]["recall"] > 0.5
+    from mofi_core.curate.build import rule_summary
+    from mofi_core.evaluate.quality import rule_variants, truth_pairs
+
+    params = chain[1]
+    quality["rules"] = rule_variants(rule_summary(params.build), layout.score,
+                                     truth_pairs(read_truth(layout.truth),
+                                                 set(manifest["key"].to_pylist())))
+    assert set(quality["rules"]) == {"threshold", "top_k", "null_quantile"}
+    # top-1 keeps at most one label per image
+    assert quality["rules"]["top_k"]["pairs"] <= out["score"]["images_scored"]
     md = report_markdown(quality, out["evaluate"])
+    assert "rule `top_k`" in md
     assert "| NER + linking (all candidates) |" in md and "seen classes" in md
     assert "filtering raises label precision" in md
