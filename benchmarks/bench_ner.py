@@ -1,0 +1,68 @@
+"""ner stage vs a bare ``nlp.pipe`` (same model, same texts, same batch size), in one run.
+
+    python benchmarks/bench_ner.py [--samples 6000] [--repeats 5]
+
+Texts come from a demo world generated into a temporary folder. The ratio is the stage's
+throughput (NER + gazetteer + linking + rows) over the bare pipe's; target >= 0.90.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=6000)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    from mofi_core.config import BenchmarkConfig, CorpusConfig, NerConfig
+    from mofi_core.curate.ner import extract_mentions, load_nlp
+    from mofi_core.demo.world import generate_world
+    from mofi_core.io.shards import iter_samples, list_shards
+    from mofi_core.kb import KnowledgeBase
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = CorpusConfig(num_entities=200, images_per_entity=max(1, args.samples // 200),
+                           image_size=32, benchmark=BenchmarkConfig(
+                               seen_classes=1, unseen_classes=0, images_per_class=2,
+                               labelled_train=0, labelled_val=0, labelled_test=0))
+        root = Path(tmp)
+        generate_world(cfg, root / "corpus", root / "truth", root / "bench")
+        texts = [s["txt"].decode() for shard in list_shards(root / "corpus" / "shards")
+                 for s in iter_samples(shard)]
+        kb = KnowledgeBase.load(root / "corpus" / "kb.parquet")
+    ner_cfg = NerConfig()
+    nlp = load_nlp(ner_cfg.spacy_model)
+    keys = [str(i) for i in range(len(texts))]
+
+    def bare() -> float:
+        start = time.perf_counter()
+        for _ in nlp.pipe(texts, batch_size=ner_cfg.batch_size):
+            pass
+        return len(texts) / (time.perf_counter() - start)
+
+    def stage() -> float:
+        start = time.perf_counter()
+        extract_mentions(keys, texts, kb, ner_cfg, nlp)
+        return len(texts) / (time.perf_counter() - start)
+
+    bare(), stage()  # warm-up
+    b, s = [], []
+    for _ in range(args.repeats):  # interleaved, so drift on a shared host hits both alike
+        b.append(bare())
+        s.append(stage())
+    mb, ms = statistics.median(b), statistics.median(s)
+    print(f"texts: {len(texts)}; median of {args.repeats}")
+    print(f"bare nlp.pipe:  {mb:8,.0f} texts/s")
+    print(f"ner stage:      {ms:8,.0f} texts/s")
+    print(f"ratio: {ms / mb:.2f} (target >= 0.90)")
+
+
+if __name__ == "__main__":
+    main()
