@@ -9,10 +9,11 @@ throughput (NER + gazetteer + linking + rows) over the bare pipe's; target >= 0.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from ratio import interleaved_medians
 
 
 def main() -> None:
@@ -52,12 +53,7 @@ def main() -> None:
         extract_mentions(keys, texts, kb, ner_cfg, nlp)
         return len(texts) / (time.perf_counter() - start)
 
-    bare(), stage()  # warm-up
-    b, s = [], []
-    for _ in range(args.repeats):  # interleaved, so drift on a shared host hits both alike
-        b.append(bare())
-        s.append(stage())
-    mb, ms = statistics.median(b), statistics.median(s)
+    mb, ms = interleaved_medians(bare, stage, args.repeats)
     print(f"texts: {len(texts)}; median of {args.repeats}")
     print(f"bare nlp.pipe:  {mb:8,.0f} texts/s")
     print(f"ner stage:      {ms:8,.0f} texts/s")

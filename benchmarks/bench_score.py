@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from ratio import interleaved_medians
 
 
 def main() -> None:
@@ -75,12 +76,7 @@ def main() -> None:
                   root / "baseline", root / "score", cfg)
             return len(samples) / (time.perf_counter() - start)
 
-        bare(), stage()  # warm-up
-        b, s = [], []
-        for _ in range(args.repeats):
-            b.append(bare())
-            s.append(stage())
-    mb, ms = statistics.median(b), statistics.median(s)
+        mb, ms = interleaved_medians(bare, stage, args.repeats)
     print(f"images: {len(samples)}; batch {cfg.batch_size}; median of {args.repeats}")
     print(f"bare encode_image on decoded tensors: {mb:8,.0f} images/s")
     print(f"score stage (decode + encode + score): {ms:8,.0f} images/s")
