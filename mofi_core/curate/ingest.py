@@ -1,10 +1,17 @@
 """ingest: decode-check every sample, normalise it, write clean shards + manifest + rejects.
 
+Works shard by shard: input shard ``i`` (from ``ingest.input``: folder, glob/brace pattern,
+manifest of URLs) becomes ``shards/<i>.tar`` plus ``parts/<i>.manifest.parquet`` and
+``parts/<i>.rejects.parquet``, each written atomically by a worker process; a re-run skips
+shards already done on the same input bytes and params (records in ``.mofi/state/ingest``).
+A final pass, streaming over the parts, rejects keys already seen in an earlier shard, flags
+exact duplicate images (same sha256 of the stored bytes: kept, ``duplicate_of`` = the first
+key) and concatenates ``manifest.parquet`` and ``rejects.parquet``.
+
 A bad sample is a counted, listed rejection (key, shard, reason), never a crash; an unreadable
-shard is a rejection of the whole shard. Images are normalised to RGB JPEG (JPEG input that is
-already RGB keeps its original bytes, so nothing is re-compressed needlessly). Exact duplicates
-(same sha256 of the stored bytes) are kept but flagged with ``duplicate_of``.
-"""
+shard keeps what was read before the damage plus one rejection for the rest. Images are
+normalised to RGB JPEG (JPEG input that is already RGB keeps its original bytes, so nothing is
+re-compressed needlessly)."""
 
 from __future__ import annotations
 
@@ -14,15 +21,21 @@ import re
 import tarfile
 import unicodedata
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from mofi_core.config import IngestConfig
 from mofi_core.io import tables
-from mofi_core.io.atomic import atomic_dir
-from mofi_core.io.shards import ShardWriter, iter_samples, list_shards, shard_name
+from mofi_core.io.atomic import atomic_path
+from mofi_core.io.shards import ShardWriter, iter_samples, shard_name
+from mofi_core.io.sources import expand_sources, open_source, source_identity, source_name
+from mofi_core.parallel import ResumeState, ShardJob, fingerprint, remove_stale, run_shards
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -40,19 +53,6 @@ class CleanSample:
     width: int
     height: int
     sha256: str
-
-
-@dataclass
-class IngestResult:
-    manifest: list[dict] = field(default_factory=list)
-    rejects: list[dict] = field(default_factory=list)
-
-    def metrics(self) -> dict[str, float]:
-        total = len(self.manifest) + len(self.rejects)
-        dups = sum(1 for r in self.manifest if r["duplicate_of"])
-        return {"samples_in": total, "samples_kept": len(self.manifest),
-                "samples_rejected": len(self.rejects), "duplicates_flagged": dups,
-                "reject_fraction": len(self.rejects) / total if total else 0.0}
 
 
 def clean_text(raw: bytes, max_chars: int) -> str:
@@ -109,63 +109,208 @@ def check_sample(sample: dict, cfg: IngestConfig) -> CleanSample:
                        width=w, height=h, sha256=hashlib.sha256(jpg).hexdigest())
 
 
-def _read_shard(shard: Path, cfg: IngestConfig, result: IngestResult, seen_keys: set[str]
-                ) -> list[CleanSample]:
-    clean = []
-    try:
-        for sample in iter_samples(shard):
-            key = sample["__key__"]
-            if key in seen_keys:
-                result.rejects.append({"key": key, "shard": shard.name, "reason": "duplicate key"})
-                continue
-            seen_keys.add(key)
-            try:
-                clean.append(check_sample(sample, cfg))
-            except ValueError as err:
-                result.rejects.append({"key": key, "shard": shard.name, "reason": str(err)})
-    except (tarfile.TarError, OSError, EOFError) as err:
-        # samples read before the damage are kept; the rest of the shard is one rejection
-        result.rejects.append({"key": "*", "shard": shard.name,
-                               "reason": f"unreadable shard: {type(err).__name__}: {err}"})
-    return clean
+# --- one shard (runs in a worker process) -----------------------------------------------------
+
+def shard_outputs(out_dir: Path, name: str) -> list[Path]:
+    return [out_dir / "shards" / f"{name}.tar", out_dir / "parts" / f"{name}.manifest.parquet",
+            out_dir / "parts" / f"{name}.rejects.parquet"]
 
 
-def ingest(corpus_shards: Path, out_dir: Path, cfg: IngestConfig) -> IngestResult:
-    """Read every shard under ``corpus_shards``; publish ``out_dir`` atomically."""
-    result = IngestResult()
-    seen_keys: set[str] = set()
-    first_by_hash: dict[str, str] = {}
-    clean: list[CleanSample] = []
-    for shard in list_shards(corpus_shards):
-        clean.extend(_read_shard(shard, cfg, result, seen_keys))
-    with atomic_dir(out_dir) as out:
-        (out / "shards").mkdir()
-        for start in range(0, len(clean), cfg.samples_per_shard):
-            name = shard_name(start // cfg.samples_per_shard)
-            with ShardWriter(out / "shards" / name) as writer:
-                for s in clean[start:start + cfg.samples_per_shard]:
+def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
+                 ) -> tuple[list[Path], dict[str, int]]:
+    """Clean one input shard into ``shards/<name>.tar`` + its manifest and rejects parts.
+
+    Never raises for bad data: an unreadable or truncated shard keeps the samples read before
+    the damage and adds one ``key="*"`` rejection naming the error.
+    """
+    tar_out, manifest_out, rejects_out = shard_outputs(out_dir, job.name)
+    src_name = source_name(job.source)
+    rows: list[dict] = []
+    rejects: list[dict] = []
+    seen: set[str] = set()
+    with ShardWriter(tar_out) as writer:
+        try:
+            with open_source(job.source, tmp_dir=out_dir) as local:
+                for sample in iter_samples(local):
+                    key = sample["__key__"]
+                    if key in seen:
+                        rejects.append({"key": key, "shard": src_name, "reason": "duplicate key"})
+                        continue
+                    seen.add(key)
+                    try:
+                        s = check_sample(sample, cfg)
+                    except ValueError as err:
+                        rejects.append({"key": key, "shard": src_name, "reason": str(err)})
+                        continue
                     writer.write(s.key, {"jpg": s.jpg, "txt": s.text})
-                    dup = first_by_hash.setdefault(s.sha256, s.key)
-                    result.manifest.append({
-                        "key": s.key, "shard": name, "width": s.width, "height": s.height,
-                        "sha256": s.sha256, "text": s.text,
-                        "duplicate_of": dup if dup != s.key else None})
-        tables.write_table(out / "manifest.parquet",
-                           tables.from_rows(result.manifest, tables.MANIFEST), tables.MANIFEST)
-        tables.write_table(out / "rejects.parquet",
-                           tables.from_rows(result.rejects, tables.REJECTS), tables.REJECTS)
+                    rows.append({"key": s.key, "shard": tar_out.name, "width": s.width,
+                                 "height": s.height, "sha256": s.sha256, "text": s.text,
+                                 "duplicate_of": None})
+        except (tarfile.TarError, OSError, EOFError) as err:
+            rejects.append({"key": "*", "shard": src_name,
+                            "reason": f"unreadable shard: {type(err).__name__}: {err}"})
+    tables.write_table(manifest_out, tables.from_rows(rows, tables.MANIFEST), tables.MANIFEST)
+    tables.write_table(rejects_out, tables.from_rows(rejects, tables.REJECTS), tables.REJECTS)
+    return [tar_out, manifest_out, rejects_out], {"kept": len(rows), "rejected": len(rejects)}
+
+
+# --- the whole corpus ---------------------------------------------------------------------------
+
+@dataclass
+class IngestResult:
+    kept: int
+    rejected: int
+    duplicates: int
+    shards: int
+    shards_skipped: int
+
+    def metrics(self) -> dict[str, float]:
+        total = self.kept + self.rejected
+        return {"samples_in": total, "samples_kept": self.kept,
+                "samples_rejected": self.rejected, "duplicates_flagged": self.duplicates,
+                "reject_fraction": self.rejected / total if total else 0.0,
+                "shards": self.shards}
+
+
+def make_jobs(sources: list[str]) -> list[ShardJob]:
+    """One job per input shard, named by its position: output ``i`` always comes from input
+    ``i``, so a re-run maps every shard to the same outputs."""
+    return [ShardJob(name=shard_name(i).removesuffix(".tar"), source=src,
+                     identity=source_identity(src)) for i, src in enumerate(sources)]
+
+
+def ingest(sources: list[str] | Path, out_dir: Path, cfg: IngestConfig,
+           state_dir: Path | None = None) -> IngestResult:
+    """Ingest every source shard into ``out_dir`` (shards/, parts/, manifest.parquet,
+    rejects.parquet). With ``state_dir``, shards finished by an earlier run on the same input
+    and params are skipped. A folder may be passed for ``sources``."""
+    if isinstance(sources, Path):
+        sources = expand_sources(str(sources), Path.cwd())
+    jobs = make_jobs(sources)
+    for folder in (out_dir / "shards", out_dir / "parts"):
+        remove_stale(folder, (j.name for j in jobs))
+    for f in out_dir.glob(".fetch-*"):  # downloads of a killed run
+        f.unlink()
+    state = ResumeState(state_dir, fingerprint("ingest", cfg.model_dump(mode="json",
+                                                                        exclude={"workers"}))) \
+        if state_dir is not None else None
+    summaries, skipped = run_shards(partial(ingest_shard, out_dir=out_dir, cfg=cfg), jobs,
+                                    lambda j: shard_outputs(out_dir, j.name), state, cfg.workers)
+    names = [j.name for j in jobs]
+    dropped = _drop_cross_shard_duplicate_keys(out_dir, names,
+                                               [source_name(j.source) for j in jobs])
+    duplicate_of = _duplicate_images(out_dir, names)
+    kept, rejected = _merge(out_dir, names, duplicate_of)
+    assert kept == sum(s["kept"] for s in summaries) - dropped
+    result = IngestResult(kept=kept, rejected=rejected, duplicates=len(duplicate_of),
+                          shards=len(jobs), shards_skipped=skipped)
     # published first, so the rejects table is there to read when this fails
     frac = result.metrics()["reject_fraction"]
     if frac > cfg.max_reject_fraction:
         raise RejectRateError(
             f"ingest rejected {frac:.1%} of samples (> ingest.max_reject_fraction "
             f"{cfg.max_reject_fraction:.0%}); reasons are in {out_dir / 'rejects.parquet'} "
-            f"({len(result.rejects)} rows): fix the corpus or raise the limit")
+            f"({rejected} rows): fix the corpus or raise the limit")
     return result
 
 
+def _h64(values: list[str]) -> np.ndarray:
+    return np.fromiter((int.from_bytes(hashlib.blake2b(v.encode(), digest_size=8).digest(), "big")
+                        for v in values), dtype=np.uint64, count=len(values))
+
+
+def _repeated(column: str, out_dir: Path, names: list[str], to_u64) -> dict[str, list[tuple]]:
+    """Exact values of ``column`` that occur more than once across the manifest parts, with
+    their (part position, row) in order. Memory: 8 bytes per sample plus the repeats."""
+    hashes, sizes = [], []
+    for name in names:
+        col = pq.read_table(out_dir / "parts" / f"{name}.manifest.parquet",
+                            columns=[column])[column].to_pylist()
+        hashes.append(to_u64(col))
+        sizes.append(len(col))
+    if not hashes or not sum(sizes):
+        return {}
+    allh = np.concatenate(hashes)
+    _, inverse, counts = np.unique(allh, return_inverse=True, return_counts=True)
+    suspect = np.flatnonzero(counts[inverse] > 1)
+    if not len(suspect):
+        return {}
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    groups: dict[str, list[tuple]] = {}
+    for part in np.unique(np.searchsorted(offsets, suspect, side="right") - 1):
+        rows = suspect[(suspect >= offsets[part]) & (suspect < offsets[part + 1])] - offsets[part]
+        col = pq.read_table(out_dir / "parts" / f"{names[part]}.manifest.parquet",
+                            columns=sorted({"key", column}))
+        keys, vals = col["key"].to_pylist(), col[column].to_pylist()
+        for r in rows.tolist():
+            groups.setdefault(vals[r], []).append((int(part), r, keys[r]))
+    return {v: g for v, g in groups.items() if len(g) > 1}
+
+
+def _drop_cross_shard_duplicate_keys(out_dir: Path, names: list[str], src_names: list[str]
+                                     ) -> int:
+    """A key seen in an earlier shard is rejected in later ones (their outputs are rewritten;
+    their resume records no longer match, so a re-run redoes them the same way)."""
+    drop: dict[int, dict[str, str]] = {}
+    for key, where in _repeated("key", out_dir, names, _h64).items():
+        first = src_names[where[0][0]]
+        for part, _, _ in where[1:]:
+            drop.setdefault(part, {})[key] = f"duplicate key (first in {first})"
+    for part, keys in drop.items():
+        tar, manifest, rejects = shard_outputs(out_dir, names[part])
+        with ShardWriter(tar) as writer:
+            for s in iter_samples(tar):
+                if s["__key__"] not in keys:
+                    key = s.pop("__key__")
+                    writer.write(key, s)
+        table = pq.read_table(manifest)
+        mask = pa.array([k not in keys for k in table["key"].to_pylist()])
+        tables.write_table(manifest, table.filter(mask), tables.MANIFEST)
+        old = pq.read_table(rejects).to_pylist()
+        new = [{"key": k, "shard": src_names[part], "reason": r}
+               for k, r in sorted(keys.items())]
+        tables.write_table(rejects, tables.from_rows(old + new, tables.REJECTS), tables.REJECTS)
+    return sum(len(k) for k in drop.values())
+
+
+def _duplicate_images(out_dir: Path, names: list[str]) -> dict[str, str]:
+    """key -> key of the first sample (in shard order) with the same image bytes."""
+    def u64(hexes: list[str]) -> np.ndarray:
+        return np.fromiter((int(h[:16], 16) for h in hexes), dtype=np.uint64, count=len(hexes))
+
+    return {key: where[0][2] for where in _repeated("sha256", out_dir, names, u64).values()
+            for _, _, key in where[1:]}
+
+
+def _merge(out_dir: Path, names: list[str], duplicate_of: dict[str, str]) -> tuple[int, int]:
+    """Concatenate the parts into manifest.parquet and rejects.parquet, one row group per
+    shard, streaming (one part in memory at a time)."""
+    kept = rejected = 0
+    with atomic_path(out_dir / "manifest.parquet") as tmp_m, \
+            atomic_path(out_dir / "rejects.parquet") as tmp_r:
+        with pq.ParquetWriter(tmp_m, tables.MANIFEST) as wm, \
+                pq.ParquetWriter(tmp_r, tables.REJECTS) as wr:
+            for name in names:
+                part = tables.read_table(out_dir / "parts" / f"{name}.manifest.parquet",
+                                         tables.MANIFEST)
+                if duplicate_of:
+                    dup = pa.array([duplicate_of.get(k) for k in part["key"].to_pylist()],
+                                   pa.string())
+                    part = part.set_column(part.schema.get_field_index("duplicate_of"),
+                                           "duplicate_of", dup)
+                wm.write_table(part)
+                rej = tables.read_table(out_dir / "parts" / f"{name}.rejects.parquet",
+                                        tables.REJECTS)
+                wr.write_table(rej)
+                kept, rejected = kept + part.num_rows, rejected + rej.num_rows
+    return kept, rejected
+
+
 def run(cfg: IngestConfig, ctx) -> dict:
-    """Stage ``ingest``: corpus shards -> clean shards + manifest + rejects."""
-    result = ingest(ctx.layout.corpus_shards, ctx.layout.ingest, cfg)
+    """Stage ``ingest``: input shards -> clean shards + manifest + rejects."""
+    sources = expand_sources(cfg.input, ctx.layout.root)
+    result = ingest(sources, ctx.layout.ingest, cfg, state_dir=ctx.layout.state("ingest"))
     ctx.artifacts.append(ctx.layout.ingest / "rejects.parquet")
+    if result.shards_skipped:
+        print(f"ingest: {result.shards_skipped} of {result.shards} shards already done, skipped")
     return result.metrics()

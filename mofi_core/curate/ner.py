@@ -11,11 +11,20 @@ mentions stay in the output (``entity_id`` null).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 from mofi_core.config import NerConfig
 from mofi_core.io import tables
 from mofi_core.kb import KnowledgeBase
+from mofi_core.parallel import (
+    ResumeState,
+    ShardJob,
+    file_sha256,
+    fingerprint,
+    remove_stale,
+    run_shards,
+)
 
 
 class SpacyModelError(RuntimeError):
@@ -84,10 +93,11 @@ def link_scores(cands: tuple[str, ...], label: str, kb: KnowledgeBase,
 
 
 def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: NerConfig,
-                     nlp=None) -> list[dict]:
+                     nlp=None, matcher=None) -> list[dict]:
     """One row per (mention, candidate); unlinked mentions get one row with a null entity."""
     nlp = nlp or load_nlp(cfg.spacy_model)
-    matcher = build_gazetteer(nlp, kb) if cfg.gazetteer else None
+    if matcher is None and cfg.gazetteer:
+        matcher = build_gazetteer(nlp, kb)
     labels = frozenset(cfg.labels)
     rows: list[dict] = []
     for key, doc in zip(keys, nlp.pipe(texts, batch_size=cfg.batch_size), strict=True):
@@ -106,7 +116,8 @@ def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: 
     return rows
 
 
-def mention_metrics(rows: Iterable[dict], num_samples: int) -> dict[str, float]:
+def mention_metrics(rows: Iterable[dict], num_samples: int) -> dict[str, int]:
+    """Counts for one shard; they add up across shards (a key lives in one shard only)."""
     rows = list(rows)
     mentions = {(r["key"], r["start"]) for r in rows}
     linked = {(r["key"], r["start"]) for r in rows if r["entity_id"]}
@@ -117,15 +128,59 @@ def mention_metrics(rows: Iterable[dict], num_samples: int) -> dict[str, float]:
             "samples_with_candidates": len(with_cands)}
 
 
-def run_ner(manifest: Path, kb_path: Path, out_file: Path, cfg: NerConfig) -> dict[str, float]:
-    table = tables.read_table(manifest, tables.MANIFEST)
-    kb = KnowledgeBase.load(kb_path)
-    rows = extract_mentions(table["key"].to_pylist(), table["text"].to_pylist(), kb, cfg)
-    tables.write_table(out_file, tables.from_rows(rows, tables.MENTIONS), tables.MENTIONS)
-    return mention_metrics(rows, table.num_rows)
+# --- shard work (each worker process loads the pipeline, the KB and the gazetteer once) -------
+
+_WORKER: dict = {}
+
+
+def _init_worker(kb_path: str, cfg: NerConfig) -> None:
+    nlp = load_nlp(cfg.spacy_model)
+    kb = KnowledgeBase.load(Path(kb_path))
+    _WORKER.update(nlp=nlp, kb=kb, cfg=cfg,
+                   matcher=build_gazetteer(nlp, kb) if cfg.gazetteer else None)
+
+
+def _out(out_dir: Path, name: str) -> Path:
+    return out_dir / "parts" / f"{name}.parquet"
+
+
+def ner_shard(job: ShardJob, out_dir: Path) -> tuple[list[Path], dict[str, int]]:
+    """Mentions of one ingest manifest part -> ``parts/<name>.parquet``."""
+    part = tables.read_table(job.source, tables.MANIFEST).select(["key", "text"])
+    w = _WORKER
+    rows = extract_mentions(part["key"].to_pylist(), part["text"].to_pylist(), w["kb"],
+                            w["cfg"], w["nlp"], w["matcher"])
+    out = _out(out_dir, job.name)
+    tables.write_table(out, tables.from_rows(rows, tables.MENTIONS), tables.MENTIONS)
+    return [out], mention_metrics(rows, part.num_rows)
+
+
+def manifest_parts(ingest_dir: Path) -> list[Path]:
+    parts = sorted((ingest_dir / "parts").glob("*.manifest.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"no manifest parts in {ingest_dir / 'parts'}; run ingest first")
+    return parts
+
+
+def run_ner(ingest_dir: Path, kb_path: Path, out_dir: Path, cfg: NerConfig,
+            state_dir: Path | None = None) -> dict[str, float]:
+    """NER + linking for every ingest shard (in ``ner.workers`` processes, resumable with
+    ``state_dir``), then ``mentions.parquet`` = the parts concatenated in shard order."""
+    jobs = [ShardJob(p.name.split(".", 1)[0], str(p), f"sha256:{file_sha256(p)}")
+            for p in manifest_parts(ingest_dir)]
+    remove_stale(out_dir / "parts", (j.name for j in jobs))
+    state = ResumeState(state_dir, fingerprint(
+        "ner", cfg.model_dump(mode="json", exclude={"workers"}), file_sha256(kb_path))) \
+        if state_dir is not None else None
+    summaries, _ = run_shards(partial(ner_shard, out_dir=out_dir), jobs,
+                              lambda j: [_out(out_dir, j.name)], state, cfg.workers,
+                              initializer=_init_worker, initargs=(str(kb_path), cfg))
+    tables.concat_parts([_out(out_dir, j.name) for j in jobs], out_dir / "mentions.parquet",
+                        tables.MENTIONS)
+    return {k: sum(s[k] for s in summaries) for k in summaries[0]}
 
 
 def run(cfg: NerConfig, ctx) -> dict:
     """Stage ``ner``: manifest alt-text -> mentions linked to KB candidates."""
     lay = ctx.layout
-    return run_ner(lay.ingest / "manifest.parquet", lay.kb, lay.ner / "mentions.parquet", cfg)
+    return run_ner(lay.ingest, lay.kb, lay.ner, cfg, state_dir=lay.state("ner"))

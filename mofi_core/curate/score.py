@@ -16,34 +16,55 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mofi_core.config import ScoreConfig
 from mofi_core.io import tables
-from mofi_core.io.atomic import atomic_dir
 from mofi_core.io.shards import iter_samples, list_shards
 from mofi_core.kb import KnowledgeBase
-from mofi_core.models.artifact import image_transform, load_model
+from mofi_core.models.artifact import WEIGHTS, image_transform, load_model
 from mofi_core.models.factory import tokenizer_for
+from mofi_core.parallel import ResumeState, ShardJob, file_sha256, fingerprint, remove_stale
 from mofi_core.train.loop import resolve_device
 
 
-class ShardImages(IterableDataset):
-    """(key, preprocessed image) for the wanted keys; shards are split across workers."""
+@dataclass(frozen=True)
+class ScoreJob:
+    name: str
+    tar: Path
+    mentions: Path
 
-    def __init__(self, shards: list[Path], keys: set[str], transform) -> None:
-        self.shards, self.keys, self.transform = shards, keys, transform
 
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+class ShardBatches(IterableDataset):
+    """Per shard: batches of (key, preprocessed image) for the keys that have candidates, then
+    an end-of-shard marker, so the main process can write each shard as soon as it is done.
+    Shards are split across DataLoader workers; each yields ``(name, keys, images, last)``."""
+
+    def __init__(self, jobs: list[ScoreJob], transform, batch_size: int) -> None:
+        self.jobs, self.transform, self.batch_size = jobs, transform, batch_size
+
+    def __iter__(self) -> Iterator[tuple[str, list[str], torch.Tensor, bool]]:
         info = get_worker_info()
-        mine = self.shards if info is None else self.shards[info.id::info.num_workers]
-        for shard in mine:
-            for s in iter_samples(shard):
-                if s["__key__"] in self.keys:
-                    img = Image.open(io.BytesIO(s["jpg"])).convert("RGB")
-                    yield s["__key__"], self.transform(img)
+        mine = self.jobs if info is None else self.jobs[info.id::info.num_workers]
+        for job in mine:
+            linked = pq.read_table(job.mentions, columns=["key", "entity_id"])
+            wanted = set(linked.filter(pc.is_valid(linked["entity_id"]))["key"].to_pylist())
+            keys: list[str] = []
+            images: list[torch.Tensor] = []
+            for s in iter_samples(job.tar):
+                if s["__key__"] not in wanted:
+                    continue
+                img = Image.open(io.BytesIO(s["jpg"])).convert("RGB")
+                keys.append(s["__key__"])
+                images.append(self.transform(img))
+                if len(keys) == self.batch_size:
+                    yield job.name, keys, torch.stack(images), False
+                    keys, images = [], []
+            yield job.name, keys, (torch.stack(images) if images else torch.empty(0)), True
 
 
 def load_scorer(cfg: ScoreConfig, baseline_dir: Path):
@@ -139,83 +160,175 @@ def null_draw(key: str, pool: np.ndarray, exclude: set[int], n: int, seed: int) 
 
 
 @dataclass
-class ScoreRows:
+class ShardRows:
+    """Rows of one shard, written when its last batch has been scored."""
+
     key: list[str] = field(default_factory=list)
     entity: list[str] = field(default_factory=list)
     score: list[float] = field(default_factory=list)
     null_key: list[str] = field(default_factory=list)
     null_scores: list[list[float]] = field(default_factory=list)
+    seen: int = 0
+
+
+def _outputs(out_dir: Path, name: str) -> list[Path]:
+    return [out_dir / "parts" / f"{name}.scores.parquet",
+            out_dir / "parts" / f"{name}.null.parquet"]
+
+
+def score_jobs(ingest_dir: Path, ner_dir: Path) -> list[ScoreJob]:
+    tars = {p.stem: p for p in list_shards(ingest_dir / "shards")}
+    parts = {p.name.split(".", 1)[0]: p for p in (ner_dir / "parts").glob("*.parquet")}
+    if set(tars) != set(parts):
+        raise ValueError(f"ingest shards {sorted(set(tars) - set(parts))[:3]} have no ner part "
+                         f"and ner parts {sorted(set(parts) - set(tars))[:3]} no ingest shard "
+                         f"({ingest_dir}, {ner_dir}): the two stages are out of sync; re-run both")
+    return [ScoreJob(n, tars[n], parts[n]) for n in sorted(tars)]
+
+
+def candidate_entities(jobs: list[ScoreJob]) -> set[str]:
+    out: set[str] = set()
+    for job in jobs:
+        col = pq.read_table(job.mentions, columns=["entity_id"])["entity_id"]
+        out.update(e for e in col.unique().to_pylist() if e is not None)
+    return out
 
 
 @torch.no_grad()
-def score(ingest_dir: Path, mentions_file: Path, kb_path: Path, baseline_dir: Path,
-          out_dir: Path, cfg: ScoreConfig, num_workers: int = 1) -> dict[str, float]:
-    """Write ``scores.parquet`` (key, entity_id, score) and ``null.parquet`` (key, scores of
-    the image against random non-candidate entities) into ``out_dir``."""
+def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
+          out_dir: Path, cfg: ScoreConfig, num_workers: int = 1,
+          state_dir: Path | None = None) -> dict[str, float]:
+    """Per ingest shard, write ``parts/<name>.scores.parquet`` (key, entity_id, score) and
+    ``parts/<name>.null.parquet`` (key, scores against random non-candidate entities), then
+    concatenate them into ``scores.parquet`` and ``null.parquet``. Memory holds one shard's
+    rows and the entity text embeddings, never the corpus. With ``state_dir``, shards already
+    scored with the same model, KB and params are skipped."""
     device = resolve_device(cfg.device)
     model, transform, tokenizer = load_scorer(cfg, baseline_dir)
     model = model.to(device)
     kb = KnowledgeBase.load(kb_path)
-    cands = candidates_by_key(tables.read_table(mentions_file, tables.MENTIONS))
-    missing = sorted({e for es in cands.values() for e in es if e not in kb.entities})
+    jobs = score_jobs(ingest_dir, ner_dir)
+    cand_ids = candidate_entities(jobs)
+    missing = sorted(e for e in cand_ids if e not in kb.entities)
     if missing:
-        raise ValueError(f"{mentions_file} links to entities not in {kb_path}: {missing[:5]}")
+        raise ValueError(f"{ner_dir} links to entities not in {kb_path}: {missing[:5]}")
     pool = null_pool(kb, cfg)
-    entity_ids = sorted({e for es in cands.values() for e in es} | set(pool))
+    entity_ids = sorted(cand_ids | set(pool))
     index = {e: i for i, e in enumerate(entity_ids)}
     pool_idx = np.array([index[e] for e in pool], dtype=np.int64)
     text = entity_text_embeddings(model, tokenizer, kb, entity_ids, cfg.prompts, device)
-    loader = DataLoader(ShardImages(list_shards(ingest_dir / "shards"), set(cands), transform),
-                        batch_size=cfg.batch_size, num_workers=num_workers)
-    rows = ScoreRows()
-    for keys, images in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            img = model.encode_image(images.to(device), normalize=True).float()
-        for key, emb in zip(keys, img, strict=True):
-            idx = [index[e] for e in cands[key]]
-            rows.key.extend([key] * len(idx))
-            rows.entity.extend(cands[key])
-            rows.score.extend((text[idx] @ emb).cpu().tolist())
-            if len(pool_idx):
-                nulls = null_draw(key, pool_idx, set(idx), cfg.null_samples, cfg.seed)
-                rows.null_key.append(key)
-                rows.null_scores.append((text[nulls] @ emb).cpu().tolist())
-    _write(rows, cands, mentions_file, ingest_dir, out_dir)
-    return _metrics(rows, len(index))
+
+    names = {j.name for j in jobs}
+    remove_stale(out_dir / "parts", names)
+    state = ResumeState(state_dir, fingerprint(
+        "score", cfg.model_dump(mode="json", exclude={"device", "batch_size"}),
+        _model_identity(cfg, baseline_dir), file_sha256(kb_path))) \
+        if state_dir is not None else None
+    identity = {j.name: f"{file_sha256(j.tar)}:{file_sha256(j.mentions)}" for j in jobs}
+    shard_jobs = {j.name: ShardJob(j.name, str(j.tar), identity[j.name]) for j in jobs}
+    todo = [j for j in jobs if state is None
+            or not state.is_done(shard_jobs[j.name], _outputs(out_dir, j.name))]
+    if todo:
+        loader = DataLoader(ShardBatches(todo, transform, cfg.batch_size), batch_size=None,
+                            num_workers=min(num_workers, len(todo)))
+        by_name = {j.name: j for j in todo}
+        # shards in progress (several when DataLoader workers interleave): rows + candidates
+        open_rows: dict[str, ShardRows] = {}
+        cands_of: dict[str, dict[str, list[str]]] = {}
+        for name, keys, images, last in loader:
+            rows = open_rows.setdefault(name, ShardRows())
+            if name not in cands_of:
+                cands_of[name] = candidates_by_key(
+                    tables.read_table(by_name[name].mentions, tables.MENTIONS))
+            if keys:
+                with torch.autocast(device.type, dtype=torch.bfloat16,
+                                    enabled=device.type == "cuda"):
+                    img = model.encode_image(images.to(device), normalize=True).float()
+                _score_batch(rows, keys, img, cands_of[name], text, index, pool_idx, cfg)
+            if last:
+                _write_shard(out_dir, by_name[name], open_rows.pop(name), cands_of.pop(name))
+                if state is not None:
+                    state.mark_done(shard_jobs[name], _outputs(out_dir, name), {})
+    if state is not None:
+        state.forget_others(names)
+    parts = [_outputs(out_dir, j.name) for j in jobs]
+    tables.concat_parts([p[0] for p in parts], out_dir / "scores.parquet", tables.SCORES)
+    tables.concat_parts([p[1] for p in parts], out_dir / "null.parquet", tables.NULL_SCORES)
+    return _metrics(out_dir, len(index))
 
 
-def _write(rows: ScoreRows, cands: dict, mentions_file: Path, ingest_dir: Path,
-           out_dir: Path) -> None:
-    unseen = set(cands) - set(rows.key)
-    if unseen:
-        raise ValueError(f"{len(unseen)} keys in {mentions_file} have no image in "
-                         f"{ingest_dir / 'shards'} (e.g. {sorted(unseen)[:3]}): ner and ingest "
-                         "outputs are out of sync; re-run both")
-    with atomic_dir(out_dir) as tmp:
-        tables.write_table(tmp / "scores.parquet", pa.table({
-            "key": rows.key, "entity_id": rows.entity,
-            "score": pa.array(rows.score, pa.float32())}), tables.SCORES)
-        tables.write_table(tmp / "null.parquet", pa.table({
-            "key": rows.null_key,
-            "scores": pa.array(rows.null_scores, pa.list_(pa.float32()))}), tables.NULL_SCORES)
+def _score_batch(rows: ShardRows, keys: list[str], img: torch.Tensor,
+                 cands: dict[str, list[str]], text: torch.Tensor, index: dict[str, int],
+                 pool_idx: np.ndarray, cfg: ScoreConfig) -> None:
+    for key, emb in zip(keys, img, strict=True):
+        idx = [index[e] for e in cands[key]]
+        rows.key.extend([key] * len(idx))
+        rows.entity.extend(cands[key])
+        rows.score.extend((text[idx] @ emb).cpu().tolist())
+        rows.seen += 1
+        if len(pool_idx):
+            nulls = null_draw(key, pool_idx, set(idx), cfg.null_samples, cfg.seed)
+            rows.null_key.append(key)
+            rows.null_scores.append((text[nulls] @ emb).cpu().tolist())
 
 
-def _metrics(rows: ScoreRows, entities: int) -> dict[str, float]:
-    scores = np.asarray(rows.score, dtype=np.float32)
-    null = np.concatenate([np.asarray(s, np.float32) for s in rows.null_scores]) \
-        if rows.null_scores else np.zeros(0, np.float32)
-    out = {"pairs_scored": len(scores), "images_scored": len(set(rows.key)),
-           "entities_embedded": entities}
-    for name, values in (("score", scores), ("null", null)):
-        if len(values):
-            out.update({f"{name}_mean": float(values.mean()),
-                        f"{name}_p10": float(np.percentile(values, 10)),
-                        f"{name}_p90": float(np.percentile(values, 90))})
+def _write_shard(out_dir: Path, job: ScoreJob, rows: ShardRows,
+                 cands: dict[str, list[str]]) -> None:
+    if rows.seen != len(cands):
+        unseen = sorted(set(cands) - set(rows.key))
+        raise ValueError(f"{len(unseen)} keys in {job.mentions} have no image in {job.tar} "
+                         f"(e.g. {unseen[:3]}): ner and ingest outputs are out of sync; re-run "
+                         "both")
+    scores_out, null_out = _outputs(out_dir, job.name)
+    tables.write_table(scores_out, pa.table({
+        "key": pa.array(rows.key, pa.string()), "entity_id": pa.array(rows.entity, pa.string()),
+        "score": pa.array(rows.score, pa.float32())}), tables.SCORES)
+    tables.write_table(null_out, pa.table({
+        "key": pa.array(rows.null_key, pa.string()),
+        "scores": pa.array(rows.null_scores, pa.list_(pa.float32()))}), tables.NULL_SCORES)
+
+
+def _model_identity(cfg: ScoreConfig, baseline_dir: Path) -> str:
+    if cfg.model == "baseline":
+        return file_sha256(baseline_dir / WEIGHTS)
+    p = Path(cfg.pretrained or "")
+    return file_sha256(p) if p.is_file() else f"{cfg.model}/{cfg.pretrained}"
+
+
+HIST_BINS = np.linspace(-1.0, 1.0, 4001)
+
+
+def _metrics(out_dir: Path, entities: int) -> dict[str, float]:
+    """Streaming over the parts: counts, means and percentiles (from a 0.0005-wide histogram,
+    so memory does not grow with the corpus)."""
+    out: dict[str, float] = {"pairs_scored": 0, "images_scored": 0,
+                             "entities_embedded": entities}
+    for name, suffix, column in (("score", "scores", "score"), ("null", "null", "scores")):
+        hist = np.zeros(len(HIST_BINS) - 1, dtype=np.int64)
+        total, count = 0.0, 0
+        for part in sorted((out_dir / "parts").glob(f"*.{suffix}.parquet")):
+            col = pq.read_table(part, columns=[column])[column]
+            if name == "null":
+                col = col.combine_chunks().flatten() if len(col) else pa.array([], pa.float32())
+            values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float64)
+            hist += np.histogram(np.clip(values, -1, 1), HIST_BINS)[0]
+            total, count = total + float(values.sum()), count + len(values)
+            if name == "score":
+                out["pairs_scored"] += len(values)
+        if count:
+            cdf = np.cumsum(hist) / count
+            centre = (HIST_BINS[:-1] + HIST_BINS[1:]) / 2
+            out.update({f"{name}_mean": total / count,
+                        f"{name}_p10": float(centre[np.searchsorted(cdf, 0.10)]),
+                        f"{name}_p90": float(centre[np.searchsorted(cdf, 0.90)])})
+    out["images_scored"] = sum(
+        pc.count_distinct(pq.read_table(p, columns=["key"])["key"]).as_py()
+        for p in (out_dir / "parts").glob("*.scores.parquet"))
     return out
 
 
 def run(cfg: ScoreConfig, ctx) -> dict:
     """Stage ``score``: CLIP similarity per (image, candidate entity)."""
     lay = ctx.layout
-    return score(lay.ingest, lay.ner / "mentions.parquet", lay.kb, lay.baseline_model,
-                 lay.score, cfg)
+    return score(lay.ingest, lay.ner, lay.kb, lay.baseline_model, lay.score, cfg,
+                 state_dir=lay.state("score"))

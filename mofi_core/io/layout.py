@@ -69,6 +69,10 @@ class Layout:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    def state(self, stage: str) -> Path:
+        """Resume records of a shard stage; outside the DVC outputs, git-ignored."""
+        return self.root / ".mofi" / "state" / stage
+
     def metrics(self, stage: str) -> Path:
         return self.root / "metrics" / f"{stage}.json"
 

@@ -64,3 +64,15 @@ def read_table(path: Path | str, schema: pa.Schema) -> pa.Table:
 
 def from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def concat_parts(parts: list[Path], out: Path | str, schema: pa.Schema) -> int:
+    """Concatenate per-shard tables into one file, one row group per part, streaming (one
+    part in memory at a time); published atomically. Returns the row count."""
+    rows = 0
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for part in parts:
+            table = read_table(part, schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    return rows

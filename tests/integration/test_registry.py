@@ -32,11 +32,17 @@ def model_dir(tiny_world, tmp_path_factory):
     from mofi_core.evaluate.quality import read_truth
 
     truth = read_truth(layout.truth).to_pylist()
-    rows = [{"key": t["key"], "entity_id": e, "score": 0.9} for t in truth for e in t["entity_ids"]]
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    tables.write_table(tmp / "score" / "scores.parquet", pa.Table.from_pylist(rows),
-                       tables.SCORES)
+    shard_of = dict(zip(*pq.read_table(tmp / "ingest" / "manifest.parquet",
+                                       columns=["key", "shard"]).to_pydict().values(),
+                        strict=True))
+    for shard in sorted(set(shard_of.values())):
+        rows = [{"key": t["key"], "entity_id": e, "score": 0.9} for t in truth
+                for e in t["entity_ids"] if shard_of[t["key"]] == shard]
+        tables.write_table(tmp / "score" / "parts" / f"{shard[:-4]}.scores.parquet",
+                           pa.Table.from_pylist(rows), tables.SCORES)
     build(tmp / "ingest", tmp / "score", tmp / "i2e", BuildConfig(threshold=0.5))
     train_supervised(tmp / "i2e", tmp / "model", params.train.model_copy(update={"steps": 5}),
                      lambda s, r: None)

@@ -21,11 +21,10 @@ from mofi_core.validate import ValidationFailed, validate
 def chain(tiny_world):
     layout, params, _ = tiny_world
     out = {"ingest": ingest(layout.corpus_shards, layout.ingest, params.ingest).metrics()}
-    out["ner"] = run_ner(layout.ingest / "manifest.parquet", layout.kb,
-                         layout.ner / "mentions.parquet", params.ner)
+    out["ner"] = run_ner(layout.ingest, layout.kb, layout.ner, params.ner)
     out["baseline"] = train_clip(layout.ingest, layout.baseline_model, params.baseline,
                                  lambda s, r: None)
-    out["score"] = score(layout.ingest, layout.ner / "mentions.parquet", layout.kb,
+    out["score"] = score(layout.ingest, layout.ner, layout.kb,
                          layout.baseline_model, layout.score, params.score, num_workers=0)
     out["build"] = build(layout.ingest, layout.score, layout.i2e, params.build)
     out["validate"] = validate(layout.i2e, layout.kb, layout.ingest / "manifest.parquet",
@@ -157,10 +156,48 @@ def test_quality_report_reads_truth_and_the_world_is_noisy(chain):
     quality["rules"] = rule_variants(rule_summary(params.build), layout.score,
                                      truth_pairs(read_truth(layout.truth),
                                                  set(manifest["key"].to_pylist())))
-    assert set(quality["rules"]) == {"threshold", "top_k", "null_quantile"}
+    assert set(quality["rules"]) == {"threshold", "top_k", "null_quantile", "threshold_and_top_k"}
     # top-1 keeps at most one label per image
     assert quality["rules"]["top_k"]["pairs"] <= out["score"]["images_scored"]
     md = report_markdown(quality, out["evaluate"])
     assert "rule `top_k`" in md
     assert "| NER + linking (all candidates) |" in md and "seen classes" in md
     assert "filtering raises label precision" in md
+
+
+def test_ner_in_one_or_two_processes_and_resumed_gives_the_same_mentions(chain, tmp_path,
+                                                                          monkeypatch):
+    import mofi_core.curate.ner as ner
+
+    layout, params, out = chain  # the chain ran ner with ner.workers=0: one process per core
+    one = params.ner.model_copy(update={"workers": 1})
+    state = tmp_path / "state"
+    assert run_ner(layout.ingest, layout.kb, tmp_path / "ner", one, state_dir=state) == out["ner"]
+    assert (tmp_path / "ner" / "mentions.parquet").read_bytes() == \
+        (layout.ner / "mentions.parquet").read_bytes()
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a finished shard was redone")
+
+    monkeypatch.setattr(ner, "ner_shard", must_not_run)
+    assert run_ner(layout.ingest, layout.kb, tmp_path / "ner", one, state_dir=state) == out["ner"]
+
+
+def test_score_resumes_finished_shards(chain, tmp_path, monkeypatch):
+    import mofi_core.curate.score as sc
+
+    layout, params, out = chain
+    state = tmp_path / "state"
+    first = score(layout.ingest, layout.ner, layout.kb, layout.baseline_model, tmp_path / "s",
+                  params.score, num_workers=0, state_dir=state)
+    assert first == out["score"]
+    digest = (tmp_path / "s" / "scores.parquet").read_bytes()
+
+    class MustNotLoad:
+        def __init__(self, *a, **k):
+            raise AssertionError("finished shards were scored again")
+
+    monkeypatch.setattr(sc, "ShardBatches", MustNotLoad)
+    assert score(layout.ingest, layout.ner, layout.kb, layout.baseline_model, tmp_path / "s",
+                 params.score, num_workers=0, state_dir=state) == first
+    assert (tmp_path / "s" / "scores.parquet").read_bytes() == digest

@@ -8,6 +8,7 @@ from PIL import Image
 from mofi_core.config import IngestConfig
 from mofi_core.curate.ingest import RejectRateError, clean_text, ingest, normalise_image
 from mofi_core.io.shards import ShardWriter, iter_samples
+from mofi_core.io.sources import SourceError
 
 
 def _img(mode="RGB", size=(32, 32), fmt="PNG", **kw) -> bytes:
@@ -78,12 +79,14 @@ def test_ingest_keeps_every_good_sample_and_lists_every_bad_one(tmp_path):
     assert sorted(r["key"] for r in manifest) == ["dup", "good1", "good2", "gray", "t1"]
     assert "undecodable" in rejects[("notimg", "00000.tar")]
     assert "no .txt" in rejects[("notext", "00000.tar")]
-    assert rejects[("good1", "00001.tar")] == "duplicate key"
+    assert rejects[("good1", "00001.tar")] == "duplicate key (first in 00000.tar)"
     assert "unreadable shard" in rejects[("*", "00002.tar")]
     by_key = {r["key"]: r for r in manifest}
     assert by_key["dup"]["duplicate_of"] == "good1" and by_key["good1"]["duplicate_of"] is None
-    written = [s["__key__"] for s in iter_samples(tmp_path / "out" / "shards" / "00000.tar")]
+    written = [s["__key__"] for shard in sorted((tmp_path / "out" / "shards").glob("*.tar"))
+               for s in iter_samples(shard)]
     assert sorted(written) == sorted(by_key)
+    assert {r["shard"] for r in manifest} == {"00000.tar", "00001.tar", "00002.tar"}
     assert result.metrics()["samples_rejected"] == 4
 
 
@@ -95,5 +98,5 @@ def test_too_many_rejections_fail_loudly_after_publishing_the_rejects(tmp_path):
 
 
 def test_missing_corpus_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"no \.tar shards"):
+    with pytest.raises(SourceError, match=r"no \.tar shards"):
         ingest(tmp_path, tmp_path / "out", IngestConfig())

@@ -14,11 +14,25 @@ def test_precision_recall_by_hand():
 
 def test_label_quality_counts_only_ingested_keys_and_linked_mentions():
     truth = pa.table({"key": ["a", "b", "gone"], "entity_ids": [["X"], ["Y", "Z"], ["X"]]})
-    mentions = pa.table({"key": ["a", "a", "b"], "entity_id": ["X", None, "W"]})
+    mentions = pa.table({"key": ["a", "a", "b"], "start": [0, 5, 0],
+                         "entity_id": ["X", None, "W"], "link_score": [1.0, 0.0, 1.0]})
     labels = pa.table({"key": ["a", "b"], "entity_ids": [["X"], ["Y"]]})
     q = label_quality(truth, {"a", "b"}, mentions, labels)
     assert q["raw_ner"] == {"precision": 0.5, "recall": pytest.approx(1 / 3), "pairs": 2}
-    assert q["filtered"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "pairs": 2}
+    # NER found only (a, X) of the true pairs: the filter kept it -> filter recall 1
+    assert q["filtered"] == {"precision": 1.0, "recall": pytest.approx(2 / 3), "pairs": 2,
+                             "filter_recall": 1.0}
+
+
+def test_linking_accuracy_counts_ambiguous_mentions_with_a_right_candidate():
+    from mofi_core.evaluate.quality import linking_accuracy
+
+    mentions = pa.table({
+        "key": ["a", "a", "b", "b", "c", "c", "d"], "start": [0, 0, 3, 3, 0, 0, 0],
+        "entity_id": ["X", "Y", "X", "Y", "P", "Q", "X"],
+        "link_score": [0.8, 0.2, 0.3, 0.7, 0.5, 0.5, 1.0]})
+    true = {("a", "X"), ("b", "X"), ("d", "X")}  # c has no right candidate, d is unambiguous
+    assert linking_accuracy(mentions, true) == {"ambiguous_mentions": 2, "top_link_right": 0.5}
 
 
 def test_paper_direction_verdicts():

@@ -1,0 +1,153 @@
+"""Where input shards come from: a folder, a glob or brace pattern, or a manifest of URLs.
+
+``expand_sources(spec, root)`` turns ``ingest.input`` into an ordered list of shard sources:
+
+- a folder: every ``*.tar`` / ``*.tar.gz`` / ``*.tgz`` in it, sorted;
+- a glob pattern (``shards/*.tar``) or a brace pattern as webdataset writes them
+  (``shards/{00000..00099}.tar``), expanded and kept in order;
+- a manifest file (``*.txt``/``*.lst`` or ``@file``): one source per line, ``#`` comments;
+  relative paths are relative to the manifest;
+- ``http://``/``https://``/``file://`` URLs.
+
+Relative paths are relative to the project root. ``s3://`` is refused with a clear message.
+``open_source`` gives a local path to read (downloading a URL to a temporary file first).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from braceexpand import braceexpand
+
+from mofi_core.parallel import file_sha256
+
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+URL_SCHEMES = ("http://", "https://", "file://")
+HTTP_TIMEOUT_S = 60
+
+
+class SourceError(ValueError):
+    """The input spec names nothing readable."""
+
+
+def _is_url(s: str) -> bool:
+    return s.startswith(URL_SCHEMES)
+
+
+def _resolve(item: str, base: Path) -> str:
+    if _is_url(item):
+        return item
+    if "://" in item:
+        scheme = item.split("://", 1)[0]
+        raise SourceError(f"input {item!r}: scheme {scheme}:// is not supported (use a local "
+                          "path, file://, http:// or https://)")
+    p = Path(item)
+    return str(p if p.is_absolute() else base / p)
+
+
+def _folder(path: Path) -> list[str]:
+    found = sorted(str(p) for p in path.iterdir() if p.name.endswith(SHARD_SUFFIXES))
+    if not found:
+        raise SourceError(f"no .tar shards in {path}; run the upstream stage first or point "
+                          "ingest.input at the shards")
+    return found
+
+
+def _manifest(path: Path) -> list[str]:
+    lines = [ln.split("#", 1)[0].strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+    items = [_resolve(ln, path.parent) for ln in lines if ln]
+    if not items:
+        raise SourceError(f"manifest {path} lists no shards")
+    return items
+
+
+def expand_sources(spec: str, root: Path) -> list[str]:
+    """The ordered shard sources named by ``spec`` (see module docstring)."""
+    spec = spec.strip()
+    if not spec:
+        raise SourceError("ingest.input is empty")
+    if spec.startswith("@"):
+        return _manifest(Path(_resolve(spec[1:], root)))
+    out: list[str] = []
+    for item in braceexpand(spec):
+        resolved = _resolve(item, root)
+        if _is_url(resolved):
+            out.append(resolved)
+            continue
+        path = Path(resolved)
+        if path.is_dir():
+            out.extend(_folder(path))
+        elif path.suffix in (".txt", ".lst") and path.is_file():
+            out.extend(_manifest(path))
+        elif glob.has_magic(resolved):
+            matches = sorted(glob.glob(resolved))
+            if not matches:
+                raise SourceError(f"ingest.input pattern {item!r} matches no file")
+            out.extend(matches)
+        else:
+            out.append(resolved)  # a missing file becomes a rejected shard, named in rejects
+    if not out:
+        raise SourceError(f"ingest.input {spec!r} names no shard")
+    return out
+
+
+def source_name(source: str) -> str:
+    """The shard's file name, for rejects tables and messages."""
+    return Path(urllib.parse.urlparse(source).path if _is_url(source) else source).name
+
+
+def _local_path(source: str) -> Path | None:
+    if source.startswith("file://"):
+        return Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path))
+    if _is_url(source):
+        return None
+    return Path(source)
+
+
+def source_identity(source: str) -> str | None:
+    """Content identity: sha256 of a local file; ETag / Last-Modified + length of a URL
+    (``None`` when the server gives neither, or the source is unreachable: never skipped)."""
+    local = _local_path(source)
+    if local is not None:
+        return f"sha256:{file_sha256(local)}" if local.is_file() else None
+    try:
+        # only http(s) reaches here: file:// and paths were handled above
+        req = urllib.request.Request(source, method="HEAD")  # noqa: S310
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:  # noqa: S310
+            tag = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
+            length = resp.headers.get("Content-Length")
+    except (urllib.error.URLError, OSError):
+        return None
+    return f"http:{tag}:{length}" if tag else None
+
+
+@contextlib.contextmanager
+def open_source(source: str, tmp_dir: Path | None = None) -> Iterator[Path]:
+    """A local path holding the shard; URLs are streamed to a temporary file, removed after.
+    Raises ``OSError`` (with the source named) when it cannot be read."""
+    local = _local_path(source)
+    if local is not None:
+        if not local.is_file():
+            raise FileNotFoundError(f"shard {source} does not exist")
+        yield local
+        return
+    fd, name = tempfile.mkstemp(prefix=".fetch-", suffix=".tar", dir=tmp_dir)
+    try:
+        try:
+            with os.fdopen(fd, "wb") as out, \
+                    urllib.request.urlopen(source, timeout=HTTP_TIMEOUT_S) as resp:  # noqa: S310
+                shutil.copyfileobj(resp, out, 1 << 20)
+        except urllib.error.URLError as err:
+            raise OSError(f"cannot fetch {source}: {err}") from None
+        yield Path(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
