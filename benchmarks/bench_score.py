@@ -8,13 +8,16 @@ every candidate and 16 null entities per image; the bare loop only runs ``encode
 tensors prepared beforehand. Target ratio >= 0.85. Weights are random: speed does not depend on
 them. With the demo's tiny model on a CPU the stage is input-bound (JPEG decoding and
 preprocessing cost more than the forward); ``--arch`` takes any open_clip architecture to show
-the ratio at a production model size.
+the ratio at a production model size. Two ratios are printed: the whole run (which includes
+loading the model and embedding every entity text once) and the per-image rate, from runs on
+half and all of the shards, where those fixed costs cancel.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +54,7 @@ def main() -> None:
         root = Path(tmp)
         generate_world(CorpusConfig(num_entities=200,
                                     images_per_entity=max(1, args.samples // 200),
+                                    samples_per_shard=max(25, args.samples // 8),
                                     benchmark=BenchmarkConfig(
                                         seen_classes=1, unseen_classes=0, images_per_class=2,
                                         labelled_train=0, labelled_val=0, labelled_test=0)),
@@ -82,18 +86,40 @@ def main() -> None:
                 model.encode_image(b, normalize=True)
             return len(tensors) / (time.perf_counter() - start)
 
-        def stage() -> float:
+        # the first half of the shards, to separate the per-image rate from fixed costs
+        shards = list_shards(root / "ingest" / "shards")
+        half = shards[: max(1, len(shards) // 2)]
+        for p in half:
+            (root / "half" / "ingest" / "shards").mkdir(parents=True, exist_ok=True)
+            (root / "half" / "ner" / "parts").mkdir(parents=True, exist_ok=True)
+            (root / "half" / "ingest" / "shards" / p.name).symlink_to(p)
+            (root / "half" / "ner" / "parts" / f"{p.stem}.parquet").symlink_to(
+                root / "ner" / "parts" / f"{p.stem}.parquet")
+        n_half = sum(1 for p in half for _ in iter_samples(p))
+        seconds: dict[str, list[float]] = {"full": [], "half": []}
+
+        def run_stage(base: Path, out: str) -> float:
             start = time.perf_counter()
-            score(root / "ingest", root / "ner", root / "corpus" / "kb.parquet",
-                  root / "baseline", root / "score", cfg)
-            return len(samples) / (time.perf_counter() - start)
+            score(base / "ingest", base / "ner", root / "corpus" / "kb.parquet",
+                  root / "baseline", root / out, cfg)
+            return time.perf_counter() - start
+
+        def stage() -> float:
+            seconds["half"].append(run_stage(root / "half", "score_half"))
+            seconds["full"].append(run_stage(root, "score"))
+            return len(samples) / seconds["full"][-1]
 
         mb, ms = interleaved_medians(bare, stage, args.repeats)
+        t_full = statistics.median(seconds["full"][1:])
+        t_half = statistics.median(seconds["half"][1:])
+        marginal = (len(samples) - n_half) / (t_full - t_half)
     print(f"model: {args.arch} ({meta.image_size}px); images: {len(samples)}; batch "
           f"{cfg.batch_size}; median of {args.repeats}")
     print(f"bare encode_image on decoded tensors: {mb:8,.1f} images/s")
-    print(f"score stage (decode + encode + score): {ms:8,.1f} images/s")
-    print(f"ratio: {ms / mb:.2f} (target >= 0.85)")
+    print(f"score stage, whole run (model load, entity texts, decode, encode, score): "
+          f"{ms:8,.1f} images/s -> ratio {ms / mb:.2f}")
+    print(f"score stage, per image ({n_half} vs {len(samples)} images: fixed costs cancel): "
+          f"{marginal:8,.1f} images/s -> ratio {marginal / mb:.2f} (target >= 0.85)")
 
 
 if __name__ == "__main__":

@@ -138,6 +138,9 @@ class ScoreConfig(Section):
     seed: int = 0
     batch_size: int = Field(256, ge=1)
     device: str = "auto"
+    decode_workers: int = Field(-1, ge=-1, description=(
+        "DataLoader processes decoding images; -1 = auto: 0 on CPU (decoding in line beats "
+        "competing with the forward's threads for the cores), up to 8 on a GPU"))
 
     @model_validator(mode="after")
     def _prompt(self) -> ScoreConfig:

@@ -40,31 +40,38 @@ class ScoreJob:
 
 
 class ShardBatches(IterableDataset):
-    """Per shard: batches of (key, preprocessed image) for the keys that have candidates, then
-    an end-of-shard marker, so the main process can write each shard as soon as it is done.
-    Shards are split across DataLoader workers; each yields ``(name, keys, images, last)``."""
+    """Full batches of (shard, key, preprocessed image) for the keys that have candidates,
+    running across shard boundaries (small shards do not shrink the batches). Each batch also
+    names the shards whose last image is in it or in an earlier batch, so the main process can
+    write each shard as soon as it is complete. Shards are split across DataLoader workers;
+    each yields ``(shard names, keys, images, finished shards)``."""
 
     def __init__(self, jobs: list[ScoreJob], transform, batch_size: int) -> None:
         self.jobs, self.transform, self.batch_size = jobs, transform, batch_size
 
-    def __iter__(self) -> Iterator[tuple[str, list[str], torch.Tensor, bool]]:
+    def __iter__(self) -> Iterator[tuple[list[str], list[str], torch.Tensor, list[str]]]:
         info = get_worker_info()
         mine = self.jobs if info is None else self.jobs[info.id::info.num_workers]
+        names: list[str] = []
+        keys: list[str] = []
+        images: list[torch.Tensor] = []
+        finished: list[str] = []
         for job in mine:
             linked = pq.read_table(job.mentions, columns=["key", "entity_id"])
             wanted = set(linked.filter(pc.is_valid(linked["entity_id"]))["key"].to_pylist())
-            keys: list[str] = []
-            images: list[torch.Tensor] = []
             for s in iter_samples(job.tar):
                 if s["__key__"] not in wanted:
                     continue
                 img = Image.open(io.BytesIO(s["jpg"])).convert("RGB")
+                names.append(job.name)
                 keys.append(s["__key__"])
                 images.append(self.transform(img))
                 if len(keys) == self.batch_size:
-                    yield job.name, keys, torch.stack(images), False
-                    keys, images = [], []
-            yield job.name, keys, (torch.stack(images) if images else torch.empty(0)), True
+                    yield names, keys, torch.stack(images), finished
+                    names, keys, images, finished = [], [], [], []
+            finished.append(job.name)
+        if keys or finished:
+            yield names, keys, (torch.stack(images) if images else torch.empty(0)), finished
 
 
 def load_scorer(cfg: ScoreConfig, baseline_dir: Path):
@@ -194,9 +201,17 @@ def candidate_entities(jobs: list[ScoreJob]) -> set[str]:
     return out
 
 
+def decode_workers(cfg: ScoreConfig, device: torch.device, override: int | None) -> int:
+    if override is not None:
+        return override
+    if cfg.decode_workers >= 0:
+        return cfg.decode_workers
+    return 0 if device.type == "cpu" else min(8, os.cpu_count() or 1)
+
+
 @torch.no_grad()
 def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
-          out_dir: Path, cfg: ScoreConfig, num_workers: int = 1,
+          out_dir: Path, cfg: ScoreConfig, num_workers: int | None = None,
           state_dir: Path | None = None) -> dict[str, float]:
     """Per ingest shard, write ``parts/<name>.scores.parquet`` (key, entity_id, score) and
     ``parts/<name>.null.parquet`` (key, scores against random non-candidate entities), then
@@ -230,23 +245,30 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
             or not state.is_done(shard_jobs[j.name], _outputs(out_dir, j.name))]
     if todo:
         loader = DataLoader(ShardBatches(todo, transform, cfg.batch_size), batch_size=None,
-                            num_workers=min(num_workers, len(todo)))
+                            num_workers=min(decode_workers(cfg, device, num_workers), len(todo)))
         by_name = {j.name: j for j in todo}
         # shards in progress (several when DataLoader workers interleave): rows + candidates
         open_rows: dict[str, ShardRows] = {}
         cands_of: dict[str, dict[str, list[str]]] = {}
-        for name, keys, images, last in loader:
-            rows = open_rows.setdefault(name, ShardRows())
-            if name not in cands_of:
-                cands_of[name] = candidates_by_key(
-                    tables.read_table(by_name[name].mentions, tables.MENTIONS))
+        for shard_of, keys, images, finished in loader:
             if keys:
                 with torch.autocast(device.type, dtype=torch.bfloat16,
                                     enabled=device.type == "cuda"):
                     img = model.encode_image(images.to(device), normalize=True).float()
-                _score_batch(rows, keys, img, cands_of[name], text, index, pool_idx, cfg)
-            if last:
-                _write_shard(out_dir, by_name[name], open_rows.pop(name), cands_of.pop(name))
+                for name in dict.fromkeys(shard_of):  # the shards in this batch, in order
+                    if name not in cands_of:
+                        cands_of[name] = candidates_by_key(
+                            tables.read_table(by_name[name].mentions, tables.MENTIONS))
+                    mine = [i for i, n in enumerate(shard_of) if n == name]
+                    _score_batch(open_rows.setdefault(name, ShardRows()),
+                                 [keys[i] for i in mine], img[mine], cands_of[name], text,
+                                 index, pool_idx, cfg)
+            for name in finished:
+                cands = cands_of.pop(name, None)
+                if cands is None:  # a shard without any candidate: nothing was scored
+                    cands = candidates_by_key(
+                        tables.read_table(by_name[name].mentions, tables.MENTIONS))
+                _write_shard(out_dir, by_name[name], open_rows.pop(name, ShardRows()), cands)
                 if state is not None:
                     state.mark_done(shard_jobs[name], _outputs(out_dir, name), {})
     if state is not None:

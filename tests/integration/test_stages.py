@@ -201,3 +201,15 @@ def test_score_resumes_finished_shards(chain, tmp_path, monkeypatch):
     assert score(layout.ingest, layout.ner, layout.kb, layout.baseline_model, tmp_path / "s",
                  params.score, num_workers=0, state_dir=state) == first
     assert (tmp_path / "s" / "scores.parquet").read_bytes() == digest
+
+
+def test_score_batches_span_shards_without_changing_results(chain, tmp_path):
+    layout, params, _ = chain
+    small = params.score.model_copy(update={"batch_size": 7})  # 50-image shards: crossing
+    score(layout.ingest, layout.ner, layout.kb, layout.baseline_model, tmp_path / "s", small,
+          num_workers=2)
+    want = pq.read_table(layout.score / "scores.parquet").to_pandas()
+    got = pq.read_table(tmp_path / "s" / "scores.parquet").to_pandas()
+    assert (got.key.tolist(), got.entity_id.tolist()) == (want.key.tolist(),
+                                                          want.entity_id.tolist())
+    np.testing.assert_allclose(got.score, want.score, atol=1e-5)
