@@ -236,7 +236,7 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
     names = {j.name for j in jobs}
     remove_stale(out_dir / "parts", names)
     state = ResumeState(state_dir, fingerprint(
-        "score", cfg.model_dump(mode="json", exclude={"device", "batch_size"}),
+        "score", cfg.model_dump(mode="json", exclude={"device", "batch_size", "decode_workers"}),
         _model_identity(cfg, baseline_dir), file_sha256(kb_path))) \
         if state_dir is not None else None
     identity = {j.name: f"{file_sha256(j.tar)}:{file_sha256(j.mentions)}" for j in jobs}
