@@ -77,14 +77,17 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--workdir", type=Path, default=None, help="where worlds are generated")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                    help="a prefix of the chain (each stage reads the previous one's output)")
     args = ap.parse_args()
+    stages = [s for s in STAGES if s in args.stages]
     rows = []
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix=f"bench-scale-{n}-", dir=args.workdir) as tmp:
             t = time.perf_counter()
             _py(WORLD, str(n), tmp)
             print(f"{n:,} images: world generated in {time.perf_counter() - t:.0f} s", flush=True)
-            for stage in STAGES:
+            for stage in stages:
                 r = json.loads(_py(CHILD, stage, tmp).strip().splitlines()[-1])
                 r.update(stage=stage, images=n, per_s=n / r["seconds"])
                 rows.append(r)
@@ -93,7 +96,7 @@ def main() -> None:
                       flush=True)
     small, large = min(args.sizes), max(args.sizes)
     print(f"\npeak memory {large:,} vs {small:,} images (target <= 1.2x):")
-    for stage in STAGES:
+    for stage in stages:
         a = next(r for r in rows if r["stage"] == stage and r["images"] == small)
         b = next(r for r in rows if r["stage"] == stage and r["images"] == large)
         main_x = b["rss_main_mb"] / a["rss_main_mb"]
