@@ -231,8 +231,11 @@ def _repeated(column: str, out_dir: Path, names: list[str], to_u64) -> dict[str,
     if not hashes or not sum(sizes):
         return {}
     allh = np.concatenate(hashes)
-    _, inverse, counts = np.unique(allh, return_inverse=True, return_counts=True)
-    suspect = np.flatnonzero(counts[inverse] > 1)
+    del hashes
+    ordered = np.sort(allh)  # one copy; the repeated values are few
+    repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    del ordered
+    suspect = np.flatnonzero(np.isin(allh, repeated))
     if not len(suspect):
         return {}
     offsets = np.concatenate([[0], np.cumsum(sizes)])
