@@ -92,29 +92,69 @@ class NerConfig(Section):
 
 
 class TrainConfig(Section):
-    """Shared by ``baseline`` (recipe ``clip``) and ``train`` (the MOFI recipes)."""
+    """Shared by ``baseline`` (recipe ``clip``) and ``train`` (the MOFI recipes).
 
-    recipe: Literal["clip", "supervised"]
-    model: str = "mofi-tiny"
+    ``batch_size`` is per process and micro-batch: one optimiser step sees
+    ``batch_size x grad_accum x processes`` images."""
+
+    recipe: Literal["clip", "supervised", "contrastive", "multitask"]
+    model: str = Field("mofi-tiny", description="mofi or open_clip architecture (ViT-B-16...)")
     steps: int = Field(300, ge=1)
     batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.1, ge=0)
     warmup_steps: int = Field(30, ge=0)
     grad_clip: float = Field(1.0, gt=0)
+    # supervised / multitask head
+    head: Literal["linear", "cosine"] = "linear"
+    shard_head: bool = Field(False, description=(
+        "split the classifier over the torchrun processes (a 2M-class head per GPU would not "
+        "fit); exact: the loss and gradients equal the full head's"))
+    head_scale: float = Field(16.0, gt=0, description="cosine head: logit scale")
+    head_margin: float = Field(0.0, ge=0, lt=1, description="cosine head: additive margin")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    multi_label: Literal["uniform", "score", "top"] = Field("uniform", description=(
+        "soft target of an image with several entities: equal weights, weights by CLIP score, "
+        "or only the best-scoring entity"))
+    max_labels: int = Field(8, ge=1, description="labels per image kept in the target")
+    # contrastive / multitask text
+    entity_text: Literal["name", "name_description"] = "name_description"
+    text_source: Literal["entity", "alt_text", "mix"] = Field("entity", description=(
+        "multitask: the contrastive text is the entity text, the raw alt-text, or a mix"))
+    alt_text_prob: float = Field(0.5, ge=0, le=1, description="text_source=mix: alt-text share")
+    loss_weights: tuple[float, float] = Field((1.0, 1.0), description=(
+        "multitask: (supervised, contrastive) weights"))
+    # data
     shuffle_buffer: int = Field(1000, ge=1)
     num_workers: int = Field(1, ge=0)
+    resampled: bool = Field(False, description=(
+        "draw shards with replacement (multi-node); resume then re-seeds instead of replaying"))
+    # execution
+    compile: bool = Field(False, description="torch.compile the network")
+    grad_checkpointing: bool = False
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1)
+    checkpoint_dir: str = Field("", description=(
+        "where checkpoints go; empty = .mofi/state/<stage>/checkpoints (git- and DVC-ignored)"))
     log_every: int = Field(10, ge=1)
     seed: int = 0
     device: str = "auto"
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = all cores")
+    threads: int = Field(0, ge=0, description="torch CPU threads per process; 0 = cores/processes")
 
     @model_validator(mode="after")
-    def _warmup(self) -> TrainConfig:
+    def _checks(self) -> TrainConfig:
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
+        if min(self.loss_weights) < 0 or sum(self.loss_weights) == 0:
+            raise ValueError(f"loss_weights {self.loss_weights}: both >= 0 and not both 0")
         return self
+
+    def resume_key(self) -> dict:
+        """The params a checkpoint must agree with to be continued (not where/how it runs)."""
+        return self.model_dump(mode="json", exclude={
+            "device", "threads", "log_every", "checkpoint_every", "keep_checkpoints",
+            "checkpoint_dir", "compile"})
 
 
 class BaselineConfig(TrainConfig):
@@ -124,7 +164,7 @@ class BaselineConfig(TrainConfig):
 
 
 class MofiTrainConfig(TrainConfig):
-    recipe: Literal["supervised"] = "supervised"
+    recipe: Literal["supervised", "contrastive", "multitask"] = "supervised"
 
 
 class ScoreConfig(Section):

@@ -35,7 +35,8 @@ def execute(name: str, fn: StageFn, params_file: Path, root: Path) -> dict[str, 
         start = time.perf_counter()
         metrics = fn(section, ctx)
         # timings go to the run, not to the metrics file: outputs stay byte-identical on re-runs
-        write_json(layout.metrics(name), metrics)
+        if tracking.is_main_process():  # under torchrun every rank runs the stage
+            write_json(layout.metrics(name), metrics)
         tracker.log_metrics({**metrics, "stage_seconds": time.perf_counter() - start})
         for path in ctx.artifacts:
             tracker.log_artifact(path)

@@ -84,7 +84,14 @@ class MlflowTracker:
         self._mlflow.set_tags(dict(tags))
 
 
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a torchrun launch: only rank 0 tracks and writes."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def tracking_enabled() -> bool:
+    if not is_main_process():
+        return False
     return os.environ.get("MOFI_TRACKING", "on").lower() not in ("off", "0", "false")
 
 

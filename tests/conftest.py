@@ -56,6 +56,34 @@ def tiny_world(tmp_path_factory):
     return layout, params, stats
 
 
+@pytest.fixture(scope="session")
+def truth_i2e(tiny_world, tmp_path_factory):
+    """An I2E dataset built from the tiny world's true labels (no NER, no CLIP: cheap), for
+    tests of training and registry: (layout, params, i2e folder)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mofi_core.config import BuildConfig
+    from mofi_core.curate.build import build
+    from mofi_core.curate.ingest import ingest
+    from mofi_core.evaluate.quality import read_truth
+    from mofi_core.io import tables
+
+    layout, params, _ = tiny_world
+    tmp = tmp_path_factory.mktemp("truth_i2e")
+    ingest(layout.corpus_shards, tmp / "ingest", params.ingest)
+    truth = read_truth(layout.truth).to_pylist()
+    manifest = pq.read_table(tmp / "ingest" / "manifest.parquet", columns=["key", "shard"])
+    shard_of = dict(zip(*manifest.to_pydict().values(), strict=True))
+    for shard in sorted(set(shard_of.values())):
+        rows = [{"key": t["key"], "entity_id": e, "score": 0.9} for t in truth
+                for e in t["entity_ids"] if shard_of[t["key"]] == shard]
+        tables.write_table(tmp / "score" / "parts" / f"{shard[:-4]}.scores.parquet",
+                           pa.Table.from_pylist(rows), tables.SCORES)
+    build(tmp / "ingest", tmp / "score", tmp / "i2e", BuildConfig(threshold=0.5))
+    return layout, params, tmp / "i2e"
+
+
 def copy_project(dest: Path) -> Path:
     """The git-tracked project files (no data, no venv) in ``dest``, as a fresh git repo."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,

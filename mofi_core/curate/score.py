@@ -29,7 +29,7 @@ from mofi_core.kb import KnowledgeBase
 from mofi_core.models.artifact import WEIGHTS, image_transform, load_model
 from mofi_core.models.factory import tokenizer_for
 from mofi_core.parallel import ResumeState, ShardJob, file_sha256, fingerprint, remove_stale
-from mofi_core.train.loop import resolve_device
+from mofi_core.train.distributed import resolve_device
 
 
 @dataclass(frozen=True)
@@ -161,9 +161,10 @@ def null_pool(kb: KnowledgeBase, cfg: ScoreConfig) -> list[str]:
 def null_draw(key: str, pool: np.ndarray, exclude: set[int], n: int, seed: int) -> np.ndarray:
     """``n`` pool indices not among the image's candidates, seeded by the key alone (the same
     draw whatever the batch order or number of workers)."""
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-    picks = rng.permutation(pool)[: n + len(exclude)]
-    return np.array([i for i in picks if i not in exclude][:n], dtype=np.int64)
+    rng = np.random.Generator(np.random.PCG64([seed, zlib.crc32(key.encode())]))
+    # draw without replacement only as many as can be needed: O(n), not O(pool)
+    picks = pool[rng.choice(len(pool), min(len(pool), n + len(exclude)), replace=False)]
+    return np.array([i for i in picks.tolist() if i not in exclude][:n], dtype=np.int64)
 
 
 @dataclass
@@ -282,16 +283,31 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
 def _score_batch(rows: ShardRows, keys: list[str], img: torch.Tensor,
                  cands: dict[str, list[str]], text: torch.Tensor, index: dict[str, int],
                  pool_idx: np.ndarray, cfg: ScoreConfig) -> None:
-    for key, emb in zip(keys, img, strict=True):
-        idx = [index[e] for e in cands[key]]
-        rows.key.extend([key] * len(idx))
-        rows.entity.extend(cands[key])
-        rows.score.extend((text[idx] @ emb).cpu().tolist())
-        rows.seen += 1
-        if len(pool_idx):
-            nulls = null_draw(key, pool_idx, set(idx), cfg.null_samples, cfg.seed)
-            rows.null_key.append(key)
-            rows.null_scores.append((text[nulls] @ emb).cpu().tolist())
+    """All (image, candidate) and (image, null entity) similarities of a batch in two gathers."""
+    per = [cands[k] for k in keys]
+    ent = [[index[e] for e in c] for c in per]
+    rows.key.extend(k for k, c in zip(keys, per, strict=True) for _ in c)
+    rows.entity.extend(e for c in per for e in c)
+    rows.score.extend(_pair_scores(img, text, ent))
+    rows.seen += len(keys)
+    if len(pool_idx):
+        nulls = [null_draw(k, pool_idx, set(idx), cfg.null_samples, cfg.seed).tolist()
+                 for k, idx in zip(keys, ent, strict=True)]
+        flat = _pair_scores(img, text, nulls)
+        rows.null_key.extend(keys)
+        start = 0
+        for n in nulls:
+            rows.null_scores.append(flat[start:start + len(n)])
+            start += len(n)
+
+
+def _pair_scores(img: torch.Tensor, text: torch.Tensor, per_image: list[list[int]]
+                 ) -> list[float]:
+    """cosine(image i, entity j) for every j in ``per_image[i]``, flattened in order."""
+    counts = torch.tensor([len(p) for p in per_image], device=img.device)
+    rows = torch.repeat_interleave(torch.arange(len(per_image), device=img.device), counts)
+    cols = torch.tensor([j for p in per_image for j in p], dtype=torch.long, device=img.device)
+    return (img[rows] * text[cols]).sum(-1).cpu().tolist()
 
 
 def _write_shard(out_dir: Path, job: ScoreJob, rows: ShardRows,

@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from mofi_core.models.artifact import image_transform, load_model
-from mofi_core.train.loop import resolve_device
+from mofi_core.train.distributed import resolve_device
 
 
 class ImageFiles(Dataset):

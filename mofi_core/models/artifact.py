@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mofi_core.io.atomic import atomic_dir
-from mofi_core.models.factory import ImageClassifier, build_clip
+from mofi_core.models.factory import ImageClassifier, MultiTaskModel, build_clip
 
 FORMAT = "mofi-model/1"
 WEIGHTS, META = "model.safetensors", "model.json"
@@ -23,7 +23,7 @@ WEIGHTS, META = "model.safetensors", "model.json"
 
 @dataclass(frozen=True)
 class ModelMeta:
-    kind: str  # "clip" (image + text towers) or "classifier" (image tower + entity head)
+    kind: str  # "clip" (towers), "classifier" (image tower + head) or "multitask" (both)
     arch: str
     arch_config: dict[str, Any]
     image_size: int
@@ -36,11 +36,13 @@ class ModelMeta:
 
 
 def default_meta(kind: str, arch: str, cfg: dict[str, Any], recipe: str,
-                 classes: tuple[str, ...] = ()) -> ModelMeta:
+                 classes: tuple[str, ...] = (), extra: dict[str, Any] | None = None
+                 ) -> ModelMeta:
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
     size = cfg["vision_cfg"]["image_size"]
     return ModelMeta(kind=kind, arch=arch, arch_config=cfg, recipe=recipe, classes=classes,
+                     extra=dict(extra or {}),
                      image_size=size if isinstance(size, int) else size[0],
                      mean=tuple(OPENAI_DATASET_MEAN), std=tuple(OPENAI_DATASET_STD))
 
@@ -48,8 +50,11 @@ def default_meta(kind: str, arch: str, cfg: dict[str, Any], recipe: str,
 def build_model(meta: ModelMeta) -> nn.Module:
     if meta.kind == "clip":
         return build_clip(meta.arch_config)
+    head = meta.extra.get("head", "linear"), meta.extra.get("head_scale", 16.0)
     if meta.kind == "classifier":
-        return ImageClassifier(meta.arch_config, len(meta.classes))
+        return ImageClassifier(meta.arch_config, len(meta.classes), *head)
+    if meta.kind == "multitask":
+        return MultiTaskModel(meta.arch_config, len(meta.classes), *head)
     raise ValueError(f"unknown model kind {meta.kind!r}")
 
 

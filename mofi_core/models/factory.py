@@ -55,16 +55,44 @@ def tokenizer_for(cfg: dict[str, Any]):
     return SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
 
 
-class ImageClassifier(nn.Module):
-    """Image tower -> embedding -> linear classifier over the entity vocabulary."""
+def make_head(kind: str, dim: int, num_classes: int, scale: float = 16.0) -> nn.Module:
+    """An inference head (no margin, never sharded: a trained sharded head is gathered)."""
+    from mofi_core.train.heads import CosineHead, LinearHead
 
-    def __init__(self, cfg: dict[str, Any], num_classes: int) -> None:
+    if kind == "cosine":
+        return CosineHead(dim, num_classes, scale=scale)
+    if kind == "linear":
+        return LinearHead(dim, num_classes)
+    raise ValueError(f"unknown head {kind!r}: linear or cosine")
+
+
+class ImageClassifier(nn.Module):
+    """Image tower -> embedding -> classifier head over the entity vocabulary."""
+
+    def __init__(self, cfg: dict[str, Any], num_classes: int, head: str = "linear",
+                 scale: float = 16.0) -> None:
         super().__init__()
         self.visual = build_clip(cfg).visual
-        self.head = nn.Linear(cfg["embed_dim"], num_classes)
+        self.head = make_head(head, cfg["embed_dim"], num_classes, scale)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encode_image(images))
+        return self.head.logits(self.encode_image(images))
+
+
+class MultiTaskModel(nn.Module):
+    """MOFI's multi-task model: CLIP towers + a classifier head on the image embedding."""
+
+    def __init__(self, cfg: dict[str, Any], num_classes: int, head: str = "linear",
+                 scale: float = 16.0) -> None:
+        super().__init__()
+        self.clip = build_clip(cfg)
+        self.head = make_head(head, cfg["embed_dim"], num_classes, scale)
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        return self.clip.encode_image(images, normalize=normalize)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head.logits(self.encode_image(images))

@@ -1,51 +1,182 @@
-"""Training recipes: a model plus the loss it is trained with. ``loss(batch)`` returns the total
-loss and a dict of its named terms (logged per term)."""
+"""Training recipes: what is trained and with which loss.
+
+A recipe owns ``model`` (every trained parameter; what checkpoints hold), ``net`` (the part that
+is replicated on every rank and wrapped in DDP by the loop) and ``loss(batch)`` returning the
+total loss and its named terms. Heads that are sharded across ranks live outside ``net``; a
+replicated head outside ``net`` has its gradients averaged by the loop (``replicated_extra``).
+
+- ``clip``: image <-> raw alt-text, CLIP loss with learnable temperature (the paper's control);
+- ``supervised``: image tower -> embedding -> classifier over the entity vocabulary;
+- ``contrastive``: image <-> entity text (name, optionally with its description);
+- ``multitask``: MOFI: weighted sum of the two, one shared image tower.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mofi_core.models.factory import build_clip
+from mofi_core.train import heads as H
 
-class ClipRecipe:
-    """Contrastive image <-> raw alt-text with a learnable temperature (open_clip's ClipLoss)."""
-
-    name = "clip"
-
-    def __init__(self, model: nn.Module) -> None:
-        from open_clip.loss import ClipLoss
-
-        self.model = model
-        self._loss = ClipLoss()
-
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        images, tokens = batch
-        img, txt, scale = self.model(images, tokens)
-        loss = self._loss(img, txt, scale)
-        return loss, {"loss_clip": loss.detach(), "logit_scale": scale.detach()}
-
-    def after_step(self) -> None:
-        # as in CLIP: keep the temperature in a sane range (scale <= 100)
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(0, 4.6052)
+MAX_LOGIT_SCALE = 4.6052  # ln(100): CLIP's cap on the learnable temperature
 
 
-class SupervisedRecipe:
-    """Softmax cross-entropy over the entity vocabulary with soft (multi-label) targets."""
+class ClipFeatures(nn.Module):
+    """CLIP towers returning (raw image embedding, unit text embedding, temperature) — the
+    raw image embedding feeds a classifier head; its normalised copy the contrastive loss."""
 
-    name = "supervised"
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.clip = clip
 
-    def __init__(self, model: nn.Module, label_smoothing: float = 0.0) -> None:
-        self.model = model
-        self.label_smoothing = label_smoothing
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        img = self.clip.encode_image(images)
+        txt = self.clip.encode_text(tokens, normalize=True)
+        return img, txt, self.clip.logit_scale.exp()
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-        images, targets = batch
-        logits = self.model(images)
-        loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
-        acc = (logits.argmax(1) == targets.argmax(1)).float().mean()
-        return loss, {"loss_supervised": loss.detach(), "train_top1": acc.detach()}
+
+class Recipe:
+    name = "base"
+
+    def __init__(self, model: nn.Module, net: nn.Module) -> None:
+        self.model, self.net = model, net
+        self.forward: Callable = net  # replaced by the DDP wrapper when world > 1
+        self.rank, self.world = 0, 1
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module], rank: int, world: int) -> None:
+        self.forward, self.rank, self.world = wrap(self.net), rank, world
+
+    def is_sharded(self, name: str) -> bool:
+        return False
+
+    def replicated_extra(self) -> list[nn.Parameter]:
+        return []
 
     def after_step(self) -> None:
         pass
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+
+def _clamp_temperature(clip: nn.Module) -> None:
+    with torch.no_grad():
+        clip.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, rank: int, world: int
+              ) -> torch.Tensor:
+    """Symmetric InfoNCE over the global batch (features gathered with gradients across ranks;
+    each rank scores its own images/texts against everyone's)."""
+    from open_clip.loss import ClipLoss
+
+    loss = ClipLoss(local_loss=world > 1, gather_with_grad=world > 1, rank=rank,
+                    world_size=world)
+    return loss(F.normalize(img, dim=-1), txt, scale)
+
+
+class ClipRecipe(Recipe):
+    """Contrastive image <-> text; the batch is (images, text tokens). Used as the paper's
+    control (text = raw alt-text) and as ``contrastive`` (text = the entity's text)."""
+
+    def __init__(self, clip: nn.Module, name: str = "clip") -> None:
+        super().__init__(clip, ClipFeatures(clip))
+        self.clip, self.name = clip, name
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict]:
+        images, tokens = batch
+        img, txt, scale = self.forward(images, tokens)
+        loss = clip_loss(img, txt, scale, self.rank, self.world)
+        return loss, {f"loss_{self.name}": loss.detach(), "logit_scale": scale.detach()}
+
+    def after_step(self) -> None:
+        _clamp_temperature(self.clip)
+
+
+def make_head(kind: str, dim: int, num_classes: int, sharded: bool, scale: float,
+              margin: float) -> nn.Module:
+    if sharded:
+        return H.ShardedHead(dim, num_classes, kind=kind, scale=scale, margin=margin)
+    if kind == "cosine":
+        return H.CosineHead(dim, num_classes, scale=scale, margin=margin)
+    return H.LinearHead(dim, num_classes)
+
+
+class _HeadMixin:
+    head: nn.Module
+    sharded: bool
+
+    def is_sharded(self, name: str) -> bool:
+        return self.sharded and name.startswith("head.")
+
+    def replicated_extra(self) -> list[nn.Parameter]:
+        return [] if self.sharded else list(self.head.parameters())
+
+
+class SupervisedRecipe(_HeadMixin, Recipe):
+    """Soft-target cross-entropy over the entity vocabulary; batch = (images, target indices,
+    target weights)."""
+
+    name = "supervised"
+
+    def __init__(self, tower: nn.Module, head: nn.Module, sharded: bool,
+                 label_smoothing: float = 0.0) -> None:
+        model = nn.Module()
+        model.visual, model.head = tower, head
+        super().__init__(model, tower)
+        self.head, self.sharded, self.label_smoothing = head, sharded, label_smoothing
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict]:
+        images, idx, weights = batch
+        loss, extra = self.head.loss(self.forward(images).float(), idx, weights,
+                                     label_smoothing=self.label_smoothing)
+        return loss, {"loss_supervised": loss.detach(), **extra}
+
+
+class MultitaskRecipe(_HeadMixin, Recipe):
+    """MOFI: ``w_sup * supervised + w_con * contrastive`` on one shared image tower; batch =
+    (images, target indices, target weights, text tokens)."""
+
+    name = "multitask"
+
+    def __init__(self, clip: nn.Module, head: nn.Module, sharded: bool,
+                 weights: tuple[float, float], label_smoothing: float = 0.0) -> None:
+        model = nn.Module()
+        model.clip, model.head = clip, head
+        super().__init__(model, ClipFeatures(clip))
+        self.clip, self.head, self.sharded = clip, head, sharded
+        self.weights, self.label_smoothing = weights, label_smoothing
+
+    def loss(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, dict]:
+        images, idx, target_w, tokens = batch
+        img, txt, scale = self.forward(images, tokens)
+        sup, extra = self.head.loss(img.float(), idx, target_w,
+                                    label_smoothing=self.label_smoothing)
+        con = clip_loss(img, txt, scale, self.rank, self.world)
+        total = self.weights[0] * sup + self.weights[1] * con
+        return total, {"loss_supervised": sup.detach(), "loss_contrastive": con.detach(),
+                       "logit_scale": scale.detach(), **extra}
+
+    def after_step(self) -> None:
+        _clamp_temperature(self.clip)
+
+
+def build_recipe(recipe: str, arch: dict, num_classes: int, head: str, shard_head: bool,
+                 head_scale: float, head_margin: float, loss_weights: tuple[float, float],
+                 label_smoothing: float) -> Recipe:
+    """A fresh recipe (call after seeding: the weights are initialised here)."""
+    clip = build_clip(arch)
+    if recipe in ("clip", "contrastive"):
+        return ClipRecipe(clip, name=recipe)
+    dim = arch["embed_dim"]
+    h = make_head(head, dim, num_classes, shard_head, head_scale, head_margin)
+    if recipe == "supervised":
+        return SupervisedRecipe(clip.visual, h, shard_head, label_smoothing)
+    if recipe == "multitask":
+        return MultitaskRecipe(clip, h, shard_head, loss_weights, label_smoothing)
+    raise ValueError(f"unknown train.recipe {recipe!r}")

@@ -1,4 +1,9 @@
-"""Entry points of the ``baseline`` and ``train`` stages: data + model + recipe -> model folder."""
+"""Entry points of the ``baseline`` and ``train`` stages: data + recipe + loop -> model folder.
+
+The same function runs in a plain ``mofi train`` (a world of one) and in each process of a
+``torchrun`` launch: rank 0 logs and publishes the model, every rank writes its share of the
+checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +14,20 @@ from pathlib import Path
 
 import torch
 
+from mofi_core import tracking
 from mofi_core.config import TrainConfig
 from mofi_core.io.shards import list_shards
-from mofi_core.models.artifact import build_model, default_meta, image_transform, save_model
+from mofi_core.kb import KnowledgeBase
+from mofi_core.models.artifact import default_meta, image_transform, save_model
 from mofi_core.models.factory import arch_config, tokenizer_for
-from mofi_core.train import data
+from mofi_core.parallel import file_sha256, fingerprint
+from mofi_core.train import distributed
+from mofi_core.train.data import Batches, EntityTexts, SampleMaker, ShardStream
 from mofi_core.train.loop import train_loop
-from mofi_core.train.recipes import ClipRecipe, SupervisedRecipe
+from mofi_core.train.recipes import Recipe, build_recipe
 
 LogFn = Callable[[int, dict[str, float]], None]
-
-
-def _setup(cfg: TrainConfig) -> None:
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-
-
-def train_clip(ingest_dir: Path, out_dir: Path, cfg: TrainConfig, on_log: LogFn) -> list[dict]:
-    """The paper's control: CLIP on the raw alt-text of every ingested sample."""
-    _setup(cfg)
-    arch = arch_config(cfg.model)
-    meta = default_meta("clip", cfg.model, arch, recipe="clip")
-    model = build_model(meta)
-    ds = data.clip_dataset(list_shards(ingest_dir / "shards"), image_transform(meta, train=True),
-                           tokenizer_for(arch), cfg.batch_size, cfg.shuffle_buffer, cfg.seed)
-    history = train_loop(ClipRecipe(model), data.loader(ds, cfg.num_workers), cfg, on_log)
-    save_model(out_dir, model.cpu(), meta)
-    return history
+TEXT_TEMPLATES = {"name": "{name}", "name_description": "{name}. {description}"}
 
 
 def read_vocab(i2e_dir: Path) -> list[str]:
@@ -45,21 +37,104 @@ def read_vocab(i2e_dir: Path) -> list[str]:
     return json.loads(path.read_text(encoding="utf-8"))["classes"]
 
 
-def train_supervised(i2e_dir: Path, out_dir: Path, cfg: TrainConfig, on_log: LogFn) -> list[dict]:
-    """MOFI supervised recipe: classification over the I2E entity vocabulary."""
-    _setup(cfg)
-    classes = read_vocab(i2e_dir)
+def _setup(cfg: TrainConfig, env: distributed.DistEnv) -> None:
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cfg.threads or max(1, cores // env.world))
+
+
+def needs_kb(cfg: TrainConfig) -> bool:
+    return cfg.recipe == "contrastive" or (cfg.recipe == "multitask"
+                                           and cfg.text_source != "alt_text")
+
+
+def _sample_maker(cfg: TrainConfig, meta, classes: list[str], kb_path: Path | None
+                  ) -> SampleMaker:
+    tokenizer = tokenizer_for(meta.arch_config)
+    texts = None
+    if needs_kb(cfg):
+        if kb_path is None or not kb_path.is_file():
+            raise FileNotFoundError(f"train.recipe={cfg.recipe} needs the KB for entity texts; "
+                                    f"{kb_path} is missing")
+        texts = EntityTexts(KnowledgeBase.load(kb_path), tokenizer,
+                            TEXT_TEMPLATES[cfg.entity_text])
+    return SampleMaker(recipe=cfg.recipe, transform=image_transform(meta, train=True),
+                       tokenizer=tokenizer, class_index={c: i for i, c in enumerate(classes)},
+                       entity_texts=texts, max_labels=cfg.max_labels, weighting=cfg.multi_label,
+                       text_source=cfg.text_source, alt_text_prob=cfg.alt_text_prob)
+
+
+def _model_meta(cfg: TrainConfig, classes: list[str]):
     arch = arch_config(cfg.model)
-    meta = default_meta("classifier", cfg.model, arch, recipe=cfg.recipe, classes=tuple(classes))
+    kind = {"clip": "clip", "contrastive": "clip", "supervised": "classifier",
+            "multitask": "multitask"}[cfg.recipe]
+    extra = {"head": cfg.head, "head_scale": cfg.head_scale} if kind != "clip" else {}
+    return default_meta(kind, cfg.model, arch, recipe=cfg.recipe,
+                        classes=tuple(classes) if kind != "clip" else (), extra=extra)
+
+
+def _export(recipe: Recipe, cfg: TrainConfig, meta, out_dir: Path, env) -> None:
+    """Publish the trained model (rank 0); a sharded head is gathered first (all ranks)."""
+    state = {k: v.detach().cpu() for k, v in recipe.model.state_dict().items()}
+    if cfg.shard_head and cfg.recipe in ("supervised", "multitask"):
+        full = recipe.head.full_state_dict()
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        state.update({f"head.{k}": v.detach().cpu() for k, v in full.items()})
+    if not env.is_main:
+        return
+    from mofi_core.models.artifact import build_model
+
     model = build_model(meta)
-    ds = data.supervised_dataset(list_shards(i2e_dir / "shards"),
-                                 image_transform(meta, train=True),
-                                 {c: i for i, c in enumerate(classes)}, cfg.batch_size,
-                                 cfg.shuffle_buffer, cfg.seed)
-    recipe = SupervisedRecipe(model, cfg.label_smoothing)
-    history = train_loop(recipe, data.loader(ds, cfg.num_workers), cfg, on_log)
-    save_model(out_dir, model.cpu(), meta)
-    return history
+    model.load_state_dict(state)  # same parameter names: the recipe mirrors the model layout
+    save_model(out_dir, model, meta)
+
+
+def _data_identity(shards: list[Path], extra: list[Path]) -> list:
+    return [[p.name, p.stat().st_size] for p in shards] + [file_sha256(p) for p in extra]
+
+
+def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, on_log: LogFn,
+                kb_path: Path | None = None, ckpt_root: Path | None = None) -> list[dict]:
+    """Train ``cfg.recipe`` on the shards in ``data_dir/shards`` (ingest shards for ``clip``,
+    I2E shards otherwise) and publish the model to ``out_dir``. With ``ckpt_root``, resume
+    from the newest checkpoint written with the same params and data."""
+    env = distributed.init(cfg.device)
+    try:
+        _setup(cfg, env)
+        classes = read_vocab(data_dir) if cfg.recipe in ("supervised", "multitask") else []
+        meta = _model_meta(cfg, classes)
+        recipe = build_recipe(cfg.recipe, meta.arch_config, len(classes), cfg.head,
+                              cfg.shard_head, cfg.head_scale, cfg.head_margin,
+                              cfg.loss_weights, cfg.label_smoothing)
+        shards = list_shards(data_dir / "shards")
+        stream = ShardStream([str(p) for p in shards], _sample_maker(cfg, meta, classes, kb_path),
+                             cfg.batch_size, cfg.shuffle_buffer, cfg.seed, env.rank, env.world,
+                             cfg.resampled)
+        extra = [p for p in (data_dir / "vocab.json", kb_path if needs_kb(cfg) else None)
+                 if p is not None and p.is_file()]
+        fp = fingerprint("train", cfg.resume_key(), env.world, _data_identity(shards, extra))
+        run_dir = None
+        if ckpt_root is not None:
+            run_dir = ckpt_root / fp
+            if env.is_main:
+                _forget_other_runs(ckpt_root, fp)
+        history = train_loop(recipe, Batches(stream, cfg.num_workers), cfg, env, on_log,
+                             run_dir, fp)
+        _export(recipe, cfg, meta, out_dir, env)
+        env.barrier()
+        return history
+    finally:
+        distributed.shutdown(env)
+
+
+def _forget_other_runs(root: Path, keep: str) -> None:
+    """Checkpoints of other params/data can never be resumed by this run: remove them."""
+    import shutil
+
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name != keep:
+                shutil.rmtree(p)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -72,22 +147,29 @@ def _write_history(path: Path, history: list[dict]) -> None:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _stage(name: str, train_fn, data_dir: Path, out_dir: Path, cfg: TrainConfig, ctx) -> dict:
-    history = train_fn(data_dir, out_dir, cfg, lambda step, row: ctx.tracker.log_metrics(
-        {k: v for k, v in row.items() if k != "step"}, step=step))
-    # images/s depends on the machine: keep it out of the (DVC-tracked) plot file
-    _write_history(ctx.layout.plot(f"{name}_loss.csv"),
-                   [{k: v for k, v in r.items() if k != "images_per_s"} for r in history])
-    ctx.artifacts.append(ctx.layout.plot(f"{name}_loss.csv"))
-    last = history[-1]
-    return {"final_loss": last["loss"], "steps": cfg.steps}
+MACHINE_DEPENDENT = ("images_per_s", "memory_mb")
+
+
+def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig, ctx) -> dict:
+    lay = ctx.layout
+    ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else lay.state(name) / "checkpoints"
+    history = train_model(data_dir, out_dir, cfg, lambda step, row: ctx.tracker.log_metrics(
+        {k: v for k, v in row.items() if k != "step"}, step=step), kb_path=lay.kb,
+        ckpt_root=ckpt)
+    if tracking.is_main_process():
+        # speed and memory depend on the machine: keep them out of the (DVC-tracked) plot file
+        _write_history(lay.plot(f"{name}_loss.csv"),
+                       [{k: v for k, v in r.items() if k not in MACHINE_DEPENDENT}
+                        for r in history])
+        ctx.artifacts.append(lay.plot(f"{name}_loss.csv"))
+    return {"final_loss": history[-1]["loss"], "steps": cfg.steps}
 
 
 def run_baseline(cfg: TrainConfig, ctx) -> dict:
     """Stage ``baseline``: CLIP on raw alt-text (the paper's control, and the default scorer)."""
-    return _stage("baseline", train_clip, ctx.layout.ingest, ctx.layout.baseline_model, cfg, ctx)
+    return _stage("baseline", ctx.layout.ingest, ctx.layout.baseline_model, cfg, ctx)
 
 
 def run_train(cfg: TrainConfig, ctx) -> dict:
     """Stage ``train``: the MOFI recipe on the I2E dataset."""
-    return _stage("train", train_supervised, ctx.layout.i2e, ctx.layout.mofi_model, cfg, ctx)
+    return _stage("train", ctx.layout.i2e, ctx.layout.mofi_model, cfg, ctx)

@@ -8,7 +8,7 @@ import pytest
 from mofi_core import tracking
 from mofi_core.config import RegisterConfig
 from mofi_core.registry import register
-from mofi_core.train.run import train_supervised
+from mofi_core.train.run import train_model
 
 
 @pytest.fixture()
@@ -19,34 +19,12 @@ def store(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_world, tmp_path_factory):
-    """A classifier trained a few steps on a hand-made I2E set from the tiny world."""
-    from mofi_core.config import BuildConfig
-    from mofi_core.curate.build import build
-    from mofi_core.curate.ingest import ingest
-    from mofi_core.io import tables
-
-    layout, params, _ = tiny_world
-    tmp = tmp_path_factory.mktemp("reg")
-    ingest(layout.corpus_shards, tmp / "ingest", params.ingest)
-    from mofi_core.evaluate.quality import read_truth
-
-    truth = read_truth(layout.truth).to_pylist()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    shard_of = dict(zip(*pq.read_table(tmp / "ingest" / "manifest.parquet",
-                                       columns=["key", "shard"]).to_pydict().values(),
-                        strict=True))
-    for shard in sorted(set(shard_of.values())):
-        rows = [{"key": t["key"], "entity_id": e, "score": 0.9} for t in truth
-                for e in t["entity_ids"] if shard_of[t["key"]] == shard]
-        tables.write_table(tmp / "score" / "parts" / f"{shard[:-4]}.scores.parquet",
-                           pa.Table.from_pylist(rows), tables.SCORES)
-    build(tmp / "ingest", tmp / "score", tmp / "i2e", BuildConfig(threshold=0.5))
-    train_supervised(tmp / "i2e", tmp / "model", params.train.model_copy(update={"steps": 5}),
-                     lambda s, r: None)
-    return tmp / "model"
+def model_dir(truth_i2e, tmp_path_factory):
+    """A classifier trained a few steps on the truth-labelled I2E set."""
+    _, params, i2e = truth_i2e
+    out = tmp_path_factory.mktemp("reg") / "model"
+    train_model(i2e, out, params.train.model_copy(update={"steps": 5}), lambda s, r: None)
+    return out
 
 
 def _register(model_dir, root, value):

@@ -13,7 +13,7 @@ from mofi_core.curate.ner import run_ner
 from mofi_core.curate.score import score
 from mofi_core.evaluate.report import evaluate
 from mofi_core.io.shards import iter_samples
-from mofi_core.train.run import train_clip, train_supervised
+from mofi_core.train.run import train_model
 from mofi_core.validate import ValidationFailed, validate
 
 
@@ -22,14 +22,14 @@ def chain(tiny_world):
     layout, params, _ = tiny_world
     out = {"ingest": ingest(layout.corpus_shards, layout.ingest, params.ingest).metrics()}
     out["ner"] = run_ner(layout.ingest, layout.kb, layout.ner, params.ner)
-    out["baseline"] = train_clip(layout.ingest, layout.baseline_model, params.baseline,
+    out["baseline"] = train_model(layout.ingest, layout.baseline_model, params.baseline,
                                  lambda s, r: None)
     out["score"] = score(layout.ingest, layout.ner, layout.kb,
                          layout.baseline_model, layout.score, params.score, num_workers=0)
     out["build"] = build(layout.ingest, layout.score, layout.i2e, params.build)
     out["validate"] = validate(layout.i2e, layout.kb, layout.ingest / "manifest.parquet",
                                layout.reports / "validate.json", params.validate_)
-    out["train"] = train_supervised(layout.i2e, layout.mofi_model, params.train,
+    out["train"] = train_model(layout.i2e, layout.mofi_model, params.train,
                                     lambda s, r: None)
     out["evaluate"] = evaluate({"mofi": layout.mofi_model, "baseline": layout.baseline_model},
                                layout.gpr, params.evaluate)
@@ -104,7 +104,7 @@ def test_validate_passes_then_fails_on_a_corrupted_dataset(chain, tmp_path):
 
 def test_training_reduces_loss(chain):
     layout, params, _ = chain
-    hist = train_supervised(layout.i2e, layout.root / "m2",
+    hist = train_model(layout.i2e, layout.root / "m2",
                             params.train.model_copy(update={"steps": 40, "log_every": 10}),
                             lambda s, r: None)
     assert hist[-1]["loss"] < hist[0]["loss"]
