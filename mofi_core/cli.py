@@ -102,6 +102,53 @@ for _name, (_loader, _help) in STAGES.items():
     _stage_command(_name, _loader, _help)
 
 
+ModelOpt = Annotated[str, typer.Option(
+    "--model", help="models:/mofi-encoder@champion (any MLflow model URI) or a model folder")]
+
+
+@app.command()
+def embed(images: Annotated[list[Path], typer.Argument(help="image files")],
+          model: ModelOpt = "models:/mofi-encoder@champion",
+          out: Annotated[Path | None, typer.Option(help="write the embeddings here (.npy)")]
+          = None,
+          root: RootOpt = Path(".")) -> None:
+    """Embed images with the registered encoder (L2-normalised rows, one per image)."""
+    import numpy as np
+
+    from mofi_core.serving.search import load_encoder
+
+    try:
+        vectors = load_encoder(model, root.resolve())(list(images))
+    except Exception as err:
+        _fail(err)
+    if out is not None:
+        np.save(out, vectors, allow_pickle=False)
+        typer.echo(f"wrote {out}: {vectors.shape[0]} x {vectors.shape[1]} float32")
+        return
+    for path, vec in zip(images, vectors, strict=True):
+        typer.echo(f"{path}\t" + " ".join(f"{x:.5f}" for x in vec))
+
+
+@app.command()
+def search(queries: Annotated[list[Path], typer.Argument(help="query image files")],
+           folder: Annotated[Path, typer.Option(help="folder of images to search")],
+           k: Annotated[int, typer.Option(help="results per query")] = 8,
+           model: ModelOpt = "models:/mofi-encoder@champion",
+           root: RootOpt = Path(".")) -> None:
+    """Image-based search: the k images of a folder most similar to each query image."""
+    from mofi_core.serving.search import load_encoder
+    from mofi_core.serving.search import search as run_search
+
+    try:
+        results = run_search(load_encoder(model, root.resolve()), list(queries), folder, k)
+    except Exception as err:
+        _fail(err)
+    for query, hits in zip(queries, results, strict=True):
+        typer.echo(f"{query}")
+        for rank, (path, score) in enumerate(hits, 1):
+            typer.echo(f"  {rank:>2}. {score:.4f}  {path}")
+
+
 kb_app = typer.Typer(help="Knowledge-base tools.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
 

@@ -217,6 +217,18 @@ class ValidateConfig(Section):
 
 
 class EvaluateConfig(Section):
+    gpr_dir: str = Field("", description=(
+        "folder in the GPR1200 layout ({category}_{name}.jpg); empty = the demo benchmark. "
+        "The real GPR1200 (12,000 images) also gets its six per-domain mAPs"))
+    labelled_dir: str = Field("", description=(
+        "ImageFolder-layout folder with train/ val/ test/ (class sub-folders) for zero-shot and "
+        "the linear probe; empty = the demo benchmark's; 'none' = skip"))
+    prompts: tuple[str, ...] = Field(("a photo of {name}.", "a picture of {name}.",
+                                      "{name}"), min_length=1, description=(
+        "zero-shot prompt ensemble; may use {name} and {description}"))
+    probe_c: tuple[float, ...] = Field((0.01, 0.1, 1.0, 10.0, 100.0), min_length=1,
+                                       description="logistic-regression C grid (chosen on val)")
+    pictures: bool = Field(True, description="retrieval grid, t-SNE and PR-curve PNGs")
     batch_size: int = Field(256, ge=1)
     device: str = "auto"
 
@@ -229,7 +241,10 @@ class ReportConfig(Section):
 
 class RegisterConfig(Section):
     model_name: str = "mofi-encoder"
-    metric: str = Field("gpr_map", description="key of metrics/evaluate.json 'mofi' block")
+    metric: str = Field("gpr_map", description="key of metrics/evaluate.json 'mofi' block; "
+                                                "higher is better")
+    margin: float = Field(0.0, ge=0, description=(
+        "the challenger becomes champion only if it beats the champion by more than this"))
 
 
 class Params(Section):

@@ -2,8 +2,10 @@
 
 The model is logged *as code* (``serving/pyfunc_model.py``) with the model folder (safetensors +
 JSON) as an artifact, so loading it never unpickles anything. Every new version carries tags
-linking it to the git commit, the DVC hashes of its training data and its metric; it becomes
-``champion`` only if that metric beats the current champion's (the first version always does).
+linking it to the git commit, the DVC hashes of its training data and its metrics, and a model
+card. Champion/challenger: the new version gets the alias ``challenger``; it also becomes
+``champion`` only if its metric beats the current champion's by more than ``register.margin``
+(the first version always does). The decision and both numbers are tags on the version.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import yaml
 from mofi_core.config import RegisterConfig
 
 PYFUNC_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
-CHAMPION = "champion"
+CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def git_commit(root: Path) -> str:
@@ -78,6 +80,41 @@ def current_champion(client, name: str):
         return None
 
 
+def decide(value: float, champion_value: float | None, margin: float) -> tuple[bool, str]:
+    """Promote the challenger? ``(promoted, reason)``."""
+    if champion_value is None:
+        return True, "first version: champion by default"
+    if value > champion_value + margin:
+        return True, f"{value:.6f} > champion {champion_value:.6f} + margin {margin:g}"
+    return False, f"{value:.6f} <= champion {champion_value:.6f} + margin {margin:g}"
+
+
+def model_card(meta, metrics: dict, tags: dict[str, str], cfg: RegisterConfig) -> str:
+    """What a reviewer needs before using the model: data, recipe, numbers, limits."""
+    mofi, base = metrics.get("mofi", {}), metrics.get("baseline", {})
+    rows = [f"| {k} | {v:.4f} | {base[k]:.4f} |" if isinstance(base.get(k), float)
+            else f"| {k} | {v:.4f} | — |" for k, v in sorted(mofi.items())
+            if isinstance(v, int | float)]
+    data = "\n".join(f"- `{k}`: `{v}`" for k, v in sorted(tags.items()) if k.startswith("dvc."))
+    return "\n".join([
+        f"# {cfg.model_name}: {meta.arch} ({meta.recipe})", "",
+        "Image encoder: images in (bytes or paths), L2-normalised embeddings out "
+        f"({meta.arch_config['embed_dim']} dims, {meta.image_size} px input).", "",
+        "## Data version", f"- git commit: `{tags.get('git_commit', 'unknown')}`",
+        data or "- (no dvc.lock hashes)", "",
+        "## Training", f"- recipe: `{meta.recipe}`; architecture `{meta.arch}`; "
+        f"{len(meta.classes)} entity classes", "",
+        "## Metrics (evaluate stage)", "| metric | this model | CLIP control |", "|---|---|---|",
+        *rows, "",
+        "## Known limits",
+        "- Trained and evaluated on the data named above only; retrieval numbers come from that "
+        "benchmark (the embedded demo world unless evaluate points elsewhere).",
+        "- Entities outside the training vocabulary are represented only through the image "
+        "embedding; the classifier head (if any) is not part of the served model.",
+        "- Inputs are resized/cropped to the model's input size; very small or non-photographic "
+        "images were rare or absent in training.", ""])
+
+
 def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) -> dict:
     """Log + register; returns what was decided (version, metric, promoted, champion)."""
     import mlflow
@@ -101,16 +138,24 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) ->
     version = str(info.registered_model_version)
     tags = {"git_commit": git_commit(root), cfg.metric: f"{value:.6f}", "recipe": meta.recipe,
             "arch": meta.arch, **dvc_hashes(root)}
-    for k, v in tags.items():
-        client.set_model_version_tag(cfg.model_name, version, k, v)
+    card = model_card(meta, metrics, tags, cfg)
+    mlflow.log_text(card, "model_card.md")
+    client.update_model_version(cfg.model_name, version, description=card)
+    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
     champ = current_champion(client, cfg.model_name)
     champ_value = float(champ.tags.get(cfg.metric, "-inf")) if champ else None
-    promoted = champ is None or value > champ_value
+    promoted, reason = decide(value, champ_value, cfg.margin)
     if promoted:
         client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
-    client.set_model_version_tag(cfg.model_name, version, "promoted", str(promoted).lower())
+    tags.update({"promoted": str(promoted).lower(), "decision": reason,
+                 "champion_before": str(champ.version) if champ else "none",
+                 f"champion_before_{cfg.metric}": "none" if champ_value is None
+                 else f"{champ_value:.6f}"})
+    for k, v in tags.items():
+        client.set_model_version_tag(cfg.model_name, version, k, v)
     return {"model_name": cfg.model_name, "version": int(version), cfg.metric: value,
-            "promoted": promoted, "previous_champion": int(champ.version) if champ else None,
+            "promoted": promoted, "decision": reason,
+            "previous_champion": int(champ.version) if champ else None,
             "previous_champion_metric": champ_value,
             "champion": int(version) if promoted else int(champ.version)}
 

@@ -1,49 +1,163 @@
-"""evaluate: every model against the paper's control (CLIP on raw alt-text) on the same sets."""
+"""evaluate: every model against the paper's control (CLIP on raw alt-text) on the same sets.
+
+Per model: GPR1200-protocol retrieval (mAP, per seen/unseen class and — on the real benchmark —
+per domain, Recall@1/5), zero-shot over entity names (models with a text tower) and a linear
+probe on a labelled ImageFolder split. Outputs: ``metrics/evaluate.json`` (DVC metrics, so
+``dvc metrics diff`` compares runs), ``reports/evaluate.md`` (one comparison table) and, with
+``evaluate.pictures``, PNGs in ``reports/figures/`` (retrieval grid, t-SNE, PR curves) logged to
+MLflow with the table.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from mofi_core.config import EvaluateConfig
 from mofi_core.evaluate.embed import embed_files
-from mofi_core.evaluate.retrieval import gpr_files, retrieval_metrics
+from mofi_core.evaluate.retrieval import gpr_files, precision_recall_curve, retrieval_metrics
+from mofi_core.io.atomic import atomic_path
+from mofi_core.kb import KBEntity, KnowledgeBase
+
+CONTROL = "baseline"
+SETTINGS = {"probe_c"}  # chosen hyper-parameters, reported but not compared as ratios
 
 
-def class_partitions(classes_file: Path | None, labels: np.ndarray) -> dict[str, np.ndarray]:
-    """Query masks per benchmark partition from ``classes.json`` ({class, split} rows), if any."""
+def read_classes(classes_file: Path | None) -> list[dict]:
     if classes_file is None or not classes_file.is_file():
+        return []
+    return json.loads(classes_file.read_text(encoding="utf-8"))
+
+
+def class_partitions(rows: list[dict], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Query masks per benchmark partition from ``classes.json`` ({class, split} rows), if any."""
+    if not rows:
         return {}
-    rows = json.loads(classes_file.read_text(encoding="utf-8"))
     split = {int(r["class"]): r["split"] for r in rows}
     missing = sorted(set(labels.tolist()) - set(split))
     if missing:
-        raise ValueError(f"{classes_file} has no entry for benchmark classes {missing[:5]}")
+        raise ValueError(f"classes.json has no entry for benchmark classes {missing[:5]}")
     names = np.array([split[int(c)] for c in labels])
     return {part: names == part for part in sorted(set(names))}
 
 
+def class_kb(kb_path: Path | None, rows: list[dict]) -> KnowledgeBase | None:
+    """The KB, plus benchmark classes it lacks (never-seen entities) from ``classes.json``,
+    so zero-shot prompts use real names for every class."""
+    entities = dict(KnowledgeBase.load(kb_path).entities) if kb_path and kb_path.is_file() \
+        else {}
+    for r in rows:
+        if r.get("entity_id") and r["entity_id"] not in entities:
+            entities[r["entity_id"]] = KBEntity(r["entity_id"], r["name"], (),
+                                                r.get("description", ""), r.get("type", ""))
+    return KnowledgeBase(list(entities.values())) if entities else None
+
+
+def _labelled(name: str, folder: Path, labelled: Path | None, kb, cfg: EvaluateConfig,
+              notes: list[str]) -> dict[str, float]:
+    if labelled is None:
+        return {}
+    from mofi_core.evaluate.probe import evaluate_labelled
+
+    with_desc = any("{description}" in p for p in cfg.prompts)
+    metrics, more = evaluate_labelled(folder, labelled, kb, cfg.prompts, cfg.batch_size,
+                                      cfg.device, with_desc, cfg.probe_c)
+    notes.extend(f"{name}: {n}" for n in more)
+    return metrics
+
+
 def evaluate(models: dict[str, Path], gpr_dir: Path, cfg: EvaluateConfig,
-             classes_file: Path | None = None) -> dict:
-    """``{model name: {metric: value}}`` plus ``mofi_vs_baseline`` ratios of each metric."""
+             classes_file: Path | None = None, labelled_dir: Path | None = None,
+             kb_path: Path | None = None, figures: Path | None = None) -> dict:
+    """``{model: {metric: value}}``, ``<model>_vs_baseline`` ratios, ``notes`` and the
+    benchmark's size; figures written to ``figures`` when given."""
     files, labels = gpr_files(gpr_dir)
-    partitions = class_partitions(classes_file, labels)
-    results: dict = {"benchmark": {"images": len(files), "classes": len(set(labels))}}
+    rows = read_classes(classes_file)
+    partitions = class_partitions(rows, labels)
+    kb = class_kb(kb_path, rows) if labelled_dir is not None else None
+    results: dict = {"benchmark": {"images": len(files), "classes": len(set(labels.tolist()))}}
+    notes: list[str] = []
+    feats: dict[str, np.ndarray] = {}
     for name, folder in models.items():
-        feats = embed_files(folder, files, cfg.batch_size, cfg.device)
-        results[name] = retrieval_metrics(feats, labels, partitions)
-    if "mofi" in results and "baseline" in results:
-        results["mofi_vs_baseline"] = {
-            k: results["mofi"][k] / results["baseline"][k] if results["baseline"][k] else None
-            for k in results["mofi"]}
+        feats[name] = embed_files(folder, files, cfg.batch_size, cfg.device)
+        results[name] = retrieval_metrics(feats[name], labels, partitions)
+        results[name].update(_labelled(name, folder, labelled_dir, kb, cfg, notes))
+    for name in models:
+        if name != CONTROL and CONTROL in results:
+            results[f"{name}_vs_{CONTROL}"] = {
+                k: v / results[CONTROL][k] if results[CONTROL].get(k) else None
+                for k, v in results[name].items() if k in results[CONTROL] and k not in SETTINGS}
+    if figures is not None:
+        _pictures(figures, files, labels, feats, partitions)
+    results["notes"] = notes
     return results
+
+
+def _pictures(out: Path, files: list[Path], labels: np.ndarray,
+              feats: dict[str, np.ndarray], partitions: dict[str, np.ndarray]) -> None:
+    from mofi_core.evaluate import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    groups = None
+    if partitions:
+        groups = np.empty(len(labels), dtype=object)
+        for part, mask in partitions.items():
+            groups[mask] = part
+    for name, f in feats.items():
+        plots.retrieval_grid(files, labels, f, out / f"retrieval_grid_{name}.png")
+        plots.tsne_plot(f, labels, out / f"tsne_{name}.png", groups=groups)
+    plots.pr_curves({n: precision_recall_curve(f, labels) for n, f in feats.items()},
+                    out / "pr_curves.png")
+
+
+def comparison_table(results: dict) -> str:
+    """One markdown table: a row per metric, a column per model, and the ratio to the control."""
+    models = [k for k, v in results.items()
+              if isinstance(v, dict) and k != "benchmark" and "_vs_" not in k]
+    others = [m for m in models if m != CONTROL]
+    metrics = list(dict.fromkeys(k for m in models for k in results[m]))
+    head = ["metric", *models, *(f"{m} / {CONTROL}" for m in others if CONTROL in models)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k in metrics:
+        cells = [f"{results[m][k]:.4f}" if k in results[m] else "n/a" for m in models]
+        if CONTROL in models:
+            for m in others:
+                r = results.get(f"{m}_vs_{CONTROL}", {}).get(k)
+                cells.append(f"{r:.2f}×" if r else ("" if k in SETTINGS else "n/a"))
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    b = results["benchmark"]
+    notes = [f"- {n}" for n in results.get("notes", [])]
+    return "\n".join([f"# Evaluation: {', '.join(models)} ({b['images']} retrieval images, "
+                      f"{b['classes']} classes)", "", *lines, "", *notes, ""])
+
+
+def _dir(value: str, default: Path) -> Path | None:
+    if value.lower() == "none":
+        return None
+    path = Path(value) if value else default
+    if not path.exists():
+        raise FileNotFoundError(f"evaluate: {path} does not exist (evaluate.gpr_dir / "
+                                "labelled_dir in params.yaml)")
+    return path
 
 
 def run(cfg: EvaluateConfig, ctx) -> dict:
-    """Stage ``evaluate``: GPR1200-protocol retrieval, MOFI vs the baseline CLIP."""
+    """Stage ``evaluate``: MOFI vs the baseline CLIP on retrieval, zero-shot and linear probe."""
     lay = ctx.layout
-    results = evaluate({"mofi": lay.mofi_model, "baseline": lay.baseline_model}, lay.gpr, cfg,
-                       lay.benchmark / "classes.json")
-    return results
+    figures = lay.reports / "figures"  # a DVC output: recreated, empty without pictures
+    if figures.exists():
+        shutil.rmtree(figures)
+    figures.mkdir(parents=True)
+    results = evaluate({"mofi": lay.mofi_model, CONTROL: lay.baseline_model},
+                       _dir(cfg.gpr_dir, lay.gpr), cfg, lay.benchmark / "classes.json",
+                       _dir(cfg.labelled_dir, lay.benchmark / "labelled"), lay.kb,
+                       figures if cfg.pictures else None)
+    table = lay.reports / "evaluate.md"
+    with atomic_path(table) as tmp:
+        tmp.write_text(comparison_table(results), encoding="utf-8")
+    ctx.artifacts.append(table)
+    ctx.artifacts.extend(sorted(figures.glob("*.png")))
+    return {k: v for k, v in results.items() if k != "notes"}

@@ -1,17 +1,54 @@
-"""Image retrieval with the GPR1200 protocol.
+"""Image retrieval evaluated as the official GPR1200 evaluation does it, vectorised.
 
-GPR1200's official evaluation uses every image as a query against *all* images, the query itself
-included (it is not removed from its own ranking, so it is normally found at rank 1 and counts as
-one of the class's relevant items), ranks by cosine similarity, and averages the per-query average
-precision ``AP = mean over relevant items of (relevant seen so far / rank)``. Categories come from
-the file-name prefix before the first ``_``.
+The protocol (Visual-Computing/GPR1200, ``eval/utils.py`` and ``eval/GPR1200.py``):
+
+* files are ordered by the integer category before the first ``_`` of their names;
+* every image is a query against *all* images, itself included: it stays in its own ranking and
+  counts among the relevant items (``n_positive`` = size of the query's class);
+* ranking = ``np.argsort(similarities, axis=1)[:, ::-1]`` on ``features @ features.T``;
+* ``AP = sum over relevant positions i (0-based) of (relevant seen so far / (i + 1))``, divided by
+  ``n_positive``; mAP is the mean AP; on the real benchmark the six domain mAPs are the means over
+  the query blocks of 2,000 images listed in ``GPR1200_DOMAINS`` order.
+
+How this module stays bit-for-bit on the official rankings while never holding the N x N matrix:
+
+* similarities are float32 products of the L2-normalised embeddings (the official code multiplies
+  the features as given; normalising first makes the product the cosine), one block of query
+  rows at a time. BLAS picks its kernel by problem shape, and kernels may sum in different
+  orders: numpy hands a one-row product to gemv, and OpenBLAS treats very thin products apart,
+  so blocks of fewer than ``MIN_BLOCK_ROWS`` rows are computed padded to that height. Up to
+  ~4,700 images the default block is the whole set, i.e. the official call itself. With numpy
+  2.4's OpenBLAS (SkylakeX kernels) block rows were checked to carry the same bits as the
+  official full product at 200-2,000 images (dims 32-512) and at 12,000 images (dims 256-1,024,
+  default blocks); only forced tiny blocks on sets under ~200 images differed. Where bits
+  differ, only images whose similarities lie within one float32 ulp of each other can swap.
+* each block is ranked with the official expression itself. numpy sorts every row of a 2-D array
+  with the same routine it uses for the full matrix, so each row's order -- ties included -- is
+  the official one. Ties are therefore broken however numpy's default sort breaks them, which is
+  *not* stable in general: where numpy dispatches to its SIMD sorts (AVX-512 machines), equal
+  values in rows of 4 or more come out in an order that depends on the row's content, so neither
+  "lower index first" (a stable sort of the negated similarities) nor "higher index first" (a
+  stable ascending sort, reversed) reproduces the official numbers when a relevant and an
+  irrelevant image tie.
+* AP, Recall@k and the interpolated precision-recall curve all come from that one ranking.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+GPR1200_DOMAINS = ("landmarks", "inat", "sketch", "instre", "products", "faces")
+GPR1200_CLASSES, GPR1200_PER_CLASS = 1200, 10
+CHUNK_BUDGET_BYTES = 512 * 2**20
+MIN_BLOCK_ROWS = 8
+# per similarity cell of a block: float32 similarity, int64 rank order, int32 label gathered in
+# rank order, bool relevance, plus slack for numpy temporaries
+_BYTES_PER_CELL = 24
+# recall levels such as 0.3 are not exact binary fractions (0.3 * 10 = 3.0000000000000004)
+_LEVEL_TOLERANCE = 1e-9
 
 
 def gpr_files(folder: Path | str) -> tuple[list[Path], np.ndarray]:
@@ -30,47 +67,193 @@ def gpr_files(folder: Path | str) -> tuple[list[Path], np.ndarray]:
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(x)):
+        raise ValueError("an embedding holds NaN or infinite values; check the encoder output")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if np.any(norms == 0):
         raise ValueError("an embedding is all zeros; cannot rank by cosine similarity")
     return x / norms
 
 
-def average_precisions(features: np.ndarray, labels: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """Per-query AP over the full ranking; chunked matrix products, no per-query Python loop."""
-    feats = l2_normalise(features.astype(np.float32))
+def default_chunk(n_images: int, widest_class: int = 0,
+                  budget_bytes: int = CHUNK_BUDGET_BYTES) -> int:
+    """Query rows per block so that one block's working arrays stay within ``budget_bytes``
+    (``widest_class`` > 0 adds the precision-recall grid, 16 bytes per row and class member)."""
+    per_row = _BYTES_PER_CELL * n_images + 16 * widest_class
+    return int(min(max(1, n_images), max(1, budget_bytes // per_row)))
+
+
+@dataclass(frozen=True)
+class RankingScan:
+    """Per-query results of one pass over the official rankings (query order = input order)."""
+
+    aps: np.ndarray  # (n,) float64 average precision, the query in its own ranking
+    recall_hits: dict[int, np.ndarray]  # k -> (n,) bool, see ``recall_at_k``
+    recall_levels: np.ndarray | None  # (levels,) when the PR curve was asked for
+    interpolated_precision: np.ndarray | None  # (n, levels) float64, idem
+
+
+def _prepare(features: np.ndarray, labels: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised float32 embeddings, int32 class codes, and each query's class size."""
+    feats, labels = np.asarray(features), np.asarray(labels)
+    if feats.ndim != 2 or len(feats) == 0:
+        raise ValueError(f"features must be a non-empty (images, dim) array, got {feats.shape}")
+    if labels.shape != (len(feats),):
+        raise ValueError(f"labels have shape {labels.shape}; expected ({len(feats)},), one "
+                         "label per embedding row")
+    _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    codes = codes.reshape(-1).astype(np.int32)
+    return l2_normalise(feats.astype(np.float32)), codes, counts[codes]
+
+
+def _block_similarities(block: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    # thin products go to other kernels (gemv for one row) that round differently from the
+    # official full product; padding with copies of a row keeps them on the common kernel
+    short = MIN_BLOCK_ROWS - len(block)
+    if short > 0:
+        padded = np.concatenate([block, np.repeat(block[:1], short, axis=0)])
+        return (padded @ feats.T)[:len(block)]
+    return block @ feats.T
+
+
+def _official_ranking(sims: np.ndarray) -> np.ndarray:
+    """The official expression; per row identical to ranking the whole matrix at once."""
+    return np.argsort(sims, axis=1)[:, ::-1]
+
+
+def _block_hits(order: np.ndarray, codes: np.ndarray, rows: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Relevance in rank order, and for each relevant item: its block row, 0-based rank
+    position, and 0-based number among that query's relevant items."""
+    rel = codes[order] == codes[rows][:, None]
+    row, pos = np.nonzero(rel)  # row-major, so positions ascend within each row
+    first = np.searchsorted(row, np.arange(len(rows)))
+    return rel, row, pos, np.arange(len(row)) - first[row]
+
+
+def _block_recall(order: np.ndarray, rel: np.ndarray, rows: np.ndarray,
+                  ks: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Per query and k: a relevant image among the k best-ranked images other than the query.
+    The k best others always lie within the first k + 1 positions of the full ranking."""
+    head = order[:, :max(ks) + 1]
+    other = head != rows[:, None]
+    rank_among_others = np.cumsum(other, axis=1) - 1
+    good = rel[:, :head.shape[1]] & other
+    return {k: (good & (rank_among_others < k)).any(axis=1) for k in ks}
+
+
+def _block_pr(row: np.ndarray, hit_no: np.ndarray, precision: np.ndarray,
+              n_pos: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Interpolated precision (best precision at any recall >= level) per query and level."""
+    grid = np.zeros((len(n_pos), int(n_pos.max())))
+    grid[row, hit_no] = precision  # hit j of a query reaches recall (j + 1) / n_pos
+    best_from = np.maximum.accumulate(grid[:, ::-1], axis=1)[:, ::-1]
+    first = np.ceil(levels[None, :] * n_pos[:, None] - _LEVEL_TOLERANCE).astype(np.intp) - 1
+    first = np.clip(first, 0, n_pos[:, None] - 1)
+    return np.take_along_axis(best_from, first, axis=1)
+
+
+def _check_scan_args(ks: tuple[int, ...], pr_levels: int | None, chunk: int | None) -> None:
+    if any(int(k) != k or k < 1 for k in ks):
+        raise ValueError(f"recall ks must be positive integers, got {ks}")
+    if pr_levels is not None and pr_levels < 2:
+        raise ValueError(f"pr_levels must be >= 2 (0 and 1 at least), got {pr_levels}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be a positive number of query rows, got {chunk}")
+
+
+def scan_rankings(features: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] = (1, 5),
+                  pr_levels: int | None = None, chunk: int | None = None) -> RankingScan:
+    """One chunked pass over the official rankings: per-query AP, Recall@k hits for each k in
+    ``ks`` and, if ``pr_levels`` is given, interpolated precision at that many recall levels
+    evenly spaced over [0, 1]. ``chunk`` = query rows per block (default: ``default_chunk``)."""
+    _check_scan_args(ks, pr_levels, chunk)
+    feats, codes, n_pos = _prepare(features, labels)
+    n = len(feats)
+    levels = None if pr_levels is None else np.linspace(0.0, 1.0, pr_levels)
+    chunk = chunk or default_chunk(n, 0 if levels is None else int(n_pos.max()))
+    aps = np.empty(n)
+    hits = {k: np.empty(n, dtype=bool) for k in ks}
+    pr = None if levels is None else np.empty((n, len(levels)))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        rows = np.arange(start, stop)
+        order = _official_ranking(_block_similarities(feats[start:stop], feats))
+        rel, row, pos, hit_no = _block_hits(order, codes, rows)
+        precision = (hit_no + 1) / (pos + 1.0)
+        aps[rows] = np.bincount(row, weights=precision, minlength=len(rows)) / n_pos[rows]
+        for k, got in (_block_recall(order, rel, rows, ks) if ks else {}).items():
+            hits[k][rows] = got
+        if pr is not None:
+            pr[rows] = _block_pr(row, hit_no, precision, n_pos[rows], levels)
+    return RankingScan(aps, hits, levels, pr)
+
+
+def average_precisions(features: np.ndarray, labels: np.ndarray,
+                       chunk: int | None = None) -> np.ndarray:
+    """Per-query AP over the full official ranking (query included), float64."""
+    return scan_rankings(features, labels, ks=(), chunk=chunk).aps
+
+
+def recall_at_k(features: np.ndarray, labels: np.ndarray, k: int,
+                chunk: int | None = None) -> float:
+    """Share of queries with a same-class image among the k best-ranked *other* images.
+
+    Not part of the official evaluation: the official ranking is taken with the query removed
+    from it (ties keep the official order), so a query does not count as its own neighbour; a
+    query whose class has no other image is a miss."""
+    return float(scan_rankings(features, labels, ks=(k,), chunk=chunk).recall_hits[k].mean())
+
+
+def precision_recall_curve(features: np.ndarray, labels: np.ndarray, levels: int = 21,
+                           chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Recall levels evenly spaced over [0, 1] and the interpolated precision at each, averaged
+    over queries. Per query, from the official ranking (the query included, as for AP), the
+    interpolated precision at level r is the best precision reached at any recall >= r."""
+    scan = scan_rankings(features, labels, ks=(), pr_levels=levels, chunk=chunk)
+    return scan.recall_levels, scan.interpolated_precision.mean(axis=0)
+
+
+def gpr1200_domains(labels: np.ndarray) -> dict[str, np.ndarray] | None:
+    """Query masks of GPR1200's six domains, or None unless ``labels`` has the real benchmark
+    layout in ``gpr_files`` order: 12,000 labels in 1,200 runs of 10, categories ascending."""
     labels = np.asarray(labels)
-    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    n_rel = counts[inverse]  # relevant items per query, the query itself included
-    aps = np.empty(len(feats), dtype=np.float64)
-    ranks = np.arange(1, len(feats) + 1, dtype=np.float64)
-    for start in range(0, len(feats), chunk):
-        sims = feats[start:start + chunk] @ feats.T
-        order = np.argsort(-sims, axis=1, kind="stable")
-        rel = labels[order] == labels[start:start + chunk, None]
-        hits = np.cumsum(rel, axis=1)
-        aps[start:start + chunk] = (rel * hits / ranks).sum(1) / n_rel[start:start + chunk]
-    return aps
+    if labels.shape != (GPR1200_CLASSES * GPR1200_PER_CLASS,):
+        return None
+    runs = labels.reshape(GPR1200_CLASSES, GPR1200_PER_CLASS)
+    heads = runs[:, 0]
+    if not (runs == heads[:, None]).all() or not (heads[1:] > heads[:-1]).all():
+        return None
+    block = np.arange(len(labels)) // (len(labels) // len(GPR1200_DOMAINS))
+    return {name: block == i for i, name in enumerate(GPR1200_DOMAINS)}
 
 
-def recall_at_k(features: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Share of queries with a same-class image among the k nearest *other* images."""
-    feats = l2_normalise(features.astype(np.float32))
-    sims = feats @ feats.T
-    np.fill_diagonal(sims, -np.inf)
-    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    return float((labels[top] == labels[:, None]).any(1).mean())
-
-
-def retrieval_metrics(features: np.ndarray, labels: np.ndarray,
-                      partitions: dict[str, np.ndarray] | None = None) -> dict[str, float]:
-    """mAP over all queries, plus ``gpr_map_<part>`` over the queries of each partition (a
-    boolean mask, e.g. seen/unseen classes, or GPR1200's six domains)."""
-    aps = average_precisions(features, labels)
-    out = {"gpr_map": float(aps.mean()),
-           "recall_at_1": recall_at_k(features, labels, 1),
-           "recall_at_5": recall_at_k(features, labels, 5)}
-    for part, mask in (partitions or {}).items():
+def _partition_maps(aps: np.ndarray, partitions: dict[str, np.ndarray]) -> dict[str, float]:
+    out = {}
+    for part, mask in partitions.items():
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != aps.shape:
+            raise ValueError(f"partition {part!r}: expected a boolean mask of shape {aps.shape}, "
+                             f"got {mask.dtype} {mask.shape}")
         if mask.any():
             out[f"gpr_map_{part}"] = float(aps[mask].mean())
     return out
+
+
+def retrieval_metrics(features: np.ndarray, labels: np.ndarray,
+                      partitions: dict[str, np.ndarray] | None = None,
+                      chunk: int | None = None) -> dict[str, float]:
+    """``gpr_map``, ``recall_at_1``, ``recall_at_5`` from one pass; ``gpr_map_<part>`` over the
+    queries of each boolean partition mask (empty ones left out); and, when ``labels`` has the
+    real GPR1200 layout, ``gpr_map_<domain>`` for each of ``GPR1200_DOMAINS``."""
+    scan = scan_rankings(features, labels, ks=(1, 5), chunk=chunk)
+    domains = gpr1200_domains(labels) or {}
+    clash = sorted(set(domains) & set(partitions or {}))
+    if clash:
+        raise ValueError(f"partitions {clash} clash with the GPR1200 domain names; rename them")
+    return {"gpr_map": float(scan.aps.mean()),
+            "recall_at_1": float(scan.recall_hits[1].mean()),
+            "recall_at_5": float(scan.recall_hits[5].mean()),
+            **_partition_maps(scan.aps, domains),
+            **_partition_maps(scan.aps, partitions or {})}

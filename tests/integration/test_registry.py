@@ -27,33 +27,74 @@ def model_dir(truth_i2e, tmp_path_factory):
     return out
 
 
-def _register(model_dir, root, value):
+def _register(model_dir, root, value, **cfg):
     with tracking.run("register", root):
-        return register(model_dir, {"mofi": {"gpr_map": value}}, root, RegisterConfig())
+        return register(model_dir, {"mofi": {"gpr_map": value}, "baseline": {"gpr_map": 0.3}},
+                        root, RegisterConfig(**cfg))
 
 
-def test_champion_moves_only_when_the_metric_improves(store, model_dir, tiny_world):
-    first = _register(model_dir, store, 0.5)
+def test_challenger_becomes_champion_only_by_the_margin(store, model_dir, tiny_world):
+    first = _register(model_dir, store, 0.5, margin=0.05)
     assert first["promoted"] and first["version"] == 1 and first["champion"] == 1
-    worse = _register(model_dir, store, 0.4)
+    worse = _register(model_dir, store, 0.4, margin=0.05)
     assert not worse["promoted"] and worse["champion"] == 1
-    better = _register(model_dir, store, 0.6)
-    assert better["promoted"] and better["champion"] == 3 and better["previous_champion"] == 1
+    close = _register(model_dir, store, 0.54, margin=0.05)  # better, but not by the margin
+    assert not close["promoted"] and close["champion"] == 1
+    better = _register(model_dir, store, 0.6, margin=0.05)
+    assert better["promoted"] and better["champion"] == 4 and better["previous_champion"] == 1
 
     client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias("mofi-encoder", "challenger").version) == "4"
+    kept = client.get_model_version("mofi-encoder", "3")
+    assert kept.tags["promoted"] == "false" and kept.tags["champion_before"] == "1"
+    assert kept.tags["champion_before_gpr_map"] == "0.500000"
+    assert "0.540000 <= champion 0.500000 + margin 0.05" in kept.tags["decision"]
     champ = client.get_model_version_by_alias("mofi-encoder", "champion")
-    assert str(champ.version) == "3"
+    assert str(champ.version) == "4"
     assert champ.tags["gpr_map"] == "0.600000" and champ.tags["promoted"] == "true"
     assert "git_commit" in champ.tags
+    assert "## Known limits" in champ.description and "| gpr_map | 0.6000 | 0.3000 |" in \
+        champ.description
 
-    # the champion loads back as a pyfunc and embeds images (bytes or paths) to unit vectors
+
+def test_champion_pyfunc_embeds_like_the_training_side_encoder(store, model_dir, tiny_world):
+    from mofi_core.evaluate.embed import embed_files
+
+    _register(model_dir, store, 0.5)
     layout = tiny_world[0]
-    files = sorted(layout.gpr.glob("*.jpg"))[:2]
+    files = sorted(layout.gpr.glob("*.jpg"))[:3]
     model = mlflow.pyfunc.load_model("models:/mofi-encoder@champion")
-    out = model.predict(pd.DataFrame({"image": [files[0].read_bytes(), None],
-                                      "path": [None, str(files[1])]}))
-    assert out.shape[0] == 2
+    out = model.predict(pd.DataFrame({"image": [files[0].read_bytes(), None, None],
+                                      "path": [None, str(files[1]), str(files[2])]}))
+    assert out.shape[0] == 3
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    direct = embed_files(model_dir, files, batch_size=8, device="cpu", num_workers=0)
+    np.testing.assert_allclose(out, direct, atol=1e-5)
+
+
+def test_mofi_embed_and_search_use_the_registered_model(store, model_dir, tiny_world, tmp_path):
+    from typer.testing import CliRunner
+
+    from mofi_core.cli import app
+
+    _register(model_dir, store, 0.5)
+    gpr = tiny_world[0].gpr
+    query = sorted(gpr.glob("*.jpg"))[0]
+    runner = CliRunner()
+    done = runner.invoke(app, ["embed", str(query), "--out", str(tmp_path / "e.npy"),
+                               "--root", str(store)])
+    assert done.exit_code == 0, done.output
+    vec = np.load(tmp_path / "e.npy", allow_pickle=False)
+    assert vec.shape[0] == 1 and abs(np.linalg.norm(vec) - 1) < 1e-5
+    done = runner.invoke(app, ["search", str(query), "--folder", str(gpr), "--k", "3",
+                               "--root", str(store)])
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    assert lines[0] == str(query) and len(lines) == 4 and str(query) not in "".join(lines[1:])
+    scores = [float(x.split()[1]) for x in lines[1:]]
+    assert scores == sorted(scores, reverse=True)
+    bad = runner.invoke(app, ["embed", str(query), "--model", "nowhere", "--root", str(store)])
+    assert bad.exit_code == 1 and "neither a model folder" in bad.output
 
 
 def test_unknown_metric_is_a_clear_error(store, model_dir):
@@ -63,6 +104,9 @@ def test_unknown_metric_is_a_clear_error(store, model_dir):
 
 def test_logged_model_contains_no_pickle(store, model_dir):
     first = _register(model_dir, store, 0.5)
+    run_id = mlflow.MlflowClient().get_model_version("mofi-encoder", "1").run_id
+    card = mlflow.artifacts.load_text(f"runs:/{run_id}/model_card.md")
+    assert card.startswith("# mofi-encoder: mofi-tiny (supervised)")
     local = mlflow.artifacts.download_artifacts(f"models:/mofi-encoder/{first['version']}")
     from pathlib import Path
 

@@ -121,6 +121,31 @@ def test_evaluate_compares_both_models_on_the_benchmark(chain):
         ev["mofi"]["gpr_map"] / ev["baseline"]["gpr_map"])
 
 
+def test_evaluate_with_zero_shot_probe_pictures_and_table(chain, tmp_path):
+    from PIL import Image
+
+    from mofi_core.evaluate.report import comparison_table, evaluate
+
+    layout, params, _ = chain
+    ev = evaluate({"mofi": layout.mofi_model, "baseline": layout.baseline_model}, layout.gpr,
+                  params.evaluate, layout.benchmark / "classes.json",
+                  layout.benchmark / "labelled", layout.kb, tmp_path / "fig")
+    for name in ("mofi", "baseline"):
+        assert {"gpr_map_seen", "gpr_map_unseen", "recall_at_5", "probe_top1"} <= set(ev[name])
+    # the CLIP control has a text tower (zero-shot over entity names), the classifier has not
+    assert 0 <= ev["baseline"]["zero_shot_top1"] <= ev["baseline"]["zero_shot_top5"] <= 1
+    assert "zero_shot_top1" not in ev["mofi"]
+    assert any("no text tower" in n for n in ev["notes"])
+    pngs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
+    assert pngs == ["pr_curves.png", "retrieval_grid_baseline.png", "retrieval_grid_mofi.png",
+                    "tsne_baseline.png", "tsne_mofi.png"]
+    assert Image.open(tmp_path / "fig" / "pr_curves.png").size[0] > 200
+    table = comparison_table(ev)
+    row = next(line for line in table.splitlines() if line.startswith("| zero_shot_top1 |"))
+    assert row.split("|")[1:3] == [" zero_shot_top1 ", " n/a "]
+    assert "| gpr_map |" in table and "mofi / baseline" in table
+
+
 def test_model_folder_round_trip_without_pickle(chain):
     from safetensors import safe_open
 

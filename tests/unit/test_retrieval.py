@@ -1,52 +1,327 @@
+"""GPR1200-protocol retrieval metrics: hand-worked cases, and the vectorised pass against a plain
+per-query loop that follows the official evaluation code path."""
+
 import numpy as np
 import pytest
 
-from mofi_core.evaluate.retrieval import average_precisions, gpr_files, recall_at_k
+from mofi_core.evaluate import retrieval
+from mofi_core.evaluate.retrieval import (
+    GPR1200_DOMAINS,
+    average_precisions,
+    gpr1200_domains,
+    gpr_files,
+    precision_recall_curve,
+    recall_at_k,
+    retrieval_metrics,
+    scan_rankings,
+)
+
+# ---------------------------------------------------------------- naive references (tests only)
 
 
-def reference_aps(features, labels):
-    """Plain per-query loop, following the published GPR1200 protocol (query kept in ranking)."""
-    feats = features / np.linalg.norm(features, axis=1, keepdims=True)
-    aps = []
-    for i in range(len(feats)):
-        order = np.argsort(-(feats @ feats[i]), kind="stable")
-        rel = labels[order] == labels[i]
-        hits, score = 0, 0.0
-        for rank, r in enumerate(rel, start=1):
-            if r:
-                hits += 1
-                score += hits / rank
-        aps.append(score / rel.sum())
-    return np.array(aps)
+def _unit_rows(features):
+    feats = np.asarray(features, dtype=np.float32)
+    return feats / np.linalg.norm(feats, axis=1, keepdims=True)
 
 
-def test_hand_computed_example():
-    # 1-D embeddings; query 0 (class 0) ranks: itself, item 2 (class 1), item 1 (class 0), item 3
-    feats = np.array([[1.0, 0.0], [0.2, 1.0], [0.9, 0.3], [-1.0, 0.1]])
-    labels = np.array([0, 0, 1, 1])
-    aps = average_precisions(feats, labels)
-    # query 0: relevant at ranks 1 and 3 -> (1/1 + 2/3) / 2
-    assert aps[0] == pytest.approx((1 + 2 / 3) / 2)
+def _official_order(feats, q):
+    """One query's ranking as the official code makes it: ascending argsort, reversed."""
+    return np.argsort(feats @ feats[q])[::-1]
 
 
-def test_vectorised_equals_reference_loop_with_small_chunks():
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(20), 5)
-    feats = rng.normal(size=(100, 16)) + labels[:, None] * 0.3
-    np.testing.assert_allclose(average_precisions(feats, labels, chunk=7),
-                               reference_aps(feats, labels), atol=1e-6)
+def loop_aps(features, labels):
+    """Per query: rank everything (itself included), walk the relevant positions."""
+    feats = _unit_rows(features)
+    out = []
+    for q in range(len(feats)):
+        is_rel = labels[_official_order(feats, q)] == labels[q]
+        seen, total = 0, 0.0
+        for i in np.where(is_rel)[0]:
+            seen += 1
+            total += seen / (i + 1.0)
+        out.append(total / is_rel.sum())
+    return np.array(out)
 
 
-def test_perfect_and_recall():
-    labels = np.array([0, 0, 1, 1])
-    feats = np.array([[1, 0], [1, 0.01], [0, 1], [0.01, 1]], dtype=float)
-    assert average_precisions(feats, labels).mean() == pytest.approx(1.0)
+def loop_recall_hits(features, labels, k):
+    feats = _unit_rows(features)
+    hits = []
+    for q in range(len(feats)):
+        others = [j for j in _official_order(feats, q) if j != q][:k]
+        hits.append(any(labels[j] == labels[q] for j in others))
+    return np.array(hits)
+
+
+def loop_interpolated_precision(features, labels, levels):
+    feats = _unit_rows(features)
+    rows = []
+    for q in range(len(feats)):
+        where = np.where(labels[_official_order(feats, q)] == labels[q])[0]
+        precision = np.arange(1, len(where) + 1) / (where + 1.0)
+        recall = np.arange(1, len(where) + 1) / len(where)
+        rows.append([precision[recall >= level - 1e-9].max() for level in levels])
+    return np.array(rows)
+
+
+def tied_data(seed=0):
+    """150 images in 10 classes of very uneven size (two singletons, one of 62), shuffled.
+    Each row has four entries of +-1 among six, so every row has norm 2: after normalising the
+    entries are 0 or +-0.5, every dot product is an exact multiple of 0.25 whatever the
+    summation order, and the nine possible similarity values make ties everywhere."""
+    rng = np.random.default_rng(seed)
+    sizes = [1, 1, 2, 3, 5, 8, 13, 21, 34, 62]
+    labels = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    feats = np.zeros((len(labels), 6))
+    for row in feats:
+        row[rng.choice(6, size=4, replace=False)] = rng.choice([-1.0, 1.0], size=4)
+    return feats, labels
+
+
+def angles(degrees):
+    rad = np.deg2rad(np.asarray(degrees, dtype=float))
+    return np.stack([np.cos(rad), np.sin(rad)], axis=1)
+
+
+# ------------------------------------------------------------------------- hand-worked cases
+
+
+def test_perfect_separation():
+    # two tight groups far apart: every query ranks its own class first -> AP 1, R@k 1, and
+    # precision is 1 at every recall level
+    feats = np.array([[1, 0], [1, 0.01], [1, -0.01], [0, 1], [0.01, 1]], dtype=float)
+    labels = np.array([0, 0, 0, 1, 1])
+    np.testing.assert_allclose(average_precisions(feats, labels), 1.0)
     assert recall_at_k(feats, labels, 1) == 1.0
+    levels, precision = precision_recall_curve(feats, labels, levels=11)
+    np.testing.assert_allclose(levels, np.linspace(0, 1, 11))
+    np.testing.assert_allclose(precision, 1.0)
+
+
+# uneven classes on a circle: A = {0, 1, 3}, B = {2, 4}; similarity falls with the angle
+UNEVEN_ANGLES, UNEVEN_LABELS = [0, 10, 25, 45, 70], np.array([0, 0, 1, 0, 1])
+
+
+def test_uneven_classes_by_hand():
+    # query 0 (A, 3 relevant): angular gaps 0,10,25,45,70 -> ranking 0 1 2 3 4, relevant at
+    #   ranks 1,2,4: (1/1 + 2/2 + 3/4) / 3 = 11/12
+    # query 1 (A): gaps to 1,0,2,3,4 = 0,10,15,35,60 -> ranks 1,2,4 relevant: 11/12
+    # query 2 (B, 2 relevant): gaps 2:0 1:15 3:20 0:25 4:45 -> relevant at ranks 1,5:
+    #   (1 + 2/5) / 2 = 0.7
+    # query 3 (A): gaps 3:0 2:20 4:25 1:35 0:45 -> relevant at ranks 1,4,5: (1 + 2/4 + 3/5)/3 = 0.7
+    # query 4 (B): gaps 4:0 3:25 2:45 1:60 0:70 -> relevant at ranks 1,3: (1 + 2/3) / 2 = 5/6
+    expected = [11 / 12, 11 / 12, 0.7, 0.7, 5 / 6]
+    feats = angles(UNEVEN_ANGLES)
+    np.testing.assert_allclose(average_precisions(feats, UNEVEN_LABELS), expected)
+    metrics = retrieval_metrics(feats, UNEVEN_LABELS)
+    assert metrics["gpr_map"] == pytest.approx(np.mean(expected))
+
+
+def test_recall_excludes_the_query_itself():
+    # every query is its own nearest neighbour (similarity 1) but does not count for R@k.
+    # nearest *other* image: 0->1 (A, hit), 1->0 (hit), 2->1 (A, miss for B), 3->2 (miss),
+    # 4->3 (miss) -> R@1 = 2/5; two nearest others of 4 are 3, 2 -> hit, of 2: 1, 3 and of 3:
+    # 2, 4 -> still misses -> R@2 = 3/5; with all four others every query has a hit -> R@5 = 1
+    feats = angles(UNEVEN_ANGLES)
+    assert recall_at_k(feats, UNEVEN_LABELS, 1) == pytest.approx(2 / 5)
+    assert recall_at_k(feats, UNEVEN_LABELS, 2) == pytest.approx(3 / 5)
+    metrics = retrieval_metrics(feats, UNEVEN_LABELS)
+    assert (metrics["recall_at_1"], metrics["recall_at_5"]) == pytest.approx((2 / 5, 1.0))
+
+
+def test_singleton_class_finds_itself_first():
+    # image 2 is alone in its class: the only relevant item of its ranking is itself, at rank 1
+    # (similarity 1, nothing ties it), so AP = 1/1 = 1; with itself excluded it has no
+    # same-class neighbour, so it is an R@k miss for every k
+    feats = angles([0, 5, 90])
+    labels = np.array([0, 0, 1])
+    assert average_precisions(feats, labels)[2] == pytest.approx(1.0)
+    hits = scan_rankings(feats, labels, ks=(1, 2)).recall_hits
+    assert hits[1].tolist() == [True, True, False] and hits[2].tolist() == [True, True, False]
+
+
+def test_pr_curve_by_hand():
+    # query 0 of the uneven case: relevant at ranks 1, 2, 4 -> precision 1, 1, 3/4 at recall
+    # 1/3, 2/3, 1. Interpolated at levels 0, 1/3, 2/3, 1: 1, 1, 1, 3/4
+    # query 2: relevant at ranks 1, 5 -> precision 1, 2/5 at recall 1/2, 1 -> 1, 1, 2/5, 2/5
+    scan = scan_rankings(angles(UNEVEN_ANGLES), UNEVEN_LABELS, ks=(), pr_levels=4)
+    np.testing.assert_allclose(scan.interpolated_precision[0], [1, 1, 1, 0.75])
+    np.testing.assert_allclose(scan.interpolated_precision[2], [1, 1, 0.4, 0.4])
+
+
+# ------------------------------------------------------------------------------------- ties
+
+
+def test_tie_three_images_higher_index_first():
+    # f1 and f2 mirror each other about f0, so query 0 sees them at exactly equal similarity:
+    # row [1, a, a]. For an array this small numpy's default sort keeps equal values in index
+    # order, so argsort-then-reverse ranks 0, 2, 1: the irrelevant image 2 (higher index) before
+    # the relevant image 1 -> AP(query 0) = (1/1 + 2/3) / 2 = 5/6. A stable sort of the negated
+    # similarities (the lower index first) would give 0, 1, 2 and AP 1.
+    feats = np.array([[1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])
+    labels = np.array([0, 0, 1])
+    unit = _unit_rows(feats)
+    row = unit[0] @ unit.T
+    assert row[1] == row[2]
+    assert np.argsort(row)[::-1].tolist() == [0, 2, 1], "numpy's default sort reordered a tie"
+    assert np.argsort(-row, kind="stable").tolist() == [0, 1, 2]
+    assert average_precisions(feats, labels)[0] == pytest.approx(5 / 6)
+
+
+def test_tie_four_images_follows_numpy_default_sort():
+    # query 0's row is [1, 1, a, a]: image 1 duplicates the query (other class), images 2
+    # (relevant) and 3 (irrelevant) tie at a. From four items on, numpy's SIMD sorts (AVX-512
+    # builds) order ties by content, not by index -- on the numpy 2.4 / AVX-512 machine this
+    # was written on the official order is 0 1 2 3, lower index first, unlike the 3-image case.
+    # AP by hand for each place the relevant images 0 and 2 can take:
+    #   ranks (1, 3): (1/1 + 2/3)/2 = 5/6     ranks (1, 4): (1/1 + 2/4)/2 = 3/4
+    #   ranks (2, 3): (1/2 + 2/3)/2 = 7/12    ranks (2, 4): (1/2 + 2/4)/2 = 1/2
+    by_ranks = {(1, 3): 5 / 6, (1, 4): 3 / 4, (2, 3): 7 / 12, (2, 4): 1 / 2}
+    feats = np.array([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.6, -0.8]])
+    labels = np.array([0, 1, 0, 1])
+    official = np.argsort(_unit_rows(feats)[0] @ _unit_rows(feats).T)[::-1].tolist()
+    ranks = (official.index(0) + 1, official.index(2) + 1)
+    assert average_precisions(feats, labels)[0] == pytest.approx(by_ranks[ranks])
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 7, 64, 150, 1000])
+def test_vectorised_equals_loop_with_ties_and_uneven_classes(chunk):
+    feats, labels = tied_data()
+    np.testing.assert_allclose(average_precisions(feats, labels, chunk=chunk),
+                               loop_aps(feats, labels), rtol=0, atol=1e-6)
+
+
+def test_tied_data_has_ties_between_relevant_and_irrelevant_images():
+    feats, labels = tied_data()
+    unit = _unit_rows(feats)
+    sims = unit @ unit.T
+    same = labels[:, None] == labels[None, :]
+    mixed = [q for q in range(len(labels))
+             if set(sims[q][same[q]]) & set(sims[q][~same[q]])]
+    assert len(mixed) > 100  # so the equality above really exercises the tie order
+
+
+def test_ties_follow_the_official_sort_not_a_stable_one():
+    feats, labels = tied_data(seed=1)
+    unit = _unit_rows(feats)
+    sims = unit @ unit.T
+    if all(np.array_equal(np.argsort(r), np.argsort(r, kind="stable")) for r in sims):
+        pytest.skip("numpy's default sort is stable on this machine for these rows")
+    stable = np.argsort(sims, axis=1, kind="stable")[:, ::-1]
+    is_rel = labels[stable] == labels[:, None]
+    hits = np.cumsum(is_rel, axis=1)
+    stable_aps = (is_rel * hits / np.arange(1, len(labels) + 1)).sum(1) / is_rel.sum(1)
+    ours = average_precisions(feats, labels)
+    np.testing.assert_allclose(ours, loop_aps(feats, labels), atol=1e-6)
+    assert np.abs(ours - stable_aps).max() > 1e-3
+
+
+def test_vectorised_equals_loop_on_real_valued_data():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(20), rng.integers(2, 9, size=20))
+    feats = rng.normal(size=(len(labels), 16)) + labels[:, None] * 0.3
+    np.testing.assert_allclose(average_precisions(feats, labels, chunk=7),
+                               loop_aps(feats, labels), atol=1e-6)
+
+
+def test_block_size_does_not_change_the_similarities():
+    # numpy sends a one-row product to gemv, which rounds differently from the block products
+    rng = np.random.default_rng(2)
+    feats = retrieval.l2_normalise(rng.normal(size=(300, 64)).astype(np.float32))
+    full = feats @ feats.T
+    for rows in (slice(5, 6), slice(0, 2), slice(10, 37), slice(299, 300)):
+        assert np.array_equal(retrieval._block_similarities(feats[rows], feats), full[rows])
+    labels = np.repeat(np.arange(30), 10)
+    assert np.array_equal(average_precisions(feats, labels, chunk=1),
+                          average_precisions(feats, labels))
+
+
+@pytest.mark.parametrize("chunk", [1, 13, None])
+def test_recall_and_pr_equal_loops(chunk):
+    feats, labels = tied_data(seed=3)
+    scan = scan_rankings(feats, labels, ks=(1, 5), pr_levels=21, chunk=chunk)
+    for k in (1, 5):
+        assert np.array_equal(scan.recall_hits[k], loop_recall_hits(feats, labels, k))
+    np.testing.assert_allclose(scan.interpolated_precision,
+                               loop_interpolated_precision(feats, labels, scan.recall_levels),
+                               atol=1e-12)
+
+
+def test_pr_curve_is_monotone():
+    feats, labels = tied_data(seed=4)
+    levels, precision = precision_recall_curve(feats, labels)
+    assert levels[0] == 0 and levels[-1] == 1 and len(levels) == 21
+    assert np.all(np.diff(precision) <= 1e-12) and 0 < precision[-1] <= precision[0] <= 1
+
+
+# ------------------------------------------------------------------------------- domains
+
+
+def test_gpr1200_domains_match_block_means(monkeypatch):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(1200), 10)
+    block = np.arange(12_000) // 2000
+    centres = rng.normal(size=(1200, 8))
+    # noise grows by domain so that the six domain mAPs differ
+    feats = centres[labels] + rng.normal(size=(12_000, 8)) * (0.3 + 0.2 * block)[:, None]
+    scans = []
+
+    def recording_scan(*args, **kwargs):
+        scans.append(scan_rankings(*args, **kwargs))
+        return scans[-1]
+
+    monkeypatch.setattr(retrieval, "scan_rankings", recording_scan)
+    metrics = retrieval_metrics(feats, labels)
+    aps = scans[0].aps
+    for i, name in enumerate(GPR1200_DOMAINS):
+        assert metrics[f"gpr_map_{name}"] == pytest.approx(aps[2000 * i:2000 * (i + 1)].mean())
+    domain_maps = [metrics[f"gpr_map_{name}"] for name in GPR1200_DOMAINS]
+    assert np.all(np.diff(domain_maps) < 0)
+    assert metrics["gpr_map"] == pytest.approx(np.mean(domain_maps))
+
+
+def test_other_layouts_have_no_domains():
+    gpr = np.repeat(np.arange(1200), 10)
+    assert set(gpr1200_domains(gpr)) == set(GPR1200_DOMAINS)
+    assert all(m.sum() == 2000 for m in gpr1200_domains(gpr).values())
+    assert gpr1200_domains(gpr[:-10]) is None  # 1,199 classes
+    assert gpr1200_domains(np.repeat(np.arange(1000), 12)) is None  # 12,000 images, 12 a class
+    assert gpr1200_domains(gpr[::-1]) is None  # not in gpr_files order
+    assert gpr1200_domains(np.roll(gpr, 1)) is None  # runs of 10 broken
+    metrics = retrieval_metrics(angles(UNEVEN_ANGLES), UNEVEN_LABELS)
+    assert not any(key.startswith(f"gpr_map_{d}") for d in GPR1200_DOMAINS for key in metrics)
+
+
+def test_partitions():
+    feats = angles(UNEVEN_ANGLES)
+    parts = {"seen": np.array([1, 1, 1, 0, 0], bool), "empty": np.zeros(5, bool)}
+    metrics = retrieval_metrics(feats, UNEVEN_LABELS, parts)
+    assert metrics["gpr_map_seen"] == pytest.approx((11 / 12 + 11 / 12 + 0.7) / 3)
+    assert "gpr_map_empty" not in metrics
+    with pytest.raises(ValueError, match="boolean mask"):
+        retrieval_metrics(feats, UNEVEN_LABELS, {"bad": np.array([0, 1, 2, 3, 4])})
+
+
+# ------------------------------------------------------------------------------ input checks
 
 
 def test_zero_embedding_is_an_error():
     with pytest.raises(ValueError, match="all zeros"):
         average_precisions(np.zeros((2, 3)), np.array([0, 1]))
+
+
+def test_bad_inputs_are_errors():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        average_precisions(np.array([[1.0, np.nan], [1.0, 0.0]]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="one label per embedding"):
+        average_precisions(np.eye(3), np.array([0, 1]))
+    with pytest.raises(ValueError, match="chunk"):
+        average_precisions(np.eye(3), np.array([0, 1, 1]), chunk=0)
+
+
+def test_default_chunk_respects_the_budget():
+    rows = retrieval.default_chunk(12_000)
+    assert rows * 12_000 * 24 <= retrieval.CHUNK_BUDGET_BYTES < (rows + 1) * 12_000 * 24
+    assert retrieval.default_chunk(10) == 10 and retrieval.default_chunk(10**9) == 1
 
 
 def test_gpr_layout_is_read_in_category_order(tmp_path):

@@ -1,0 +1,142 @@
+"""Evaluation figures, each written atomically as a PNG.
+
+Figures are built with matplotlib's object API on an Agg canvas (no pyplot, so no global backend
+state and no display needed). The temporary file of ``atomic_path`` has no ``.png`` suffix, hence
+the explicit ``format="png"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from mofi_core.io.atomic import atomic_path
+
+THUMB = 96
+DPI = 100
+
+
+def _save(fig: Figure, out_png: Path | str) -> Path:
+    FigureCanvasAgg(fig)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    return Path(out_png)
+
+
+def pick_queries(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` query indices spread over classes: one image of each class (classes in a seeded
+    order) before a second image of any class, and so on."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    members = [rng.permutation(np.flatnonzero(labels == c))
+               for c in rng.permutation(np.unique(labels))]
+    order = [m[r] for r in range(max(map(len, members))) for m in members if r < len(m)]
+    return np.asarray(order[:n], dtype=np.int64)
+
+
+def retrieval_tiles(features: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """For each query, its ``k`` most cosine-similar *other* images (ties: lower index first) and
+    whether each one shares the query's class: ``(neighbours [q, k], same_class [q, k])``."""
+    feats = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sims = feats[queries] @ feats.T
+    sims[np.arange(len(queries)), queries] = -np.inf
+    top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    labels = np.asarray(labels)
+    return top, labels[top] == labels[queries][:, None]
+
+
+def _thumb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        img.thumbnail((THUMB, THUMB))
+        return np.asarray(img)
+
+
+def _tile(ax, image: np.ndarray, title: str, colour: str) -> None:
+    ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=6)
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(3)
+
+
+def retrieval_grid(files: Sequence[Path], labels: np.ndarray, features: np.ndarray,
+                   out_png: Path | str, queries: int = 6, k: int = 8, seed: int = 0) -> Path:
+    """One row per query: the query, then its top-k retrieved other images, framed green when
+    they share the query's class and red otherwise."""
+    if len(files) < 2 or len(files) != len(labels) or len(files) != len(features):
+        raise ValueError(f"retrieval grid needs >= 2 images with one label and one feature each "
+                         f"(files {len(files)}, labels {len(labels)}, features {len(features)})")
+    k = min(k, len(files) - 1)
+    rows = pick_queries(labels, queries, seed)
+    top, same = retrieval_tiles(features, labels, rows, k)
+    fig = Figure(figsize=(1.2 * (k + 1), 1.3 * len(rows)))
+    axes = fig.subplots(len(rows), k + 1, squeeze=False)
+    thumbs: dict[int, np.ndarray] = {}
+    for r, q in enumerate(rows):
+        for c, idx in enumerate(int(i) for i in [q, *top[r]]):
+            if idx not in thumbs:
+                thumbs[idx] = _thumb(Path(files[idx]))
+            colour = "black" if c == 0 else ("green" if same[r, c - 1] else "red")
+            _tile(axes[r, c], thumbs[idx], f"{'query ' if c == 0 else ''}{labels[idx]}", colour)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
+    if n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+
+
+def tsne_plot(features: np.ndarray, labels: np.ndarray, out_png: Path | str,
+              groups: np.ndarray | None = None, seed: int = 0, max_points: int = 3000) -> Path:
+    """2-D t-SNE of a seeded subsample, coloured by class, or by ``groups`` (e.g. seen/unseen or
+    GPR1200 domain) with a legend. Perplexity shrinks with few points (it must stay below n)."""
+    from sklearn.manifold import TSNE
+
+    keep = _subsample(len(features), max_points, seed)
+    if len(keep) < 3:
+        raise ValueError(f"t-SNE needs at least 3 points, got {len(keep)}")
+    perplexity = float(min(30.0, max(1.0, (len(keep) - 1) / 3)))
+    xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
+              learning_rate="auto").fit_transform(np.asarray(features)[keep])
+    colour_by = np.asarray(labels if groups is None else groups)[keep]
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
+    values = np.unique(colour_by)
+    for i, v in enumerate(values):
+        m = colour_by == v
+        ax.scatter(xy[m, 0], xy[m, 1], s=8, color=f"C{i % 10}", label=str(v))
+    if groups is not None or len(values) <= 10:
+        ax.legend(fontsize=7, markerscale=1.5)
+    ax.set(title=f"t-SNE of {len(keep)} embeddings", xticks=[], yticks=[])
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_png: Path | str) -> Path:
+    """One line per model: mean interpolated precision at each recall level."""
+    if not curves:
+        raise ValueError("pr_curves needs at least one model's (recall, precision) arrays")
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
+    for name, (recall, precision) in curves.items():
+        if len(recall) != len(precision):
+            raise ValueError(f"{name}: {len(recall)} recall levels but {len(precision)} "
+                             "precision values")
+        ax.plot(recall, precision, label=name)
+    ax.set(xlabel="recall", ylabel="interpolated precision", xlim=(0, 1), ylim=(0, 1.05),
+           title="precision-recall")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return _save(fig, out_png)

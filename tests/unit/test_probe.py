@@ -1,0 +1,206 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from mofi_core.evaluate.probe import (
+    class_texts,
+    evaluate_labelled,
+    image_folder,
+    linear_probe,
+    topk_accuracy,
+    zero_shot,
+)
+from mofi_core.kb import KBEntity, KnowledgeBase
+from mofi_core.models.artifact import (
+    build_model,
+    default_meta,
+    image_transform,
+    load_model,
+    save_model,
+)
+from mofi_core.models.factory import arch_config, tokenizer_for
+
+CS = (0.01, 0.1, 1, 10, 100)
+
+
+def _save_tiny(folder, kind, classes=()):
+    torch.manual_seed(0)
+    meta = default_meta(kind, "mofi-tiny", arch_config("mofi-tiny"), kind, classes=classes)
+    save_model(folder, build_model(meta), meta)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp("models") / "clip", "clip")
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp("models") / "clf", "classifier", ("a", "b"))
+
+
+def _image(path, rng, size=(40, 48)):
+    """A coloured background with noise, so that images differ."""
+    base = rng.integers(0, 256, size=3)
+    pixels = np.clip(base + rng.normal(0, 40, size=(*size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+# image_folder ------------------------------------------------------------------------------------
+
+def test_image_folder_sorted_classes_and_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for rel in ["b/x.png", "a/2.jpg", "a/1.webp", ".cache/z.jpg"]:
+        _image(tmp_path / rel, rng)
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    files, labels, names = image_folder(tmp_path)
+    assert names == ["a", "b"]
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == ["a/1.webp", "a/2.jpg", "b/x.png"]
+    assert labels.tolist() == [0, 0, 1]
+
+
+def test_image_folder_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        image_folder(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no class sub-folders"):
+        image_folder(tmp_path)
+    _image(tmp_path / "full" / "0.jpg", np.random.default_rng(0))
+    (tmp_path / "hollow").mkdir()
+    (tmp_path / "hollow" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match=r"without any image.*hollow"):
+        image_folder(tmp_path)
+
+
+# class_texts -------------------------------------------------------------------------------------
+
+def test_class_texts_from_kb_with_fallback_and_descriptions():
+    kb = KnowledgeBase([KBEntity("Q1", "Eiffel Tower", ("tour Eiffel",), "tower in Paris.",
+                                 "landmark")])
+    prompts = ("a photo of {name}.", "{name}: {description}")
+    plain = class_texts(kb, ["Q1", "Q99"], prompts, with_description=False)
+    assert plain == {"Q1": ["a photo of Eiffel Tower."], "Q99": ["a photo of Q99."]}
+    rich = class_texts(kb, ["Q1", "Q99"], prompts, with_description=True)
+    assert rich["Q1"] == ["a photo of Eiffel Tower.", "Eiffel Tower: tower in Paris",
+                          "Eiffel Tower, tower in Paris."]
+    assert rich["Q99"] == ["a photo of Q99."]  # not in the KB: no description to use
+    assert class_texts(None, ["x"], prompts, False) == {"x": ["a photo of x."]}
+    with pytest.raises(ValueError, match="only use"):
+        class_texts(kb, ["Q1"], ("a photo of {nme}.",), False)
+    with pytest.raises(ValueError, match="Q99"):
+        class_texts(kb, ["Q99"], ("{name}: {description}",), True)
+
+
+# linear probe ------------------------------------------------------------------------------------
+
+def _blobs(rng, per_class, centres, spread):
+    y = np.repeat(np.arange(len(centres)), per_class)
+    return centres[y] + rng.normal(0, spread, size=(len(y), centres.shape[1])), y
+
+
+def test_linear_probe_separable_data_is_perfect_and_ties_pick_smallest_c():
+    rng = np.random.default_rng(0)
+    centres = np.eye(3, 8) * 10
+    splits = [_blobs(rng, n, centres, 0.5) for n in (10, 5, 5)]
+    out = linear_probe(*splits[0], *splits[1], *splits[2], cs=CS)
+    assert out["probe_top1"] == 1.0
+    assert set(out["val_top1"]) == set(CS)
+    assert all(v == 1.0 for v in out["val_top1"].values())
+    assert out["C"] == 0.01  # every C is perfect on val: the tie goes to the smallest
+
+
+def test_linear_probe_on_random_labels_stays_near_chance():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(600, 16))
+    y = rng.integers(0, 4, size=600)
+    out = linear_probe(feats[:200], y[:200], feats[200:300], y[200:300], feats[300:], y[300:],
+                       cs=CS)
+    assert out["C"] in CS
+    assert 0.15 < out["probe_top1"] < 0.35  # chance is 0.25; 300 test images
+
+
+def test_linear_probe_needs_two_classes():
+    x = np.zeros((4, 2))
+    with pytest.raises(ValueError, match="2 classes"):
+        linear_probe(x, np.zeros(4), x, np.zeros(4), x, np.zeros(4))
+
+
+def test_topk_accuracy_hand_computed():
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1], [0.0, 0.5, 0.4]])
+    labels = np.array([0, 0, 2])
+    assert topk_accuracy(scores, labels, 1) == pytest.approx(1 / 3)
+    assert topk_accuracy(scores, labels, 2) == pytest.approx(1.0)
+
+
+# zero-shot ---------------------------------------------------------------------------------------
+
+TEXTS = {"c0": ["a photo of a dog."], "c1": ["a photo of a cat.", "a small cat"],
+         "c2": ["a red car"], "c3": ["the eiffel tower", "a tall tower", "a landmark"],
+         "c4": ["a bowl of soup"], "c5": ["mountains at dusk", "snowy peaks"]}
+
+
+@torch.no_grad()
+def _reference_scores(model_dir, paths):
+    """Image x class cosine scores computed here, independently of the probe module."""
+    model, meta = load_model(model_dir)
+    transform, tokenizer = image_transform(meta), tokenizer_for(meta.arch_config)
+    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    img = F.normalize(model.encode_image(images), dim=-1)
+    cls = torch.stack([F.normalize(F.normalize(model.encode_text(tokenizer(TEXTS[c])), dim=-1)
+                                   .mean(0), dim=0) for c in sorted(TEXTS)])
+    return (img @ cls.T).numpy()
+
+
+def test_zero_shot_reports_the_independently_computed_accuracy(clip_dir, tmp_path):
+    rng = np.random.default_rng(3)
+    staged = [_image(tmp_path / "staged" / f"{j}.png", rng) for j in range(12)]
+    scores = _reference_scores(clip_dir, staged)
+    ranking = np.argsort(-scores, axis=1)
+    ordered = -np.sort(-scores, axis=1)
+    # the ranks that decide top-1 and top-5 must not be near-ties (float noise would flip them)
+    assert np.abs(ordered[:, 0] - ordered[:, 1]).min() > 1e-4
+    assert np.abs(ordered[:, 4] - ordered[:, 5]).min() > 1e-4
+    # images 0-5 fill every class folder; 6-11 go to the class ranked 1st, 4th or 6th for them
+    labels = np.array([j if j < 6 else ranking[j, (0, 3, 5)[j % 3]] for j in range(12)])
+    for j, path in enumerate(staged):
+        dest = tmp_path / "split" / f"c{labels[j]}" / path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(dest)
+    out = zero_shot(clip_dir, tmp_path / "split", TEXTS, batch_size=5, device="cpu")
+    assert out["top1"] == pytest.approx(np.mean(ranking[:, 0] == labels))
+    assert out["top5"] == pytest.approx(np.mean((ranking[:, :5] == labels[:, None]).any(1)))
+    assert out["top1"] >= 2 / 12 and out["top5"] < 1.0  # the forced hits and misses are there
+    assert (out["images"], out["classes"]) == (12, 6)
+
+
+def test_zero_shot_rejects_a_model_without_text_tower(classifier_dir, tmp_path):
+    _image(tmp_path / "a" / "0.png", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="no text tower"):
+        zero_shot(classifier_dir, tmp_path, {"a": ["a photo of a."]}, device="cpu")
+
+
+# evaluate_labelled -------------------------------------------------------------------------------
+
+def test_evaluate_labelled_on_tiny_world(tiny_world, clip_dir):
+    layout, _, _ = tiny_world
+    metrics, notes = evaluate_labelled(clip_dir, layout.benchmark / "labelled", layout.kb,
+                                       ("a photo of {name}.",), batch_size=16, device="cpu")
+    assert set(metrics) == {"zero_shot_top1", "zero_shot_top5", "probe_top1", "probe_c"}
+    for key in ("zero_shot_top1", "zero_shot_top5", "probe_top1"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["zero_shot_top1"] <= metrics["zero_shot_top5"]
+    assert metrics["probe_c"] in CS
+    # the demo KB holds only corpus entities: the unseen benchmark classes are reported
+    assert any("not KB entities" in n for n in notes)
+
+
+def test_evaluate_labelled_without_text_tower_omits_zero_shot(tiny_world, classifier_dir):
+    layout, _, _ = tiny_world
+    metrics, notes = evaluate_labelled(classifier_dir, layout.benchmark / "labelled", layout.kb,
+                                       batch_size=16, device="cpu")
+    assert set(metrics) == {"probe_top1", "probe_c"}
+    assert any(n.startswith("zero-shot: n/a") for n in notes)
