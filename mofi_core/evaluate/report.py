@@ -18,7 +18,12 @@ import numpy as np
 
 from mofi_core.config import EvaluateConfig
 from mofi_core.evaluate.embed import embed_files
-from mofi_core.evaluate.retrieval import gpr_files, precision_recall_curve, retrieval_metrics
+from mofi_core.evaluate.retrieval import (
+    gpr1200_domains,
+    gpr_files,
+    precision_recall_curve,
+    retrieval_metrics,
+)
 from mofi_core.io.atomic import atomic_path
 from mofi_core.kb import KBEntity, KnowledgeBase
 
@@ -102,9 +107,10 @@ def _pictures(out: Path, files: list[Path], labels: np.ndarray,
 
     out.mkdir(parents=True, exist_ok=True)
     groups = None
-    if partitions:
+    colour_by = gpr1200_domains(labels) or partitions  # the real benchmark: by domain
+    if colour_by:
         groups = np.empty(len(labels), dtype=object)
-        for part, mask in partitions.items():
+        for part, mask in colour_by.items():
             groups[mask] = part
     for name, f in feats.items():
         plots.retrieval_grid(files, labels, f, out / f"retrieval_grid_{name}.png")
