@@ -93,6 +93,7 @@ def _require_text_tower(meta: ModelMeta, model_dir: Path | str) -> None:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def text_classifier(model_dir: Path | str, class_names: Sequence[str],
                     texts: dict[str, list[str]], batch_size: int = 256, device: str = "auto"
                     ) -> np.ndarray:

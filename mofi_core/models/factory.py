@@ -55,12 +55,13 @@ def tokenizer_for(cfg: dict[str, Any]):
     return SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
 
 
-def make_head(kind: str, dim: int, num_classes: int, scale: float = 16.0) -> nn.Module:
-    """An inference head (no margin, never sharded: a trained sharded head is gathered)."""
+def make_head(kind: str, dim: int, num_classes: int, scale: float = 16.0,
+              margin: float = 0.0) -> nn.Module:
+    """A full (unsharded) head; ``margin`` only shapes the cosine head's training loss."""
     from mofi_core.train.heads import CosineHead, LinearHead
 
     if kind == "cosine":
-        return CosineHead(dim, num_classes, scale=scale)
+        return CosineHead(dim, num_classes, scale=scale, margin=margin)
     if kind == "linear":
         return LinearHead(dim, num_classes)
     raise ValueError(f"unknown head {kind!r}: linear or cosine")

@@ -108,6 +108,13 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, module: torch.nn.Module,
             p.device if value.is_cuda else "cpu")
 
 
+def _param_tensors(module: torch.nn.Module, keep: Callable[[str], bool]
+                   ) -> dict[str, torch.Tensor]:
+    """CPU copies of the selected parameters only (a rank never copies the whole model)."""
+    return {f"param/{n}": p.detach().cpu().contiguous()
+            for n, p in module.named_parameters() if keep(n)}
+
+
 def _rng_tensors() -> dict[str, torch.Tensor]:
     out = {"rng/torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -147,16 +154,15 @@ def save(root: Path, step: int, module: torch.nn.Module, opt: torch.optim.Optimi
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    params = {n: p.detach().cpu().contiguous() for n, p in module.named_parameters()}
-    buffers = {f"buffer/{n}": b.detach().cpu().contiguous() for n, b in module.named_buffers()}
-    mine = {f"param/{n}": t for n, t in params.items() if is_sharded(n)}
+    mine = _param_tensors(module, is_sharded)
     mine.update(optimizer_tensors(opt, module, is_sharded))
     mine.update(_rng_tensors())
     save_file(mine, str(tmp / f"rank-{rank:05d}.safetensors"))
     write_json(tmp / f"rank-{rank:05d}.json", {"loop": loop, "rng": _python_rng()})
     if rank == 0:
-        shared = {f"param/{n}": t for n, t in params.items() if not is_sharded(n)}
-        shared.update(buffers)
+        shared = _param_tensors(module, lambda n: not is_sharded(n))
+        shared.update({f"buffer/{n}": b.detach().cpu().contiguous()
+                       for n, b in module.named_buffers()})
         shared.update(optimizer_tensors(opt, module, lambda n: not is_sharded(n)))
         save_file(shared, str(tmp / "replicated.safetensors"))
     barrier()

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mofi_core.models.factory import build_clip
+from mofi_core.models.factory import make_head as full_head
 from mofi_core.train import heads as H
 
 MAX_LOGIT_SCALE = 4.6052  # ln(100): CLIP's cap on the learnable temperature
@@ -102,9 +103,7 @@ def make_head(kind: str, dim: int, num_classes: int, sharded: bool, scale: float
               margin: float) -> nn.Module:
     if sharded:
         return H.ShardedHead(dim, num_classes, kind=kind, scale=scale, margin=margin)
-    if kind == "cosine":
-        return H.CosineHead(dim, num_classes, scale=scale, margin=margin)
-    return H.LinearHead(dim, num_classes)
+    return full_head(kind, dim, num_classes, scale, margin)
 
 
 class _HeadMixin:

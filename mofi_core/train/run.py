@@ -75,13 +75,13 @@ def _model_meta(cfg: TrainConfig, classes: list[str]):
 
 def _export(recipe: Recipe, cfg: TrainConfig, meta, out_dir: Path, env) -> None:
     """Publish the trained model (rank 0); a sharded head is gathered first (all ranks)."""
-    state = {k: v.detach().cpu() for k, v in recipe.model.state_dict().items()}
-    if cfg.shard_head and cfg.recipe in ("supervised", "multitask"):
-        full = recipe.head.full_state_dict()
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        state.update({f"head.{k}": v.detach().cpu() for k, v in full.items()})
+    sharded = cfg.shard_head and cfg.recipe in ("supervised", "multitask")
+    full = recipe.head.full_state_dict() if sharded else {}  # a collective: every rank
     if not env.is_main:
         return
+    state = {k: v.detach().cpu() for k, v in recipe.model.state_dict().items()
+             if not (sharded and k.startswith("head."))}
+    state.update({f"head.{k}": v.detach().cpu() for k, v in full.items()})
     from mofi_core.models.artifact import build_model
 
     model = build_model(meta)

@@ -4,7 +4,6 @@ on loopback; every process started here is stopped here."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,13 +12,9 @@ from contextlib import contextmanager
 import mlflow
 import pytest
 
+from tests.ports import free_port
+
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -59,7 +54,7 @@ def _healthy(url):
 
 
 def test_deployment_run_completes_against_a_real_server(project, first_run):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     server_cmd = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with _background(server_cmd, project, "server.log") as server:

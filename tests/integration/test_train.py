@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 from mofi_core.models.artifact import load_model
 from mofi_core.train import checkpoint
 from mofi_core.train.run import train_model
+from tests.ports import free_port
 
 FAST = {"steps": 30, "batch_size": 16, "warmup_steps": 2, "log_every": 5, "num_workers": 0,
         "lr": 2e-3}
@@ -132,12 +132,6 @@ def test_killed_training_resumes_and_ends_with_the_uninterrupted_weights(truth_i
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_processes_sharded_head_checkpoint_and_export(truth_i2e, tmp_path):
     layout, _, i2e = truth_i2e
     over = {**RESUME, "steps": 6, "checkpoint_every": 3, "num_workers": 0,
@@ -146,7 +140,7 @@ def test_torchrun_two_processes_sharded_head_checkpoint_and_export(truth_i2e, tm
     script.write_text(CHILD, encoding="utf-8")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(script),
+           "--master-port", str(free_port()), str(script),
            str(i2e), str(tmp_path / "out"), str(tmp_path / "ck"), str(layout.kb),
            json.dumps(over)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
@@ -274,7 +268,7 @@ def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
     mofi = Path(sys.executable).with_name("mofi")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), "--no-python", str(mofi), "train",
+           "--master-port", str(free_port()), "--no-python", str(mofi), "train",
            "--root", str(root), "--params", str(root / "params.yaml")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

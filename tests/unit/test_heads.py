@@ -3,7 +3,6 @@ head on 2 gloo processes against a single-process full head on the concatenated 
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mofi_core.train.heads import CosineHead, LinearHead, ShardedHead, shard_range
+from tests.ports import free_port
 
 C, D, D_IN, K = 11, 8, 5, 3  # 11 classes: the 2 shards are 6 and 5 rows
 WORLD, B_LOCAL = 2, 3
@@ -134,17 +134,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
     """One spawn of 2 gloo ranks runs every distributed case; results come back as files."""
     out = tmp_path_factory.mktemp("sharded")
-    ctx = mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=False)
+    ctx = mp.spawn(_worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD, join=False)
     deadline = time.monotonic() + 120
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
