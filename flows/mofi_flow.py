@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.pipeline import stage_order, write_overrides
@@ -62,9 +62,12 @@ def summarise(layout: Layout, stages: list[dict]) -> dict[str, Any]:
     evaluation = _read_json(layout.metrics("evaluate"))
     registry = _read_json(layout.reports / "register.json")
     report = layout.reports / "quality.md"
+    docs = layout.reports / "data_docs" / "index.html"
     return {"stages": stages,
             "mofi": evaluation.get("mofi", {}), "baseline": evaluation.get("baseline", {}),
             "model": registry,
+            "validation": _read_json(layout.reports / "validate.json").get("summary", {}),
+            "data_docs": docs.as_uri() if docs.is_file() else "",
             "report": report.read_text(encoding="utf-8") if report.is_file() else ""}
 
 
@@ -78,6 +81,15 @@ def summary_markdown(summary: dict[str, Any], overrides: dict[str, Any]) -> str:
         if m:
             lines.append(f"| {name} | {m['gpr_map']:.4f} | {m['recall_at_1']:.4f} | "
                          f"{m['recall_at_5']:.4f} |")
+    check = summary.get("validation") or {}
+    if check:
+        verdict = "passed" if check.get("success") else "**FAILED** (training did not run)"
+        lines += ["", f"## Data validation: {verdict}", "",
+                  f"{check['expectations']} expectations, {check['failed']} failed, "
+                  f"{check['warnings']} warnings (not blocking)."]
+    if summary.get("data_docs"):
+        lines += ["", f"[great-expectations Data Docs]({summary['data_docs']}) — also an "
+                      "artifact (`data_docs/`) of the `validate` run in MLflow."]
     model = summary["model"]
     if model:
         lines += ["", f"Registered **{model['model_name']}** version {model['version']} "
@@ -101,16 +113,27 @@ def mofi(overrides: dict[str, Any] | None = None, project_dir: str | None = None
     overrides = overrides or {}
     write_overrides(layout.root / "params.yaml", overrides)
     order = stage_order(layout.root / "dvc.yaml")
-    results = []
-    with tracking.run("pipeline", layout.root, tags={"mofi.kind": "pipeline"}) as tracker:
-        tracker.log_params({f"override.{k}": v for k, v in overrides.items()})
-        tracker.set_tags({"mofi.overrides": json.dumps(overrides, sort_keys=True)})
-        for stage in order:
-            results.append(run_stage.with_options(retries=retries)(
-                stage, str(layout.root), tracker.run_id))
+    results: list[dict] = []
+    try:
+        with tracking.run("pipeline", layout.root, tags={"mofi.kind": "pipeline"}) as tracker:
+            tracker.log_params({f"override.{k}": v for k, v in overrides.items()})
+            tracker.set_tags({"mofi.overrides": json.dumps(overrides, sort_keys=True)})
+            for stage in order:
+                try:
+                    results.append(run_stage.with_options(retries=retries)(
+                        stage, str(layout.root), tracker.run_id))
+                except StageFailed:
+                    results.append({"stage": stage, "status": "FAILED", "seconds": ""})
+                    raise
+            summary = summarise(layout, results)
+            tracker.log_metrics({"mofi": summary["mofi"], "baseline": summary["baseline"]})
+            tracker.log_metrics({f"seconds.{r['stage']}": r["seconds"] for r in results})
+    finally:  # a failed run gets its summary too: which stage failed, the gate's evidence
         summary = summarise(layout, results)
-        tracker.log_metrics({"mofi": summary["mofi"], "baseline": summary["baseline"]})
-        tracker.log_metrics({f"seconds.{r['stage']}": r["seconds"] for r in results})
-    create_markdown_artifact(markdown=summary_markdown(summary, overrides),
-                             key="mofi-run-summary", description="stages, metrics, model")
+        create_markdown_artifact(markdown=summary_markdown(summary, overrides),
+                                 key="mofi-run-summary", description="stages, metrics, model")
+        if summary["data_docs"]:
+            create_link_artifact(link=summary["data_docs"], link_text="Data Docs",
+                                 key="mofi-data-docs",
+                                 description="great-expectations validation of this run's data")
     return summary

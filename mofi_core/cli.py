@@ -239,11 +239,45 @@ def serve(project_dir: Annotated[Path, typer.Option(help="project folder")] = Pa
                description="the whole MOFI pipeline over the DVC stages")
 
 
+# MLflow reads these from the environment too; an explicit flag wins over an inherited value,
+# so ``ui_command`` always passes all three and ``ui`` drops the switch that turns them off.
+UI_UNSAFE_ENV = ("MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE",)
+
+
+def ui_command(uri: str, host: str = "127.0.0.1", port: int = 5000,
+               artifact_root: str | None = None, allowed_hosts: str | None = None,
+               cors_origins: str | None = None) -> list[str]:
+    """The argv of ``mofi ui``: ``mlflow ui`` with its security middleware pinned to loopback.
+
+    ``--allowed-hosts`` (DNS-rebinding protection: any other ``Host`` header gets a 403) defaults
+    to ``localhost:<port>,127.0.0.1:<port>`` instead of MLflow's "localhost + every private IP".
+    ``--cors-allowed-origins`` defaults to the UI's own origins; MLflow additionally always
+    accepts ``http://localhost|127.0.0.1|[::1]:*`` and rejects state-changing API calls (403)
+    from any other ``Origin``. ``--x-frame-options SAMEORIGIN`` stops clickjacking frames.
+    """
+    hosts = allowed_hosts or f"localhost:{port},127.0.0.1:{port}"
+    origins = cors_origins or f"http://localhost:{port},http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port), "--allowed-hosts", hosts, "--cors-allowed-origins", origins,
+           "--x-frame-options", "SAMEORIGIN"]
+    if artifact_root:
+        cmd += ["--default-artifact-root", artifact_root]
+    return cmd
+
+
 @app.command()
 def ui(root: RootOpt = Path("."),
        port: Annotated[int, typer.Option(help="port on 127.0.0.1")] = 5000,
        host: Annotated[str, typer.Option(help="bind address; keep loopback unless you mean it")]
-       = "127.0.0.1") -> None:
+       = "127.0.0.1",
+       allowed_hosts: Annotated[str | None, typer.Option(
+           help="comma-separated Host headers to accept (wildcards allowed; default "
+                "localhost:PORT,127.0.0.1:PORT); widen only when exposing the UI")] = None,
+       cors_origins: Annotated[str | None, typer.Option(
+           "--cors-allowed-origins",
+           help="comma-separated CORS origins to accept (default http://localhost:PORT,"
+                "http://127.0.0.1:PORT); never '*' unless you mean any website")] = None,
+       ) -> None:
     """Open the MLflow UI on the project's tracking store."""
     from mofi_core.tracking import configure
 
@@ -251,12 +285,15 @@ def ui(root: RootOpt = Path("."),
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
-           "--port", str(port)]
-    if uri.startswith("sqlite:"):
-        cmd += ["--default-artifact-root", (root.resolve() / ".mlflow" / "artifacts").as_uri()]
+    artifact_root = ((root.resolve() / ".mlflow" / "artifacts").as_uri()
+                     if uri.startswith("sqlite:") else None)
+    cmd = ui_command(uri, host, port, artifact_root, allowed_hosts, cors_origins)
+    env = {k: v for k, v in os.environ.items() if k not in UI_UNSAFE_ENV}
+    for key in UI_UNSAFE_ENV:
+        if key in os.environ:
+            typer.echo(f"ignoring {key}: mofi ui keeps MLflow's security middleware on", err=True)
     typer.echo(" ".join(cmd))
-    os.execv(sys.executable, cmd)  # noqa: S606 - fixed argv, no shell
+    os.execve(sys.executable, cmd, env)  # noqa: S606 - fixed argv, no shell
 
 
 def main() -> None:

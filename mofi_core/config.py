@@ -66,6 +66,10 @@ class IngestConfig(Section):
     max_side: int = Field(4096, ge=1, description="larger images are rejected")
     max_pixels: int = Field(50_000_000, ge=1, description="decompression-bomb guard")
     max_text_chars: int = Field(1000, ge=1, description="longer alt-texts are truncated")
+    max_text_bytes: int = Field(65_536, ge=1, description=(
+        "alt-texts longer than this (raw bytes) are rejected: not a caption"))
+    max_member_bytes: int = Field(64 * 2**20, ge=1, description=(
+        "tar members larger than this are rejected unread"))
     jpeg_quality: int = Field(95, ge=1, le=100, description="quality when re-encoding to JPEG")
     input: str = Field("data/corpus/shards", min_length=1, description=(
         "shards to read: a folder, a glob or {a..b} brace pattern, a manifest file (.txt/.lst "
@@ -213,7 +217,13 @@ class BuildConfig(Section):
 
 class ValidateConfig(Section):
     max_labels_per_image: int = Field(4, ge=1)
-    min_fraction_of_corpus: float = Field(0.05, ge=0, le=1)
+    min_fraction_of_corpus: float = Field(0.05, ge=0, le=1, description=(
+        "the I2E dataset must hold at least this share of the ingested images"))
+    max_entity_share: float = Field(0.5, gt=0, le=1, description=(
+        "warning when one entity holds more than this share of the labels"))
+    max_imbalance: float = Field(50.0, ge=1, description=(
+        "warning when the largest entity has more than this many times the median's images"))
+    data_docs: bool = Field(True, description="build great-expectations Data Docs (HTML)")
 
 
 class EvaluateConfig(Section):

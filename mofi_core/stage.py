@@ -33,11 +33,15 @@ def execute(name: str, fn: StageFn, params_file: Path, root: Path) -> dict[str, 
         tracker.log_params({name: section.model_dump(mode="json")})
         ctx = StageContext(layout=layout, tracker=tracker)
         start = time.perf_counter()
-        metrics = fn(section, ctx)
-        # timings go to the run, not to the metrics file: outputs stay byte-identical on re-runs
-        if tracking.is_main_process():  # under torchrun every rank runs the stage
-            write_json(layout.metrics(name), metrics)
-        tracker.log_metrics({**metrics, "stage_seconds": time.perf_counter() - start})
-        for path in ctx.artifacts:
-            tracker.log_artifact(path)
+        try:
+            metrics = fn(section, ctx)
+            # timings go to the run, not the metrics file: outputs stay byte-identical on re-runs
+            if tracking.is_main_process():  # under torchrun every rank runs the stage
+                write_json(layout.metrics(name), metrics)
+            tracker.log_metrics({**metrics, "stage_seconds": time.perf_counter() - start})
+        finally:
+            # also when the stage fails: a failed gate's report is what the reviewer needs
+            for path in ctx.artifacts:
+                if path.exists():
+                    tracker.log_artifact(path, path.name if path.is_dir() else None)
     return metrics

@@ -1,13 +1,23 @@
 """validate: the great-expectations gate between curation and training.
 
-Two batches are checked: the I2E images (one row per image) and the I2E vocabulary (one row per
-entity). Expectations marked ``severity: warning`` are reported but do not fail the gate; any
-other failure raises :class:`ValidationFailed` listing what failed, after the report is written.
+Every boundary that feeds training is checked, each as its own batch and suite:
+
+- ``manifest``: the ingest manifest (one row per kept image);
+- ``mentions``: NER output (one row per mention, linked or not);
+- ``scores``: CLIP scores (one row per image/candidate entity);
+- the I2E dataset: ``images`` (one row per image), ``labels`` (one row per image label),
+  ``entities`` (one row per class) and ``distribution`` (one row of derived statistics:
+  dataset share of the corpus, largest entity share, imbalance).
+
+Expectations marked ``severity: warning`` are reported (and printed) but do not fail the gate;
+any other failure raises :class:`ValidationFailed` listing what failed, after the JSON report and
+the Data Docs HTML are written, so the evidence is there to read when the pipeline stops.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +26,11 @@ import pandas as pd
 
 from mofi_core.config import ValidateConfig
 from mofi_core.io import tables
-from mofi_core.io.atomic import write_json
+from mofi_core.io.atomic import atomic_dir, write_json
 from mofi_core.kb import KnowledgeBase
+
+SHA256 = r"^[0-9a-f]{64}$"
+WARN = {"severity": "warning"}
 
 
 class ValidationFailed(RuntimeError):
@@ -26,7 +39,7 @@ class ValidationFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class I2EFrames:
-    images: pd.DataFrame  # key, num_labels, first_entity, min_score, max_score
+    images: pd.DataFrame  # key, num_labels
     labels: pd.DataFrame  # key, entity_id, score
     entities: pd.DataFrame  # entity_id, images
 
@@ -45,93 +58,252 @@ def load_frames(i2e_dir: Path) -> I2EFrames:
     return I2EFrames(images=images, labels=labels.reset_index(drop=True), entities=entities)
 
 
-def _suites(cfg: ValidateConfig, rule: dict, classes: list[str], kb_ids: list[str],
-            corpus_size: int):
+def distribution(frames: I2EFrames, corpus_size: int) -> pd.DataFrame:
+    """One row of statistics the I2E dataset as a whole must satisfy."""
+    counts = frames.entities["images"]
+    return pd.DataFrame([{
+        "corpus_share": len(frames.images) / corpus_size if corpus_size else 0.0,
+        "top_entity_share": float(counts.max() / counts.sum()) if len(counts) else 0.0,
+        "imbalance": float(counts.max() / counts.median()) if len(counts) else 0.0,
+        "classes": len(counts)}])
+
+
+# --- suites: one list of expectations per batch -------------------------------------------------
+
+def manifest_suite(keys_hint: int):
     import great_expectations as gx
 
     E = gx.expectations
-    warn = {"severity": "warning"}
-    images = [
-        E.ExpectTableColumnsToMatchSet(column_set=["key", "num_labels"]),
+    return [
+        E.ExpectTableColumnsToMatchSet(column_set=["key", "shard", "width", "height", "sha256",
+                                                   "text_chars", "duplicate_of"]),
         E.ExpectColumnValuesToNotBeNull(column="key"),
         E.ExpectColumnValuesToBeUnique(column="key"),
-        E.ExpectColumnValuesToBeBetween(column="num_labels", min_value=1,
-                                        max_value=cfg.max_labels_per_image),
-        E.ExpectTableRowCountToBeBetween(
-            min_value=max(1, int(cfg.min_fraction_of_corpus * corpus_size)),
-            max_value=corpus_size),
+        E.ExpectColumnValuesToMatchRegex(column="shard", regex=r"^\d{5}\.tar$"),
+        E.ExpectColumnValuesToBeBetween(column="width", min_value=1),
+        E.ExpectColumnValuesToBeBetween(column="height", min_value=1),
+        E.ExpectColumnValuesToMatchRegex(column="sha256", regex=SHA256),
+        E.ExpectColumnValuesToBeBetween(column="text_chars", min_value=1),
+        E.ExpectTableRowCountToBeBetween(min_value=1, max_value=keys_hint),
+        # exact duplicate images are kept and flagged; many of them means a scraping bug
+        E.ExpectColumnValuesToBeNull(column="duplicate_of", mostly=0.9, meta=WARN),
     ]
-    labels = [
+
+
+def mentions_suite(kb_ids: list[str]):
+    import great_expectations as gx
+
+    E = gx.expectations
+    return [
+        E.ExpectColumnValuesToNotBeNull(column="key"),
+        E.ExpectColumnValuesToBeInSet(column="in_manifest", value_set=[True]),
+        E.ExpectColumnValuesToBeBetween(column="start", min_value=0),
+        E.ExpectColumnPairValuesAToBeGreaterThanB(column_A="end", column_B="start"),
+        E.ExpectColumnValuesToBeInSet(column="source", value_set=["ner", "kb"]),
+        E.ExpectColumnValuesToBeInSet(column="entity_id", value_set=kb_ids),  # nulls: unlinked
+        E.ExpectColumnValuesToBeBetween(column="link_score", min_value=0.0, max_value=1.0),
+        # most mentions should link; a collapse means the KB and the corpus do not match
+        E.ExpectColumnValuesToNotBeNull(column="entity_id", mostly=0.2, meta=WARN),
+    ]
+
+
+def scores_suite(kb_ids: list[str]):
+    import great_expectations as gx
+
+    E = gx.expectations
+    return [
+        E.ExpectColumnValuesToNotBeNull(column="key"),
         E.ExpectColumnValuesToNotBeNull(column="entity_id"),
-        E.ExpectColumnValuesToBeInSet(column="entity_id", value_set=classes),
+        E.ExpectColumnValuesToBeInSet(column="in_manifest", value_set=[True]),
         E.ExpectColumnValuesToBeInSet(column="entity_id", value_set=kb_ids),
-        E.ExpectColumnValuesToBeBetween(column="score", min_value=rule["score_floor"],
-                                        max_value=1.0),
+        E.ExpectColumnValuesToBeBetween(column="score", min_value=-1.0001, max_value=1.0001),
         E.ExpectCompoundColumnsToBeUnique(column_list=["key", "entity_id"]),
     ]
-    entities = [
-        E.ExpectColumnValuesToBeBetween(column="images", min_value=rule["min_images_per_entity"]),
-        E.ExpectColumnValuesToBeUnique(column="entity_id"),
-        E.ExpectTableRowCountToEqual(value=len(classes)),
-        # a single entity holding most of the data is suspicious, not necessarily wrong
-        E.ExpectColumnMaxToBeBetween(column="images", max_value=max(
-            rule["min_images_per_entity"], int(0.5 * corpus_size)), meta=warn),
-    ]
-    return {"images": images, "labels": labels, "entities": entities}
 
 
-def run_suites(frames: I2EFrames, suites: dict) -> list[dict]:
+def i2e_suites(cfg: ValidateConfig, rule: dict, classes: list[str], kb_ids: list[str],
+               corpus_size: int) -> dict[str, list]:
+    import great_expectations as gx
+
+    E = gx.expectations
+    max_images = rule.get("max_images_per_entity") or None
+    return {
+        "images": [
+            E.ExpectTableColumnsToMatchSet(column_set=["key", "num_labels", "in_manifest"]),
+            E.ExpectColumnValuesToNotBeNull(column="key"),
+            E.ExpectColumnValuesToBeUnique(column="key"),
+            E.ExpectColumnValuesToBeInSet(column="in_manifest", value_set=[True]),
+            E.ExpectColumnValuesToBeBetween(column="num_labels", min_value=1,
+                                            max_value=cfg.max_labels_per_image),
+            E.ExpectTableRowCountToBeBetween(
+                min_value=max(1, int(cfg.min_fraction_of_corpus * corpus_size)),
+                max_value=corpus_size),
+        ],
+        "labels": [
+            E.ExpectColumnValuesToNotBeNull(column="entity_id"),
+            E.ExpectColumnValuesToBeInSet(column="entity_id", value_set=classes),
+            E.ExpectColumnValuesToBeInSet(column="entity_id", value_set=kb_ids),
+            E.ExpectColumnValuesToBeBetween(column="score", min_value=rule["score_floor"],
+                                            max_value=1.0001),
+            E.ExpectCompoundColumnsToBeUnique(column_list=["key", "entity_id"]),
+        ],
+        "entities": [
+            E.ExpectColumnValuesToBeBetween(column="images",
+                                            min_value=rule["min_images_per_entity"],
+                                            max_value=max_images),
+            E.ExpectColumnValuesToBeUnique(column="entity_id"),
+            E.ExpectTableRowCountToEqual(value=len(classes)),
+        ],
+        "distribution": [
+            E.ExpectColumnValuesToBeBetween(column="corpus_share",
+                                            min_value=cfg.min_fraction_of_corpus,
+                                            max_value=1.0),
+            E.ExpectColumnValuesToBeBetween(column="classes", min_value=2),
+            # a single entity holding most of the data is suspicious, not necessarily wrong
+            E.ExpectColumnValuesToBeBetween(column="top_entity_share",
+                                            max_value=cfg.max_entity_share, meta=WARN),
+            E.ExpectColumnValuesToBeBetween(column="imbalance", max_value=cfg.max_imbalance,
+                                            meta=WARN),
+        ],
+    }
+
+
+# --- running them --------------------------------------------------------------------------------
+
+def _context(docs_dir: Path | None):
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False,
                                                          metric_calculations=False)
-    source = context.data_sources.add_pandas("i2e")
+    for name in list(context.variables.data_docs_sites or {}):
+        context.delete_data_docs_site(name)
+    if docs_dir is not None:
+        context.add_data_docs_site(site_name="mofi", site_config={
+            "class_name": "SiteBuilder", "show_how_to_buttons": False,
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend",
+                              "base_directory": str(docs_dir)}})
+    return context
+
+
+def run_suites(batches: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path | None = None
+               ) -> list[dict]:
+    """Validate each ``name -> (frame, expectations)``; with ``docs_dir``, build Data Docs
+    there. Returns one JSON-able row per expectation."""
+    import great_expectations as gx
+
+    context = _context(docs_dir)
+    source = context.data_sources.add_pandas("mofi")
     results = []
-    for name, expectations in suites.items():
-        batch = (source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
-                 .get_batch(batch_parameters={"dataframe": getattr(frames, name)}))
-        suite = gx.ExpectationSuite(name=f"i2e_{name}", expectations=expectations)
-        for r in batch.validate(suite).results:
+    for name, (frame, expectations) in batches.items():
+        batch_def = source.add_dataframe_asset(name).add_batch_definition_whole_dataframe("all")
+        suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+        definition = context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"validate_{name}", data=batch_def, suite=suite))
+        outcome = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+        for r in outcome.results:
             cfg = r.expectation_config
             kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "value_set")}
             results.append({"batch": name, "expectation": cfg.type, "kwargs": kwargs,
                             "success": bool(r.success),
                             "severity": (cfg.meta or {}).get("severity", "error"),
                             "unexpected_count": r.result.get("unexpected_count"),
-                            "observed": _jsonable(r.result.get("observed_value"))})
+                            "examples": _jsonable(r.result.get("partial_unexpected_list",
+                                                               [])[:5]),
+                            "observed": _jsonable(r.result.get("observed_value")),
+                            "exception": (r.exception_info or {}).get("exception_message")
+                            if r.exception_info and r.exception_info.get("raised_exception")
+                            else None})
+    if docs_dir is not None:
+        context.build_data_docs(site_names=["mofi"])
     return results
 
 
 def _jsonable(value):
     try:
-        json.dumps(value)
+        json.dumps(value, allow_nan=False)
         return value
-    except TypeError:
+    except (TypeError, ValueError):
         return str(value)
 
 
-def validate(i2e_dir: Path, kb_path: Path, manifest: Path, report_file: Path,
-             cfg: ValidateConfig) -> dict:
+@dataclass(frozen=True)
+class Inputs:
+    """The files the gate reads. ``mentions``/``scores`` may be None (those batches skipped)."""
+    i2e: Path
+    kb: Path
+    manifest: Path
+    mentions: Path | None = None
+    scores: Path | None = None
+
+
+def build_batches(inputs: Inputs, cfg: ValidateConfig) -> dict[str, tuple[pd.DataFrame, list]]:
+    stats = json.loads((inputs.i2e / "stats.json").read_text(encoding="utf-8"))
+    classes = json.loads((inputs.i2e / "vocab.json").read_text(encoding="utf-8"))["classes"]
+    kb_ids = sorted(KnowledgeBase.load(inputs.kb).entities)
+    manifest = tables.read_table(inputs.manifest, tables.MANIFEST).to_pandas()
+    manifest["text_chars"] = manifest.pop("text").str.len()
+    keys = pd.Index(manifest["key"].unique())
+    corpus_size = len(manifest)
+    batches: dict[str, tuple[pd.DataFrame, list]] = {
+        "manifest": (manifest, manifest_suite(corpus_size))}
+    if inputs.mentions is not None:
+        mentions = tables.read_table(inputs.mentions, tables.MENTIONS).to_pandas()
+        mentions = mentions.drop(columns=["mention", "label"])
+        mentions["in_manifest"] = mentions["key"].isin(keys)
+        batches["mentions"] = (mentions, mentions_suite(kb_ids))
+    if inputs.scores is not None:
+        scores = tables.read_table(inputs.scores, tables.SCORES).to_pandas()
+        scores["in_manifest"] = scores["key"].isin(keys)
+        batches["scores"] = (scores, scores_suite(kb_ids))
+    frames = load_frames(inputs.i2e)
+    frames.images["in_manifest"] = frames.images["key"].isin(keys)
+    suites = i2e_suites(cfg, stats["rule"], classes, kb_ids, corpus_size)
+    for name in ("images", "labels", "entities"):
+        batches[name] = (getattr(frames, name), suites[name])
+    batches["distribution"] = (distribution(frames, corpus_size), suites["distribution"])
+    return batches
+
+
+def _line(r: dict) -> str:
+    extra = f", examples: {r['examples']}" if r.get("examples") else ""
+    extra += f", error: {r['exception']}" if r.get("exception") else ""
+    return (f"  - [{r['batch']}] {r['expectation']} {r['kwargs']} "
+            f"(unexpected: {r['unexpected_count']}, observed: {r['observed']}{extra})")
+
+
+def validate(inputs: Inputs, report_file: Path, cfg: ValidateConfig,
+             docs_dir: Path | None = None) -> dict:
+    """Run every suite; write ``report_file`` (and Data Docs into ``docs_dir``); raise
+    :class:`ValidationFailed` if any error-severity expectation failed."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    stats = json.loads((i2e_dir / "stats.json").read_text(encoding="utf-8"))
-    classes = json.loads((i2e_dir / "vocab.json").read_text(encoding="utf-8"))["classes"]
-    kb_ids = sorted(KnowledgeBase.load(kb_path).entities)
-    corpus_size = tables.read_table(manifest, tables.MANIFEST).num_rows
-    results = run_suites(load_frames(i2e_dir),
-                         _suites(cfg, stats["rule"], classes, kb_ids, corpus_size))
+    batches = build_batches(inputs, cfg)
+    if docs_dir is not None:
+        with atomic_dir(docs_dir) as tmp:
+            results = run_suites(batches, tmp)
+    else:
+        results = run_suites(batches)
     failed = [r for r in results if not r["success"] and r["severity"] == "error"]
     warned = [r for r in results if not r["success"] and r["severity"] == "warning"]
+    per_batch = {name: sum(r["batch"] == name for r in results) for name in batches}
     summary = {"expectations": len(results), "failed": len(failed), "warnings": len(warned),
-               "success": not failed}
+               "success": not failed, "per_batch": per_batch,
+               "i2e_expectations": sum(per_batch[b] for b in
+                                       ("images", "labels", "entities", "distribution")),
+               "rows": {name: len(frame) for name, (frame, _) in batches.items()}}
     write_json(report_file, {"summary": summary, "results": results})
+    for r in warned:
+        print("validate: WARNING (does not stop the pipeline):\n" + _line(r))
     if failed:
-        lines = [f"  - [{r['batch']}] {r['expectation']} {r['kwargs']} "
-                 f"(unexpected: {r['unexpected_count']}, observed: {r['observed']})"
-                 for r in failed]
-        raise ValidationFailed(f"I2E validation failed ({len(failed)} of {len(results)} "
-                               f"expectations; report: {report_file}):\n" + "\n".join(lines))
+        docs = f"; Data Docs: {docs_dir / 'index.html'}" if docs_dir is not None else ""
+        raise ValidationFailed(
+            f"data validation failed: {len(failed)} of {len(results)} expectations "
+            f"(report: {report_file}{docs}):\n" + "\n".join(_line(r) for r in failed)
+            + ("\nwarnings (not blocking):\n" + "\n".join(_line(r) for r in warned)
+               if warned else ""))
     return summary
 
 
@@ -139,5 +311,11 @@ def run(cfg: ValidateConfig, ctx) -> dict:
     """Stage ``validate``: the gate; raises :class:`ValidationFailed` to stop the pipeline."""
     lay = ctx.layout
     report = lay.reports / "validate.json"
+    docs = lay.reports / "data_docs" if cfg.data_docs else None
     ctx.artifacts.append(report)
-    return validate(lay.i2e, lay.kb, lay.ingest / "manifest.parquet", report, cfg)
+    if docs is not None:
+        ctx.artifacts.append(docs)
+    inputs = Inputs(i2e=lay.i2e, kb=lay.kb, manifest=lay.ingest / "manifest.parquet",
+                    mentions=lay.ner / "mentions.parquet", scores=lay.score / "scores.parquet")
+    summary = validate(inputs, report, cfg, docs)
+    return {k: v for k, v in summary.items() if isinstance(v, int | float)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import tarfile
 import unicodedata
@@ -33,7 +34,7 @@ from PIL import Image
 from mofi_core.config import IngestConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_path
-from mofi_core.io.shards import ShardWriter, iter_samples, shard_name
+from mofi_core.io.shards import ShardProblem, ShardWriter, iter_samples, shard_name
 from mofi_core.io.sources import expand_sources, open_source, source_identity, source_name
 from mofi_core.parallel import ResumeState, ShardJob, fingerprint, remove_stale, run_shards
 
@@ -63,7 +64,10 @@ def clean_text(raw: bytes, max_chars: int) -> str:
 
 
 def normalise_image(data: bytes, cfg: IngestConfig) -> tuple[bytes, int, int]:
-    """Return RGB JPEG bytes and size, or raise ``ValueError`` with the reason for rejection."""
+    """Return RGB JPEG bytes and size, or raise ``ValueError`` with the reason for rejection.
+
+    The bytes are untrusted: any failure of the decoder or the conversion (crafted files make
+    Pillow raise more than OSError) is a rejection naming the error, never a crash."""
     if not data:
         raise ValueError("empty image")
     try:
@@ -74,13 +78,19 @@ def normalise_image(data: bytes, cfg: IngestConfig) -> tuple[bytes, int, int]:
             if w * h > cfg.max_pixels:
                 raise ValueError(f"image too large ({w}x{h} > max_pixels {cfg.max_pixels})")
             img.load()
-    except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            Image.UnidentifiedImageError) as err:
+        if min(w, h) < cfg.min_side or max(w, h) > cfg.max_side:
+            raise ValueError(f"image size {w}x{h} outside [{cfg.min_side}, {cfg.max_side}]")
+        if img.format == "JPEG" and img.mode == "RGB":
+            return data, w, h
+        return _to_rgb_jpeg(img, cfg.jpeg_quality), w, h
+    except ValueError:
+        raise
+    except Exception as err:  # untrusted bytes: every decoder failure is a rejection
         raise ValueError(f"undecodable image: {type(err).__name__}: {err}") from None
-    if min(w, h) < cfg.min_side or max(w, h) > cfg.max_side:
-        raise ValueError(f"image size {w}x{h} outside [{cfg.min_side}, {cfg.max_side}]")
-    if img.format == "JPEG" and img.mode == "RGB":
-        return data, w, h
+
+
+def _to_rgb_jpeg(img: Image.Image, quality: int) -> bytes:
+    """Alpha is composited on white; 16-bit is scaled to 8; everything else via convert."""
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         rgb = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -90,23 +100,40 @@ def normalise_image(data: bytes, cfg: IngestConfig) -> tuple[bytes, int, int]:
     else:
         rgb = img.convert("RGB")
     buf = io.BytesIO()
-    rgb.save(buf, format="JPEG", quality=cfg.jpeg_quality)
-    return buf.getvalue(), w, h
+    rgb.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def check_sample(sample: dict, cfg: IngestConfig) -> CleanSample:
     """Validate one grouped tar sample; ``ValueError`` names the reason to reject it."""
     key = sample["__key__"]
-    if "/" in key or key.startswith(".") or not key:
-        raise ValueError(f"unsafe key {key!r}")
+    if not key or "/" in key or key.startswith(".") or not key.isprintable() or len(key) > 256:
+        raise ValueError(f"unsafe key {key!r}: must be 1-256 printable characters without '/' "
+                         "and not start with '.'")
+    if sample.get("__errors__"):
+        raise ValueError("; ".join(sample["__errors__"]))
     image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
     if image_ext is None:
         raise ValueError("no image member (.jpg/.png/.webp/.gif)")
     if "txt" not in sample:
         raise ValueError("no .txt alt-text member")
+    raw_text = sample["txt"]
+    if len(raw_text) > cfg.max_text_bytes:
+        raise ValueError(f"alt-text of {len(raw_text)} bytes (> ingest.max_text_bytes "
+                         f"{cfg.max_text_bytes})")
+    text = clean_text(raw_text, cfg.max_text_chars)
+    if not text:
+        raise ValueError("empty alt-text")
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"].decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"malformed .json metadata: {err}") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"malformed .json metadata: a {type(meta).__name__}, not an object")
     jpg, w, h = normalise_image(sample[image_ext], cfg)
-    return CleanSample(key=key, jpg=jpg, text=clean_text(sample["txt"], cfg.max_text_chars),
-                       width=w, height=h, sha256=hashlib.sha256(jpg).hexdigest())
+    return CleanSample(key=key, jpg=jpg, text=text, width=w, height=h,
+                       sha256=hashlib.sha256(jpg).hexdigest())
 
 
 # --- one shard (runs in a worker process) -----------------------------------------------------
@@ -128,10 +155,14 @@ def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
     rows: list[dict] = []
     rejects: list[dict] = []
     seen: set[str] = set()
+    problems: list[ShardProblem] = []  # members outside any sample, in tar order
     with ShardWriter(tar_out) as writer:
         try:
             with open_source(job.source, tmp_dir=out_dir) as local:
-                for sample in iter_samples(local):
+                for sample in iter_samples(local, problems.append, cfg.max_member_bytes):
+                    rejects += [{"key": p.key, "shard": src_name, "reason": p.reason}
+                                for p in problems]
+                    problems.clear()
                     key = sample["__key__"]
                     if key in seen:
                         rejects.append({"key": key, "shard": src_name, "reason": "duplicate key"})
@@ -149,6 +180,7 @@ def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
         except (tarfile.TarError, OSError, EOFError) as err:
             rejects.append({"key": "*", "shard": src_name,
                             "reason": f"unreadable shard: {type(err).__name__}: {err}"})
+        rejects += [{"key": p.key, "shard": src_name, "reason": p.reason} for p in problems]
     tables.write_table(manifest_out, tables.from_rows(rows, tables.MANIFEST), tables.MANIFEST)
     tables.write_table(rejects_out, tables.from_rows(rejects, tables.REJECTS), tables.REJECTS)
     return [tar_out, manifest_out, rejects_out], {"kept": len(rows), "rejected": len(rejects)}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +69,11 @@ def _encode(value: bytes | str | dict[str, Any]) -> bytes:
     return json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ShardProblem:
+    """A tar member that belongs to no usable sample (a directory, a name without extension)."""
     key: str
     reason: str
-
-
-@dataclass
-class ShardReadResult:
-    samples: list[dict[str, Any]] = field(default_factory=list)
-    problems: list[ShardProblem] = field(default_factory=list)
 
 
 def split_member_name(name: str) -> tuple[str, str] | None:
@@ -92,8 +87,24 @@ def split_member_name(name: str) -> tuple[str, str] | None:
     return prefix + stem, ext.lower()
 
 
-def iter_samples(path: Path | str) -> Iterator[dict[str, Any]]:
+def _member_kind(member: tarfile.TarInfo) -> str:
+    for test, kind in ((member.issym, "a symlink"), (member.islnk, "a hard link"),
+                       (member.isdir, "a directory"), (member.isfifo, "a FIFO"),
+                       (member.ischr, "a character device"), (member.isblk, "a block device")):
+        if test():
+            return kind
+    return f"tar type {member.type!r}"
+
+
+def iter_samples(path: Path | str, on_problem: Callable[[ShardProblem], None] | None = None,
+                 max_member_bytes: int | None = None) -> Iterator[dict[str, Any]]:
     """Yield ``{"__key__": key, ext: bytes, ...}`` grouped by key, in tar order.
+
+    Members are only ever read into memory, never extracted, so member names (``../x``,
+    ``/etc/x``) cannot write anywhere. A member that is not a regular file, or is larger than
+    ``max_member_bytes`` (left unread), is not returned as data: its sample gets a
+    ``"__errors__"`` list naming it, for the caller to reject. Members with no ``key.ext`` name
+    go to ``on_problem`` (ignored when it is None, as webdataset does).
 
     Raises :class:`tarfile.TarError` / ``OSError`` for an unreadable or truncated shard, after
     yielding the samples complete before the damage; callers that must survive bad shards catch
@@ -102,18 +113,29 @@ def iter_samples(path: Path | str) -> Iterator[dict[str, Any]]:
     current: dict[str, Any] | None = None
     with tarfile.open(path, "r:*") as tar:
         for member in tar:
-            parts = split_member_name(member.name) if member.isfile() else None
+            parts = split_member_name(member.name)
             if parts is None:
+                if on_problem is not None:
+                    kind = "a file" if member.isfile() else _member_kind(member)
+                    on_problem(ShardProblem(member.name, f"tar member ({kind}) has no "
+                                            "'key.extension' name; not part of any sample"))
                 continue
             key, ext = parts
             if current is not None and current["__key__"] != key:
                 yield current
                 current = None
-            fh = tar.extractfile(member)
-            data = fh.read() if fh is not None else b""
             if current is None:
                 current = {"__key__": key}
-            current[ext] = data
+            if not member.isfile():
+                current.setdefault("__errors__", []).append(
+                    f"member {member.name!r} is {_member_kind(member)}, not a regular file")
+                continue
+            if max_member_bytes is not None and member.size > max_member_bytes:
+                current.setdefault("__errors__", []).append(
+                    f"member {member.name!r} is {member.size} bytes (> {max_member_bytes})")
+                continue
+            fh = tar.extractfile(member)
+            current[ext] = fh.read() if fh is not None else b""
         if current is not None:
             yield current
         _check_trailer(tar, Path(path))

@@ -68,3 +68,32 @@ def test_invalid_override_fails_before_any_stage_runs(prefect_server, toy):
     with pytest.raises(ParamsError, match=r"train\.stepz"):
         mofi(overrides={"train.stepz": 3}, project_dir=str(toy))
     assert not (toy / "first.txt").exists()
+
+
+GATE = """
+import json, pathlib, sys
+docs = pathlib.Path('reports/data_docs'); docs.mkdir(parents=True, exist_ok=True)
+(docs / 'index.html').write_text('<html>docs</html>')
+pathlib.Path('reports/validate.json').write_text(json.dumps({'summary': {
+    'expectations': 20, 'failed': 2, 'warnings': 1, 'success': False}}))
+sys.exit('data validation failed: 2 of 20 expectations')
+"""
+
+
+def test_a_failed_gate_still_publishes_the_summary_and_the_data_docs_link(prefect_server, toy):
+    from prefect.client.orchestration import get_client
+
+    (toy / "flaky.py").write_text(GATE)
+    with pytest.raises(StageFailed, match="stage 'second' failed"):
+        mofi(project_dir=str(toy), retries=0)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts()
+    latest = {}
+    for a in sorted(artifacts, key=lambda a: a.created):
+        latest[a.key] = a
+    summary = latest["mofi-run-summary"].data
+    assert "| second | FAILED |" in summary and "Data validation: **FAILED**" in summary
+    assert "20 expectations, 2 failed, 1 warnings" in summary
+    docs = (toy / "reports" / "data_docs" / "index.html").as_uri()
+    assert latest["mofi-data-docs"].data == f"[Data Docs]({docs})"
+    assert docs in summary

@@ -11,24 +11,36 @@ from mofi_core.curate.build import build
 from mofi_core.curate.ingest import ingest
 from mofi_core.curate.ner import run_ner
 from mofi_core.curate.score import score
+from mofi_core.demo.faults import write_fault_shards
 from mofi_core.evaluate.report import evaluate
 from mofi_core.io.shards import iter_samples
 from mofi_core.train.run import train_model
-from mofi_core.validate import ValidationFailed, validate
+from mofi_core.validate import Inputs, ValidationFailed, validate
+
+
+def _inputs(layout, i2e):
+    return Inputs(i2e=i2e, kb=layout.kb, manifest=layout.ingest / "manifest.parquet",
+                  mentions=layout.ner / "mentions.parquet", scores=layout.score / "scores.parquet")
 
 
 @pytest.fixture(scope="module")
-def chain(tiny_world):
+def chain(tiny_world, tmp_path_factory):
+    """Every stage over the tiny world's shards with four broken shards mixed in."""
     layout, params, _ = tiny_world
-    out = {"ingest": ingest(layout.corpus_shards, layout.ingest, params.ingest).metrics()}
+    corpus = tmp_path_factory.mktemp("faulty_corpus")
+    for shard in layout.corpus_shards.glob("*.tar"):
+        (corpus / shard.name).symlink_to(shard)
+    names = [e["name"] for e in pq.read_table(layout.kb, columns=["name"]).to_pylist()]
+    plan = write_fault_shards(corpus, [f"{n} on a sunny day" for n in names], prefix="00001")
+    out = {"ingest": ingest(corpus, layout.ingest, params.ingest).metrics(), "faults": plan}
     out["ner"] = run_ner(layout.ingest, layout.kb, layout.ner, params.ner)
     out["baseline"] = train_model(layout.ingest, layout.baseline_model, params.baseline,
                                  lambda s, r: None)
     out["score"] = score(layout.ingest, layout.ner, layout.kb,
                          layout.baseline_model, layout.score, params.score, num_workers=0)
     out["build"] = build(layout.ingest, layout.score, layout.i2e, params.build)
-    out["validate"] = validate(layout.i2e, layout.kb, layout.ingest / "manifest.parquet",
-                               layout.reports / "validate.json", params.validate_)
+    out["validate"] = validate(_inputs(layout, layout.i2e), layout.reports / "validate.json",
+                               params.validate_, layout.reports / "data_docs")
     out["train"] = train_model(layout.i2e, layout.mofi_model, params.train,
                                     lambda s, r: None)
     out["evaluate"] = evaluate({"mofi": layout.mofi_model, "baseline": layout.baseline_model},
@@ -36,11 +48,27 @@ def chain(tiny_world):
     return layout, params, out
 
 
-def test_ingest_keeps_every_clean_demo_sample(chain):
-    _, params, out = chain
-    c = params.corpus
-    assert out["ingest"]["samples_kept"] == c.num_entities * c.images_per_entity
-    assert out["ingest"]["samples_rejected"] == 0
+def test_ingest_keeps_every_good_sample_among_broken_shards(chain):
+    layout, params, out = chain
+    c, plan = params.corpus, out["faults"]
+    # the demo world's web noise includes images without alt-text: rejected as empty
+    blank = sum(not s["txt"].strip() for shard in layout.corpus_shards.glob("*.tar")
+                for s in iter_samples(shard))
+    assert 0 < blank < 0.2 * c.num_entities * c.images_per_entity
+    assert out["ingest"]["samples_kept"] == (c.num_entities * c.images_per_entity - blank
+                                             + len(plan.kept))
+    assert out["ingest"]["samples_rejected"] == blank + len(plan.rejected)
+    kept = set(pq.read_table(layout.ingest / "manifest.parquet", columns=["key"])["key"]
+               .to_pylist())
+    assert {k for k, _ in plan.kept} <= kept
+
+
+def test_good_samples_from_broken_shards_reach_the_i2e_dataset(chain):
+    layout, _, out = chain
+    labelled = set(pq.read_table(layout.i2e / "labels.parquet", columns=["key"])["key"]
+                   .to_pylist())
+    rescued = {k for k, _ in out["faults"].kept} & labelled
+    assert len(rescued) >= len(out["faults"].kept) // 2, rescued
 
 
 def test_ner_links_most_samples(chain):
@@ -74,32 +102,88 @@ def test_i2e_shards_match_labels_and_vocab(chain):
     assert out["build"]["images"] == len(labels) and out["build"]["entities"] == len(vocab)
 
 
-def test_validate_passes_then_fails_on_a_corrupted_dataset(chain, tmp_path):
-    import shutil
+def test_validate_passes_with_data_docs_and_enough_expectations(chain):
+    layout, _, out = chain
+    v = out["validate"]
+    assert v["success"] and v["failed"] == 0 and v["i2e_expectations"] >= 12
+    assert set(v["per_batch"]) == {"manifest", "mentions", "scores", "images", "labels",
+                                   "entities", "distribution"}
+    index = layout.reports / "data_docs" / "index.html"
+    html = index.read_text()
+    assert all(f"{b}" in html for b in v["per_batch"])
+    assert len(list((layout.reports / "data_docs" / "validations").rglob("*.html"))) == 7
 
-    layout, params, out = chain
-    assert out["validate"]["success"] and out["validate"]["expectations"] >= 12
-    bad = tmp_path / "i2e"
-    shutil.copytree(layout.i2e, bad)
-    table = pq.read_table(bad / "labels.parquet").to_pylist()
-    table[0]["entity_ids"], table[0]["scores"] = ["Q999999"], [0.9]  # not in vocab nor KB
-    table.append(dict(table[1]))  # duplicate key
+
+def _corrupt(path, schema, change):
     import pyarrow as pa
 
     from mofi_core.io import tables as t
-    t.write_table(bad / "labels.parquet", pa.Table.from_pylist(table, schema=t.LABELS), t.LABELS)
+    rows = pq.read_table(path).to_pylist()
+    change(rows)
+    t.write_table(path, pa.Table.from_pylist(rows, schema=schema), schema)
+
+
+def test_validate_fails_on_each_corrupted_boundary(chain, tmp_path):
+    import shutil
+
+    from mofi_core.io import tables as t
+
+    layout, params, _ = chain
+    for src in (layout.i2e, layout.ingest, layout.ner, layout.score):
+        shutil.copytree(src, tmp_path / src.name, ignore=shutil.ignore_patterns("*.tar"))
+    inputs = Inputs(i2e=tmp_path / "i2e", kb=layout.kb,
+                    manifest=tmp_path / "ingest" / "manifest.parquet",
+                    mentions=tmp_path / "ner" / "mentions.parquet",
+                    scores=tmp_path / "score" / "scores.parquet")
+
+    def label_faults(rows):
+        rows[0]["entity_ids"], rows[0]["scores"] = ["Q999999"], [0.9]  # not in vocab nor KB
+        rows.append(dict(rows[1]))  # duplicate key
+
+    def mention_faults(rows):
+        rows[0]["end"] = rows[0]["start"] - 1
+        rows[1]["key"] = "never-ingested"
+
+    def score_faults(rows):
+        rows[0]["score"] = 3.5
+
+    def manifest_faults(rows):
+        rows[0]["sha256"] = "not-a-hash"
+
+    _corrupt(inputs.i2e / "labels.parquet", t.LABELS, label_faults)
+    _corrupt(inputs.mentions, t.MENTIONS, mention_faults)
+    _corrupt(inputs.scores, t.SCORES, score_faults)
+    _corrupt(inputs.manifest, t.MANIFEST, manifest_faults)
     with pytest.raises(ValidationFailed) as err:
-        validate(bad, layout.kb, layout.ingest / "manifest.parquet", tmp_path / "r.json",
-                 params.validate_)
+        validate(inputs, tmp_path / "r.json", params.validate_, tmp_path / "docs")
     msg = str(err.value)
-    assert "expect_column_values_to_be_unique" in msg and "expect_column_values_to_be_in_set" in msg
+    for expected in ("[labels] expect_column_values_to_be_in_set",
+                     "[images] expect_column_values_to_be_unique",
+                     "[mentions] expect_column_pair_values_a_to_be_greater_than_b",
+                     "[mentions] expect_column_values_to_be_in_set {'column': 'in_manifest'",
+                     "[scores] expect_column_values_to_be_between",
+                     "[manifest] expect_column_values_to_match_regex {'column': 'sha256'"):
+        assert expected in msg, expected
+    assert "Data Docs" in msg and (tmp_path / "docs" / "index.html").is_file()
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["summary"]["success"] is False and report["summary"]["failed"] >= 2
-    table[0]["scores"] = [0.9, 0.8]  # two scores for one label: refused before any check
-    t.write_table(bad / "labels.parquet", pa.Table.from_pylist(table, schema=t.LABELS), t.LABELS)
+    # the unknown label also fails the KB check, the pair uniqueness and the entity table
+    # (a 1-image class, one class too many); the duplicate row fails image-key uniqueness
+    assert report["summary"]["success"] is False and report["summary"]["failed"] == 10
+    _corrupt(inputs.i2e / "labels.parquet", t.LABELS,  # two scores for one label
+             lambda rows: rows[0].update(scores=[0.9, 0.8]))
     with pytest.raises(ValidationFailed, match="different number of entity_ids and scores"):
-        validate(bad, layout.kb, layout.ingest / "manifest.parquet", tmp_path / "r.json",
-                 params.validate_)
+        validate(inputs, tmp_path / "r.json", params.validate_)
+
+
+def test_warnings_are_reported_but_do_not_stop_the_gate(chain, tmp_path, capsys):
+    layout, params, _ = chain
+    strict = params.validate_.model_copy(update={"max_entity_share": 0.01, "data_docs": False})
+    summary = validate(_inputs(layout, layout.i2e), tmp_path / "r.json", strict)
+    assert summary["success"] and summary["warnings"] >= 1
+    assert "WARNING (does not stop the pipeline)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    warned = [r for r in report["results"] if not r["success"]]
+    assert warned and all(r["severity"] == "warning" for r in warned)
 
 
 def test_training_reduces_loss(chain):

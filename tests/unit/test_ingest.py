@@ -1,5 +1,6 @@
 import io
 import tarfile
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -58,7 +59,8 @@ def _corpus(folder):
         w.write("dup", {"jpg": _img(fmt="JPEG"), "txt": "same pixels as good1"})
     with ShardWriter(folder / "00001.tar") as w:
         w.write("good1", {"jpg": _img(fmt="JPEG"), "txt": "duplicate key"})
-        w.write("good2", {"jpg": _img(size=(40, 40), fmt="JPEG"), "txt": ""})
+        w.write("good2", {"jpg": _img(size=(40, 40), fmt="JPEG"), "txt": "Mount Kelvara"})
+        w.write("blank", {"jpg": _img(size=(40, 40), fmt="JPEG"), "txt": " \t "})
     # a truncated shard: the first sample survives, the damage is one rejection
     whole = io.BytesIO()
     with tarfile.open(fileobj=whole, mode="w") as tar:
@@ -79,6 +81,7 @@ def test_ingest_keeps_every_good_sample_and_lists_every_bad_one(tmp_path):
     assert sorted(r["key"] for r in manifest) == ["dup", "good1", "good2", "gray", "t1"]
     assert "undecodable" in rejects[("notimg", "00000.tar")]
     assert "no .txt" in rejects[("notext", "00000.tar")]
+    assert rejects[("blank", "00001.tar")] == "empty alt-text"
     assert rejects[("good1", "00001.tar")] == "duplicate key (first in 00000.tar)"
     assert "unreadable shard" in rejects[("*", "00002.tar")]
     by_key = {r["key"]: r for r in manifest}
@@ -87,7 +90,7 @@ def test_ingest_keeps_every_good_sample_and_lists_every_bad_one(tmp_path):
                for s in iter_samples(shard)]
     assert sorted(written) == sorted(by_key)
     assert {r["shard"] for r in manifest} == {"00000.tar", "00001.tar", "00002.tar"}
-    assert result.metrics()["samples_rejected"] == 4
+    assert result.metrics()["samples_rejected"] == 5
 
 
 def test_too_many_rejections_fail_loudly_after_publishing_the_rejects(tmp_path):
@@ -100,3 +103,35 @@ def test_too_many_rejections_fail_loudly_after_publishing_the_rejects(tmp_path):
 def test_missing_corpus_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match=r"no \.tar shards"):
         ingest(tmp_path, tmp_path / "out", IngestConfig())
+
+
+def test_every_fault_is_a_listed_rejection_and_every_good_sample_is_kept(tmp_path):
+    from mofi_core.demo.faults import write_fault_shards
+
+    plan = write_fault_shards(tmp_path / "corpus", ["Mount Kelvara at dawn"])
+    result = ingest(tmp_path / "corpus", tmp_path / "out", IngestConfig(max_reject_fraction=1))
+    kept = {(r["key"], r["shard"]) for r in
+            pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    # outputs are named by position; the plan names inputs
+    sources = sorted(p.name for p in (tmp_path / "corpus").iterdir())
+    out_name = {f"{i:05d}.tar": src for i, src in enumerate(sources)}
+    assert sorted((k, out_name[s]) for k, s in kept) == sorted(plan.kept)
+    got = {}
+    for r in rejects:
+        assert (r["key"], r["shard"]) not in got, f"rejected twice: {r}"
+        got[(r["key"], r["shard"])] = r["reason"]
+    assert set(got) == set(plan.rejected)
+    for where, fragment in plan.rejected.items():
+        assert fragment in got[where], (where, got[where])
+    assert result.kept == len(plan.kept) and result.rejected == len(plan.rejected)
+    assert len(plan.faults) >= 30
+    # members are read, never extracted: nothing appeared outside the output folder
+    assert not Path("/var/mofi-absolute.jpg").exists()
+    assert not any(p.name.startswith("escape") for d in (tmp_path, tmp_path / "out")
+                   for p in d.iterdir())
+    for shard in (tmp_path / "out" / "shards").glob("*.tar"):
+        for s in iter_samples(shard):
+            img = Image.open(io.BytesIO(s["jpg"]))
+            assert (img.format, img.mode) == ("JPEG", "RGB")
+            assert s["txt"].decode("utf-8").isprintable()
