@@ -10,7 +10,7 @@ RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTI
        GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
-.PHONY: setup demo test test-fast lint lock ui clean
+.PHONY: setup demo test test-fast crash lint lock ui clean
 
 setup: $(STAMP)
 
@@ -31,7 +31,12 @@ test: setup
 	$(RUN) $(BIN)/pytest -q
 
 test-fast: setup
-	$(RUN) $(BIN)/pytest -q -m "not e2e"
+	$(RUN) $(BIN)/pytest -q -m "not e2e and not crash"
+
+# kill -9 at 3 points of every stage of a tiny project; the report lands in reports/crash.json
+crash: setup
+	mkdir -p reports
+	$(RUN) $(BIN)/python -m tests.crash.harness --points 3 --out reports/crash.json
 
 lint: setup
 	$(BIN)/ruff check mofi_core flows tests benchmarks

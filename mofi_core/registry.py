@@ -10,6 +10,7 @@ card. Champion/challenger: the new version gets the alias ``challenger``; it als
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import subprocess
@@ -115,8 +116,54 @@ def model_card(meta, metrics: dict, tags: dict[str, str], cfg: RegisterConfig) -
         "images were rare or absent in training.", ""])
 
 
+def model_sha256(model_dir: Path) -> str:
+    """Content hash of a model folder (file names and bytes): the identity of a version."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        h.update(f.relative_to(model_dir).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def find_version(client, name: str, sha: str):
+    """The version registered earlier from the same model bytes, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.model_sha256 = '{sha}'")
+    except MlflowException:  # registered model does not exist yet
+        return None
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def _recorded(version, cfg: RegisterConfig) -> dict:
+    """The decision stored on a version's tags (see :func:`register`)."""
+    t = version.tags
+    before = t["champion_before"]
+    before_value = t[f"champion_before_{cfg.metric}"]
+    promoted = t["promoted"] == "true"
+    return {"model_name": cfg.model_name, "version": int(version.version),
+            cfg.metric: float(t[cfg.metric]), "promoted": promoted, "decision": t["decision"],
+            "previous_champion": None if before == "none" else int(before),
+            "previous_champion_metric": None if before_value == "none" else float(before_value),
+            "champion": int(version.version) if promoted else int(before)}
+
+
+def _apply_aliases(client, cfg: RegisterConfig, version: str, promoted: bool) -> None:
+    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
+    if promoted:
+        client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+
+
 def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) -> dict:
-    """Log + register; returns what was decided (version, metric, promoted, champion)."""
+    """Log + register; returns what was decided (version, metric, promoted, champion).
+
+    Idempotent: a model folder already registered (same ``model_sha256`` tag) is not registered
+    again; its recorded decision is returned and its aliases re-applied. The version is created
+    with its hash tag in one call and the decision is tagged before the aliases move, so a run
+    killed at any point is completed, not duplicated, by the next one."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -127,34 +174,48 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) ->
                        f"({sorted(metrics.get('mofi', {}))}); choose one of those")
     value = float(metrics["mofi"][cfg.metric])
     meta = read_meta(model_dir)
-    info = mlflow.pyfunc.log_model(
-        name="encoder", python_model=str(PYFUNC_CODE), artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(Path(__file__).parent)],
-        signature=_signature(meta.arch_config["embed_dim"]),
-        input_example=_example(model_dir), registered_model_name=cfg.model_name,
-        pip_requirements=["torch==2.14.1", "open-clip-torch==3.3.0", "safetensors", "pillow",
-                          "pandas", "numpy"])
     client = MlflowClient()
-    version = str(info.registered_model_version)
+    sha = model_sha256(model_dir)
+    existing = find_version(client, cfg.model_name, sha)
+    if existing is not None and "decision" in existing.tags:
+        decision = _recorded(existing, cfg)
+        _apply_aliases(client, cfg, existing.version, decision["promoted"])
+        print(f"register: these model bytes are already version {existing.version} of "
+              f"{cfg.model_name}; kept its decision ({decision['decision']})")
+        return decision
+    if existing is None:
+        info = mlflow.pyfunc.log_model(
+            name="encoder", python_model=str(PYFUNC_CODE),
+            artifacts={"model_dir": str(model_dir)}, code_paths=[str(Path(__file__).parent)],
+            signature=_signature(meta.arch_config["embed_dim"]),
+            input_example=_example(model_dir),
+            pip_requirements=["torch==2.14.1", "open-clip-torch==3.3.0", "safetensors",
+                              "pillow", "pandas", "numpy"])
+        existing = mlflow.register_model(info.model_uri, cfg.model_name,
+                                         tags={"model_sha256": sha})
+    version = str(existing.version)
     tags = {"git_commit": git_commit(root), cfg.metric: f"{value:.6f}", "recipe": meta.recipe,
             "arch": meta.arch, **dvc_hashes(root)}
     card = model_card(meta, metrics, tags, cfg)
     mlflow.log_text(card, "model_card.md")
     client.update_model_version(cfg.model_name, version, description=card)
-    client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
     champ = current_champion(client, cfg.model_name)
+    if champ is not None and champ.version == version:  # promoted, then killed before tagging
+        champ = None
     champ_value = float(champ.tags.get(cfg.metric, "-inf")) if champ else None
     promoted, reason = decide(value, champ_value, cfg.margin)
-    if promoted:
-        client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
-    tags.update({"promoted": str(promoted).lower(), "decision": reason,
+    tags.update({"promoted": str(promoted).lower(),
                  "champion_before": str(champ.version) if champ else "none",
                  f"champion_before_{cfg.metric}": "none" if champ_value is None
                  else f"{champ_value:.6f}"})
     for k, v in tags.items():
         client.set_model_version_tag(cfg.model_name, version, k, v)
-    return {"model_name": cfg.model_name, "version": int(version), cfg.metric: value,
-            "promoted": promoted, "decision": reason,
+    # "decision" last: its presence marks a complete record
+    client.set_model_version_tag(cfg.model_name, version, "decision", reason)
+    _apply_aliases(client, cfg, version, promoted)
+    # the metric as recorded on the version (6 decimals), so a re-run returns the same record
+    return {"model_name": cfg.model_name, "version": int(version),
+            cfg.metric: float(tags[cfg.metric]), "promoted": promoted, "decision": reason,
             "previous_champion": int(champ.version) if champ else None,
             "previous_champion_metric": champ_value,
             "champion": int(version) if promoted else int(champ.version)}

@@ -11,7 +11,7 @@ from typing import Any
 
 from mofi_core import tracking
 from mofi_core.config import Section, load_params
-from mofi_core.io.atomic import write_json
+from mofi_core.io.atomic import sweep_stale_temps, write_json
 from mofi_core.io.layout import Layout
 
 
@@ -29,6 +29,11 @@ def execute(name: str, fn: StageFn, params_file: Path, root: Path) -> dict[str, 
     """Run stage ``name``; its metrics land in ``metrics/<name>.json`` (DVC metrics)."""
     section = load_params(params_file).section(name)
     layout = Layout(root.resolve())
+    if tracking.is_main_process():
+        stale = sweep_stale_temps(*(layout.root / d for d in
+                                    ("data", "models", "reports", "metrics", "plots", ".mofi")))
+        if stale:
+            print(f"{name}: removed {len(stale)} temporary file(s) left by a killed run")
     with tracking.run(name, layout.root, tags={"mofi.stage": name}) as tracker:
         tracker.log_params({name: section.model_dump(mode="json")})
         ctx = StageContext(layout=layout, tracker=tracker)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -114,17 +115,62 @@ def configure(root: Path) -> str:
     return mlflow.create_experiment(name, artifact_location=artifacts)
 
 
+def _owner_tags() -> dict[str, str]:
+    """Who runs this: host, pid and the process start time (a reused pid has another)."""
+    import psutil
+
+    return {"mofi.host": socket.gethostname(), "mofi.pid": str(os.getpid()),
+            "mofi.proc_start": f"{psutil.Process().create_time():.3f}"}
+
+
+def _owner_alive(tags: Mapping[str, str]) -> bool | None:
+    """True/False for runs started on this host; None when that cannot be known."""
+    from mofi_core.io.atomic import process_alive
+
+    if tags.get("mofi.host") != socket.gethostname() or "mofi.pid" not in tags:
+        return None
+    try:
+        return process_alive(int(tags["mofi.pid"]), float(tags.get("mofi.proc_start", "nan")))
+    except ValueError:
+        return False
+
+
+def end_orphan_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED every run still 'RUNNING' whose process on this host is gone (killed -9,
+    OOM, power loss): the next run of any stage cleans up after the crash. Runs owned by other
+    hosts are left alone. Returns the run ids ended."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    ended = []
+    for r in client.search_runs([experiment_id], "attributes.status = 'RUNNING'",
+                                max_results=1000):
+        if _owner_alive(r.data.tags) is False:
+            client.set_tag(r.info.run_id, "mofi.ended_by",
+                           f"recovery: process {r.data.tags['mofi.pid']} was gone when "
+                           f"pid {os.getpid()} started")
+            client.set_terminated(r.info.run_id, status="FAILED")
+            ended.append(r.info.run_id)
+    if ended:
+        print(f"tracking: ended {len(ended)} run(s) left RUNNING by a killed process as FAILED: "
+              f"{', '.join(ended)}")
+    return ended
+
+
 @contextlib.contextmanager
 def run(name: str, root: Path, tags: Mapping[str, str] | None = None) -> Iterator[Tracker]:
     """A tracking run named ``name``; nested under ``MOFI_PARENT_RUN_ID`` when that is set.
-    The run ends FAILED if the body raises, so no run is left 'RUNNING' by a crash we see."""
+    The run ends FAILED if the body raises, so no run is left 'RUNNING' by a crash we see;
+    runs of processes killed outright are ended FAILED by the next run (``end_orphan_runs``)."""
     if not tracking_enabled():
         yield NullTracker()
         return
     import mlflow
 
     experiment_id = configure(root)
+    end_orphan_runs(experiment_id)
     parent = os.environ.get("MOFI_PARENT_RUN_ID") or None
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent,
-                          nested=parent is not None, tags=dict(tags or {})) as active:
+                          nested=parent is not None,
+                          tags={**_owner_tags(), **(tags or {})}) as active:
         yield MlflowTracker(active.info.run_id)

@@ -77,7 +77,7 @@ def truth_i2e(tiny_world, tmp_path_factory):
     shard_of = dict(zip(*manifest.to_pydict().values(), strict=True))
     for shard in sorted(set(shard_of.values())):
         rows = [{"key": t["key"], "entity_id": e, "score": 0.9} for t in truth
-                for e in t["entity_ids"] if shard_of[t["key"]] == shard]
+                for e in t["entity_ids"] if shard_of.get(t["key"]) == shard]  # kept by ingest
         tables.write_table(tmp / "score" / "parts" / f"{shard[:-4]}.scores.parquet",
                            pa.Table.from_pylist(rows), tables.SCORES)
     build(tmp / "ingest", tmp / "score", tmp / "i2e", BuildConfig(threshold=0.5))

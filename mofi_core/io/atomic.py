@@ -67,3 +67,43 @@ def write_json(path: Path | str, obj: Any) -> None:
 def write_bytes(path: Path | str, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def _pid_of(tmp_name: str) -> int | None:
+    try:
+        return int(tmp_name.split(".tmp-", 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):
+        return None
+
+
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """Is ``pid`` a live process (a zombie is not; with ``started``, a reused pid is not)?"""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(proc.create_time() - started) < 1e-3
+    except psutil.Error:
+        return False
+
+
+def sweep_stale_temps(*folders: Path) -> list[Path]:
+    """Remove temporary files/folders (``.<name>.tmp-<pid>-<id>``) left under ``folders`` by
+    processes that no longer exist (a ``kill -9`` skips the cleanup in ``atomic_path``).
+    Temporaries of live processes are left alone. Returns what was removed."""
+    removed = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for tmp in Path(folder).rglob(".*.tmp-*"):
+            pid = _pid_of(tmp.name)
+            if pid is None or process_alive(pid) or not tmp.exists():
+                continue
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+            removed.append(tmp)
+    return removed

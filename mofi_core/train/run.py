@@ -141,7 +141,8 @@ def _write_history(path: Path, history: list[dict]) -> None:
     """Loss curve as CSV for ``dvc plots`` (step column + one column per logged value)."""
     from mofi_core.io.atomic import atomic_path
 
-    cols = list(history[0])
+    # a fixed column order: rows restored from a checkpoint come back with sorted keys
+    cols = ["step", *sorted(k for k in history[0] if k != "step")]
     with atomic_path(path) as tmp:
         lines = [",".join(cols)] + [",".join(f"{row[c]:.6g}" for c in cols) for row in history]
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

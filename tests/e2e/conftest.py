@@ -12,6 +12,12 @@ import pytest
 from flows.pipeline import write_overrides
 from tests.conftest import BIN, TINY, copy_project
 
+# Set for every e2e process: none of them may reach a file, a log or the MLflow/Prefect stores.
+DUMMY_SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAMOFIDUMMYKEY7Q3Z", "AWS_SECRET_ACCESS_KEY":
+                 "mofi-dummy-aws-secret-9c1f7e", "AWS_SESSION_TOKEN": "mofi-dummy-session-4b2d",
+                 "MLFLOW_TRACKING_PASSWORD": "mofi-dummy-mlflow-pw-61a0",
+                 "HF_TOKEN": "hf_mofidummytoken5e8c"}
+
 
 @dataclass
 class Project:
@@ -39,7 +45,7 @@ def project(tmp_path_factory) -> Project:
     env.update({"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "MOFI_TRACKING": "on",
                 "PREFECT_HOME": str(root / ".prefect"), "MLFLOW_DISABLE_TELEMETRY": "true",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false",
-                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"})
+                "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", **DUMMY_SECRETS})
     return Project(root, env)
 
 

@@ -82,3 +82,24 @@ def test_changing_one_param_reruns_only_what_is_downstream(project, first_run):
     ran = re.findall(r"Running stage '(\w+)'", out)
     assert ran[:2] == ["train", "evaluate"] and sorted(ran[2:]) == ["register", "report"]
     assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
+
+
+def test_no_secret_reaches_files_logs_or_the_mlflow_and_prefect_stores(project, first_run):
+    """Dummy credentials were in the environment of every process of this module: grep every
+    file of the project (params, dvc.lock, outputs, MLflow sqlite + artifacts, Prefect's
+    database and logs) and the run's output for them."""
+    from tests.e2e.conftest import DUMMY_SECRETS
+
+    secrets = [v.encode() for v in DUMMY_SECRETS.values()]
+    scanned, leaks = 0, []
+    for path in project.root.rglob("*"):
+        if path.is_file() and ".git" not in path.relative_to(project.root).parts:
+            data = path.read_bytes()
+            scanned += 1
+            leaks += [f"{path.relative_to(project.root)}: {s.decode()}" for s in secrets
+                      if s in data]
+    leaks += [f"stdout: {s.decode()}" for s in secrets if s.decode() in first_run.stdout]
+    assert leaks == []
+    assert scanned > 100
+    assert (project.root / ".mlflow" / "mlflow.db").is_file()
+    assert any(project.root.joinpath(".prefect").rglob("*.db"))

@@ -27,6 +27,18 @@ def model_dir(truth_i2e, tmp_path_factory):
     return out
 
 
+def _variant(model_dir, root, tag):
+    """A copy of the model folder with different bytes (a new model as far as the registry
+    is concerned)."""
+    import shutil
+
+    out = root / f"variant-{tag}"
+    if not out.exists():
+        shutil.copytree(model_dir, out)
+        (out / "note.txt").write_text(str(tag))
+    return out
+
+
 def _register(model_dir, root, value, **cfg):
     with tracking.run("register", root):
         return register(model_dir, {"mofi": {"gpr_map": value}, "baseline": {"gpr_map": 0.3}},
@@ -36,11 +48,12 @@ def _register(model_dir, root, value, **cfg):
 def test_challenger_becomes_champion_only_by_the_margin(store, model_dir, tiny_world):
     first = _register(model_dir, store, 0.5, margin=0.05)
     assert first["promoted"] and first["version"] == 1 and first["champion"] == 1
-    worse = _register(model_dir, store, 0.4, margin=0.05)
+    worse = _register(_variant(model_dir, store, 2), store, 0.4, margin=0.05)
     assert not worse["promoted"] and worse["champion"] == 1
-    close = _register(model_dir, store, 0.54, margin=0.05)  # better, but not by the margin
+    # better, but not by the margin
+    close = _register(_variant(model_dir, store, 3), store, 0.54, margin=0.05)
     assert not close["promoted"] and close["champion"] == 1
-    better = _register(model_dir, store, 0.6, margin=0.05)
+    better = _register(_variant(model_dir, store, 4), store, 0.6, margin=0.05)
     assert better["promoted"] and better["champion"] == 4 and better["previous_champion"] == 1
 
     client = mlflow.MlflowClient()
@@ -113,3 +126,29 @@ def test_logged_model_contains_no_pickle(store, model_dir):
     suffixes = {p.suffix for p in Path(local).rglob("*") if p.is_file()}
     assert not suffixes & {".pkl", ".pickle", ".pt", ".pth", ".bin"}
     assert ".safetensors" in suffixes
+
+
+def test_registering_the_same_model_again_reuses_its_version(store, model_dir):
+    first = _register(model_dir, store, 0.5)
+    again = _register(model_dir, store, 0.5)
+    assert again == first
+    client = mlflow.MlflowClient()
+    assert len(client.search_model_versions("name = 'mofi-encoder'")) == 1
+
+
+def test_a_registration_killed_before_its_decision_is_completed_not_duplicated(store,
+                                                                             model_dir):
+    from mofi_core.registry import model_sha256
+
+    first = _register(model_dir, store, 0.5)
+    model = _variant(model_dir, store, "killed")
+    client = mlflow.MlflowClient()
+    # what a process killed right after creating the version leaves: hash tag, no decision
+    v = client.create_model_version("mofi-encoder", source=model.as_uri(),
+                                    tags={"model_sha256": model_sha256(model)})
+    assert "decision" not in client.get_model_version("mofi-encoder", v.version).tags
+    done = _register(model, store, 0.7)
+    assert done["version"] == int(v.version) == 2 and done["promoted"]
+    assert done["previous_champion"] == first["version"]
+    assert len(client.search_model_versions("name = 'mofi-encoder'")) == 2
+    assert str(client.get_model_version_by_alias("mofi-encoder", "champion").version) == "2"

@@ -13,6 +13,7 @@ import ast
 import http.client
 import inspect
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -679,3 +680,24 @@ def test_ui_allows_its_own_origins(mlflow_ui, origin):
     status, headers, body = _search(mlflow_ui, "POST", Origin=origin)
     assert status == 200 and b'"experiments"' in body
     assert headers.get("access-control-allow-origin") == origin
+
+
+def _field_paths(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, info in model.model_fields.items():
+        yield f"{prefix}{name}"
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _field_paths(ann, f"{prefix}{name}.")
+
+
+def test_params_have_no_place_for_credentials():
+    """Credentials come from the environment / AWS profiles only: no params key can hold one."""
+    from mofi_core.config import Params
+
+    paths = list(_field_paths(Params))
+    assert len(paths) > 50 and "train.steps" in paths  # the walk really sees the tree
+    suspicious = [p for p in paths if re.search(
+        r"secret|password|passwd|token|credential|access_key|api_key", p.split(".")[-1])]
+    assert suspicious == []
