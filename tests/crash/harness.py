@@ -287,6 +287,11 @@ def run_harness(dest: Path, stages: list[str] | None, points: int, seed: int,
             continue
         for t in h.kill_points(stage, points, rng):
             r = h.kill_and_rerun(stage, t)
+            for _ in range(2):  # the run beat its kill (a busy machine slowed the reference)
+                if r.killed:
+                    break
+                t = round(t / 2, 3)
+                r = h.kill_and_rerun(stage, t)
             results.append(r)
             log(f"  kill at {t:.2f} s: {'survived' if r.survived else 'FAILED'}"
                 + ("" if r.killed else " (finished before the kill)")
