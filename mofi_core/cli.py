@@ -229,6 +229,31 @@ def _print_summary(summary: dict, root: Path) -> None:
     typer.echo(f"\nMLflow UI: mofi ui --root {root}   (then open http://127.0.0.1:5000)")
 
 
+@app.command("remote-s3")
+def remote_s3(url: Annotated[str, typer.Argument(help="s3://bucket/prefix for DVC's cache")],
+              root: RootOpt = Path("."),
+              name: Annotated[str, typer.Option(help="DVC remote name")] = "storage",
+              endpoint: Annotated[str, typer.Option(
+                  help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")] = "",
+              profile: Annotated[str, typer.Option(help="AWS profile")] = "",
+              region: Annotated[str, typer.Option(help="AWS region")] = "",
+              store_credentials: Annotated[bool, typer.Option(
+                  help="copy AWS_* keys from the environment into .dvc/config.local "
+                       "(default: DVC reads them from the environment/profile)")] = False
+              ) -> None:
+    """Make an S3 bucket the default DVC remote (then: dvc push / dvc pull). The URL goes to
+    .dvc/config; endpoint, profile, region (and keys, if asked) to .dvc/config.local."""
+    from flows.remote import configure_s3_remote
+
+    try:
+        done = configure_s3_remote(root.resolve(), url, name, endpoint or None,
+                                   profile or None, region or None, store_credentials)
+    except Exception as err:
+        _fail(err)
+    typer.echo(f"DVC remote {done['remote']!r} = {done['url']} (default); "
+               f".dvc/config.local: {', '.join(done['config_local']) or 'nothing'}")
+
+
 @app.command()
 def serve(project_dir: Annotated[Path, typer.Option(help="project folder")] = Path(".")) -> None:
     """Register deployment 'full' of flow 'mofi' with the Prefect server and serve it

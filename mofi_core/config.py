@@ -257,6 +257,13 @@ class RegisterConfig(Section):
         "the challenger becomes champion only if it beats the champion by more than this"))
 
 
+class ExecutorConfig(Section):
+    """Where shard jobs of ingest and ner run. Not a stage param: changing it re-runs nothing."""
+    address: str = Field("", description=(
+        "Dask scheduler address (tcp://host:8786); empty = a local process pool. "
+        "MOFI_EXECUTOR_ADDRESS overrides it"))
+
+
 class Params(Section):
     corpus: CorpusConfig = CorpusConfig()
     ingest: IngestConfig = IngestConfig()
@@ -269,6 +276,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     report: ReportConfig = ReportConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    executor: ExecutorConfig = ExecutorConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

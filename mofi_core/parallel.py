@@ -9,15 +9,24 @@ A crash leaves at most the outputs of unfinished jobs without a record: those ar
 
 The state folder lives outside the DVC-tracked outputs (``.mofi/state/<stage>``) so that the
 outputs stay byte-identical across runs and machines.
+
+Where the jobs run: a local spawn process pool by default; a Dask cluster when an executor
+address is set (params ``executor.address``, or ``MOFI_EXECUTOR_ADDRESS``, e.g.
+``tcp://scheduler:8786``). Each job is a pure function of its shard, and summaries are
+collected in job order, so the outputs are byte-identical either way. On a real cluster the
+workers must see the same paths (shared filesystem) as this process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -112,6 +121,60 @@ def resolve_workers(requested: int, jobs: int) -> int:
 
 JobFn = Callable[[ShardJob], tuple[list[Path], dict[str, Any]]]
 
+_EXECUTOR: ContextVar[str] = ContextVar("mofi_executor", default="")
+
+
+@contextlib.contextmanager
+def use_executor(address: str) -> Iterator[None]:
+    """Run shard jobs started inside this block on the Dask scheduler at ``address``
+    ("" = the local process pool)."""
+    token = _EXECUTOR.set(address)
+    try:
+        yield
+    finally:
+        _EXECUTOR.reset(token)
+
+
+def executor_address() -> str:
+    return _EXECUTOR.get() or os.environ.get("MOFI_EXECUTOR_ADDRESS", "")
+
+
+_INIT_LOCK = threading.Lock()
+_INITIALISED: set[str] = set()
+
+
+def _call_in_worker(job: ShardJob, fn: JobFn, initializer: Callable[..., None] | None,
+                    initargs: tuple) -> tuple[list[Path], dict[str, Any]]:
+    """Dask has no per-worker initializer for a map: run it once per worker process."""
+    if initializer is not None:
+        key = f"{initializer.__module__}.{initializer.__qualname__}:{fingerprint(initargs)}"
+        with _INIT_LOCK:
+            if key not in _INITIALISED:
+                initializer(*initargs)
+                _INITIALISED.add(key)
+    return fn(job)
+
+
+def _run_dask(address: str, fn: JobFn, todo: Sequence[ShardJob],
+              initializer: Callable[..., None] | None, initargs: tuple
+              ) -> Iterator[tuple[list[Path], dict[str, Any]]]:
+    try:
+        from distributed import Client
+    except ImportError as err:
+        raise RuntimeError(f"executor.address is {address!r} but dask.distributed is not "
+                           "installed (pip install 'distributed')") from err
+    try:
+        client = Client(address, set_as_default=False,
+                        timeout=os.environ.get("MOFI_DASK_CONNECT_TIMEOUT", "30s"))
+    except OSError as err:
+        raise RuntimeError(f"cannot reach the Dask scheduler at executor.address {address!r}: "
+                           f"{err}; start it (dask scheduler) or unset the address") from err
+    with client:
+        futures = client.map(_call_in_worker, list(todo), fn=fn, initializer=initializer,
+                             initargs=initargs, pure=False)
+        for fut in futures:  # in job order, whatever order they finish in
+            yield fut.result()
+
 
 def run_shards(fn: JobFn, jobs: Sequence[ShardJob], outputs_of: Callable[[ShardJob], list[Path]],
                state: ResumeState | None, workers: int = 1,
@@ -125,7 +188,12 @@ def run_shards(fn: JobFn, jobs: Sequence[ShardJob], outputs_of: Callable[[ShardJ
     """
     todo = [j for j in jobs if state is None or not state.is_done(j, outputs_of(j))]
     results: dict[str, dict[str, Any]] = {}
-    if todo:
+    address = executor_address()
+    if todo and address:
+        for job, (outs, summary) in zip(todo, _run_dask(address, fn, todo, initializer,
+                                                        initargs), strict=True):
+            _finish(state, job, outs, summary, results)
+    elif todo:
         n = resolve_workers(workers, len(todo))
         if n == 1:
             if initializer is not None:

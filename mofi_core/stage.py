@@ -3,6 +3,7 @@ tracking run, call the stage, write its metrics file, log params/metrics/outputs
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from mofi_core import tracking
 from mofi_core.config import Section, load_params
 from mofi_core.io.atomic import sweep_stale_temps, write_json
 from mofi_core.io.layout import Layout
+from mofi_core.parallel import use_executor
 
 
 @dataclass
@@ -27,7 +29,8 @@ StageFn = Callable[[Section, StageContext], dict[str, Any]]
 
 def execute(name: str, fn: StageFn, params_file: Path, root: Path) -> dict[str, Any]:
     """Run stage ``name``; its metrics land in ``metrics/<name>.json`` (DVC metrics)."""
-    section = load_params(params_file).section(name)
+    params = load_params(params_file)
+    section = params.section(name)
     layout = Layout(root.resolve())
     if tracking.is_main_process():
         stale = sweep_stale_temps(*(layout.root / d for d in
@@ -39,7 +42,9 @@ def execute(name: str, fn: StageFn, params_file: Path, root: Path) -> dict[str, 
         ctx = StageContext(layout=layout, tracker=tracker)
         start = time.perf_counter()
         try:
-            metrics = fn(section, ctx)
+            with use_executor(os.environ.get("MOFI_EXECUTOR_ADDRESS")
+                              or params.executor.address):
+                metrics = fn(section, ctx)
             # timings go to the run, not the metrics file: outputs stay byte-identical on re-runs
             if tracking.is_main_process():  # under torchrun every rank runs the stage
                 write_json(layout.metrics(name), metrics)

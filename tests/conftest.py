@@ -98,3 +98,29 @@ def copy_project(dest: Path) -> Path:
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 API (SeaweedFS ``weed mini``) on 127.0.0.1, with test keys; stopped at the
+    end of the session."""
+    from tests.servers import SeaweedS3
+
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture()
+def s3_env(s3_server, monkeypatch):
+    """This test's environment points boto3 at the test server; returns a fresh bucket URL."""
+    import uuid
+
+    import boto3
+
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    bucket = f"mofi-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1"
+                 ).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"

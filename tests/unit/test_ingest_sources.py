@@ -52,7 +52,7 @@ def test_folder_glob_brace_and_manifest_name_the_same_shards(tmp_path):
 
 
 @pytest.mark.parametrize("spec,match", [
-    ("s3://bucket/a.tar", r"s3:// is not supported"), ("in/*.zip", "matches no file"),
+    ("gs://bucket/a.tar", r"gs:// is not supported"), ("in/*.zip", "matches no file"),
     ("   ", "empty")])
 def test_bad_input_specs_are_clear_errors(tmp_path, spec, match):
     _shards(tmp_path / "in")
