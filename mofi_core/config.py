@@ -140,7 +140,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
     checkpoint_dir: str = Field("", description=(
-        "where checkpoints go; empty = .mofi/state/<stage>/checkpoints (git- and DVC-ignored)"))
+        "where checkpoints go; empty = .mofi/state/<stage>/checkpoints (git- and DVC-ignored); "
+        "s3://bucket/prefix = staged there and copied to S3 after each checkpoint, resumed "
+        "from S3 when the local copy is missing or older"))
     log_every: int = Field(10, ge=1)
     seed: int = 0
     device: str = "auto"

@@ -257,6 +257,11 @@ def write_bytes(url: str, data: bytes) -> None:
         upload(fh.name, url)
 
 
+def delete(url: str) -> None:
+    loc = S3Url.parse(url)
+    _call(client().delete_object, url, Bucket=loc.bucket, Key=loc.key)
+
+
 def list_objects(prefix_url: str) -> Iterator[tuple[str, int]]:
     """(url, size) of every object under a prefix, in key order."""
     loc = S3Url.parse(prefix_url)

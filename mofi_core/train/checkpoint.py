@@ -214,3 +214,65 @@ def _load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path
         for name, b in module.named_buffers():
             if f"buffer/{name}" in tensors:
                 b.copy_(tensors[f"buffer/{name}"])
+
+
+class RemoteMirror:
+    """Keeps a run's checkpoints also under an ``s3://`` prefix, so they outlive the machine.
+
+    Training still writes into the local (shared) run folder; after each checkpoint is complete,
+    rank 0 uploads it file by file (``state.json`` last: its presence marks a complete remote
+    checkpoint) and deletes remote checkpoints beyond ``keep``. Before training, when the local
+    folder has no checkpoint as new as the remote one, rank 0 downloads the newest complete
+    remote checkpoint. The run folder's name (params + data fingerprint) is part of the prefix,
+    so only checkpoints of the same run are ever resumed.
+    """
+
+    def __init__(self, url: str, keep: int) -> None:
+        self.url, self.keep = url.rstrip("/"), keep
+
+    def _steps(self) -> dict[int, str]:
+        from mofi_core.io import s3
+
+        steps = {}
+        for obj, _ in s3.list_objects(self.url + "/"):
+            rel = obj[len(self.url) + 1:]
+            m = STEP_DIR.match(rel.split("/", 1)[0])
+            if m and rel.endswith("/state.json"):
+                steps[int(m.group(1))] = f"{self.url}/{rel.split('/', 1)[0]}"
+        return steps
+
+    def pull(self, run_dir: Path) -> int | None:
+        """Download the newest remote checkpoint if it is newer than the local one; returns
+        its step (None when the local one is as new, or there is none)."""
+        from mofi_core.io import s3
+
+        remote = self._steps()
+        if not remote:
+            return None
+        step = max(remote)
+        local = latest(run_dir)
+        if local is not None and local.step >= step:
+            return None
+        final = step_dir(run_dir, step)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        s3.download_dir(remote[step], tmp)
+        if not (tmp / "state.json").is_file():
+            raise FileNotFoundError(f"{remote[step]} has no state.json after download")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        return step
+
+    def push(self, ckpt_dir: Path) -> None:
+        from mofi_core.io import s3
+
+        target = f"{self.url}/{ckpt_dir.name}"
+        files = sorted((p for p in ckpt_dir.iterdir() if p.is_file()),
+                       key=lambda p: p.name == "state.json")  # state.json last
+        for f in files:
+            s3.upload(f, f"{target}/{f.name}")
+        steps = sorted(self._steps())
+        for old in steps[:-self.keep] if self.keep > 0 else []:
+            for obj, _ in s3.list_objects(f"{self.url}/{step_dir(Path(), old).name}/"):
+                s3.delete(obj)

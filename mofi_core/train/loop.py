@@ -146,10 +146,17 @@ def _micro_steps(recipe: Recipe, it: Iterator, cfg: TrainConfig, env: DistEnv
 
 
 def train_loop(recipe: Recipe, batches: Batches, cfg: TrainConfig, env: DistEnv,
-               on_log: LogFn, ckpt_root: Path | None = None, fingerprint: str = ""
-               ) -> list[dict[str, float]]:
+               on_log: LogFn, ckpt_root: Path | None = None, fingerprint: str = "",
+               mirror: checkpoint.RemoteMirror | None = None) -> list[dict[str, float]]:
     """Run optimiser steps until ``cfg.steps``, resuming from the newest checkpoint under
-    ``ckpt_root``; returns the logged history (including the steps before a resume)."""
+    ``ckpt_root`` (or ``mirror``, when newer); returns the logged history (including the
+    steps before a resume)."""
+    if mirror is not None and ckpt_root is not None:
+        if env.is_main:
+            pulled = mirror.pull(ckpt_root)
+            if pulled is not None:
+                print(f"train: resuming from step {pulled} downloaded from {mirror.url}")
+        env.barrier()
     recipe.model.to(env.device).train()
     if cfg.grad_checkpointing:
         for m in recipe.model.modules():
@@ -189,6 +196,8 @@ def train_loop(recipe: Recipe, batches: Batches, cfg: TrainConfig, env: DistEnv,
                             env.world, fingerprint, env.barrier)
             if env.is_main:
                 checkpoint.prune(ckpt_root, cfg.keep_checkpoints)
+                if mirror is not None:
+                    mirror.push(checkpoint.step_dir(ckpt_root, done))
     progress.close()
     return history
 

@@ -22,6 +22,7 @@ from mofi_core.models.artifact import default_meta, image_transform, save_model
 from mofi_core.models.factory import arch_config, tokenizer_for
 from mofi_core.parallel import file_sha256, fingerprint
 from mofi_core.train import distributed
+from mofi_core.train.checkpoint import RemoteMirror
 from mofi_core.train.data import Batches, EntityTexts, SampleMaker, ShardStream
 from mofi_core.train.loop import train_loop
 from mofi_core.train.recipes import Recipe, build_recipe
@@ -94,10 +95,12 @@ def _data_identity(shards: list[Path], extra: list[Path]) -> list:
 
 
 def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, on_log: LogFn,
-                kb_path: Path | None = None, ckpt_root: Path | None = None) -> list[dict]:
+                kb_path: Path | None = None, ckpt_root: Path | None = None,
+                remote_ckpt: str = "") -> list[dict]:
     """Train ``cfg.recipe`` on the shards in ``data_dir/shards`` (ingest shards for ``clip``,
     I2E shards otherwise) and publish the model to ``out_dir``. With ``ckpt_root``, resume
-    from the newest checkpoint written with the same params and data."""
+    from the newest checkpoint written with the same params and data; with ``remote_ckpt``
+    (``s3://...``) checkpoints are also kept there and resumed from there."""
     env = distributed.init(cfg.device)
     try:
         _setup(cfg, env)
@@ -113,13 +116,15 @@ def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, on_log: LogFn,
         extra = [p for p in (data_dir / "vocab.json", kb_path if needs_kb(cfg) else None)
                  if p is not None and p.is_file()]
         fp = fingerprint("train", cfg.resume_key(), env.world, _data_identity(shards, extra))
-        run_dir = None
+        run_dir = mirror = None
         if ckpt_root is not None:
             run_dir = ckpt_root / fp
             if env.is_main:
                 _forget_other_runs(ckpt_root, fp)
+            if remote_ckpt:
+                mirror = RemoteMirror(f"{remote_ckpt.rstrip('/')}/{fp}", cfg.keep_checkpoints)
         history = train_loop(recipe, Batches(stream, cfg.num_workers), cfg, env, on_log,
-                             run_dir, fp)
+                             run_dir, fp, mirror)
         _export(recipe, cfg, meta, out_dir, env)
         env.barrier()
         return history
@@ -153,10 +158,15 @@ MACHINE_DEPENDENT = ("images_per_s", "memory_mb")
 
 def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig, ctx) -> dict:
     lay = ctx.layout
-    ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else lay.state(name) / "checkpoints"
+    remote = ""
+    if cfg.checkpoint_dir.startswith("s3://"):  # local staging + a copy in S3
+        remote = f"{cfg.checkpoint_dir.rstrip('/')}/{name}"
+        ckpt = lay.state(name) / "checkpoints"
+    else:
+        ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else lay.state(name) / "checkpoints"
     history = train_model(data_dir, out_dir, cfg, lambda step, row: ctx.tracker.log_metrics(
         {k: v for k, v in row.items() if k != "step"}, step=step), kb_path=lay.kb,
-        ckpt_root=ckpt)
+        ckpt_root=ckpt, remote_ckpt=remote)
     if tracking.is_main_process():
         # speed and memory depend on the machine: keep them out of the (DVC-tracked) plot file
         _write_history(lay.plot(f"{name}_loss.csv"),

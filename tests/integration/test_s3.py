@@ -128,3 +128,45 @@ def test_a_read_resumes_at_the_byte_where_the_connection_was_cut(s3_env, s3_serv
     assert got == data
     assert reader.reopened >= 3  # every connection was cut; each resume continued the bytes
     assert proxy.stats["cuts"] >= reader.reopened
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_training_resumes_from_checkpoints_kept_in_s3_on_a_new_machine(s3_env, truth_i2e,
+                                                                       tmp_path):
+    """A run stopped after step 4 (checkpoints every 2, copied to S3), its local checkpoints
+    lost; a fresh run downloads step 4 and ends with the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from mofi_core.train.run import train_model
+
+    _layout, params, i2e = truth_i2e
+    cfg = params.train.model_copy(update={
+        "recipe": "supervised", "steps": 6, "batch_size": 8, "warmup_steps": 1,
+        "log_every": 1, "checkpoint_every": 2, "keep_checkpoints": 2, "num_workers": 0,
+        "threads": 1})
+    train_model(i2e, tmp_path / "ref", cfg, lambda s, r: None, ckpt_root=tmp_path / "ref-ck")
+
+    def stop_at_5(step, row):
+        if step == 5:
+            raise _Interrupt
+
+    remote = f"{s3_env}/ckpt"
+    with pytest.raises(_Interrupt):
+        train_model(i2e, tmp_path / "a", cfg, stop_at_5, ckpt_root=tmp_path / "machine-a",
+                    remote_ckpt=remote)
+    steps = sorted({u.split("/step-")[1][:9] for u, _ in s3.list_objects(remote + "/")})
+    assert steps == ["000000002", "000000004"]
+    resumed = []
+    hist = train_model(i2e, tmp_path / "b", cfg, lambda s, r: resumed.append(s),
+                       ckpt_root=tmp_path / "machine-b", remote_ckpt=remote)
+    assert resumed == [5, 6] and [r["step"] for r in hist] == [1, 2, 3, 4, 5, 6]
+    want = load_file(str(tmp_path / "ref" / "model.safetensors"))
+    got = load_file(str(tmp_path / "b" / "model.safetensors"))
+    assert want.keys() == got.keys()
+    for k in want:
+        assert (want[k] - got[k]).abs().max() <= 1e-6, k
+    steps = sorted({u.split("/step-")[1][:9] for u, _ in s3.list_objects(remote + "/")})
+    assert steps == ["000000004", "000000006"]  # keep_checkpoints, in S3 too

@@ -280,3 +280,37 @@ def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
     assert lines[0].startswith("step,") and "loss" in lines[0].split(",") and len(lines) == 3
     ckpt = checkpoint.latest_any(root / ".mofi" / "state" / "train" / "checkpoints")
     assert ckpt.step == 4
+
+
+def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
+    """infra/torchrun-train.sh on two "nodes" (two launches on loopback, node ranks 0 and 1):
+    one world of 2 ranks; the sharded head leaves one checkpoint file per rank."""
+    import shutil
+
+    import yaml
+
+    layout, _, i2e = truth_i2e
+    root = tmp_path / "proj"
+    shutil.copytree(i2e, root / "data" / "i2e")
+    (root / "data" / "corpus").mkdir()
+    shutil.copy(layout.kb, root / "data" / "corpus" / "kb.parquet")
+    train = {**RESUME, "steps": 4, "checkpoint_every": 4, "num_workers": 0, "log_every": 2,
+             "shard_head": True}
+    (root / "params.yaml").write_text(yaml.safe_dump({"train": train}), encoding="utf-8")
+    script = Path(__file__).resolve().parents[2] / "infra" / "torchrun-train.sh"
+    port = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NNODES": "2", "NPROC_PER_NODE": "1",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    nodes = [subprocess.Popen(["bash", str(script), "train", "--root", str(root), "--params",
+                               str(root / "params.yaml")], env={**env, "NODE_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in (0, 1)]
+    outs = [n.communicate(timeout=600)[0] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    assert "node 1/2, 1 processes" in outs[1]
+    ckpt = checkpoint.latest_any(root / ".mofi" / "state" / "train" / "checkpoints")
+    assert ckpt.step == 4
+    assert sorted(p.name for p in ckpt.path.glob("rank-*.safetensors")) == [
+        "rank-00000.safetensors", "rank-00001.safetensors"]
+    assert load_model(root / "models" / "mofi")[1].recipe == "multitask"
