@@ -251,9 +251,9 @@ def test_grad_accumulation_and_checkpointing_give_the_same_gradient(truth_i2e):
             torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6, msg=f"{name} {k}")
 
 
-def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
-    """``torchrun --no-python mofi train``: two ranks train, rank 0 alone writes the model,
-    the metrics file and the loss plot."""
+def _project_for_train(truth_i2e, tmp_path, checkpoint_every):
+    """A project folder holding just what ``mofi train`` reads: I2E, KB, params (4 steps,
+    sharded head)."""
     import shutil
 
     import yaml
@@ -263,9 +263,16 @@ def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
     shutil.copytree(i2e, root / "data" / "i2e")
     (root / "data" / "corpus").mkdir()
     shutil.copy(layout.kb, root / "data" / "corpus" / "kb.parquet")
-    train = {**RESUME, "steps": 4, "checkpoint_every": 2, "num_workers": 0, "log_every": 2,
-             "shard_head": True}
+    train = {**RESUME, "steps": 4, "checkpoint_every": checkpoint_every, "num_workers": 0,
+             "log_every": 2, "shard_head": True}
     (root / "params.yaml").write_text(yaml.safe_dump({"train": train}), encoding="utf-8")
+    return root
+
+
+def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
+    """``torchrun --no-python mofi train``: two ranks train, rank 0 alone writes the model,
+    the metrics file and the loss plot."""
+    root = _project_for_train(truth_i2e, tmp_path, checkpoint_every=2)
     mofi = Path(sys.executable).with_name("mofi")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
            "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
@@ -285,18 +292,7 @@ def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
 def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
     """infra/torchrun-train.sh on two "nodes" (two launches on loopback, node ranks 0 and 1):
     one world of 2 ranks; the sharded head leaves one checkpoint file per rank."""
-    import shutil
-
-    import yaml
-
-    layout, _, i2e = truth_i2e
-    root = tmp_path / "proj"
-    shutil.copytree(i2e, root / "data" / "i2e")
-    (root / "data" / "corpus").mkdir()
-    shutil.copy(layout.kb, root / "data" / "corpus" / "kb.parquet")
-    train = {**RESUME, "steps": 4, "checkpoint_every": 4, "num_workers": 0, "log_every": 2,
-             "shard_head": True}
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": train}), encoding="utf-8")
+    root = _project_for_train(truth_i2e, tmp_path, checkpoint_every=4)
     script = Path(__file__).resolve().parents[2] / "infra" / "torchrun-train.sh"
     port = str(free_port())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NNODES": "2", "NPROC_PER_NODE": "1",
