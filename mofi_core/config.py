@@ -139,6 +139,10 @@ class TrainConfig(Section):
     grad_checkpointing: bool = False
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     keep_checkpoints: int = Field(2, ge=1)
+    data: str = Field("", description=(
+        "where the training shards are read from: empty = the stage's own input folder "
+        "(data/i2e, data/ingest for baseline); s3://bucket/prefix = a dataset folder in S3 "
+        "(shards/*.tar + vocab.json, e.g. written by build.publish), streamed by every rank"))
     checkpoint_dir: str = Field("", description=(
         "where checkpoints go; empty = .mofi/state/<stage>/checkpoints (git- and DVC-ignored); "
         "s3://bucket/prefix = staged there and copied to S3 after each checkpoint, resumed "
@@ -210,6 +214,9 @@ class BuildConfig(Section):
     rules: tuple[Literal["threshold", "top_k", "null_quantile"], ...] = Field(
         ("threshold", "top_k"), min_length=1, description="which filters apply (all must pass)")
     threshold: float = Field(0.43, ge=-1, le=1, description="min cosine(image, entity text)")
+    publish: str = Field("", description=(
+        "s3://bucket/prefix: also copy the I2E dataset there (vocab.json last), for training "
+        "clusters that stream from S3 (train.data)"))
     top_k: int = Field(1, ge=1, description="keep the k best-scoring candidates of an image")
     null_quantile: float = Field(0.95, gt=0, lt=1, description=(
         "keep a candidate scoring above this quantile of the image's null scores"))

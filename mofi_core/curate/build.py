@@ -266,4 +266,20 @@ def run(cfg: BuildConfig, ctx) -> dict:
     lay = ctx.layout
     stats = build(lay.ingest, lay.score, lay.i2e, cfg)
     ctx.artifacts += [lay.i2e / "stats.json", lay.i2e / "stats.png"]
+    if cfg.publish:
+        n = publish(lay.i2e, cfg.publish)
+        print(f"build: copied {n} files of the I2E dataset to {cfg.publish}")
     return stats
+
+
+def publish(i2e_dir: Path, url: str) -> int:
+    """Copy the I2E folder to ``url`` (each object atomically); ``vocab.json`` goes last, so a
+    reader that finds it finds a complete dataset."""
+    from mofi_core.io import s3
+
+    base = url.rstrip("/")
+    files = sorted((p for p in i2e_dir.rglob("*") if p.is_file()),
+                   key=lambda p: (p.name == "vocab.json", p.as_posix()))
+    for f in files:
+        s3.upload(f, f"{base}/{f.relative_to(i2e_dir).as_posix()}")
+    return len(files)

@@ -28,7 +28,10 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mofi_core.io.s3 import register_webdataset_scheme
 from mofi_core.kb import KnowledgeBase
+
+register_webdataset_scheme()  # s3:// shard URLs (train.data) stream through boto3
 
 SampleFn = Callable[[dict[str, Any], int], tuple[torch.Tensor, ...]]
 

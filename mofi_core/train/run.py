@@ -16,6 +16,7 @@ import torch
 
 from mofi_core import tracking
 from mofi_core.config import TrainConfig
+from mofi_core.io import s3
 from mofi_core.io.shards import list_shards
 from mofi_core.kb import KnowledgeBase
 from mofi_core.models.artifact import default_meta, image_transform, save_model
@@ -31,11 +32,34 @@ LogFn = Callable[[int, dict[str, float]], None]
 TEXT_TEMPLATES = {"name": "{name}", "name_description": "{name}. {description}"}
 
 
-def read_vocab(i2e_dir: Path) -> list[str]:
-    path = i2e_dir / "vocab.json"
+def read_vocab(i2e_dir: Path | str) -> list[str]:
+    if s3.is_s3(i2e_dir):
+        url = f"{str(i2e_dir).rstrip('/')}/vocab.json"
+        return json.loads(s3.read_bytes(url).decode("utf-8"))["classes"]
+    path = Path(i2e_dir) / "vocab.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; run the build stage first")
     return json.loads(path.read_text(encoding="utf-8"))["classes"]
+
+
+def _shards_and_identity(data_dir: Path | str, kb_path: Path | None
+                         ) -> tuple[list[str], list]:
+    """The shard paths/URLs to stream and what identifies the data (for resume)."""
+    if s3.is_s3(data_dir):
+        base = str(data_dir).rstrip("/")
+        shards = s3.glob(f"{base}/shards/*.tar")
+        if not shards:
+            raise FileNotFoundError(f"no .tar shards under {base}/shards/ (train.data)")
+        ident = [s3.identity(u) for u in shards]
+        if s3.exists(f"{base}/vocab.json"):
+            ident.append(s3.identity(f"{base}/vocab.json"))
+        if kb_path is not None and kb_path.is_file():
+            ident.append(file_sha256(kb_path))
+        return shards, ident
+    local = list_shards(Path(data_dir) / "shards")
+    extra = [p for p in (Path(data_dir) / "vocab.json", kb_path)
+             if p is not None and p.is_file()]
+    return [str(p) for p in local], _data_identity(local, extra)
 
 
 def _setup(cfg: TrainConfig, env: distributed.DistEnv) -> None:
@@ -94,7 +118,7 @@ def _data_identity(shards: list[Path], extra: list[Path]) -> list:
     return [[p.name, p.stat().st_size] for p in shards] + [file_sha256(p) for p in extra]
 
 
-def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, on_log: LogFn,
+def train_model(data_dir: Path | str, out_dir: Path, cfg: TrainConfig, on_log: LogFn,
                 kb_path: Path | None = None, ckpt_root: Path | None = None,
                 remote_ckpt: str = "") -> list[dict]:
     """Train ``cfg.recipe`` on the shards in ``data_dir/shards`` (ingest shards for ``clip``,
@@ -109,13 +133,12 @@ def train_model(data_dir: Path, out_dir: Path, cfg: TrainConfig, on_log: LogFn,
         recipe = build_recipe(cfg.recipe, meta.arch_config, len(classes), cfg.head,
                               cfg.shard_head, cfg.head_scale, cfg.head_margin,
                               cfg.loss_weights, cfg.label_smoothing)
-        shards = list_shards(data_dir / "shards")
-        stream = ShardStream([str(p) for p in shards], _sample_maker(cfg, meta, classes, kb_path),
+        shards, data_identity = _shards_and_identity(data_dir,
+                                                     kb_path if needs_kb(cfg) else None)
+        stream = ShardStream(shards, _sample_maker(cfg, meta, classes, kb_path),
                              cfg.batch_size, cfg.shuffle_buffer, cfg.seed, env.rank, env.world,
                              cfg.resampled)
-        extra = [p for p in (data_dir / "vocab.json", kb_path if needs_kb(cfg) else None)
-                 if p is not None and p.is_file()]
-        fp = fingerprint("train", cfg.resume_key(), env.world, _data_identity(shards, extra))
+        fp = fingerprint("train", cfg.resume_key(), env.world, data_identity)
         run_dir = mirror = None
         if ckpt_root is not None:
             run_dir = ckpt_root / fp
@@ -164,7 +187,8 @@ def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig, ctx) -> d
         ckpt = lay.state(name) / "checkpoints"
     else:
         ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else lay.state(name) / "checkpoints"
-    history = train_model(data_dir, out_dir, cfg, lambda step, row: ctx.tracker.log_metrics(
+    history = train_model(cfg.data or data_dir, out_dir, cfg,
+                          lambda step, row: ctx.tracker.log_metrics(
         {k: v for k, v in row.items() if k != "step"}, step=step), kb_path=lay.kb,
         ckpt_root=ckpt, remote_ckpt=remote)
     if tracking.is_main_process():

@@ -170,3 +170,30 @@ def test_training_resumes_from_checkpoints_kept_in_s3_on_a_new_machine(s3_env, t
         assert (want[k] - got[k]).abs().max() <= 1e-6, k
     steps = sorted({u.split("/step-")[1][:9] for u, _ in s3.list_objects(remote + "/")})
     assert steps == ["000000004", "000000006"]  # keep_checkpoints, in S3 too
+
+
+def test_training_streams_a_published_i2e_dataset_from_s3(s3_env, truth_i2e, tmp_path):
+    """build.publish copies the I2E folder to S3; train.data = that URL streams it (a loader
+    worker process opens s3:// shards) and learns exactly what training on the local folder
+    learns."""
+    from safetensors.torch import load_file
+
+    from mofi_core.curate.build import publish
+    from mofi_core.train.run import train_model
+
+    _layout, params, i2e = truth_i2e
+    url = f"{s3_env}/datasets/i2e"
+    n = publish(i2e, url)
+    keys = [u[len(url) + 1:] for u, _ in s3.list_objects(url + "/")]
+    assert len(keys) == n and "vocab.json" in keys and any(k.startswith("shards/") for k in keys)
+    cfg = params.train.model_copy(update={
+        "recipe": "supervised", "steps": 4, "batch_size": 8, "warmup_steps": 1,
+        "log_every": 2, "num_workers": 1, "threads": 1})
+    train_model(i2e, tmp_path / "local", cfg, lambda s, r: None)
+    train_model(url, tmp_path / "s3", cfg, lambda s, r: None)
+    want = load_file(str(tmp_path / "local" / "model.safetensors"))
+    got = load_file(str(tmp_path / "s3" / "model.safetensors"))
+    assert all((want[k] - got[k]).abs().max() == 0 for k in want)
+    with pytest.raises(FileNotFoundError, match=r"no \.tar shards under"):
+        train_model(f"{s3_env}/datasets/nothing", tmp_path / "x",
+                    cfg.model_copy(update={"recipe": "contrastive"}), lambda s, r: None)
