@@ -114,19 +114,28 @@ class FaultProxy:
 
     - with probability ``cut``, a connection is reset after a random number of bytes from the
       server (``cut_after`` range) — a dropped connection mid-response;
-    - with probability ``delay``, the first response bytes are held for ``delay_s``.
+    - with probability ``delay``, the first response bytes are held for ``delay_s``;
+    - with probability ``throttle``, the connection's first request is answered by the proxy
+      itself with ``503 SlowDown`` (S3's throttling reply) and closed.
 
-    ``stats`` counts connections, cuts and delays. ``enabled = False`` makes it a clean proxy.
+    ``stats`` counts connections, cuts, delays and throttles. ``enabled = False`` makes it a
+    clean proxy.
     """
+
+    SLOW_DOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s")
+    SLOW_DOWN_BODY = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>"
+                      b"<Message>Please reduce your request rate.</Message></Error>")
 
     def __init__(self, upstream_port: int, cut: float = 0.3, delay: float = 0.2,
                  delay_s: float = 0.5, cut_after: tuple[int, int] = (200, 300_000),
-                 seed: int = 0) -> None:
+                 throttle: float = 0.0, seed: int = 0) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self.cut, self.delay, self.delay_s, self.cut_after = cut, delay, delay_s, cut_after
+        self.throttle = throttle
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
-        self.stats = {"connections": 0, "cuts": 0, "delays": 0}
+        self.stats = {"connections": 0, "cuts": 0, "delays": 0, "throttles": 0}
         self.enabled = True
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -150,13 +159,31 @@ class FaultProxy:
                 return
             with self.lock:
                 self.stats["connections"] += 1
+                throttled = self.enabled and self.rng.random() < self.throttle
                 cut_at = (self.rng.randint(*self.cut_after)
                           if self.enabled and self.rng.random() < self.cut else None)
                 hold = self.delay_s if self.enabled and self.rng.random() < self.delay else 0
-                self.stats["cuts"] += cut_at is not None
-                self.stats["delays"] += hold > 0
-            threading.Thread(target=self._handle, args=(client, cut_at, hold),
-                             daemon=True).start()
+                self.stats["throttles"] += throttled
+                self.stats["cuts"] += cut_at is not None and not throttled
+                self.stats["delays"] += hold > 0 and not throttled
+            target = self._slow_down if throttled else self._handle
+            args = (client,) if throttled else (client, cut_at, hold)
+            threading.Thread(target=target, args=args, daemon=True).start()
+
+    def _slow_down(self, client: socket.socket) -> None:
+        """Read the request head (and any body the client sends at once), answer 503."""
+        try:
+            client.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = client.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            client.sendall(self.SLOW_DOWN % (len(self.SLOW_DOWN_BODY), self.SLOW_DOWN_BODY))
+        except OSError:
+            pass
+        self._reset(client)
 
     @staticmethod
     def _reset(*socks: socket.socket) -> None:

@@ -105,11 +105,13 @@ def test_ingest_from_s3_through_a_faulty_network_equals_the_local_run(s3_env, s3
     ingest(local, tmp_path / "out-local", cfg)
     port = int(s3_server.endpoint.rsplit(":", 1)[1])
     with FaultProxy(port, cut=1.0, delay=0.3, delay_s=0.3, cut_after=(2_000, 60_000),
-                    seed=3) as proxy:
+                    throttle=0.3, seed=3) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
         sources = expand_sources(f"{s3_env}/corpus/*.tar", tmp_path)
         ingest(sources, tmp_path / "out-s3", cfg)
+    # resets mid-response, delays and 503 SlowDown replies all happened, and were survived
     assert proxy.stats["cuts"] >= 3 and proxy.stats["delays"] >= 1, proxy.stats
+    assert proxy.stats["throttles"] >= 2, proxy.stats
     manifest_l, rejects_l, tars_l = _ingest_tables(tmp_path / "out-local")
     manifest_s, rejects_s, tars_s = _ingest_tables(tmp_path / "out-s3")
     assert manifest_s == manifest_l and rejects_s == rejects_l and len(manifest_l) > 100
