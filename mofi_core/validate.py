@@ -70,7 +70,7 @@ def distribution(frames: I2EFrames, corpus_size: int) -> pd.DataFrame:
 
 # --- suites: one list of expectations per batch -------------------------------------------------
 
-def manifest_suite(keys_hint: int):
+def manifest_suite(rows: int):
     import great_expectations as gx
 
     E = gx.expectations
@@ -84,7 +84,7 @@ def manifest_suite(keys_hint: int):
         E.ExpectColumnValuesToBeBetween(column="height", min_value=1),
         E.ExpectColumnValuesToMatchRegex(column="sha256", regex=SHA256),
         E.ExpectColumnValuesToBeBetween(column="text_chars", min_value=1),
-        E.ExpectTableRowCountToBeBetween(min_value=1, max_value=keys_hint),
+        E.ExpectTableRowCountToBeBetween(min_value=1, max_value=rows),
         # exact duplicate images are kept and flagged; many of them means a scraping bug
         E.ExpectColumnValuesToBeNull(column="duplicate_of", mostly=0.9, meta=WARN),
     ]

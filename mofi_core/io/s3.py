@@ -166,17 +166,21 @@ def _call(fn, url: str, **kwargs):
     try:
         return fn(**kwargs)
     except ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "?")
-        hint = {"NoSuchKey": "the object does not exist", "404": "the object does not exist",
-                "NoSuchBucket": "create the bucket first",
-                "AccessDenied": "check the credentials in the environment / AWS_PROFILE",
-                "403": "check the credentials in the environment / AWS_PROFILE",
-                "PreconditionFailed": "the object changed while it was being read",
-                "412": "the object changed while it was being read"}.get(code, "")
-        raise S3Error(f"{fn.__name__} {url}: {code} {err}" + (f" ({hint})" if hint else "")
-                      ) from None
+        raise _client_error(fn.__name__, url, err) from None
     except BotoCoreError as err:
         raise S3Error(f"{fn.__name__} {url}: {err} (endpoint {_endpoint() or 'AWS'})") from None
+
+
+def _client_error(op: str, url: str, err) -> S3Error:
+    """An S3 error reply as an :class:`S3Error` naming the object and what to check."""
+    code = err.response.get("Error", {}).get("Code", "?")
+    hint = {"NoSuchKey": "the object does not exist", "404": "the object does not exist",
+            "NoSuchBucket": "create the bucket first",
+            "AccessDenied": "check the credentials in the environment / AWS_PROFILE",
+            "403": "check the credentials in the environment / AWS_PROFILE",
+            "PreconditionFailed": "the object changed while it was being read",
+            "412": "the object changed while it was being read"}.get(code, "")
+    return S3Error(f"{op} {url}: {code} {err}" + (f" ({hint})" if hint else ""))
 
 
 def open_read(url: str) -> S3Reader:
@@ -194,13 +198,16 @@ def head(url: str) -> dict:
 
 
 def exists(url: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    loc = S3Url.parse(url)
     try:
-        head(url)
+        client().head_object(Bucket=loc.bucket, Key=loc.key)
         return True
-    except S3Error as err:
-        if "404" in str(err) or "NoSuchKey" in str(err) or "Not Found" in str(err):
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
-        raise
+        raise _client_error("head_object", url, err) from None
 
 
 def identity(url: str) -> str:

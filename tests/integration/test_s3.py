@@ -38,6 +38,8 @@ def test_errors_name_the_object_and_what_to_do(s3_env, monkeypatch):
     with pytest.raises(s3.S3Error, match=r"missing\.tar.*check the credentials") as err:
         s3.head(f"{s3_env}/missing.tar")
     assert "wrong-secret" not in str(err.value)
+    with pytest.raises(s3.S3Error, match="check the credentials"):  # not "missing"
+        s3.exists(f"{s3_env}/missing.tar")
 
 
 def test_a_changed_object_is_not_mixed_into_a_resumed_read(s3_env):
