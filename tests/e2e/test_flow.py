@@ -51,6 +51,14 @@ def test_override_is_in_params_dvc_lock_and_mlflow(project, first_run):
     children = {r.data.tags.get("mofi.stage") for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
     assert children == set(stage_order(project.root / "dvc.yaml"))
+    # the gate's evidence travels with its run: JSON report and the Data Docs site
+    validate = next(r for r in runs if r.data.tags.get("mofi.stage") == "validate"
+                    and r.data.tags.get("mlflow.parentRunId") == first.info.run_id)
+    client = mlflow.MlflowClient()
+    logged = {a.path for a in client.list_artifacts(validate.info.run_id)}
+    assert {"validate.json", "data_docs"} <= logged
+    assert "index.html" in {a.path.rsplit("/", 1)[-1]
+                            for a in client.list_artifacts(validate.info.run_id, "data_docs")}
 
 
 def test_registered_champion_loads_and_embeds_to_unit_vectors(project, first_run):
