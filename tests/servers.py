@@ -239,9 +239,10 @@ class FaultProxy:
                 pass
 
 
-def http_ok(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """``GET <url>/health`` answers 200 (MLflow and Prefect servers both serve it)."""
     try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            return r.status == 200
     except (urllib.error.URLError, OSError):
         return False

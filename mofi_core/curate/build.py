@@ -277,9 +277,4 @@ def publish(i2e_dir: Path, url: str) -> int:
     reader that finds it finds a complete dataset."""
     from mofi_core.io import s3
 
-    base = url.rstrip("/")
-    files = sorted((p for p in i2e_dir.rglob("*") if p.is_file()),
-                   key=lambda p: (p.name == "vocab.json", p.as_posix()))
-    for f in files:
-        s3.upload(f, f"{base}/{f.relative_to(i2e_dir).as_posix()}")
-    return len(files)
+    return s3.upload_dir(i2e_dir, url, last="vocab.json")

@@ -183,10 +183,6 @@ def _client_error(op: str, url: str, err) -> S3Error:
     return S3Error(f"{op} {url}: {code} {err}" + (f" ({hint})" if hint else ""))
 
 
-def open_read(url: str) -> S3Reader:
-    return S3Reader(url)
-
-
 def read_bytes(url: str) -> bytes:
     with io.BufferedReader(S3Reader(url), buffer_size=8 * MB) as fh:
         return fh.read()
@@ -296,14 +292,15 @@ def glob(pattern_url: str) -> list[str]:
     return sorted(out)
 
 
-def upload_dir(local: Path, url: str) -> int:
-    """Every file under ``local`` to ``url/<relative path>`` (each atomically)."""
-    n = 0
+def upload_dir(local: Path, url: str, last: str | None = None) -> int:
+    """Every file under ``local`` to ``url/<relative path>``, each atomically, in path order;
+    a file named ``last`` goes after all others (a completion marker for readers)."""
     base = S3Url.parse(url)
-    for f in sorted(p for p in local.rglob("*") if p.is_file()):
+    files = sorted((p for p in local.rglob("*") if p.is_file()),
+                   key=lambda p: (p.name == last, p.as_posix()))
+    for f in files:
         upload(f, str(base.child(f.relative_to(local).as_posix())))
-        n += 1
-    return n
+    return len(files)
 
 
 def download_dir(url: str, local: Path) -> int:

@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 from contextlib import contextmanager
 
 import mlflow
 import pytest
 
 from tests.ports import free_port
+from tests.servers import healthy
 
 pytestmark = pytest.mark.e2e
 
@@ -45,14 +45,6 @@ def _wait_for(check, what, timeout=120):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _healthy(url):
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def prefect_api(project, first_run):
     """A real `prefect server start` on loopback for this module; PREFECT_API_URL points at it
@@ -61,7 +53,7 @@ def prefect_api(project, first_run):
     url = f"http://127.0.0.1:{port}/api"
     server_cmd = ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with _background(server_cmd, project, "server.log") as server:
-        _wait_for(lambda: _healthy(url) or server.poll() is not None, "the Prefect server")
+        _wait_for(lambda: healthy(url) or server.poll() is not None, "the Prefect server")
         assert server.poll() is None, (project.root / "server.log").read_text()[-3000:]
         project.env["PREFECT_API_URL"] = url
         project.env["COLUMNS"] = "100000"  # the CLI wraps its output at the terminal width

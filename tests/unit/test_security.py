@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -28,6 +27,7 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.ports import free_port
+from tests.servers import healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 SCANNED = ("mofi_core", "flows", "benchmarks", "tests")
@@ -552,14 +552,6 @@ def test_mofi_ui_execs_that_command_without_the_disable_switch(tmp_path, monkeyp
     assert env["PATH"] == os.environ["PATH"]
 
 
-def _health(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(tmp_path_factory):
     """A real ``mlflow ui`` started with ``ui_command``'s argv; yields its port. The environment
@@ -579,7 +571,7 @@ def mlflow_ui(tmp_path_factory):
                                 start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while not _health(port):
+        while not healthy(f"http://127.0.0.1:{port}"):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mlflow ui not healthy (rc={proc.poll()}):\n"
                             + log_path.read_text()[-3000:])
