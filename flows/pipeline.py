@@ -11,16 +11,8 @@ from typing import Any
 import yaml
 
 from mofi_core.config import apply_overrides, parse_params, read_params_file
-
-
-def _under(dep: str, out: str) -> bool:
-    dep, out = dep.rstrip("/"), out.rstrip("/")
-    return dep == out or dep.startswith(out + "/")
-
-
-def _paths(entries: list) -> list[str]:
-    """dvc.yaml lists outs as strings or as ``{path: {options}}`` mappings."""
-    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
+from mofi_core.io.storage import dvc_paths as _paths
+from mofi_core.io.storage import under as _under
 
 
 def stage_order(dvc_yaml: Path) -> list[str]:

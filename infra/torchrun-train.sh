@@ -10,7 +10,8 @@
 # environment; the scheduler (Slurm, Kubernetes: infra/k8s/train-job.yaml) sets them. Every
 # rank reads params.yaml; rank 0 alone tracks to MLflow, writes metrics and publishes the model;
 # checkpoints hold one file per rank (its head shard and RNG) plus rank 0's shared state, so the
-# project folder (or train.checkpoint_dir) must be on storage every node sees.
+# project folder (or train.checkpoint_dir) must be on storage every node sees, or
+# train.checkpoint_dir an s3:// prefix (each rank then uploads its own file).
 set -euo pipefail
 stage="${1:-train}"
 case "$stage" in
@@ -25,6 +26,9 @@ MASTER_PORT="${MASTER_PORT:-29500}"
 if [[ -z "${NPROC_PER_NODE:-}" ]]; then
   NPROC_PER_NODE="$(python -c 'import torch; print(torch.cuda.device_count() or 1)')"
 fi
+# with a storage root (storage.root / MOFI_STORAGE_ROOT), this node fetches the stage inputs
+# once, before the launch; rank 0 publishes the outputs at the end
+mofi storage pull "$stage" --if-configured "$@"
 echo "torchrun: node ${NODE_RANK}/${NNODES}, ${NPROC_PER_NODE} processes, rendezvous ${MASTER_ADDR}:${MASTER_PORT}" >&2
 exec torchrun --nnodes="$NNODES" --node-rank="$NODE_RANK" --nproc-per-node="$NPROC_PER_NODE" \
   --master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT" --no-python mofi "$stage" "$@"

@@ -255,6 +255,35 @@ def remote_s3(url: Annotated[str, typer.Argument(help="s3://bucket/prefix for DV
 
 
 @app.command()
+def storage(action: Annotated[str, typer.Argument(help="pull (inputs) or push (outputs)")],
+            stage: Annotated[str, typer.Argument(help="stage name in dvc.yaml")],
+            params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."),
+            if_configured: Annotated[bool, typer.Option(
+                help="do nothing (exit 0) when no storage root is configured")] = False) -> None:
+    """Fetch a stage's inputs from, or publish its outputs to, the storage root
+    (storage.root / MOFI_STORAGE_ROOT). Stage commands do both themselves; this is for a node
+    that must hold the inputs before a launch (infra/torchrun-train.sh) or a re-publish."""
+    from mofi_core.config import load_params
+    from mofi_core.io.storage import StageStorage, storage_root
+
+    try:
+        if action not in ("pull", "push"):
+            raise ValueError(f"action must be pull or push, not {action!r}")
+        url = storage_root(load_params(params).storage.root)
+        if not url and if_configured:
+            return
+        if not url:
+            raise ValueError("no storage root: set storage.root in params.yaml or "
+                             "MOFI_STORAGE_ROOT=s3://bucket/prefix")
+        store = StageStorage.open(url, root.resolve(), stage)
+        done = store.pull() if action == "pull" else store.push()
+    except Exception as err:
+        _fail(err)
+    for path, stats in done.items():
+        typer.echo(f"{stage}: {action} {path} ({store.storage.url(path)}): {stats}")
+
+
+@app.command()
 def serve(project_dir: Annotated[Path, typer.Option(help="project folder")] = Path(".")) -> None:
     """Register deployment 'full' of flow 'mofi' with the Prefect server and serve it
     (then: prefect deployment run mofi/full)."""

@@ -267,10 +267,25 @@ class RegisterConfig(Section):
 
 
 class ExecutorConfig(Section):
-    """Where shard jobs of ingest and ner run. Not a stage param: changing it re-runs nothing."""
+    """Where shard jobs of ingest, ner, score and build run. Not a stage param: changing it
+    re-runs nothing."""
     address: str = Field("", description=(
         "Dask scheduler address (tcp://host:8786); empty = a local process pool. "
         "MOFI_EXECUTOR_ADDRESS overrides it"))
+
+
+class StorageConfig(Section):
+    """Where stage inputs and outputs live when machines share no disk. Not a stage param."""
+    root: str = Field("", description=(
+        "s3://bucket/prefix: every stage fetches its inputs from and publishes its outputs to "
+        "this prefix (mofi_core/io/storage.py); empty = the project folder only. "
+        "MOFI_STORAGE_ROOT overrides it"))
+
+    @model_validator(mode="after")
+    def _s3(self) -> StorageConfig:
+        if self.root and not self.root.startswith("s3://"):
+            raise ValueError(f"storage.root must be an s3://bucket/prefix URL, got {self.root!r}")
+        return self
 
 
 class Params(Section):
@@ -286,6 +301,7 @@ class Params(Section):
     report: ReportConfig = ReportConfig()
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     executor: ExecutorConfig = ExecutorConfig()
+    storage: StorageConfig = StorageConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

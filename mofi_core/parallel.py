@@ -1,10 +1,11 @@
 """Shard-level work: run a pure function per shard, in a process pool, resumably.
 
-A data stage (ingest, ner, score) is split into one *job* per input shard. ``run_shards`` runs
-the jobs that are not already done, each writing its own outputs atomically, and returns every
-job's summary in job order (so results never depend on scheduling). A job is *done* when its
-record under the state folder says it ran on the same input (content identity) with the same
-stage fingerprint (params + code-relevant inputs) and its outputs still hash to what it wrote.
+A data stage (ingest, ner, score, build) is split into one *job* per input shard.
+``run_shards`` runs the jobs that are not already done, each writing its own outputs
+atomically, and returns every job's summary in job order (so results never depend on
+scheduling). A job is *done* when its record under the state folder says it ran on the same
+input (content identity) with the same stage fingerprint (params + code-relevant inputs) and
+its outputs still hash to what it wrote.
 A crash leaves at most the outputs of unfinished jobs without a record: those are redone.
 
 The state folder lives outside the DVC-tracked outputs (``.mofi/state/<stage>``) so that the

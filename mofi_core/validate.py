@@ -317,5 +317,19 @@ def run(cfg: ValidateConfig, ctx) -> dict:
         ctx.artifacts.append(docs)
     inputs = Inputs(i2e=lay.i2e, kb=lay.kb, manifest=lay.ingest / "manifest.parquet",
                     mentions=lay.ner / "mentions.parquet", scores=lay.score / "scores.parquet")
+    if docs is None:
+        _docs_off(lay.reports / "data_docs")
     summary = validate(inputs, report, cfg, docs)
     return {k: v for k, v in summary.items() if isinstance(v, int | float)}
+
+
+def _docs_off(folder: Path) -> None:
+    """``reports/data_docs`` is a declared output: with Data Docs off it says so (and no
+    earlier run's pages are left there to mislead)."""
+    from mofi_core.io.atomic import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        (tmp / "index.html").write_text(
+            "<!doctype html><title>Data Docs off</title><p>Data Docs are off "
+            "(<code>validate.data_docs: false</code>); the results are in "
+            "<code>reports/validate.json</code>.</p>\n", encoding="utf-8")

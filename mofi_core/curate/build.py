@@ -15,7 +15,10 @@ Writes I2E shards (``key.jpg`` + ``key.txt`` alt-text + ``key.json`` with ``enti
 from __future__ import annotations
 
 import heapq
+import json
+import shutil
 from collections import Counter, defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from mofi_core.config import BuildConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
 from mofi_core.io.shards import ShardWriter, iter_samples
+from mofi_core.parallel import ShardJob, run_shards
 
 Labels = dict[str, list[tuple[str, float]]]
 
@@ -109,11 +113,75 @@ def _shards(ingest_dir: Path, score_dir: Path) -> list[tuple[str, Path, Path, Pa
     return out
 
 
+def rules_shard(job: ShardJob, score_dir: Path, spill: Path, cfg: BuildConfig
+                ) -> tuple[list[Path], dict]:
+    """Pass 1 for one shard: the per-image rules; kept pairs spilled to ``spill/<name>``.
+    Returns per-entity counts (and, with a cap, each entity's best ``cap`` (score, key))."""
+    scores = tables.read_table(score_dir / "parts" / f"{job.name}.scores.parquet",
+                               tables.SCORES)
+    cut = null_cutoffs(score_dir / "parts" / f"{job.name}.null.parquet", cfg.null_quantile) \
+        if "null_quantile" in cfg.rules else {}
+    kept = _passes_rules(scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
+                         scores["score"].to_pylist(), cfg, cut)
+    flat = [(k, e, sc) for k, ls in kept.items() for e, sc in ls]
+    counts: Counter[str] = Counter(e for _, e, _ in flat)
+    best: dict[str, list] = {}
+    if cfg.max_images_per_entity:
+        heaps: dict[str, list[_Worst]] = defaultdict(list)
+        for k, e, sc in flat:
+            _push_capped(heaps[e], _Worst(sc, k), cfg.max_images_per_entity)
+        best = {e: [(w.score, w.key) for w in h] for e, h in heaps.items()}
+    out = spill / f"{job.name}.parquet"
+    tables.write_table(out, pa.table({
+        "key": pa.array([f[0] for f in flat], pa.string()),
+        "entity_id": pa.array([f[1] for f in flat], pa.string()),
+        "score": pa.array([f[2] for f in flat], pa.float32())}), tables.SCORES)
+    hist = np.histogram(scores["score"].to_numpy(), HIST_BINS)[0]
+    return [out], {"pairs": scores.num_rows, "hist": hist.tolist(), "counts": dict(counts),
+                   "best": best}
+
+
+def _push_capped(heap: list[_Worst], item: _Worst, cap: int) -> None:
+    heapq.heappush(heap, item)
+    if len(heap) > cap:
+        heapq.heappop(heap)
+
+
+_CUT_CACHE: dict[str, tuple[set[str], dict[str, _Worst]]] = {}
+
+
+def _read_cut(path: Path) -> tuple[set[str], dict[str, _Worst]]:
+    """The vocabulary and per-entity cap cut-offs pass 1 decided (cached per worker)."""
+    key = f"{path}:{path.stat().st_mtime_ns}"
+    if key not in _CUT_CACHE:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        _CUT_CACHE.clear()
+        _CUT_CACHE[key] = (set(raw["vocab"]),
+                           {e: _Worst(sc, k) for e, (sc, k) in raw["cutoff"].items()})
+    return _CUT_CACHE[key]
+
+
+def write_shard_job(job: ShardJob, spill: Path, shards_dir: Path, cut_file: Path
+                    ) -> tuple[list[Path], dict]:
+    """Pass 2 for one shard: the final labels and its I2E shard; returns the label rows."""
+    vocab, cutoff = _read_cut(cut_file)
+    spilled = tables.read_table(spill / f"{job.name}.parquet", tables.SCORES)
+    labels = _final_labels(spilled, vocab, cutoff)
+    if not labels:
+        return [], {"rows": []}
+    out = shards_dir / f"{job.name}.tar"
+    return [out], {"rows": _write_shard(Path(job.source), labels, out)}
+
+
 def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) -> dict:
     """Two streaming passes over the per-shard scores (memory: one shard plus per-entity
     counters, never the corpus): 1) the per-image rules, spilled per shard; 2) the vocabulary
-    and cap cut, I2E shards and labels. Same result as :func:`select_labels` on everything."""
+    and cap cut, I2E shards and labels. Same result as :func:`select_labels` on everything.
+
+    Each pass is one job per shard (``run_shards``): in this process by default, on the Dask
+    cluster when an executor address is set (the workers must see this folder)."""
     shards = _shards(ingest_dir, score_dir)
+    jobs = [ShardJob(name, str(tar), None) for name, _, _, tar in shards]
     counts: Counter[str] = Counter()
     heaps: dict[str, list[_Worst]] = defaultdict(list)
     hist_all = np.zeros(len(HIST_BINS) - 1, dtype=np.int64)
@@ -121,26 +189,15 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
     with atomic_dir(out_dir) as out:
         spill = out / ".pass1"
         spill.mkdir()
-        for name, scores_part, null_part, _ in shards:
-            scores = tables.read_table(scores_part, tables.SCORES)
-            cut = null_cutoffs(null_part, cfg.null_quantile) \
-                if "null_quantile" in cfg.rules else {}
-            kept = _passes_rules(scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
-                                 scores["score"].to_pylist(), cfg, cut)
-            pairs_in += scores.num_rows
-            hist_all += np.histogram(scores["score"].to_numpy(), HIST_BINS)[0]
-            flat = [(k, e, sc) for k, ls in kept.items() for e, sc in ls]
-            for k, e, sc in flat:
-                counts[e] += 1
-                if cfg.max_images_per_entity:
-                    heap = heaps[e]
-                    heapq.heappush(heap, _Worst(sc, k))
-                    if len(heap) > cfg.max_images_per_entity:
-                        heapq.heappop(heap)
-            tables.write_table(spill / f"{name}.parquet", pa.table({
-                "key": pa.array([f[0] for f in flat], pa.string()),
-                "entity_id": pa.array([f[1] for f in flat], pa.string()),
-                "score": pa.array([f[2] for f in flat], pa.float32())}), tables.SCORES)
+        summaries, _ = run_shards(partial(rules_shard, score_dir=score_dir, spill=spill, cfg=cfg),
+                                  jobs, lambda j: [], None)
+        for s in summaries:  # merged in shard order: the same result wherever jobs ran
+            pairs_in += s["pairs"]
+            hist_all += np.asarray(s["hist"], dtype=np.int64)
+            counts.update(s["counts"])
+            for e, items in s["best"].items():
+                for sc, k in items:
+                    _push_capped(heaps[e], _Worst(sc, k), cfg.max_images_per_entity)
         if cfg.max_images_per_entity:
             counts = Counter({e: min(n, cfg.max_images_per_entity) for e, n in counts.items()})
         vocab = {e for e, n in counts.items() if n >= cfg.min_images_per_entity}
@@ -152,18 +209,19 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
                 f"null_quantile={cfg.null_quantile}) and build.min_images_per_entity="
                 f"{cfg.min_images_per_entity}: relax them or check the score distribution in "
                 f"{score_dir}")
+        cut_file = spill / "cut.json"
+        write_json(cut_file, {"vocab": sorted(vocab),
+                              "cutoff": {e: [w.score, w.key] for e, w in sorted(cutoff.items())}})
         acc = _Accumulator(hist_all)
         (out / "shards").mkdir()
+        summaries, _ = run_shards(partial(write_shard_job, spill=spill, shards_dir=out / "shards",
+                                          cut_file=cut_file), jobs, lambda j: [], None)
         with pq.ParquetWriter(out / ".labels.parquet", tables.LABELS) as labels_writer:
-            for name, _, _, tar in shards:
-                spilled = tables.read_table(spill / f"{name}.parquet", tables.SCORES)
-                labels = _final_labels(spilled, vocab, cutoff)
-                if labels:
-                    rows = _write_shard(tar, labels, out / "shards" / f"{name}.tar")
-                    labels_writer.write_table(tables.from_rows(rows, tables.LABELS))
-                    acc.add(rows)
-                (spill / f"{name}.parquet").unlink()
-        spill.rmdir()
+            for s in summaries:
+                if s["rows"]:
+                    labels_writer.write_table(tables.from_rows(s["rows"], tables.LABELS))
+                    acc.add(s["rows"])
+        shutil.rmtree(spill)
         (out / ".labels.parquet").rename(out / "labels.parquet")
         classes = sorted(acc.per_entity)
         write_json(out / "vocab.json", {"classes": classes})

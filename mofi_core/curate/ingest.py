@@ -35,7 +35,13 @@ from mofi_core.config import IngestConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_path
 from mofi_core.io.shards import ShardProblem, ShardWriter, iter_samples, shard_name
-from mofi_core.io.sources import expand_sources, open_source, source_identity, source_name
+from mofi_core.io.sources import (
+    SHARD_SUFFIXES,
+    expand_sources,
+    open_source,
+    source_identity,
+    source_name,
+)
 from mofi_core.parallel import ResumeState, ShardJob, fingerprint, remove_stale, run_shards
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")
@@ -343,9 +349,30 @@ def _merge(out_dir: Path, names: list[str], duplicate_of: dict[str, str]) -> tup
 
 def run(cfg: IngestConfig, ctx) -> dict:
     """Stage ``ingest``: input shards -> clean shards + manifest + rejects."""
-    sources = expand_sources(cfg.input, ctx.layout.root)
+    sources = _storage_sources(cfg, ctx) or expand_sources(cfg.input, ctx.layout.root)
     result = ingest(sources, ctx.layout.ingest, cfg, state_dir=ctx.layout.state("ingest"))
     ctx.artifacts.append(ctx.layout.ingest / "rejects.parquet")
     if result.shards_skipped:
         print(f"ingest: {result.shards_skipped} of {result.shards} shards already done, skipped")
     return result.metrics()
+
+
+# with a storage root, the corpus shards are streamed from S3 (never downloaded first)
+run.streamed_inputs = ("data/corpus/shards",)
+
+
+def _storage_sources(cfg: IngestConfig, ctx) -> list[str] | None:
+    """The published shards' URLs when ``ingest.input`` is a project path another stage
+    publishes under the storage root; None otherwise (the input is read as given)."""
+    if ctx.storage is None or "://" in cfg.input or Path(cfg.input).is_absolute():
+        return None
+    owner = ctx.storage.input_for(cfg.input)
+    if owner is None:
+        return None
+    urls = ctx.storage.storage.object_urls(cfg.input, *owner, suffix=SHARD_SUFFIXES)
+    if not urls:
+        raise FileNotFoundError(
+            f"the publication of {owner[0]} under {ctx.storage.storage.root} has no shards "
+            f"(.tar, .tar.gz, .tgz) under {cfg.input}: re-run stage {owner[1]!r} with this "
+            "storage root")
+    return urls

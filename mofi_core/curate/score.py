@@ -12,6 +12,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,15 @@ from mofi_core.io.shards import iter_samples, list_shards
 from mofi_core.kb import KnowledgeBase
 from mofi_core.models.artifact import WEIGHTS, image_transform, load_model
 from mofi_core.models.factory import tokenizer_for
-from mofi_core.parallel import ResumeState, ShardJob, file_sha256, fingerprint, remove_stale
+from mofi_core.parallel import (
+    ResumeState,
+    ShardJob,
+    executor_address,
+    file_sha256,
+    fingerprint,
+    remove_stale,
+    run_shards,
+)
 from mofi_core.train.distributed import resolve_device
 
 
@@ -242,8 +251,17 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
         if state_dir is not None else None
     identity = {j.name: f"{file_sha256(j.tar)}:{file_sha256(j.mentions)}" for j in jobs}
     shard_jobs = {j.name: ShardJob(j.name, str(j.tar), identity[j.name]) for j in jobs}
-    todo = [j for j in jobs if state is None
-            or not state.is_done(shard_jobs[j.name], _outputs(out_dir, j.name))]
+    if executor_address():
+        # one job per shard on the cluster; each worker loads the scorer once
+        run_shards(partial(score_shard, out_dir=out_dir,
+                           mentions={j.name: str(j.mentions) for j in jobs}),
+                   [shard_jobs[j.name] for j in jobs], lambda j: _outputs(out_dir, j.name), state,
+                   initializer=_init_scorer,
+                   initargs=(cfg, str(baseline_dir), str(kb_path), tuple(entity_ids)))
+        todo = []
+    else:
+        todo = [j for j in jobs if state is None
+                or not state.is_done(shard_jobs[j.name], _outputs(out_dir, j.name))]
     if todo:
         loader = DataLoader(ShardBatches(todo, transform, cfg.batch_size), batch_size=None,
                             num_workers=min(decode_workers(cfg, device, num_workers), len(todo)))
@@ -278,6 +296,55 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
     tables.concat_parts([p[0] for p in parts], out_dir / "scores.parquet", tables.SCORES)
     tables.concat_parts([p[1] for p in parts], out_dir / "null.parquet", tables.NULL_SCORES)
     return _metrics(out_dir, len(index))
+
+
+_SCORER: dict = {}
+
+
+def _init_scorer(cfg: ScoreConfig, baseline_dir: str, kb_path: str, entity_ids: tuple[str, ...]
+                 ) -> None:
+    """Per executor worker: the scorer and the entity text embeddings, computed once."""
+    device = resolve_device(cfg.device)
+    model, transform, tokenizer = load_scorer(cfg, Path(baseline_dir))
+    model = model.to(device)
+    kb = KnowledgeBase.load(Path(kb_path))
+    text = entity_text_embeddings(model, tokenizer, kb, list(entity_ids), cfg.prompts, device)
+    index = {e: i for i, e in enumerate(entity_ids)}
+    pool_idx = np.array([index[e] for e in null_pool(kb, cfg)], dtype=np.int64)
+    _SCORER.update(cfg=cfg, device=device, model=model, transform=transform, text=text,
+                   index=index, pool_idx=pool_idx)
+
+
+@torch.no_grad()
+def score_shard(job: ShardJob, out_dir: Path, mentions: dict[str, str]
+                ) -> tuple[list[Path], dict]:
+    """Score one shard on its own (the executor path): batches never span shards, so a score
+    may differ from the in-process path's in the last float bits, never more."""
+    sc = _SCORER
+    cfg, device = sc["cfg"], sc["device"]
+    mentions_file = Path(mentions[job.name])
+    cands = candidates_by_key(tables.read_table(mentions_file, tables.MENTIONS))
+    rows = ShardRows()
+    keys: list[str] = []
+    images: list[torch.Tensor] = []
+
+    def flush() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            img = sc["model"].encode_image(torch.stack(images).to(device), normalize=True).float()
+        _score_batch(rows, keys, img, cands, sc["text"], sc["index"], sc["pool_idx"], cfg)
+        keys.clear()
+        images.clear()
+
+    for s in iter_samples(job.source):
+        if s["__key__"] in cands:
+            keys.append(s["__key__"])
+            images.append(sc["transform"](Image.open(io.BytesIO(s["jpg"])).convert("RGB")))
+            if len(keys) == cfg.batch_size:
+                flush()
+    if keys:
+        flush()
+    _write_shard(out_dir, ScoreJob(job.name, Path(job.source), mentions_file), rows, cands)
+    return _outputs(out_dir, job.name), {}
 
 
 def _score_batch(rows: ShardRows, keys: list[str], img: torch.Tensor,

@@ -15,9 +15,11 @@ not there. ``latest`` ignores ``.tmp`` leftovers of a killed run (and ``prune`` 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,14 +148,17 @@ class TrainState:
 
 def save(root: Path, step: int, module: torch.nn.Module, opt: torch.optim.Optimizer,
          is_sharded: Callable[[str], bool], loop: dict[str, Any], rank: int,
-         world: int, fingerprint: str, barrier: Callable[[], None]) -> Path:
-    """Write checkpoint ``step`` (all ranks call this); returns its final folder."""
+         world: int, fingerprint: str, barrier: Callable[[], None],
+         mirror: RemoteMirror | None = None, local_rank: int = 0) -> Path:
+    """Write checkpoint ``step`` (all ranks call this); returns its final folder. With a
+    ``mirror``, ``root`` may be local to each node: the complete checkpoint is the remote one."""
     final = step_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
+    tmp.mkdir(parents=True, exist_ok=True)  # a node that does not share rank 0's folder
     mine = _param_tensors(module, is_sharded)
     mine.update(optimizer_tensors(opt, module, is_sharded))
     mine.update(_rng_tensors())
@@ -165,6 +170,8 @@ def save(root: Path, step: int, module: torch.nn.Module, opt: torch.optim.Optimi
                        for n, b in module.named_buffers()})
         shared.update(optimizer_tensors(opt, module, lambda n: not is_sharded(n)))
         save_file(shared, str(tmp / "replicated.safetensors"))
+    if mirror is not None:
+        mirror.push_rank(tmp, step, rank)
     barrier()
     if rank == 0:
         write_json(tmp / "state.json", {"format": FORMAT, "step": step, "world": world,
@@ -172,7 +179,11 @@ def save(root: Path, step: int, module: torch.nn.Module, opt: torch.optim.Optimi
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
+        if mirror is not None:
+            mirror.finish(final)
     barrier()
+    if mirror is not None and rank != 0 and local_rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)  # this node's own folder: its part is safe in the remote copy
     return final
 
 
@@ -217,14 +228,15 @@ def _load_module(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path
 
 
 class RemoteMirror:
-    """Keeps a run's checkpoints also under an ``s3://`` prefix, so they outlive the machine.
+    """Keeps a run's checkpoints under an ``s3://`` prefix, so that they outlive the machines
+    and the nodes of a multi-node run need no shared folder.
 
-    Training still writes into the local (shared) run folder; after each checkpoint is complete,
-    rank 0 uploads it file by file (``state.json`` last: its presence marks a complete remote
-    checkpoint) and deletes remote checkpoints beyond ``keep``. Before training, when the local
-    folder has no checkpoint as new as the remote one, rank 0 downloads the newest complete
-    remote checkpoint. The run folder's name (params + data fingerprint) is part of the prefix,
-    so only checkpoints of the same run are ever resumed.
+    While saving, every rank uploads its own files (rank 0 also the replicated tensors); after
+    a barrier rank 0 uploads ``state.json``, whose presence marks a complete remote checkpoint,
+    and deletes remote checkpoints beyond ``keep``. The remote copy is the truth on resume:
+    every rank resumes the newest complete remote checkpoint, which the first process of each
+    node downloads into its local folder if it is not there. The run folder's name (params +
+    data fingerprint) is part of the prefix, so only checkpoints of the same run are resumed.
     """
 
     def __init__(self, url: str, keep: int) -> None:
@@ -241,37 +253,49 @@ class RemoteMirror:
                 steps[int(m.group(1))] = f"{self.url}/{rel.split('/', 1)[0]}"
         return steps
 
-    def pull(self, run_dir: Path) -> int | None:
-        """Download the newest remote checkpoint if it is newer than the local one; returns
-        its step (None when the local one is as new, or there is none)."""
+    def latest_step(self) -> int | None:
+        return max(self._steps(), default=None)
+
+    def ensure(self, run_dir: Path, step: int) -> bool:
+        """Make remote checkpoint ``step`` complete in ``run_dir`` (download it unless it is
+        there); safe when several nodes share ``run_dir``. True when it downloaded."""
         from mofi_core.io import s3
 
-        remote = self._steps()
-        if not remote:
-            return None
-        step = max(remote)
-        local = latest(run_dir)
-        if local is not None and local.step >= step:
-            return None
         final = step_dir(run_dir, step)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        s3.download_dir(remote[step], tmp)
-        if not (tmp / "state.json").is_file():
-            raise FileNotFoundError(f"{remote[step]} has no state.json after download")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        return step
+        if (final / "state.json").is_file():
+            return False
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            s3.download_dir(f"{self.url}/{final.name}", tmp)
+            if not (tmp / "state.json").is_file():
+                raise FileNotFoundError(f"{self.url}/{final.name} has no state.json after "
+                                        "download (deleted while reading?)")
+            if final.exists() and not (final / "state.json").is_file():
+                shutil.rmtree(final)  # an unfinished local copy of this step
+            try:
+                tmp.rename(final)
+            except OSError:
+                if not (final / "state.json").is_file():  # not another node's complete copy
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
 
-    def push(self, ckpt_dir: Path) -> None:
+    def push_rank(self, tmp_dir: Path, step: int, rank: int) -> None:
+        """Upload this rank's files of checkpoint ``step`` (rank 0: also the replicated ones)."""
         from mofi_core.io import s3
 
-        target = f"{self.url}/{ckpt_dir.name}"
-        files = sorted((p for p in ckpt_dir.iterdir() if p.is_file()),
-                       key=lambda p: p.name == "state.json")  # state.json last
-        for f in files:
-            s3.upload(f, f"{target}/{f.name}")
+        names = [f"rank-{rank:05d}.safetensors", f"rank-{rank:05d}.json"]
+        if rank == 0:
+            names.append("replicated.safetensors")
+        for name in names:
+            s3.upload(tmp_dir / name, f"{self.url}/{step_dir(Path(), step).name}/{name}")
+
+    def finish(self, final_dir: Path) -> None:
+        """Rank 0, after every rank pushed: the completion marker, then the pruning."""
+        from mofi_core.io import s3
+
+        s3.upload(final_dir / "state.json", f"{self.url}/{final_dir.name}/state.json")
         steps = sorted(self._steps())
         for old in steps[:-self.keep] if self.keep > 0 else []:
             for obj, _ in s3.list_objects(f"{self.url}/{step_dir(Path(), old).name}/"):

@@ -115,11 +115,13 @@ def _wrap_ddp(recipe: Recipe, env: DistEnv) -> None:
     recipe.distribute(lambda net: DDP(net, device_ids=ids), env.rank, env.world)
 
 
-def _resume(ckpt_root: Path | None, recipe: Recipe, opt, env: DistEnv, fp: str
-            ) -> tuple[int, dict | None]:
-    if ckpt_root is None:
+def _resume(ckpt_root: Path | None, recipe: Recipe, opt, env: DistEnv, fp: str,
+            only: int | None = None) -> tuple[int, dict | None]:
+    """The newest local checkpoint; with ``only``, exactly that step (0 = start over)."""
+    if ckpt_root is None or only == 0:
         return 0, None
-    found = checkpoint.latest(ckpt_root)
+    found = checkpoint.latest(ckpt_root) if only is None else \
+        checkpoint.Checkpoint(checkpoint.step_dir(ckpt_root, only), only)
     if found is None:
         return 0, None
     state = checkpoint.load(found, recipe.model, opt, env.rank, env.world, fp)
@@ -151,11 +153,12 @@ def train_loop(recipe: Recipe, batches: Batches, cfg: TrainConfig, env: DistEnv,
     """Run optimiser steps until ``cfg.steps``, resuming from the newest checkpoint under
     ``ckpt_root`` (or ``mirror``, when newer); returns the logged history (including the
     steps before a resume)."""
+    only = None
     if mirror is not None and ckpt_root is not None:
-        if env.is_main:
-            pulled = mirror.pull(ckpt_root)
-            if pulled is not None:
-                print(f"train: resuming from step {pulled} downloaded from {mirror.url}")
+        # the remote copy is the truth: every rank resumes its newest complete checkpoint
+        only = mirror.latest_step() or 0
+        if only and env.local_rank == 0 and mirror.ensure(ckpt_root, only):
+            print(f"train: resuming from step {only} downloaded from {mirror.url}")
         env.barrier()
     recipe.model.to(env.device).train()
     if cfg.grad_checkpointing:
@@ -163,7 +166,7 @@ def train_loop(recipe: Recipe, batches: Batches, cfg: TrainConfig, env: DistEnv,
             if hasattr(m, "set_grad_checkpointing") and m is not recipe.model:
                 m.set_grad_checkpointing(True)
     opt = make_optimizer(recipe.model, cfg, env.device)
-    start, loop_state = _resume(ckpt_root, recipe, opt, env, fingerprint)
+    start, loop_state = _resume(ckpt_root, recipe, opt, env, fingerprint, only)
     batches.restore(loop_state["data"] if loop_state else None)
     _wrap_ddp(recipe, env)
     if cfg.compile:
@@ -193,11 +196,9 @@ def train_loop(recipe: Recipe, batches: Batches, cfg: TrainConfig, env: DistEnv,
         if ckpt_root is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
             checkpoint.save(ckpt_root, done, recipe.model, opt, recipe.is_sharded,
                             {"data": batches.position(), "history": history}, env.rank,
-                            env.world, fingerprint, env.barrier)
+                            env.world, fingerprint, env.barrier, mirror, env.local_rank)
             if env.is_main:
                 checkpoint.prune(ckpt_root, cfg.keep_checkpoints)
-                if mirror is not None:
-                    mirror.push(checkpoint.step_dir(ckpt_root, done))
     progress.close()
     return history
 

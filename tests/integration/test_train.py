@@ -310,3 +310,55 @@ def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
     assert sorted(p.name for p in ckpt.path.glob("rank-*.safetensors")) == [
         "rank-00000.safetensors", "rank-00001.safetensors"]
     assert load_model(root / "models" / "mofi")[1].recipe == "multitask"
+
+
+def test_two_nodes_without_a_shared_folder_checkpoint_to_s3_and_resume(truth_i2e, tmp_path,
+                                                                       s3_env):
+    """Two "nodes" with separate project folders and train.checkpoint_dir in S3: each rank
+    uploads its own checkpoint file; two fresh nodes download the newest checkpoint, resume it
+    (nothing left to train) and export the same weights."""
+    import shutil
+
+    import yaml
+
+    from mofi_core.io import s3
+
+    base = _project_for_train(truth_i2e, tmp_path, checkpoint_every=2)
+    raw = yaml.safe_load((base / "params.yaml").read_text())
+    raw["train"]["checkpoint_dir"] = f"{s3_env}/ckpt"
+    (base / "params.yaml").write_text(yaml.safe_dump(raw))
+    script = Path(__file__).resolve().parents[2] / "infra" / "torchrun-train.sh"
+
+    def launch(tag: str) -> list[str]:
+        roots = [tmp_path / f"{tag}-node{r}" for r in (0, 1)]
+        for root in roots:
+            shutil.copytree(base, root)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "NNODES": "2", "NPROC_PER_NODE": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        nodes = [subprocess.Popen(["bash", str(script), "train", "--root", str(root),
+                                   "--params", str(root / "params.yaml")],
+                                  env={**env, "NODE_RANK": str(r)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+                 for r, root in enumerate(roots)]
+        outs = [n.communicate(timeout=600)[0] for n in nodes]
+        assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-3000:] for o in outs)
+        return outs
+
+    launch("first")
+    step4 = sorted(u.rsplit("/", 1)[1] for u, _ in s3.list_objects(f"{s3_env}/ckpt/")
+                   if "/step-000000004/" in u)
+    assert step4 == ["rank-00000.json", "rank-00000.safetensors", "rank-00001.json",
+                     "rank-00001.safetensors", "replicated.safetensors", "state.json"]
+    # node 1 never held a complete checkpoint and keeps no partial one
+    assert checkpoint.latest_any(tmp_path / "first-node1" / ".mofi" / "state" / "train"
+                                 / "checkpoints") is None
+    assert not list((tmp_path / "first-node1").rglob("step-*.tmp"))
+
+    outs = launch("again")
+    assert all("resuming from step 4 downloaded" in o for o in outs), outs[1][-2000:]
+    got = _weights(tmp_path / "again-node0" / "models" / "mofi")
+    want = _weights(tmp_path / "first-node0" / "models" / "mofi")
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
