@@ -10,7 +10,7 @@ RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTI
        GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
-.PHONY: setup demo test test-fast crash lint lock ui clean
+.PHONY: setup demo test test-fast crash bench bench-quick profile lint lock ui clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,17 @@ test-fast: setup
 crash: setup
 	mkdir -p reports
 	$(RUN) $(BIN)/python -m tests.crash.harness --points 3 --out reports/crash.json
+
+# benchmarks, on a quiet machine: benchmarks/results.json + results.md + plots/, README table
+bench: setup
+	$(RUN) $(BIN)/python benchmarks/suite.py
+
+bench-quick: setup
+	$(RUN) $(BIN)/python benchmarks/suite.py --quick
+
+# where each stage spends its time (cProfile, one process, 10k images): benchmarks/profiles/
+profile: setup
+	$(RUN) $(BIN)/python benchmarks/profile_stages.py
 
 lint: setup
 	$(BIN)/ruff check mofi_core flows tests benchmarks

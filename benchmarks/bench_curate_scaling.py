@@ -1,34 +1,61 @@
-"""Time and peak memory of ingest, ner, score and build as the corpus grows.
+"""Time and peak memory of world generation, ingest, ner, score, build and evaluate as the
+corpus grows.
 
-    python benchmarks/bench_curate_scaling.py                      # 10k and 100k images
-    python benchmarks/bench_curate_scaling.py --sizes 10000 1000000 --workdir /big/disk
+    python benchmarks/bench_curate_scaling.py                      # 1k, 10k and 100k images
+    python benchmarks/bench_curate_scaling.py --sizes 1000 10000 --big 1000000 --json out.json
 
-For each size a demo world is generated once, then each stage runs in a fresh subprocess on the
-previous stage's output, exactly as its command runs it (default params, a random-weight
-``mofi-tiny`` CLIP as the scorer: speed and memory do not depend on the weights). Reported per
-stage and size: seconds, samples/s, peak RSS of the stage process and of its largest worker.
-Target: peak memory at the largest size <= 1.2x the smallest (streaming, no corpus-sized lists).
+For each size, each step runs in a fresh subprocess on the previous step's output, exactly as
+its command runs it (default params, a random-weight ``mofi-tiny`` CLIP as scorer and as the
+evaluated model: speed and memory do not depend on the weights): ``generate`` (the demo world),
+``ingest``, ``ner``, ``score``, ``build``, and ``evaluate`` (embed every ingested image and rank
+them all, GPR1200 protocol, labels from the world's truth). ``--big`` runs only generate and
+ingest at one more size. Reported per step and size: seconds, samples/s, peak RSS of the
+process and of its largest worker. Target: cost linear in the images, peak memory at the
+largest size <= 1.2x at 10k (streaming, no corpus-sized lists; evaluate must hold one
+embedding per image, so its memory grows by design).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-STAGES = ("ingest", "ner", "score", "build")
+STAGES = ("generate", "ingest", "ner", "score", "build", "evaluate")
+BIG_STAGES = ("generate", "ingest")
 
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from mofi_core.config import BuildConfig, IngestConfig, NerConfig, ScoreConfig
 stage, root = sys.argv[1], Path(sys.argv[2])
+if stage == "evaluate":  # untimed: a GPR1200-layout folder of the ingested images
+    import pyarrow.parquet as pq
+    from mofi_core.evaluate.quality import read_truth
+    from mofi_core.io.shards import iter_samples, list_shards
+    truth = {r["key"]: r["entity_ids"][0] for r in read_truth(root / "truth").to_pylist()
+             if r["entity_ids"]}
+    cats = {e: i for i, e in enumerate(sorted(set(truth.values())))}
+    (root / "gpr").mkdir()
+    for shard in list_shards(root / "ingest" / "shards"):
+        for s in iter_samples(shard):
+            if s["__key__"] in truth:
+                (root / "gpr" / f"{cats[truth[s['__key__']]]}_{s['__key__']}.jpg"
+                 ).write_bytes(s["jpg"])
 t = time.perf_counter()
-if stage == "ingest":
+if stage == "generate":
+    from mofi_core.config import BenchmarkConfig, CorpusConfig
+    from mofi_core.demo.world import generate_world
+    n = int(sys.argv[3])
+    generate_world(CorpusConfig(num_entities=200, images_per_entity=n // 200,
+                   benchmark=BenchmarkConfig(seen_classes=1, unseen_classes=0,
+                   images_per_class=2, labelled_train=0, labelled_val=0, labelled_test=0)),
+                   root / "corpus", root / "truth", root / "bench")
+elif stage == "ingest":
     from mofi_core.curate.ingest import ingest
     from mofi_core.io.sources import expand_sources
     ingest(expand_sources(str(root / "corpus" / "shards"), root), root / "ingest", IngestConfig())
@@ -42,26 +69,23 @@ elif stage == "score":
 elif stage == "build":
     from mofi_core.curate.build import build
     build(root / "ingest", root / "score", root / "i2e", BuildConfig(threshold=-1.0))
+elif stage == "evaluate":
+    from mofi_core.config import EvaluateConfig
+    from mofi_core.evaluate.report import evaluate
+    evaluate({"baseline": root / "baseline"}, root / "gpr", EvaluateConfig())
 secs = time.perf_counter() - t
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps({"seconds": secs, "rss_main_mb": own, "rss_worker_mb": kids}))
 """
 
-WORLD = """
+MODEL = """
 import sys
 from pathlib import Path
-from mofi_core.config import BenchmarkConfig, CorpusConfig
-from mofi_core.demo.world import generate_world
 from mofi_core.models.artifact import build_model, default_meta, save_model
 from mofi_core.models.factory import arch_config
-n, root = int(sys.argv[1]), Path(sys.argv[2])
-generate_world(CorpusConfig(num_entities=200, images_per_entity=n // 200,
-               benchmark=BenchmarkConfig(seen_classes=1, unseen_classes=0, images_per_class=2,
-                                         labelled_train=0, labelled_val=0, labelled_test=0)),
-               root / "corpus", root / "truth", root / "bench")
 meta = default_meta("clip", "mofi-tiny", arch_config("mofi-tiny"), "clip")
-save_model(root / "baseline", build_model(meta).eval(), meta)
+save_model(Path(sys.argv[1]) / "baseline", build_model(meta).eval(), meta)
 """
 
 
@@ -72,9 +96,44 @@ def _py(code: str, *args: str) -> str:
     return out.stdout
 
 
+def run_size(n: int, stages: list[str], workdir: Path | None) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix=f"bench-scale-{n}-", dir=workdir) as tmp:
+        _py(MODEL, tmp)
+        for stage in stages:
+            r = json.loads(_py(CHILD, stage, tmp, str(n)).strip().splitlines()[-1])
+            r.update(stage=stage, images=n, per_s=n / r["seconds"])
+            rows.append(r)
+            print(f"  {n:>9,} {stage:<8} {r['seconds']:8.1f} s {r['per_s']:8,.0f}/s "
+                  f"RSS {r['rss_main_mb']:6.0f} MB main, {r['rss_worker_mb']:6.0f} MB worker",
+                  flush=True)
+    return rows
+
+
+def summarise(rows: list[dict], reference: int = 10_000) -> list[dict]:
+    """Per stage: the log-log slope of time against images between the two largest sizes
+    (1 = linear; fixed costs flatten it at small sizes) and peak memory at the largest size
+    against ``reference`` (or the smallest size)."""
+    out = []
+    for stage in STAGES:
+        mine = sorted((r for r in rows if r["stage"] == stage), key=lambda r: r["images"])
+        if len(mine) < 2:
+            continue
+        ref = next((r for r in mine if r["images"] == reference), mine[0])
+        prev, big = mine[-2], mine[-1]
+        slope = (math.log(big["seconds"]) - math.log(prev["seconds"])) / \
+            (math.log(big["images"]) - math.log(prev["images"]))
+        out.append({"stage": stage, "from": prev["images"], "to": big["images"],
+                    "time_slope": slope, "memory_ref": ref["images"],
+                    "memory_ratio": max(big["rss_main_mb"], big["rss_worker_mb"])
+                    / max(ref["rss_main_mb"], ref["rss_worker_mb"])})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    ap.add_argument("--big", type=int, default=0, help="one more size for generate + ingest")
     ap.add_argument("--workdir", type=Path, default=None, help="where worlds are generated")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
@@ -83,29 +142,23 @@ def main() -> None:
     stages = [s for s in STAGES if s in args.stages]
     rows = []
     for n in args.sizes:
-        with tempfile.TemporaryDirectory(prefix=f"bench-scale-{n}-", dir=args.workdir) as tmp:
-            t = time.perf_counter()
-            _py(WORLD, str(n), tmp)
-            print(f"{n:,} images: world generated in {time.perf_counter() - t:.0f} s", flush=True)
-            for stage in stages:
-                r = json.loads(_py(CHILD, stage, tmp).strip().splitlines()[-1])
-                r.update(stage=stage, images=n, per_s=n / r["seconds"])
-                rows.append(r)
-                print(f"  {stage:<7} {r['seconds']:8.1f} s {r['per_s']:8,.0f}/s "
-                      f"RSS {r['rss_main_mb']:6.0f} MB main, {r['rss_worker_mb']:6.0f} MB worker",
-                      flush=True)
-    small, large = min(args.sizes), max(args.sizes)
-    print(f"\npeak memory {large:,} vs {small:,} images (target <= 1.2x):")
-    for stage in stages:
-        a = next(r for r in rows if r["stage"] == stage and r["images"] == small)
-        b = next(r for r in rows if r["stage"] == stage and r["images"] == large)
-        main_x = b["rss_main_mb"] / a["rss_main_mb"]
-        work_x = b["rss_worker_mb"] / a["rss_worker_mb"] if a["rss_worker_mb"] else 1.0
-        time_x = b["seconds"] / a["seconds"]
-        print(f"  {stage:<7} main {main_x:5.2f}x  worker {work_x:5.2f}x  "
-              f"time {time_x:6.1f}x for {large / small:.0f}x the images")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        rows += run_size(n, stages, args.workdir)
+        _write(args.json, rows)  # after every size: a long run that is cut short keeps its rows
+    if args.big:
+        rows += run_size(args.big, [s for s in BIG_STAGES if s in stages], args.workdir)
+        _write(args.json, rows)
+    print("\ncost and peak memory (targets: time slope ~1 on log-log, memory <= 1.2x of 10k):")
+    for s in summarise(rows):
+        print(f"  {s['stage']:<8} {s['from']:>9,} -> {s['to']:>9,} images: time slope "
+              f"{s['time_slope']:.2f}, peak memory {s['memory_ratio']:.2f}x of "
+              f"{s['memory_ref']:,}")
+
+
+def _write(path: Path | None, rows: list[dict]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rows": rows, "summary": summarise(rows)}, indent=2) + "\n",
+                        encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from ratio import interleaved_medians
+from ratio import interleaved_medians, ratio_result, write_result
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=6000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
     from mofi_core.config import BenchmarkConfig, CorpusConfig, NerConfig
@@ -58,6 +59,9 @@ def main() -> None:
     print(f"bare nlp.pipe:  {mb:8,.0f} texts/s")
     print(f"ner stage:      {ms:8,.0f} texts/s")
     print(f"ratio: {ms / mb:.2f} (target >= 0.90)")
+    write_result(args.json, ratio_result("ner", "texts/s", ms, mb, 0.90, args.repeats,
+                                         "bare nlp.pipe, same model and batch size",
+                                         samples=len(texts)))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import torch
-from ratio import interleaved_medians
+from ratio import interleaved_medians, ratio_result, write_result
 
 
 class MemoryBatches:
@@ -63,6 +63,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="steps per timed call")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--real-data", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
     from mofi_core.config import MofiTrainConfig
@@ -106,10 +107,16 @@ def main() -> None:
     print(f"bare fwd/bwd/step on tensors: {mb:8,.1f} images/s")
     print(f"train_loop, same tensors:     {ml:8,.1f} images/s -> ratio {ml / mb:.2f} "
           f"(target >= 0.90)")
+    extra = {}
     if args.real_data:
-        print(f"clip control from webdataset shards: {real_data(args, env):8,.1f} images/s "
-              "(decode, augmentation, tokenizer in 1 worker; compare with a --recipe clip bare "
-              "row: input-bound on a small CPU host)")
+        extra["real_data_images_per_s"] = real_data(args, env)
+        print(f"clip control from webdataset shards: {extra['real_data_images_per_s']:8,.1f} "
+              "images/s (decode, augmentation, tokenizer in 1 worker; compare with a --recipe "
+              "clip bare row: input-bound on a small CPU host)")
+    write_result(args.json, ratio_result(
+        "train", "images/s", ml, mb, 0.90, args.repeats,
+        "bare zero_grad/loss/backward/step on the same tensors", arch=args.arch,
+        recipe=args.recipe, batch_size=args.batch_size, steps_per_call=args.steps, **extra))
 
 
 def real_data(args, env) -> float:

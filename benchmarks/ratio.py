@@ -1,9 +1,12 @@
-"""Shared timing for ratio benchmarks: the stage and its raw baseline, measured in one run."""
+"""Shared timing for ratio benchmarks: the stage and its raw baseline, measured in one run,
+and the one JSON shape every benchmark writes with ``--json`` (read by ``suite.py``)."""
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 
 def interleaved_medians(bare: Callable[[], float], stage: Callable[[], float],
@@ -16,3 +19,18 @@ def interleaved_medians(bare: Callable[[], float], stage: Callable[[], float],
         b.append(bare())
         s.append(stage())
     return statistics.median(b), statistics.median(s)
+
+
+def ratio_result(bench: str, unit: str, stage_per_s: float, baseline_per_s: float,
+                 target: float, repeats: int, baseline: str, **extra) -> dict:
+    """A stage's throughput against its raw baseline's (higher ratio = closer to the bare
+    work); ``target`` is the least acceptable ratio."""
+    return {"bench": bench, "unit": unit, "stage_per_s": stage_per_s,
+            "baseline_per_s": baseline_per_s, "ratio": stage_per_s / baseline_per_s,
+            "target": target, "repeats": repeats, "baseline": baseline, **extra}
+
+
+def write_result(path: Path | None, result: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -75,3 +75,36 @@ def test_tables_check_schema_where_read(tmp_path):
         tables.read_table(path, tables.MENTIONS)
     with pytest.raises(FileNotFoundError, match="run the stage"):
         tables.read_table(tmp_path / "nope.parquet", tables.SCORES)
+
+
+def test_shard_writer_writes_the_bytes_tarfile_writes(tmp_path):
+    """The hand-built headers equal tarfile's PAX output, so shards (and DVC hashes) do not
+    depend on which writer made them; long and non-ASCII names take tarfile's pax path."""
+    import io as _io
+    import json as _json
+    import random
+    import tarfile
+
+    from mofi_core.io.shards import ShardWriter, iter_samples
+
+    rng = random.Random(0)
+    samples = [(f"{i:09d}", {"jpg": rng.randbytes(rng.randint(0, 2000)),
+                             "txt": b"x" * rng.randint(0, 600), "json": {"a": i}})
+               for i in range(40)]
+    samples += [("k" * 120, {"jpg": b"abc"}), ("caf\u00e9", {"txt": "t\u00e9"}),
+                ("empty", {"txt": b""})]
+    with tarfile.open(tmp_path / "ref.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for key, members in samples:
+            for ext, value in members.items():
+                data = value if isinstance(value, bytes) else (
+                    value.encode() if isinstance(value, str) else
+                    _json.dumps(value, sort_keys=True).encode())
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, _io.BytesIO(data))
+    with ShardWriter(tmp_path / "fast.tar") as writer:
+        for key, members in samples:
+            writer.write(key, members)
+    assert (tmp_path / "fast.tar").read_bytes() == (tmp_path / "ref.tar").read_bytes()
+    got = {s["__key__"]: s for s in iter_samples(tmp_path / "fast.tar")}
+    assert got["k" * 120]["jpg"] == b"abc" and got["caf\u00e9"]["txt"] == "t\u00e9".encode()

@@ -1,0 +1,196 @@
+"""``make bench``: every benchmark in one run, one results file, a table and plots.
+
+    python benchmarks/suite.py                 # the full suite (about 1.5 h on 2 CPU cores)
+    python benchmarks/suite.py --quick         # smaller inputs, no 1M run, no demo (~10 min)
+    python benchmarks/suite.py --only ratios   # one part: ratios | demo | scaling
+
+Parts:
+- ``ratios``: each stage against its raw baseline in the same process, median of >= 5 repeats
+  (bench_ingest, bench_ner, bench_score with the demo's mofi-tiny and with ViT-B-32,
+  bench_train, bench_retrieval, bench_world);
+- ``demo``: the whole pipeline (the Prefect flow over ``dvc repro``, as ``make demo``) in a
+  fresh copy of the project, with each stage's time;
+- ``scaling``: time and peak RSS of generate, ingest, ner, score, build and evaluate at 1k, 10k
+  and 100k images, and of generate and ingest at 1M (bench_curate_scaling).
+
+Each benchmark runs in its own process and writes JSON; this script gathers them into
+``benchmarks/results.json`` after every part (a part that fails is recorded with its error and
+the others still run), then ``report.py`` writes ``benchmarks/results.md``, the PNG plots in
+``benchmarks/plots/`` and the performance table in README.md, and prints every target with
+MET / MISSED. Timing needs a quiet machine: nothing else should run meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results.json"
+
+# (name, script, arguments: full suite, arguments: quick)
+RATIOS = (
+    ("ingest", "bench_ingest.py", ["--samples", "6000", "--repeats", "5"],
+     ["--samples", "2000", "--repeats", "5"]),
+    ("ner", "bench_ner.py", ["--samples", "6000", "--repeats", "5"],
+     ["--samples", "2000", "--repeats", "5"]),
+    ("score", "bench_score.py", ["--samples", "4000", "--repeats", "5"],
+     ["--samples", "1000", "--repeats", "5"]),
+    ("score_vit_b32", "bench_score.py",
+     ["--arch", "ViT-B-32", "--samples", "800", "--batch-size", "50", "--repeats", "5"],
+     ["--arch", "ViT-B-32", "--samples", "200", "--batch-size", "50", "--repeats", "5"]),
+    ("train", "bench_train.py", ["--steps", "30", "--repeats", "5"],
+     ["--steps", "10", "--repeats", "5"]),
+    ("retrieval", "bench_retrieval.py",
+     ["--images", "12000", "--loop-queries", "600", "--repeats", "5"],
+     ["--images", "4000", "--loop-queries", "400", "--repeats", "5"]),
+    ("world", "bench_world.py", ["--sizes", "5000", "--stage-repeats", "5"],
+     ["--sizes", "2000", "--stage-repeats", "5"]),
+)
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem_gb, 1),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "os": platform.platform()}
+
+
+def _env() -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MOFI_TRACKING": "off",
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _bench(script: str, args: list[str], out: Path, timeout: int) -> dict:
+    cmd = [sys.executable, str(HERE / script), *args, "--json", str(out)]
+    print(f"$ {' '.join(cmd[1:])}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=HERE, env=_env(), timeout=timeout, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    print(proc.stdout, flush=True)
+    if proc.returncode:
+        raise RuntimeError(f"{script} exited {proc.returncode}: {proc.stdout[-1500:]}")
+    result = json.loads(out.read_text(encoding="utf-8"))
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    return result
+
+
+def run_ratios(quick: bool, tmp: Path) -> dict:
+    out = {}
+    for name, script, full, small in RATIOS:
+        try:
+            out[name] = _bench(script, small if quick else full, tmp / f"{name}.json", 3600)
+        except Exception as err:  # recorded, reported as a failed benchmark; the rest still run
+            out[name] = {"bench": name, "error": str(err)}
+            print(f"{name}: FAILED: {err}", flush=True)
+    return out
+
+
+def copy_project(dest: Path) -> Path:
+    """The git-tracked project files in ``dest`` as a fresh git repository (DVC needs one)."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for f in files:
+        if f.startswith(("data/", "models/", "metrics/", "plots/", "mlruns/")):
+            continue
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dest / f)
+    (dest / "dvc.lock").unlink(missing_ok=True)  # nothing cached: every stage runs
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit",
+                 "-qm", "bench copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+DEMO = """
+import json, sys
+from flows.mofi_flow import mofi
+summary = mofi(project_dir=sys.argv[1])
+print("MOFI-SUMMARY " + json.dumps({"stages": summary["stages"],
+      "mofi": summary.get("mofi"), "baseline": summary.get("baseline")}))
+"""
+
+
+def run_demo(tmp: Path) -> dict:
+    project = copy_project(tmp / "demo")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", DEMO, str(project)], cwd=project, env=_env(),
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=3600)
+    total = time.perf_counter() - start
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("MOFI-SUMMARY ")), None)
+    if proc.returncode or line is None:
+        raise RuntimeError(f"the demo run failed ({proc.returncode}): {proc.stdout[-2000:]}")
+    summary = json.loads(line.removeprefix("MOFI-SUMMARY "))
+    stages = {s["stage"]: s["seconds"] for s in summary["stages"]}
+    print(f"demo: {total:.0f} s; " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
+    return {"total_s": total, "stages_s": stages, "target_s": 600,
+            "gpr_map": {k: (summary.get(k) or {}).get("gpr_map") for k in ("mofi", "baseline")}}
+
+
+def run_scaling(quick: bool, tmp: Path) -> dict:
+    args = ["--sizes", "1000", "10000"] if quick else \
+        ["--sizes", "1000", "10000", "100000", "--big", "1000000"]
+    return _bench("bench_curate_scaling.py", [*args, "--workdir", str(tmp)],
+                  tmp / "scaling.json", 4 * 3600)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller inputs, no 1M run, no demo")
+    ap.add_argument("--only", nargs="+", choices=("ratios", "demo", "scaling"),
+                    help="run these parts; the others keep their earlier results")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    args = ap.parse_args()
+    parts = args.only or (["ratios", "scaling"] if args.quick else ["ratios", "demo", "scaling"])
+    results = json.loads(args.out.read_text(encoding="utf-8")) \
+        if args.only and args.out.exists() else {}
+    results.update({"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                    "machine": machine(), "quick": args.quick})
+    with tempfile.TemporaryDirectory(prefix="mofi-bench-") as tmp:
+        for part in parts:
+            start = time.perf_counter()
+            try:
+                if part == "ratios":
+                    results["ratios"] = run_ratios(args.quick, Path(tmp))
+                elif part == "demo":
+                    results["demo"] = run_demo(Path(tmp))
+                else:
+                    results["scaling"] = run_scaling(args.quick, Path(tmp))
+            except Exception as err:  # recorded in the results and the table; others still run
+                results[part] = {"error": str(err)}
+                print(f"{part}: FAILED: {err}", flush=True)
+            results.setdefault("part_seconds", {})[part] = round(time.perf_counter() - start)
+            args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    from report import main as report
+
+    sys.exit(report(["--results", str(args.out)] + (["--no-readme"] if args.no_readme else [])))
+
+
+if __name__ == "__main__":
+    main()

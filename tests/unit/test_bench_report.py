@@ -1,0 +1,105 @@
+"""The benchmark report: targets judged from results, the README table kept in sync."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+report = _module("report")
+
+
+def _ratio(name, ratio, target, **extra):
+    return {"bench": name, "unit": "x/s", "stage_per_s": ratio * 100, "baseline_per_s": 100.0,
+            "ratio": ratio, "target": target, "repeats": 5, "baseline": "bare", **extra}
+
+
+def _row(stage, n, secs, rss):
+    return {"stage": stage, "images": n, "seconds": secs, "rss_main_mb": rss,
+            "rss_worker_mb": 0.0, "per_s": n / secs}
+
+
+RESULTS = {
+    "date": "2026-11-29 12:00 UTC", "quick": False,
+    "machine": {"cpu": "Test CPU", "cores": 2, "memory_gb": 24.0, "gpu": None,
+                "python": "3.11", "torch": "2.14.1"},
+    "ratios": {"ner": _ratio("ner", 0.95, 0.9), "score": _ratio("score", 0.2, 0.85),
+               "train": _ratio("train", 0.99, 0.9),
+               "retrieval": _ratio("retrieval", 18.0, 3.0, max_ap_diff_official=0.0,
+                                   ap_tolerance=1e-6),
+               "ingest": {"bench": "ingest", "error": "exited 1"}},
+    "scaling": {"rows": [_row("ingest", 10_000, 4.0, 150.0), _row("ingest", 1_000_000, 400.0,
+                                                                   200.0),
+                         _row("generate", 10_000, 9.0, 170.0),
+                         _row("generate", 1_000_000, 900.0, 175.0)],
+                "summary": [{"stage": "ingest", "from": 10_000, "to": 1_000_000,
+                             "time_slope": 1.0, "memory_ref": 10_000, "memory_ratio": 1.33}]},
+    "demo": {"total_s": 480.0, "stages_s": {"corpus": 10.0, "train": 150.0}, "target_s": 600},
+}
+
+
+def test_targets_are_judged_from_the_numbers():
+    got = {t["target"]: t["met"] for t in report.targets(RESULTS)}
+    assert got["ner >= 0.90x bare nlp.pipe"] is True
+    assert got["score >= 0.85x bare encode"] is False
+    assert got["retrieval >= 3x the per-query loop, equal APs"] is True
+    assert got["ingest: peak memory at 1M <= 1.2x at 10k"] is False  # 200 / 150
+    assert got["generate: peak memory at 1M <= 1.2x at 10k"] is True
+    assert got["make demo <= 10 min"] is True
+    unequal = json.loads(json.dumps(RESULTS))
+    unequal["ratios"]["retrieval"]["max_ap_diff_official"] = 1e-3  # fast but wrong
+    assert {t["target"]: t["met"] for t in report.targets(unequal)}[
+        "retrieval >= 3x the per-query loop, equal APs"] is False
+
+
+def test_missing_measurements_are_not_called_met():
+    got = {t["target"]: t["met"] for t in report.targets({"machine": {}})}
+    assert set(got.values()) == {None}
+
+
+def test_markdown_names_date_machine_and_failures():
+    md = report.markdown(RESULTS)
+    assert "2026-11-29 12:00 UTC" in md and "Test CPU" in md and "2 cores" in md
+    assert "| ner (vs bare) | 95.0 x/s | 100.0 x/s | 0.95 | 5 |" in md
+    assert "ingest | failed: exited 1" in md
+    assert "| score >= 0.85x bare encode | 0.20x | MISSED |" in md
+    assert "| **total (flow, fresh copy)** | **480** |" in md
+
+
+def test_readme_block_is_replaced_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.BEGIN}\nold table\n{report.END}\noutro\n")
+    report.update_readme(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{report.BEGIN}\nnew table\n{report.END}\noutro\n"
+    assert report.readme_block(readme) == "new table\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="markers"):
+        report.update_readme(readme, "x")
+
+
+def test_plots_are_written(tmp_path):
+    written = report.plots(RESULTS, tmp_path)
+    assert [p.name for p in written] == ["scaling.png", "ratios.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
+
+
+def test_readme_table_matches_the_committed_results():
+    results = BENCH / "results.json"
+    if not results.exists():
+        pytest.skip("no benchmarks/results.json yet (make bench writes it)")
+    block = report.markdown(json.loads(results.read_text(encoding="utf-8")))
+    assert report.readme_block(BENCH.parent / "README.md") == block, \
+        "README's performance table is stale: run python benchmarks/report.py"
+    assert (BENCH / "results.md").read_text(encoding="utf-8") == block
