@@ -27,6 +27,19 @@ from pathlib import Path
 
 STAGES = ("generate", "ingest", "ner", "score", "build", "evaluate")
 BIG_STAGES = ("generate", "ingest")
+NEEDS = {"generate": (), "ingest": ("generate",), "ner": ("ingest",), "score": ("ner",),
+         "build": ("score",), "evaluate": ("ingest",)}
+
+
+def with_inputs(stages: list[str]) -> list[str]:
+    """The stages and every stage whose output they read, in chain order."""
+    want, todo = set(), list(stages)
+    while todo:
+        s = todo.pop()
+        if s not in want:
+            want.add(s)
+            todo += NEEDS[s]
+    return [s for s in STAGES if s in want]
 
 CHILD = """
 import json, resource, sys, time
@@ -137,9 +150,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="where worlds are generated")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
-                    help="a prefix of the chain (each stage reads the previous one's output)")
+                    help="measure these (and the stages whose output they read)")
     args = ap.parse_args()
-    stages = [s for s in STAGES if s in args.stages]
+    stages = with_inputs(args.stages)
     rows = []
     for n in args.sizes:
         rows += run_size(n, stages, args.workdir)

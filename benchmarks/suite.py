@@ -77,9 +77,10 @@ def machine() -> dict:
             "os": platform.platform()}
 
 
-def _env() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MOFI_TRACKING": "off",
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+def _env(tracking: bool = False) -> dict:
+    """Benchmarks run untracked; the demo tracks as ``make demo`` does (register needs it)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           "PYTHONUNBUFFERED": "1", "MOFI_TRACKING": "on" if tracking else "off"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -98,9 +99,13 @@ def _bench(script: str, args: list[str], out: Path, timeout: int) -> dict:
     return result
 
 
-def run_ratios(quick: bool, tmp: Path) -> dict:
-    out = {}
+def run_ratios(quick: bool, tmp: Path, names: list[str] | None = None,
+               earlier: dict | None = None) -> dict:
+    """Every ratio benchmark; or, with ``names``, those merged into ``earlier``."""
+    out = dict(earlier or {}) if names else {}
     for name, script, full, small in RATIOS:
+        if names and name not in names:
+            continue
         try:
             out[name] = _bench(script, small if quick else full, tmp / f"{name}.json", 3600)
         except Exception as err:  # recorded, reported as a failed benchmark; the rest still run
@@ -138,7 +143,8 @@ print("MOFI-SUMMARY " + json.dumps({"stages": summary["stages"],
 def run_demo(tmp: Path) -> dict:
     project = copy_project(tmp / "demo")
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", DEMO, str(project)], cwd=project, env=_env(),
+    proc = subprocess.run([sys.executable, "-c", DEMO, str(project)], cwd=project,
+                          env=_env(tracking=True),
                           text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           timeout=3600)
     total = time.perf_counter() - start
@@ -152,11 +158,26 @@ def run_demo(tmp: Path) -> dict:
             "gpr_map": {k: (summary.get(k) or {}).get("gpr_map") for k in ("mofi", "baseline")}}
 
 
-def run_scaling(quick: bool, tmp: Path) -> dict:
-    args = ["--sizes", "1000", "10000"] if quick else \
-        ["--sizes", "1000", "10000", "100000", "--big", "1000000"]
-    return _bench("bench_curate_scaling.py", [*args, "--workdir", str(tmp)],
-                  tmp / "scaling.json", 4 * 3600)
+def run_scaling(quick: bool, tmp: Path, stages: list[str] | None = None,
+                earlier: dict | None = None) -> dict:
+    """All stages; or, with ``stages``, those (and their inputs) merged into ``earlier``."""
+    args = ["--sizes", "1000", "10000"] if quick else ["--sizes", "1000", "10000", "100000"]
+    if not quick and (not stages or {"generate", "ingest"} & set(stages)):
+        args += ["--big", "1000000"]  # the 1M run only when generate or ingest is measured
+    if stages:
+        args += ["--stages", *stages]
+    fresh = _bench("bench_curate_scaling.py", [*args, "--workdir", str(tmp)],
+                   tmp / "scaling.json", 4 * 3600)
+    if not stages or not earlier or "rows" not in earlier:
+        return fresh
+    sys.path.insert(0, str(HERE))
+    from bench_curate_scaling import STAGES, summarise
+
+    redone = {(r["stage"], r["images"]) for r in fresh["rows"]}
+    rows = sorted([r for r in earlier["rows"] if (r["stage"], r["images"]) not in redone]
+                  + fresh["rows"],
+                  key=lambda r: (STAGES.index(r["stage"]), r["images"]))
+    return {"rows": rows, "summary": summarise(rows)}
 
 
 def main() -> None:
@@ -166,6 +187,11 @@ def main() -> None:
                     help="run these parts; the others keep their earlier results")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    ap.add_argument("--ratios", nargs="+", choices=[r[0] for r in RATIOS],
+                    help="with --only ratios: re-run these, keep the others' earlier results")
+    ap.add_argument("--scaling-stages", nargs="+", metavar="STAGE",
+                    help="with --only scaling: re-measure these stages (and their inputs), "
+                         "keep the other stages' earlier rows")
     args = ap.parse_args()
     parts = args.only or (["ratios", "scaling"] if args.quick else ["ratios", "demo", "scaling"])
     results = json.loads(args.out.read_text(encoding="utf-8")) \
@@ -177,11 +203,13 @@ def main() -> None:
             start = time.perf_counter()
             try:
                 if part == "ratios":
-                    results["ratios"] = run_ratios(args.quick, Path(tmp))
+                    results["ratios"] = run_ratios(args.quick, Path(tmp), args.ratios,
+                                                   results.get("ratios"))
                 elif part == "demo":
                     results["demo"] = run_demo(Path(tmp))
                 else:
-                    results["scaling"] = run_scaling(args.quick, Path(tmp))
+                    results["scaling"] = run_scaling(args.quick, Path(tmp), args.scaling_stages,
+                                                     results.get("scaling"))
             except Exception as err:  # recorded in the results and the table; others still run
                 results[part] = {"error": str(err)}
                 print(f"{part}: FAILED: {err}", flush=True)

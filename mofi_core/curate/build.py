@@ -163,14 +163,21 @@ def _read_cut(path: Path) -> tuple[set[str], dict[str, _Worst]]:
 
 def write_shard_job(job: ShardJob, spill: Path, shards_dir: Path, cut_file: Path
                     ) -> tuple[list[Path], dict]:
-    """Pass 2 for one shard: the final labels and its I2E shard; returns the label rows."""
+    """Pass 2 for one shard: the final labels, its I2E shard and its rows of the labels table
+    (``spill/<name>.labels.parquet``); returns the shard's statistics, never its rows (the
+    caller's memory must not grow with the corpus)."""
     vocab, cutoff = _read_cut(cut_file)
     spilled = tables.read_table(spill / f"{job.name}.parquet", tables.SCORES)
     labels = _final_labels(spilled, vocab, cutoff)
+    acc = _Accumulator(np.zeros(len(HIST_BINS) - 1, dtype=np.int64))
     if not labels:
-        return [], {"rows": []}
+        return [], acc.summary()
     out = shards_dir / f"{job.name}.tar"
-    return [out], {"rows": _write_shard(Path(job.source), labels, out)}
+    rows = _write_shard(Path(job.source), labels, out)
+    tables.write_table(spill / f"{job.name}.labels.parquet",
+                       tables.from_rows(rows, tables.LABELS), tables.LABELS)
+    acc.add(rows)
+    return [out], acc.summary()
 
 
 def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) -> dict:
@@ -217,10 +224,11 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
         summaries, _ = run_shards(partial(write_shard_job, spill=spill, shards_dir=out / "shards",
                                           cut_file=cut_file), jobs, lambda j: [], None)
         with pq.ParquetWriter(out / ".labels.parquet", tables.LABELS) as labels_writer:
-            for s in summaries:
-                if s["rows"]:
-                    labels_writer.write_table(tables.from_rows(s["rows"], tables.LABELS))
-                    acc.add(s["rows"])
+            for job, s in zip(jobs, summaries, strict=True):  # shard order: deterministic
+                acc.merge(s)
+                part = spill / f"{job.name}.labels.parquet"
+                if part.exists():
+                    labels_writer.write_table(tables.read_table(part, tables.LABELS))
         shutil.rmtree(spill)
         (out / ".labels.parquet").rename(out / "labels.parquet")
         classes = sorted(acc.per_entity)
@@ -289,6 +297,17 @@ class _Accumulator:
             self.labels += len(r["entity_ids"])
         kept = np.asarray([s for r in rows for s in r["scores"]], dtype=np.float64)
         self.hist_kept += np.histogram(kept, HIST_BINS)[0]
+
+    def summary(self) -> dict:
+        """What a shard job sends back: JSON-able, small (entities, not images)."""
+        return {"images": self.images, "labels": self.labels,
+                "per_entity": dict(self.per_entity), "hist_kept": self.hist_kept.tolist()}
+
+    def merge(self, part: dict) -> None:
+        self.images += part["images"]
+        self.labels += part["labels"]
+        self.per_entity.update(part["per_entity"])
+        self.hist_kept += np.asarray(part["hist_kept"], dtype=np.int64)
 
     def stats(self, classes: list[str], pairs_in: int) -> dict:
         return {"images": self.images, "entities": len(classes), "labels": self.labels,

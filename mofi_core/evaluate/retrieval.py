@@ -178,18 +178,99 @@ def scan_rankings(features: np.ndarray, labels: np.ndarray, ks: tuple[int, ...] 
     aps = np.empty(n)
     hits = {k: np.empty(n, dtype=bool) for k in ks}
     pr = None if levels is None else np.empty((n, len(levels)))
+    members = _class_members(codes)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
-        rows = np.arange(start, stop)
-        order = _official_ranking(_block_similarities(feats[start:stop], feats))
-        rel, row, pos, hit_no = _block_hits(order, codes, rows)
-        precision = (hit_no + 1) / (pos + 1.0)
-        aps[rows] = np.bincount(row, weights=precision, minlength=len(rows)) / n_pos[rows]
-        for k, got in (_block_recall(order, rel, rows, ks) if ks else {}).items():
-            hits[k][rows] = got
-        if pr is not None:
-            pr[rows] = _block_pr(row, hit_no, precision, n_pos[rows], levels)
+        sims = _block_similarities(feats[start:stop], feats)
+        if members.shape[1] <= COUNT_MAX_CLASS:
+            fast, tied = _counted_positions(sims, codes, np.arange(start, stop), members, ks)
+            parts = [fast]
+        else:  # big classes: sorting each row is cheaper than counting per relevant image
+            tied, parts = np.arange(stop - start), []
+        if len(tied):  # a relevant image ties an irrelevant one: the official sort decides
+            rows = start + tied
+            order = _official_ranking(sims[tied])
+            rel, row, pos, hit_no = _block_hits(order, codes, rows)
+            parts.append((rows, row, pos, hit_no,
+                          _block_recall(order, rel, rows, ks) if ks else {}))
+        for rows, row, pos, hit_no, recall in parts:
+            if not len(rows):
+                continue
+            precision = (hit_no + 1) / (pos + 1.0)
+            aps[rows] = np.bincount(row, weights=precision, minlength=len(rows)) / n_pos[rows]
+            for k, got in recall.items():
+                hits[k][rows] = got
+            if pr is not None:
+                pr[rows] = _block_pr(row, hit_no, precision, n_pos[rows], levels)
     return RankingScan(aps, hits, levels, pr)
+
+
+def _class_members(codes: np.ndarray) -> np.ndarray:
+    """(classes, widest class) image indices of each class, ascending, padded with -1."""
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    out = np.full((len(counts), int(counts.max())), -1, dtype=np.int64)
+    col = np.arange(len(codes)) - np.repeat(starts, counts)
+    out[codes[order], col] = order
+    return out
+
+
+COUNT_CELLS = 1 << 22  # comparisons per sub-block of _counted_positions (4 MB of booleans)
+# Counting costs ~2 comparisons per (image, relevant image), sorting ~log2(images) steps per
+# image: measured on 12,000-image rows, counting wins up to ~20 relevant images per class
+# (GPR1200 has 10), and sorting beyond.
+COUNT_MAX_CLASS = 16
+
+
+def _counted_positions(sims: np.ndarray, codes: np.ndarray, rows: np.ndarray,
+                       members: np.ndarray, ks: tuple[int, ...]):
+    """Rank positions of each query's relevant images without sorting the row: the relevant
+    image with the j-th highest similarity sits at (images scoring strictly higher) + (j minus
+    the relevant images scoring strictly higher), which is its position in the official
+    ranking whatever order the sort gives tied relevant images -- AP, Recall@k and the PR
+    curve do not depend on that order. Where an irrelevant image ties a relevant one the
+    official order matters: those rows are returned (block indices) for the official sort.
+    About 2 comparisons per (image, relevant image) instead of a full argsort per row."""
+    mem = members[codes[rows]]  # (B, m)
+    valid = mem >= 0
+    psim = np.where(valid, np.take_along_axis(sims, np.where(valid, mem, 0), axis=1), -np.inf)
+    by_sim = np.argsort(-psim, axis=1, kind="stable")
+    psim = np.take_along_axis(psim, by_sim, axis=1)  # descending; padding (-inf) last
+    mem = np.take_along_axis(mem, by_sim, axis=1)
+    valid = np.take_along_axis(valid, by_sim, axis=1)
+    m = psim.shape[1]
+    step = max(1, COUNT_CELLS // (m * sims.shape[1]))
+    higher = np.empty(psim.shape, dtype=np.uint32)
+    equal = np.empty(psim.shape, dtype=np.uint32)
+    flags = np.empty((step, m, sims.shape[1]), dtype=bool)  # reused: no page faults per step
+    for a in range(0, len(rows), step):
+        s, p = sims[a:a + step, None, :], psim[a:a + step, :, None]
+        out = flags[:len(s)]
+        # a uint8 sum is ~2.5x faster than count_nonzero along an axis
+        np.greater(s, p, out=out)
+        out.view(np.uint8).sum(axis=2, dtype=np.uint32, out=higher[a:a + step])
+        np.equal(s, p, out=out)
+        out.view(np.uint8).sum(axis=2, dtype=np.uint32, out=equal[a:a + step])
+    higher, equal = higher.astype(np.int64), equal.astype(np.int64)
+    same = np.count_nonzero(psim[:, :, None] == psim[:, None, :], axis=2)  # among relevant
+    rel_higher = np.count_nonzero(psim[:, None, :] > psim[:, :, None], axis=2)
+    tied = ((equal != same) & valid).any(axis=1)
+    keep = ~tied
+    j = np.arange(m)[None, :]
+    pos = higher + j - rel_higher
+    b_row, hit_no = np.nonzero(valid & keep[:, None])  # row-major: positions ascend per row
+    local = np.cumsum(keep) - 1  # block row -> row among the kept ones
+    fast_rows = rows[keep]
+    recall = {}
+    if ks:
+        is_query = mem == rows[:, None]
+        q_pos = np.where(is_query, pos, 0).sum(axis=1)
+        others = pos - (q_pos[:, None] < pos)  # rank among the images other than the query
+        for k in ks:
+            recall[k] = ((others < k) & valid & ~is_query).any(axis=1)[keep]
+    fast = (fast_rows, local[b_row], pos[b_row, hit_no], hit_no, recall)
+    return fast, np.flatnonzero(tied)
 
 
 def average_precisions(features: np.ndarray, labels: np.ndarray,
