@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ratio import interleaved_medians, ratio_result, write_result
+from ratio import corpus_world, interleaved_medians, ratio_result, write_result
 
 
 def bare_loop(shards: list[Path]) -> int:
@@ -45,18 +45,12 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
-    from mofi_core.config import BenchmarkConfig, CorpusConfig, IngestConfig
+    from mofi_core.config import IngestConfig
     from mofi_core.curate.ingest import ingest
-    from mofi_core.demo.world import generate_world
     from mofi_core.io.shards import list_shards
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        root = Path(tmp)
-        generate_world(CorpusConfig(num_entities=200, images_per_entity=max(1, args.samples // 200),
-                                    benchmark=BenchmarkConfig(
-                                        seen_classes=1, unseen_classes=0, images_per_class=2,
-                                        labelled_train=0, labelled_val=0, labelled_test=0)),
-                       root / "corpus", root / "truth", root / "bench")
+        root = corpus_world(Path(tmp), args.samples)
         shards = list_shards(root / "corpus" / "shards")
         n = bare_loop(shards)
         cfg = IngestConfig(workers=1)

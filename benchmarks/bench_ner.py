@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ratio import interleaved_medians, ratio_result, write_result
+from ratio import corpus_world, interleaved_medians, ratio_result, write_result
 
 
 def main() -> None:
@@ -23,19 +23,13 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
-    from mofi_core.config import BenchmarkConfig, CorpusConfig, NerConfig
+    from mofi_core.config import NerConfig
     from mofi_core.curate.ner import extract_mentions, load_nlp
-    from mofi_core.demo.world import generate_world
     from mofi_core.io.shards import iter_samples, list_shards
     from mofi_core.kb import KnowledgeBase
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = CorpusConfig(num_entities=200, images_per_entity=max(1, args.samples // 200),
-                           image_size=32, benchmark=BenchmarkConfig(
-                               seen_classes=1, unseen_classes=0, images_per_class=2,
-                               labelled_train=0, labelled_val=0, labelled_test=0))
-        root = Path(tmp)
-        generate_world(cfg, root / "corpus", root / "truth", root / "bench")
+        root = corpus_world(Path(tmp), args.samples, image_size=32)
         texts = [s["txt"].decode() for shard in list_shards(root / "corpus" / "shards")
                  for s in iter_samples(shard)]
         kb = KnowledgeBase.load(root / "corpus" / "kb.parquet")

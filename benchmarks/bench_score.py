@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ratio import interleaved_medians, ratio_result, write_result
+from ratio import corpus_world, interleaved_medians, ratio_result, write_result
 
 
 def main() -> None:
@@ -41,10 +41,9 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from mofi_core.config import BenchmarkConfig, CorpusConfig, IngestConfig, ScoreConfig
+    from mofi_core.config import IngestConfig, ScoreConfig
     from mofi_core.curate.ingest import ingest
     from mofi_core.curate.score import score
-    from mofi_core.demo.world import generate_world
     from mofi_core.io import tables
     from mofi_core.io.shards import iter_samples, list_shards
     from mofi_core.io.sources import expand_sources
@@ -57,13 +56,7 @@ def main() -> None:
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        generate_world(CorpusConfig(num_entities=200,
-                                    images_per_entity=max(1, args.samples // 200),
-                                    samples_per_shard=max(25, args.samples // 8),
-                                    benchmark=BenchmarkConfig(
-                                        seen_classes=1, unseen_classes=0, images_per_class=2,
-                                        labelled_train=0, labelled_val=0, labelled_test=0)),
-                       root / "corpus", root / "truth", root / "bench")
+        corpus_world(root, args.samples, samples_per_shard=max(25, args.samples // 8))
         ingest(expand_sources(str(root / "corpus" / "shards"), root), root / "ingest",
                IngestConfig())
         meta = default_meta("clip", args.arch, arch_config(args.arch), "clip")

@@ -34,3 +34,17 @@ def write_result(path: Path | None, result: dict) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def corpus_world(root: Path, samples: int, **corpus) -> Path:
+    """A demo world of about ``samples`` corpus images (200 entities) under ``root``, with a
+    minimal benchmark: the input of the stage benchmarks. ``corpus`` overrides CorpusConfig."""
+    from mofi_core.config import BenchmarkConfig, CorpusConfig
+    from mofi_core.demo.world import generate_world
+
+    cfg = CorpusConfig(num_entities=200, images_per_entity=max(1, samples // 200),
+                       benchmark=BenchmarkConfig(seen_classes=1, unseen_classes=0,
+                                                 images_per_class=2, labelled_train=0,
+                                                 labelled_val=0, labelled_test=0), **corpus)
+    generate_world(cfg, root / "corpus", root / "truth", root / "bench")
+    return root

@@ -228,20 +228,13 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
     concatenate them into ``scores.parquet`` and ``null.parquet``. Memory holds one shard's
     rows and the entity text embeddings, never the corpus. With ``state_dir``, shards already
     scored with the same model, KB and params are skipped."""
-    device = resolve_device(cfg.device)
-    model, transform, tokenizer = load_scorer(cfg, baseline_dir)
-    model = model.to(device)
     kb = KnowledgeBase.load(kb_path)
     jobs = score_jobs(ingest_dir, ner_dir)
     cand_ids = candidate_entities(jobs)
     missing = sorted(e for e in cand_ids if e not in kb.entities)
     if missing:
         raise ValueError(f"{ner_dir} links to entities not in {kb_path}: {missing[:5]}")
-    pool = null_pool(kb, cfg)
-    entity_ids = sorted(cand_ids | set(pool))
-    index = {e: i for i, e in enumerate(entity_ids)}
-    pool_idx = np.array([index[e] for e in pool], dtype=np.int64)
-    text = entity_text_embeddings(model, tokenizer, kb, entity_ids, cfg.prompts, device)
+    entity_ids = tuple(sorted(cand_ids | set(null_pool(kb, cfg))))
 
     names = {j.name for j in jobs}
     remove_stale(out_dir / "parts", names)
@@ -257,13 +250,16 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
                            mentions={j.name: str(j.mentions) for j in jobs}),
                    [shard_jobs[j.name] for j in jobs], lambda j: _outputs(out_dir, j.name), state,
                    initializer=_init_scorer,
-                   initargs=(cfg, str(baseline_dir), str(kb_path), tuple(entity_ids)))
+                   initargs=(cfg, str(baseline_dir), str(kb_path), entity_ids))
         todo = []
     else:
         todo = [j for j in jobs if state is None
                 or not state.is_done(shard_jobs[j.name], _outputs(out_dir, j.name))]
     if todo:
-        loader = DataLoader(ShardBatches(todo, transform, cfg.batch_size), batch_size=None,
+        sc = scoring_state(cfg, baseline_dir, kb, entity_ids)
+        model, device, text, index, pool_idx = (sc[k] for k in (
+            "model", "device", "text", "index", "pool_idx"))
+        loader = DataLoader(ShardBatches(todo, sc["transform"], cfg.batch_size), batch_size=None,
                             num_workers=min(decode_workers(cfg, device, num_workers), len(todo)))
         by_name = {j.name: j for j in todo}
         # shards in progress (several when DataLoader workers interleave): rows + candidates
@@ -295,24 +291,31 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
     parts = [_outputs(out_dir, j.name) for j in jobs]
     tables.concat_parts([p[0] for p in parts], out_dir / "scores.parquet", tables.SCORES)
     tables.concat_parts([p[1] for p in parts], out_dir / "null.parquet", tables.NULL_SCORES)
-    return _metrics(out_dir, len(index))
+    return _metrics(out_dir, len(entity_ids))
 
 
 _SCORER: dict = {}
 
 
-def _init_scorer(cfg: ScoreConfig, baseline_dir: str, kb_path: str, entity_ids: tuple[str, ...]
-                 ) -> None:
-    """Per executor worker: the scorer and the entity text embeddings, computed once."""
+def scoring_state(cfg: ScoreConfig, baseline_dir: Path, kb: KnowledgeBase,
+                  entity_ids: tuple[str, ...]) -> dict:
+    """What scoring needs: the model on its device, its image transform, one text embedding
+    per entity (row = position in ``entity_ids``) and the null pool's rows."""
     device = resolve_device(cfg.device)
-    model, transform, tokenizer = load_scorer(cfg, Path(baseline_dir))
+    model, transform, tokenizer = load_scorer(cfg, baseline_dir)
     model = model.to(device)
-    kb = KnowledgeBase.load(Path(kb_path))
     text = entity_text_embeddings(model, tokenizer, kb, list(entity_ids), cfg.prompts, device)
     index = {e: i for i, e in enumerate(entity_ids)}
     pool_idx = np.array([index[e] for e in null_pool(kb, cfg)], dtype=np.int64)
-    _SCORER.update(cfg=cfg, device=device, model=model, transform=transform, text=text,
-                   index=index, pool_idx=pool_idx)
+    return {"cfg": cfg, "device": device, "model": model, "transform": transform,
+            "text": text, "index": index, "pool_idx": pool_idx}
+
+
+def _init_scorer(cfg: ScoreConfig, baseline_dir: str, kb_path: str, entity_ids: tuple[str, ...]
+                 ) -> None:
+    """Per executor worker: the scoring state, computed once."""
+    _SCORER.update(scoring_state(cfg, Path(baseline_dir), KnowledgeBase.load(Path(kb_path)),
+                                 entity_ids))
 
 
 @torch.no_grad()

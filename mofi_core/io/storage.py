@@ -165,6 +165,15 @@ class Storage:
                                "republish the output with this version")
         return raw["files"]
 
+    def _published(self, out: str, producer: str) -> dict[str, dict]:
+        manifest = self.read_manifest(out)
+        if manifest is None:
+            raise StorageError(
+                f"{self.root}/{out} has not been published (no {self.manifest_url(out)}): run "
+                f"stage {producer!r} with the same storage root first (or check storage.root / "
+                "MOFI_STORAGE_ROOT)")
+        return manifest
+
     # publish --------------------------------------------------------------------------------
     def publish(self, out: str) -> SyncStats:
         """Upload what changed in output ``out``, then its manifest, then delete what the new
@@ -195,12 +204,7 @@ class Storage:
     def fetch(self, dep: str, out: str, producer: str) -> SyncStats:
         """Make ``dep`` (a path inside output ``out`` of stage ``producer``) in the working copy
         equal to its publication."""
-        manifest = self.read_manifest(out)
-        if manifest is None:
-            raise StorageError(
-                f"{self.root}/{out} has not been published (no {self.manifest_url(out)}): run "
-                f"stage {producer!r} with the same storage root first (or check storage.root / "
-                "MOFI_STORAGE_ROOT)")
+        manifest = self._published(out, producer)
         sub = PurePosixPath(dep).relative_to(out).as_posix() if dep != out else ""
         wanted = {m: meta for m, meta in manifest.items()
                   if not sub or m == sub or m.startswith(sub + "/")}
@@ -247,10 +251,7 @@ class Storage:
                     ) -> list[str]:
         """URLs of the published files under ``rel`` (inside output ``out``) ending in
         ``suffix``, for stages that stream their input rather than fetch it."""
-        manifest = self.read_manifest(out)
-        if manifest is None:
-            raise StorageError(f"{self.root}/{out} has not been published: run stage "
-                               f"{producer!r} with the same storage root first")
+        manifest = self._published(out, producer)
         sub = PurePosixPath(rel).relative_to(out).as_posix() if rel != out else ""
         return [self.url(out, m) for m in sorted(manifest)
                 if (not sub or m.startswith(sub + "/")) and m.endswith(suffix)]
