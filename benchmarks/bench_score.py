@@ -3,15 +3,16 @@
     python benchmarks/bench_score.py [--samples 4000] [--repeats 5]
     python benchmarks/bench_score.py --arch ViT-B-32 --samples 512 --batch-size 64
 
-The stage reads shards, decodes and preprocesses in a DataLoader worker, encodes, and scores
-every candidate and 16 null entities per image; the bare loop only runs ``encode_image`` on
-tensors prepared beforehand. Target ratio >= 0.85. Weights are random: speed does not depend on
-them. With the demo's tiny model on a CPU the stage is input-bound (JPEG decoding and
-preprocessing cost more than the forward); ``--arch`` takes any open_clip architecture to show
-the ratio at a production model size. Two ratios are printed: the whole run (which includes
-loading the model and embedding every entity text once; the target is judged on it) and the
-per-image rate, from runs on half and all of the shards, where those fixed costs cancel (a
-difference of two timings: only meaningful on a quiet machine).
+The stage reads shards, decodes (torchvision's libjpeg-turbo) and preprocesses (batched,
+equal to the model's transform), encodes, and scores every candidate and 16 null entities per
+image; the bare loop only runs ``encode_image`` on tensors prepared beforehand. Target ratio
+>= 0.85. Weights are random: speed does not depend on them. With the demo's tiny model on a
+CPU the stage is input-bound (reading and decoding a JPEG costs about half the 0.2 ms
+forward); ``--arch`` takes any open_clip architecture to show the ratio at a production model
+size. Two ratios are printed: the whole run (which includes loading the model and embedding
+every entity text once; the target is judged on it) and the per-image rate, from runs on half
+and all of the shards, where those fixed costs cancel (a difference of two timings: only
+meaningful on a quiet machine).
 """
 
 from __future__ import annotations

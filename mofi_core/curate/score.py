@@ -6,7 +6,6 @@ preprocessed in DataLoader workers while the main process runs the image tower.
 
 from __future__ import annotations
 
-import io
 import os
 import zlib
 from collections import defaultdict
@@ -20,7 +19,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mofi_core.config import ScoreConfig
@@ -28,7 +26,8 @@ from mofi_core.io import tables
 from mofi_core.io.shards import iter_samples, list_shards
 from mofi_core.kb import KnowledgeBase
 from mofi_core.models.artifact import WEIGHTS, image_transform, load_model
-from mofi_core.models.factory import tokenizer_for
+from mofi_core.models.factory import encode_texts, tokenizer_for
+from mofi_core.models.preprocess import BatchPreprocess
 from mofi_core.parallel import (
     ResumeState,
     ShardJob,
@@ -49,14 +48,15 @@ class ScoreJob:
 
 
 class ShardBatches(IterableDataset):
-    """Full batches of (shard, key, preprocessed image) for the keys that have candidates,
+    """Full batches of (shard, key, decoded image) for the keys that have candidates,
     running across shard boundaries (small shards do not shrink the batches). Each batch also
     names the shards whose last image is in it or in an earlier batch, so the main process can
     write each shard as soon as it is complete. Shards are split across DataLoader workers;
-    each yields ``(shard names, keys, images, finished shards)``."""
+    each yields ``(shard names, keys, images, finished shards)``, the images collated by
+    :class:`BatchPreprocess` (the main process normalises them on the model's device)."""
 
-    def __init__(self, jobs: list[ScoreJob], transform, batch_size: int) -> None:
-        self.jobs, self.transform, self.batch_size = jobs, transform, batch_size
+    def __init__(self, jobs: list[ScoreJob], prep: BatchPreprocess, batch_size: int) -> None:
+        self.jobs, self.prep, self.batch_size = jobs, prep, batch_size
 
     def __iter__(self) -> Iterator[tuple[list[str], list[str], torch.Tensor, list[str]]]:
         info = get_worker_info()
@@ -71,16 +71,15 @@ class ShardBatches(IterableDataset):
             for s in iter_samples(job.tar):
                 if s["__key__"] not in wanted:
                     continue
-                img = Image.open(io.BytesIO(s["jpg"])).convert("RGB")
                 names.append(job.name)
                 keys.append(s["__key__"])
-                images.append(self.transform(img))
+                images.append(self.prep.one(s["jpg"]))
                 if len(keys) == self.batch_size:
-                    yield names, keys, torch.stack(images), finished
+                    yield names, keys, self.prep.collate(images), finished
                     names, keys, images, finished = [], [], [], []
             finished.append(job.name)
         if keys or finished:
-            yield names, keys, (torch.stack(images) if images else torch.empty(0)), finished
+            yield names, keys, (self.prep.collate(images) if images else torch.empty(0)), finished
 
 
 def load_scorer(cfg: ScoreConfig, baseline_dir: Path):
@@ -133,20 +132,16 @@ def _load_open_clip(cfg: ScoreConfig):
     return model.eval(), preprocess, open_clip.get_tokenizer(cfg.model)
 
 
-@torch.no_grad()
 def entity_text_embeddings(model, tokenizer, kb: KnowledgeBase, entity_ids: list[str],
                            prompts: tuple[str, ...], device: torch.device, batch: int = 256
                            ) -> torch.Tensor:
     """One unit vector per entity: the normalised mean over the prompt templates (which may use
     ``{name}`` and ``{description}``). Computed once per entity, never per image."""
-    out = []
-    for i in range(0, len(entity_ids), batch):
-        ents = [kb.entities[e] for e in entity_ids[i:i + batch]]
-        per_prompt = [model.encode_text(tokenizer([p.format(name=e.name, description=e.description)
-                                                   for e in ents]).to(device), normalize=True)
-                      for p in prompts]
-        out.append(torch.nn.functional.normalize(torch.stack(per_prompt).mean(0), dim=-1))
-    return torch.cat(out).float()
+    ents = [kb.entities[e] for e in entity_ids]
+    per_prompt = [encode_texts(model, tokenizer, [p.format(name=e.name, description=e.description)
+                                                  for e in ents], device, batch)
+                  for p in prompts]
+    return torch.nn.functional.normalize(torch.stack(per_prompt).mean(0), dim=-1)
 
 
 def candidates_by_key(mentions: pa.Table) -> dict[str, list[str]]:
@@ -259,7 +254,7 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
         sc = scoring_state(cfg, baseline_dir, kb, entity_ids)
         model, device, text, index, pool_idx = (sc[k] for k in (
             "model", "device", "text", "index", "pool_idx"))
-        loader = DataLoader(ShardBatches(todo, sc["transform"], cfg.batch_size), batch_size=None,
+        loader = DataLoader(ShardBatches(todo, sc["prep"], cfg.batch_size), batch_size=None,
                             num_workers=min(decode_workers(cfg, device, num_workers), len(todo)))
         by_name = {j.name: j for j in todo}
         # shards in progress (several when DataLoader workers interleave): rows + candidates
@@ -269,7 +264,8 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
             if keys:
                 with torch.autocast(device.type, dtype=torch.bfloat16,
                                     enabled=device.type == "cuda"):
-                    img = model.encode_image(images.to(device), normalize=True).float()
+                    img = model.encode_image(sc["prep"].normalize(images.to(device)),
+                                             normalize=True).float()
                 for name in dict.fromkeys(shard_of):  # the shards in this batch, in order
                     if name not in cands_of:
                         cands_of[name] = candidates_by_key(
@@ -299,7 +295,8 @@ _SCORER: dict = {}
 
 def scoring_state(cfg: ScoreConfig, baseline_dir: Path, kb: KnowledgeBase,
                   entity_ids: tuple[str, ...]) -> dict:
-    """What scoring needs: the model on its device, its image transform, one text embedding
+    """What scoring needs: the model on its device, its batched image preprocessing (the
+    model's eval transform, :mod:`mofi_core.models.preprocess`), one text embedding
     per entity (row = position in ``entity_ids``) and the null pool's rows."""
     device = resolve_device(cfg.device)
     model, transform, tokenizer = load_scorer(cfg, baseline_dir)
@@ -307,7 +304,7 @@ def scoring_state(cfg: ScoreConfig, baseline_dir: Path, kb: KnowledgeBase,
     text = entity_text_embeddings(model, tokenizer, kb, list(entity_ids), cfg.prompts, device)
     index = {e: i for i, e in enumerate(entity_ids)}
     pool_idx = np.array([index[e] for e in null_pool(kb, cfg)], dtype=np.int64)
-    return {"cfg": cfg, "device": device, "model": model, "transform": transform,
+    return {"cfg": cfg, "device": device, "model": model, "prep": BatchPreprocess(transform),
             "text": text, "index": index, "pool_idx": pool_idx}
 
 
@@ -333,7 +330,8 @@ def score_shard(job: ShardJob, out_dir: Path, mentions: dict[str, str]
 
     def flush() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            img = sc["model"].encode_image(torch.stack(images).to(device), normalize=True).float()
+            img = sc["model"].encode_image(sc["prep"].normalize(
+                sc["prep"].collate(images).to(device)), normalize=True).float()
         _score_batch(rows, keys, img, cands, sc["text"], sc["index"], sc["pool_idx"], cfg)
         keys.clear()
         images.clear()
@@ -341,7 +339,7 @@ def score_shard(job: ShardJob, out_dir: Path, mentions: dict[str, str]
     for s in iter_samples(job.source):
         if s["__key__"] in cands:
             keys.append(s["__key__"])
-            images.append(sc["transform"](Image.open(io.BytesIO(s["jpg"])).convert("RGB")))
+            images.append(sc["prep"].one(s["jpg"]))
             if len(keys) == cfg.batch_size:
                 flush()
     if keys:

@@ -18,7 +18,7 @@ import torch
 from mofi_core.evaluate.embed import embed_files
 from mofi_core.kb import KnowledgeBase
 from mofi_core.models.artifact import ModelMeta, load_model, read_meta
-from mofi_core.models.factory import tokenizer_for
+from mofi_core.models.factory import encode_texts, tokenizer_for
 from mofi_core.train.distributed import resolve_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -93,7 +93,6 @@ def _require_text_tower(meta: ModelMeta, model_dir: Path | str) -> None:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def text_classifier(model_dir: Path | str, class_names: Sequence[str],
                     texts: dict[str, list[str]], batch_size: int = 256, device: str = "auto"
                     ) -> np.ndarray:
@@ -111,12 +110,7 @@ def text_classifier(model_dir: Path | str, class_names: Sequence[str],
     flat = [t for c in class_names for t in texts[c]]
     owner = torch.repeat_interleave(torch.arange(len(class_names)),
                                     torch.tensor([len(texts[c]) for c in class_names]))
-    chunks = []
-    for i in range(0, len(flat), batch_size):
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            emb = clip.encode_text(tokenizer(flat[i:i + batch_size]).to(dev), normalize=True)
-        chunks.append(emb.float().cpu())
-    per_text = torch.cat(chunks)
+    per_text = encode_texts(clip, tokenizer, flat, dev, batch_size).cpu()
     sums = torch.zeros(len(class_names), per_text.shape[1]).index_add_(0, owner, per_text)
     return torch.nn.functional.normalize(sums, dim=-1).numpy()
 

@@ -8,11 +8,12 @@ bad member is a rejection or an error.
 
 from __future__ import annotations
 
-import io
 import json
+import os
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -140,45 +141,130 @@ def iter_samples(path: Path | str, on_problem: Callable[[ShardProblem], None] | 
     those and record the shard as rejected.
     """
     current: dict[str, Any] | None = None
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            parts = split_member_name(member.name)
-            if parts is None:
-                if on_problem is not None:
-                    kind = "a file" if member.isfile() else _member_kind(member)
-                    on_problem(ShardProblem(member.name, f"tar member ({kind}) has no "
-                                            "'key.extension' name; not part of any sample"))
-                continue
-            key, ext = parts
-            if current is not None and current["__key__"] != key:
+    for member, read in _members(Path(path)):
+        if member is None:  # the end: the last sample, then the end-of-archive check
+            if current is not None:
                 yield current
                 current = None
-            if current is None:
-                current = {"__key__": key}
-            if not member.isfile():
-                current.setdefault("__errors__", []).append(
-                    f"member {member.name!r} is {_member_kind(member)}, not a regular file")
-                continue
-            if max_member_bytes is not None and member.size > max_member_bytes:
-                current.setdefault("__errors__", []).append(
-                    f"member {member.name!r} is {member.size} bytes (> {max_member_bytes})")
-                continue
-            fh = tar.extractfile(member)
-            current[ext] = fh.read() if fh is not None else b""
-        if current is not None:
+            read()
+            continue
+        parts = split_member_name(member.name)
+        if parts is None:
+            if on_problem is not None:
+                kind = "a file" if member.isfile() else _member_kind(member)
+                on_problem(ShardProblem(member.name, f"tar member ({kind}) has no "
+                                        "'key.extension' name; not part of any sample"))
+            continue
+        key, ext = parts
+        if current is not None and current["__key__"] != key:
             yield current
-        _check_trailer(tar, Path(path))
+            current = None
+        if current is None:
+            current = {"__key__": key}
+        if not member.isfile():
+            current.setdefault("__errors__", []).append(
+                f"member {member.name!r} is {_member_kind(member)}, not a regular file")
+            continue
+        if max_member_bytes is not None and member.size > max_member_bytes:
+            current.setdefault("__errors__", []).append(
+                f"member {member.name!r} is {member.size} bytes (> {max_member_bytes})")
+            continue
+        current[ext] = read()
 
 
-def _check_trailer(tar: tarfile.TarFile, path: Path) -> None:
-    """tarfile stops silently at a header cut short; a complete plain tar ends in zero blocks."""
-    if not isinstance(tar.fileobj, io.BufferedReader):  # compressed: the codec checks its end
-        return
-    tar.fileobj.seek(tar.offset)
-    tail = tar.fileobj.read()
-    if len(tail) < tarfile.BLOCKSIZE or tail.strip(b"\0"):
+# gzip, bzip2, xz, zstd: compressed shards are read by tarfile from the start
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")
+_USTAR = b"ustar\x0000"
+
+
+def _members(path: Path) -> Iterator[tuple[tarfile.TarInfo | None, Callable[[], Any]]]:
+    """(member, a function reading its data) in tar order, then ``(None, end check)``: a
+    function raising :class:`tarfile.ReadError` unless the archive ended properly.
+
+    Plain POSIX ustar headers of regular files, which is what :class:`ShardWriter`, Python's
+    ``tarfile`` and webdataset write for short names, are parsed here, ~4x cheaper than
+    ``tarfile`` (a benchmark-visible cost of ingest, score and build). From the first header
+    of any other kind on (pax or GNU extensions, links, directories, base-256 numbers, a bad
+    checksum or field) ``tarfile`` reads the rest of the file, so its checks and errors apply
+    to everything unusual; compressed shards go to ``tarfile`` whole."""
+    with open(path, "rb") as fh:
+        if fh.read(6).startswith(_COMPRESSED):
+            fh.seek(0)
+            with tarfile.open(fileobj=fh, mode="r:*") as tar:
+                yield from ((m, partial(_tar_read, tar, m)) for m in tar)
+            yield None, lambda: None  # the codec checks the compressed stream's end
+            return
+        offset, length = 0, os.fstat(fh.fileno()).st_size
+        fh.seek(0)
+        while True:
+            if offset > length:  # the last member's data or padding is cut (tarfile's check)
+                raise tarfile.ReadError(f"{path.name}: unexpected end of data before byte "
+                                        f"{offset}")
+            header = fh.read(BLOCK)
+            info = _plain_member(header)
+            if info is None:
+                break
+            data_at = offset + BLOCK
+            yield info, partial(_read_exact, fh, data_at, info.size, info.name)
+            offset = data_at + info.size + (-info.size % BLOCK)
+            fh.seek(offset)
+        if header == bytes(BLOCK) or (offset > 0 and len(header) < BLOCK):
+            # the end of the archive (only zero blocks may follow), or a header cut short
+            yield None, partial(_check_tail, fh, offset, path)
+            return
+        fh.seek(offset)  # an unusual header (or an empty file): tarfile takes over from here
+        with tarfile.open(fileobj=fh, mode="r:") as tar:
+            yield from ((m, partial(_tar_read, tar, m)) for m in tar)
+            yield None, partial(_check_tail, fh, tar.offset, path)
+
+
+def _plain_member(header: bytes) -> tarfile.TarInfo | None:
+    """The member a plain ustar regular-file header describes; None for anything else."""
+    if len(header) < BLOCK or header[257:265] != _USTAR or header[156] not in b"0\0":
+        return None
+    try:
+        # mode, uid, gid, size, mtime, checksum: NUL/space-terminated octal ('tarfile' fails
+        # the header on a bad one too; base-256 values start with 0x80/0xff and fail here)
+        size, chksum = (int(header[a:b].split(b"\0", 1)[0].strip() or b"0", 8)
+                        for a, b in ((124, 136), (148, 156)))
+        for a, b in ((100, 108), (108, 116), (116, 124), (136, 148)):
+            int(header[a:b].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    if chksum != sum(header[:148]) + 256 + sum(header[156:]):
+        return None  # tarfile decides (it also accepts the signed-byte sum)
+    raw = header[:100].split(b"\0", 1)[0]
+    prefix = header[345:500].split(b"\0", 1)[0]
+    name = (prefix + b"/" + raw if prefix else raw).decode("utf-8", "surrogateescape")
+    if not raw or name.endswith("/"):
+        return None  # old-style directory: tarfile's rules
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, tarfile.REGTYPE
+    return info
+
+
+def _read_exact(fh, at: int, size: int, name: str) -> bytes:
+    fh.seek(at)
+    data = fh.read(size)
+    if len(data) != size:
+        raise tarfile.ReadError(f"unexpected end of data in member {name!r}: {len(data)} of "
+                                f"{size} bytes")
+    return data
+
+
+def _tar_read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    fh = tar.extractfile(member)
+    return fh.read() if fh is not None else b""
+
+
+def _check_tail(fh, offset: int, path: Path) -> None:
+    """A complete plain tar ends in zero blocks; tarfile stops silently at a header cut short
+    or at garbage after a zero block."""
+    fh.seek(offset)
+    tail = fh.read()
+    if len(tail) < BLOCK or tail.strip(b"\0"):
         raise tarfile.ReadError(f"{path.name} is truncated: no end-of-archive after byte "
-                                f"{tar.offset}")
+                                f"{offset}")
 
 
 def list_shards(folder: Path | str) -> list[Path]:

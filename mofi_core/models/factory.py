@@ -97,3 +97,54 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head.logits(self.encode_image(images))
+
+
+def _cuts_after_end_token(clip: nn.Module) -> bool:
+    """Whether padding after the end token can be cut without changing ``encode_text``: an
+    open_clip CLIP (its own ``encode_text``, not an override) with a causal mask, pooling at
+    the end token. Position i then only attends to positions <= i, so the pooled output never
+    sees what comes after the end token."""
+    from open_clip.model import CLIP
+
+    return (type(clip).encode_text is CLIP.encode_text
+            and getattr(clip, "attn_mask", None) is not None
+            and getattr(clip, "text_pool_type", None) == "argmax")
+
+
+def _encode_cut(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP.encode_text on the first n positions only, n = one past the last end token."""
+    ends = tokens.argmax(dim=-1)  # the end token has the largest id in open_clip's vocabulary
+    n = int(ends.max()) + 1
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(tokens[:, :n]).to(cast) + clip.positional_embedding[:n].to(cast)
+    x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask[:n, :n]))
+    x = x[torch.arange(x.shape[0], device=x.device), ends]
+    if clip.text_projection is None:
+        return x
+    if isinstance(clip.text_projection, nn.Linear):
+        return clip.text_projection(x)
+    return x @ clip.text_projection
+
+
+@torch.no_grad()
+def encode_texts(clip: nn.Module, tokenizer, texts: list[str], device: torch.device,
+                 batch_size: int = 256) -> torch.Tensor:
+    """Unit-norm text embeddings (float32, on ``device``, rows in the order of ``texts``).
+
+    Texts are batched by token length and each batch is cut after its longest text's end
+    token: entity names and prompts use ~10 of a context of 77, and the text tower's cost
+    falls with the length. The result equals ``encode_text`` on the padded tokens up to float
+    rounding (tested); models where the cut could change it get plain ``encode_text``."""
+    if not texts:
+        return torch.empty(0, 0, device=device)
+    tokens = tokenizer(texts)
+    cut = _cuts_after_end_token(clip)
+    order = torch.argsort(tokens.argmax(dim=-1), stable=True) if cut else torch.arange(len(texts))
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = tokens[order[i:i + batch_size]].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            emb = _encode_cut(clip, batch) if cut else clip.encode_text(batch)
+        out.append(torch.nn.functional.normalize(emb.float(), dim=-1))
+    emb = torch.cat(out)
+    return torch.empty_like(emb).index_copy_(0, order.to(device), emb)
