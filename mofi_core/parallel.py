@@ -1,9 +1,10 @@
 """Shard-level work: run a pure function per shard, in a process pool, resumably.
 
 A data stage (ingest, ner, score, build) is split into one *job* per input shard.
-``run_shards`` runs the jobs that are not already done, each writing its own outputs
-atomically, and returns every job's summary in job order (so results never depend on
-scheduling). A job is *done* when its record under the state folder says it ran on the same
+``iter_shards`` runs the jobs that are not already done, each writing its own outputs
+atomically, and yields every job's summary in job order as results arrive (so results never
+depend on scheduling, and a caller folding them never holds them all); ``run_shards`` collects
+them. A job is *done* when its record under the state folder says it ran on the same
 input (content identity) with the same stage fingerprint (params + code-relevant inputs) and
 its outputs still hash to what it wrote.
 A crash leaves at most the outputs of unfinished jobs without a record: those are redone.
@@ -177,50 +178,61 @@ def _run_dask(address: str, fn: JobFn, todo: Sequence[ShardJob],
             yield fut.result()
 
 
+def iter_shards(fn: JobFn, jobs: Sequence[ShardJob],
+                outputs_of: Callable[[ShardJob], list[Path]], state: ResumeState | None,
+                workers: int = 1, initializer: Callable[..., None] | None = None,
+                initargs: tuple = ()) -> Iterator[tuple[ShardJob, dict[str, Any], bool]]:
+    """Run ``fn`` on every job not already done; yield ``(job, summary, skipped)`` in job
+    order as results arrive, so a caller folding the summaries never holds them all (build's
+    per-entity counts per shard).
+
+    ``fn(job) -> (output paths, summary)`` must be a module-level function (it is pickled to
+    spawn workers) that writes its outputs atomically. ``initializer(*initargs)`` runs once per
+    worker process (or once in this process when ``workers == 1``) to load heavy state. A job
+    already done yields the summary ``state`` kept for it.
+    """
+    todo = [j for j in jobs if state is None or not state.is_done(j, outputs_of(j))]
+    results = iter(_run(fn, todo, workers, initializer, initargs)) if todo else iter(())
+    pending = {j.name for j in todo}
+    for job in jobs:
+        if job.name in pending:
+            outs, summary = next(results)  # results come in todo order, a subsequence of jobs
+            if state is not None:
+                state.mark_done(job, outs, summary)
+            yield job, summary, False
+        else:
+            assert state is not None
+            yield job, state.summary(job), True
+    if state is not None:
+        state.forget_others(j.name for j in jobs)
+
+
+def _run(fn: JobFn, todo: Sequence[ShardJob], workers: int,
+         initializer: Callable[..., None] | None, initargs: tuple
+         ) -> Iterator[tuple[list[Path], dict[str, Any]]]:
+    """``fn``'s results for ``todo``, in order: on Dask, in this process or in a spawn pool."""
+    address = executor_address()
+    if address:
+        yield from _run_dask(address, fn, todo, initializer, initargs)
+        return
+    n = resolve_workers(workers, len(todo))
+    if n == 1:
+        if initializer is not None:
+            initializer(*initargs)
+        yield from map(fn, todo)
+        return
+    # spawn: workers start clean whatever this process has loaded (threads, torch, ...)
+    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"),
+                             initializer=initializer, initargs=initargs) as pool:
+        yield from pool.map(fn, todo)
+
+
 def run_shards(fn: JobFn, jobs: Sequence[ShardJob], outputs_of: Callable[[ShardJob], list[Path]],
                state: ResumeState | None, workers: int = 1,
                initializer: Callable[..., None] | None = None, initargs: tuple = ()
                ) -> tuple[list[dict[str, Any]], int]:
-    """Run ``fn`` on every job not already done; return (summaries in job order, jobs skipped).
-
-    ``fn(job) -> (output paths, summary)`` must be a module-level function (it is pickled to
-    spawn workers) that writes its outputs atomically. ``initializer(*initargs)`` runs once per
-    worker process (or once in this process when ``workers == 1``) to load heavy state.
-    """
-    todo = [j for j in jobs if state is None or not state.is_done(j, outputs_of(j))]
-    results: dict[str, dict[str, Any]] = {}
-    address = executor_address()
-    if todo and address:
-        for job, (outs, summary) in zip(todo, _run_dask(address, fn, todo, initializer,
-                                                        initargs), strict=True):
-            _finish(state, job, outs, summary, results)
-    elif todo:
-        n = resolve_workers(workers, len(todo))
-        if n == 1:
-            if initializer is not None:
-                initializer(*initargs)
-            done = map(fn, todo)
-            for job, (outs, summary) in zip(todo, done, strict=True):
-                _finish(state, job, outs, summary, results)
-        else:
-            # spawn: workers start clean whatever this process has loaded (threads, torch, ...)
-            with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"),
-                                     initializer=initializer, initargs=initargs) as pool:
-                for job, (outs, summary) in zip(todo, pool.map(fn, todo), strict=True):
-                    _finish(state, job, outs, summary, results)
-    skipped = 0
-    for job in jobs:
-        if job.name not in results:
-            assert state is not None
-            results[job.name] = state.summary(job)
-            skipped += 1
-    if state is not None:
-        state.forget_others(j.name for j in jobs)
-    return [results[j.name] for j in jobs], skipped
+    """:func:`iter_shards` collected: (summaries in job order, jobs skipped)."""
+    done = list(iter_shards(fn, jobs, outputs_of, state, workers, initializer, initargs))
+    return [summary for _, summary, _ in done], sum(skipped for _, _, skipped in done)
 
 
-def _finish(state: ResumeState | None, job: ShardJob, outs: list[Path], summary: dict[str, Any],
-            results: dict[str, dict[str, Any]]) -> None:
-    if state is not None:
-        state.mark_done(job, outs, summary)
-    results[job.name] = summary

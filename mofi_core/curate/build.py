@@ -29,7 +29,7 @@ from mofi_core.config import BuildConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
 from mofi_core.io.shards import ShardWriter, iter_samples
-from mofi_core.parallel import ShardJob, run_shards
+from mofi_core.parallel import ShardJob, iter_shards
 
 Labels = dict[str, list[tuple[str, float]]]
 
@@ -185,7 +185,7 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
     counters, never the corpus): 1) the per-image rules, spilled per shard; 2) the vocabulary
     and cap cut, I2E shards and labels. Same result as :func:`select_labels` on everything.
 
-    Each pass is one job per shard (``run_shards``): in this process by default, on the Dask
+    Each pass is one job per shard (``iter_shards``): in this process by default, on the Dask
     cluster when an executor address is set (the workers must see this folder)."""
     shards = _shards(ingest_dir, score_dir)
     jobs = [ShardJob(name, str(tar), None) for name, _, _, tar in shards]
@@ -196,9 +196,10 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
     with atomic_dir(out_dir) as out:
         spill = out / ".pass1"
         spill.mkdir()
-        summaries, _ = run_shards(partial(rules_shard, score_dir=score_dir, spill=spill, cfg=cfg),
-                                  jobs, lambda j: [], None)
-        for s in summaries:  # merged in shard order: the same result wherever jobs ran
+        # each summary is folded in as it arrives, in shard order: the same result wherever
+        # the jobs ran, and only one shard's per-entity counts at a time
+        for _, s, _ in iter_shards(partial(rules_shard, score_dir=score_dir, spill=spill,
+                                           cfg=cfg), jobs, lambda j: [], None):
             pairs_in += s["pairs"]
             hist_all += np.asarray(s["hist"], dtype=np.int64)
             counts.update(s["counts"])
@@ -221,10 +222,10 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
                               "cutoff": {e: [w.score, w.key] for e, w in sorted(cutoff.items())}})
         acc = _Accumulator(hist_all)
         (out / "shards").mkdir()
-        summaries, _ = run_shards(partial(write_shard_job, spill=spill, shards_dir=out / "shards",
-                                          cut_file=cut_file), jobs, lambda j: [], None)
         with pq.ParquetWriter(out / ".labels.parquet", tables.LABELS) as labels_writer:
-            for job, s in zip(jobs, summaries, strict=True):  # shard order: deterministic
+            for job, s, _ in iter_shards(partial(write_shard_job, spill=spill,
+                                                 shards_dir=out / "shards", cut_file=cut_file),
+                                         jobs, lambda j: [], None):  # shard order
                 acc.merge(s)
                 part = spill / f"{job.name}.labels.parquet"
                 if part.exists():

@@ -124,10 +124,15 @@ def test_damaged_headers_and_garbage_after_the_end(tmp_path: Path) -> None:
         "mtime": (second + 136, b"zzzzzzzzzzz\0"),
         "base256_size": (second + 124, b"\x80" + bytes(10) + b"\x05"),
         "typeflag": (second + 156, b"Z"),
+        "negative_size": (second + 124, b"-0000000001\0"),
     }
     for name, (at, patch) in cases.items():
         bad = bytearray(whole)
         bad[at:at + len(patch)] = patch
+        if name != "checksum":  # a valid checksum: the damaged field itself must be caught
+            header = bad[second:second + 512]
+            header[148:156] = b" " * 8
+            bad[second + 148:second + 156] = b"%06o\0 " % sum(header)
         (tmp_path / f"{name}.tar").write_bytes(bytes(bad))
         assert_same(tmp_path / f"{name}.tar")
     (tmp_path / "garbage.tar").write_bytes(bytes(whole) + b"trailing junk")
