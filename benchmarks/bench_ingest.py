@@ -11,7 +11,6 @@ ratio is the stage's samples/s over the loop's: what the checks and the outputs 
 
 from __future__ import annotations
 
-import argparse
 import io
 import shutil
 import tarfile
@@ -19,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ratio import corpus_world, interleaved_medians, ratio_result, write_result
+from ratio import corpus_world, interleaved_medians, ratio_result, stage_parser, write_result
 
 
 def bare_loop(shards: list[Path]) -> int:
@@ -39,10 +38,7 @@ def bare_loop(shards: list[Path]) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=6000)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", type=Path, help="also write the result here")
+    ap = stage_parser(__doc__, samples=6000)
     args = ap.parse_args()
 
     from mofi_core.config import IngestConfig

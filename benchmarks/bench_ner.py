@@ -8,19 +8,15 @@ throughput (NER + gazetteer + linking + rows) over the bare pipe's; target >= 0.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
-from ratio import corpus_world, interleaved_medians, ratio_result, write_result
+from ratio import corpus_world, interleaved_medians, ratio_result, stage_parser, write_result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=6000)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", type=Path, help="also write the result here")
+    ap = stage_parser(__doc__, samples=6000)
     args = ap.parse_args()
 
     from mofi_core.config import NerConfig

@@ -17,25 +17,21 @@ meaningful on a quiet machine).
 
 from __future__ import annotations
 
-import argparse
 import io
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from ratio import corpus_world, interleaved_medians, ratio_result, write_result
+from ratio import corpus_world, interleaved_medians, ratio_result, stage_parser, write_result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=4000)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap = stage_parser(__doc__, samples=4000)
     ap.add_argument("--arch", default="mofi-tiny", help="mofi or open_clip architecture name")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda, both "
                                                     "sides)")
-    ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
     import pyarrow as pa

@@ -3,10 +3,20 @@ and the one JSON shape every benchmark writes with ``--json`` (read by ``suite.p
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+
+def stage_parser(doc: str, samples: int) -> argparse.ArgumentParser:
+    """The options every stage-vs-baseline benchmark takes: corpus size, repeats, --json."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=samples)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    return ap
 
 
 def interleaved_medians(bare: Callable[[], float], stage: Callable[[], float],

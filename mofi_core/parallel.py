@@ -192,7 +192,7 @@ def iter_shards(fn: JobFn, jobs: Sequence[ShardJob],
     already done yields the summary ``state`` kept for it.
     """
     todo = [j for j in jobs if state is None or not state.is_done(j, outputs_of(j))]
-    results = iter(_run(fn, todo, workers, initializer, initargs)) if todo else iter(())
+    results = _run(fn, todo, workers, initializer, initargs) if todo else iter(())
     pending = {j.name for j in todo}
     for job in jobs:
         if job.name in pending:

@@ -175,6 +175,8 @@ def iter_samples(path: Path | str, on_problem: Callable[[ShardProblem], None] | 
 # gzip, bzip2, xz, zstd: compressed shards are read by tarfile from the start
 _COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")
 _USTAR = b"ustar\x0000"
+# mode, uid, gid, size, mtime, checksum: (start, end) in the header block
+_NUMERIC_FIELDS = ((100, 108), (108, 116), (116, 124), (124, 136), (136, 148), (148, 156))
 
 
 def _members(path: Path) -> Iterator[tuple[tarfile.TarInfo | None, Callable[[], Any]]]:
@@ -223,12 +225,10 @@ def _plain_member(header: bytes) -> tarfile.TarInfo | None:
     if len(header) < BLOCK or header[257:265] != _USTAR or header[156] not in b"0\0":
         return None
     try:
-        # mode, uid, gid, size, mtime, checksum: NUL/space-terminated octal ('tarfile' fails
-        # the header on a bad one too; base-256 values start with 0x80/0xff and fail here)
-        size, chksum = (int(header[a:b].split(b"\0", 1)[0].strip() or b"0", 8)
-                        for a, b in ((124, 136), (148, 156)))
-        for a, b in ((100, 108), (108, 116), (116, 124), (136, 148)):
-            int(header[a:b].split(b"\0", 1)[0].strip() or b"0", 8)
+        # NUL/space-terminated octal ('tarfile' fails the header on a bad one too; base-256
+        # values start with 0x80/0xff and fail here)
+        _, _, _, size, _, chksum = (int(header[a:b].split(b"\0", 1)[0].strip() or b"0", 8)
+                                    for a, b in _NUMERIC_FIELDS)
     except ValueError:
         return None
     if size < 0 or chksum != sum(header[:148]) + 256 + sum(header[156:]):
