@@ -48,7 +48,7 @@ from mofi_core.config import BuildConfig, IngestConfig, NerConfig, ScoreConfig
 stage, root = sys.argv[1], Path(sys.argv[2])
 if stage == "evaluate":  # untimed: a GPR1200-layout folder of the ingested images
     import pyarrow.parquet as pq
-    from mofi_core.evaluate.quality import read_truth
+    from mofi_core.report import read_truth
     from mofi_core.io.shards import iter_samples, list_shards
     truth = {r["key"]: r["entity_ids"][0] for r in read_truth(root / "truth").to_pylist()
              if r["entity_ids"]}
@@ -84,7 +84,7 @@ elif stage == "build":
     build(root / "ingest", root / "score", root / "i2e", BuildConfig(threshold=-1.0))
 elif stage == "evaluate":
     from mofi_core.config import EvaluateConfig
-    from mofi_core.evaluate.report import evaluate
+    from mofi_core.evaluate.run import evaluate
     evaluate({"baseline": root / "baseline"}, root / "gpr", EvaluateConfig())
 secs = time.perf_counter() - t
 own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -39,7 +39,8 @@ def _measure(rank: int, world: int, port: int, classes: int, dim: int, batch: in
     import torch
     import torch.distributed as dist
 
-    from mofi_core.train.heads import LinearHead, ShardedHead
+    from mofi_core.models.heads import LinearHead
+    from mofi_core.train.heads import ShardedHead
 
     torch.set_num_threads(1)
     torch.manual_seed(rank)

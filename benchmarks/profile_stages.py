@@ -51,7 +51,7 @@ def main() -> None:
     from mofi_core.curate.ner import run_ner
     from mofi_core.curate.score import score
     from mofi_core.demo.world import generate_world
-    from mofi_core.evaluate.report import evaluate
+    from mofi_core.evaluate.run import evaluate
     from mofi_core.models.artifact import build_model, default_meta, save_model
     from mofi_core.models.factory import arch_config
 

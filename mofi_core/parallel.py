@@ -22,7 +22,6 @@ workers must see the same paths (shared filesystem) as this process.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import threading
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mofi_core.io.atomic import write_json
+from mofi_core.io.hashing import file_sha256, fingerprint
 
 
 @dataclass(frozen=True)
@@ -44,20 +44,6 @@ class ShardJob:
     name: str
     source: str
     identity: str | None  # content identity of the source; None = cannot tell, always redo
-
-
-def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fingerprint(*parts: Any) -> str:
-    """A stable hash of JSON-able parts (params dumps, model hashes, ...)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 class ResumeState:

@@ -1,5 +1,8 @@
-"""What every stage command does around its pure function: load its params section, open a
-tracking run, call the stage, write its metrics file, log params/metrics/outputs."""
+"""The stage runner: what every ``mofi <stage>`` does around the stage's pure function.
+
+Load the row's params section, open a tracking run, fetch inputs from the storage root (when one
+is set), call the entry named in the stage table (:mod:`mofi_core.stages`), write
+``metrics/<stage>.json``, publish outputs, log params/metrics/artifacts."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from mofi_core import tracking
 from mofi_core.config import Section, load_params
@@ -16,10 +19,16 @@ from mofi_core.io.atomic import sweep_stale_temps, write_json
 from mofi_core.io.layout import Layout
 from mofi_core.io.storage import StageStorage, storage_root
 from mofi_core.parallel import use_executor
+from mofi_core.stages import StageSpec
+
+S = TypeVar("S", bound=Section)
 
 
 @dataclass
-class StageContext:
+class StageContext(Generic[S]):
+    """What a stage function gets beside its params section: where things are, where to log."""
+
+    spec: StageSpec
     layout: Layout
     tracker: tracking.Tracker
     artifacts: list[Path] = field(default_factory=list)  # logged to the run at the end
@@ -34,10 +43,14 @@ def distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def execute(name: str, fn: StageFn, params_file: Path, root: Path) -> dict[str, Any]:
-    """Run stage ``name``; its metrics land in ``metrics/<name>.json`` (DVC metrics)."""
+def execute(spec: StageSpec, params_file: Path, root: Path,
+            fn: StageFn | None = None) -> dict[str, Any]:
+    """Run stage ``spec`` (its entry, or ``fn`` in tests); its metrics land in
+    ``metrics/<name>.json`` (DVC metrics)."""
+    name = spec.name
     params = load_params(params_file)
-    section = params.section(name)
+    section = params.section(spec.section)
+    fn = fn or spec.load()
     layout = Layout(root.resolve())
     if tracking.is_main_process():
         stale = sweep_stale_temps(*(layout.root / d for d in
@@ -45,11 +58,11 @@ def execute(name: str, fn: StageFn, params_file: Path, root: Path) -> dict[str, 
         if stale:
             print(f"{name}: removed {len(stale)} temporary file(s) left by a killed run")
     root_url = storage_root(params.storage.root)
-    store = StageStorage.open(root_url, layout.root, name,
-                              getattr(fn, "streamed_inputs", ())) if root_url else None
+    store = StageStorage.open(root_url, layout.root, name, spec.streamed) if root_url else None
     with tracking.run(name, layout.root, tags={"mofi.stage": name}) as tracker:
         tracker.log_params({name: section.model_dump(mode="json")})
-        ctx = StageContext(layout=layout, tracker=tracker, storage=store)
+        ctx: StageContext = StageContext(spec=spec, layout=layout, tracker=tracker,
+                                         storage=store)
         start = time.perf_counter()
         try:
             if store is not None and not distributed_launch():

@@ -19,11 +19,11 @@ TINY = {
     "corpus.benchmark.seen_classes": 6, "corpus.benchmark.unseen_classes": 2,
     "corpus.benchmark.images_per_class": 4, "corpus.benchmark.labelled_train": 2,
     "corpus.benchmark.labelled_val": 1, "corpus.benchmark.labelled_test": 2,
-    "corpus.workers": 2,
+    "runtime.corpus.workers": 2,
     "baseline.steps": 20, "baseline.batch_size": 32, "baseline.warmup_steps": 2,
-    "baseline.log_every": 5, "baseline.num_workers": 0,
-    "train.steps": 20, "train.batch_size": 16, "train.warmup_steps": 2, "train.log_every": 5,
-    "train.num_workers": 0,
+    "runtime.baseline.log_every": 5, "baseline.num_workers": 0,
+    "train.steps": 20, "train.batch_size": 16, "train.warmup_steps": 2,
+    "runtime.train.log_every": 5, "train.num_workers": 0,
     # a 20-step CLIP scores poorly: keep every candidate so that the later stages get data
     "build.threshold": -1.0, "build.min_images_per_entity": 2,
     "validate.min_fraction_of_corpus": 0.01,
@@ -66,8 +66,8 @@ def truth_i2e(tiny_world, tmp_path_factory):
     from mofi_core.config import BuildConfig
     from mofi_core.curate.build import build
     from mofi_core.curate.ingest import ingest
-    from mofi_core.evaluate.quality import read_truth
     from mofi_core.io import tables
+    from mofi_core.report import read_truth
 
     layout, params, _ = tiny_world
     tmp = tmp_path_factory.mktemp("truth_i2e")

@@ -26,66 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mofi_core.config import BuildConfig
+from mofi_core.curate import rules
+from mofi_core.curate.rules import Labels
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
 from mofi_core.io.shards import ShardWriter, iter_samples
 from mofi_core.parallel import ShardJob, iter_shards
 
-Labels = dict[str, list[tuple[str, float]]]
-
 
 class EmptyDatasetError(RuntimeError):
     pass
-
-
-def _passes_rules(keys: list[str], entities: list[str], scores: list[float], cfg: BuildConfig,
-                  null_cut: dict[str, float]) -> Labels:
-    by_key: Labels = defaultdict(list)
-    for key, ent, sc in zip(keys, entities, scores, strict=True):
-        by_key[key].append((ent, sc))
-    kept: Labels = {}
-    for key, cands in by_key.items():
-        if "top_k" in cfg.rules:
-            cands = sorted(cands, key=lambda c: (-c[1], c[0]))[: cfg.top_k]
-        if "threshold" in cfg.rules:
-            cands = [c for c in cands if c[1] >= cfg.threshold]
-        if "null_quantile" in cfg.rules:
-            if key not in null_cut:
-                raise ValueError(f"build.rules has null_quantile but image {key!r} has no null "
-                                 "scores: set score.null_samples > 0 and re-run score")
-            cands = [c for c in cands if c[1] > null_cut[key]]
-        if cands:
-            kept[key] = cands
-    return kept
-
-
-def select_labels(keys: list[str], entities: list[str], scores: list[float], cfg: BuildConfig,
-                  null_cut: dict[str, float] | None = None) -> Labels:
-    """key -> sorted [(entity, score)] after the rules and the vocabulary cut; pure, no I/O."""
-    kept = _passes_rules(keys, entities, scores, cfg, null_cut or {})
-    if cfg.max_images_per_entity:
-        per_entity: dict[str, list[tuple[float, str]]] = defaultdict(list)
-        for key, labels in kept.items():
-            for e, s in labels:
-                per_entity[e].append((s, key))
-        allowed = {(e, k) for e, items in per_entity.items()
-                   for _, k in sorted(items, key=lambda t: (-t[0], t[1]))
-                   [: cfg.max_images_per_entity]}
-        kept = {k: [(e, s) for e, s in ls if (e, k) in allowed] for k, ls in kept.items()}
-    counts = Counter(e for labels in kept.values() for e, _ in labels)
-    vocab = {e for e, n in counts.items() if n >= cfg.min_images_per_entity}
-    out = {}
-    for key, labels in kept.items():
-        labels = sorted((e, s) for e, s in labels if e in vocab)
-        if labels:
-            out[key] = labels
-    return out
-
-
-def null_cutoffs(null_file: Path, q: float) -> dict[str, float]:
-    table = tables.read_table(null_file, tables.NULL_SCORES)
-    return {k: float(np.quantile(s, q)) for k, s in
-            zip(table["key"].to_pylist(), table["scores"].to_pylist(), strict=True) if s}
 
 
 class _Worst:
@@ -119,9 +69,9 @@ def rules_shard(job: ShardJob, score_dir: Path, spill: Path, cfg: BuildConfig
     Returns per-entity counts (and, with a cap, each entity's best ``cap`` (score, key))."""
     scores = tables.read_table(score_dir / "parts" / f"{job.name}.scores.parquet",
                                tables.SCORES)
-    cut = null_cutoffs(score_dir / "parts" / f"{job.name}.null.parquet", cfg.null_quantile) \
+    cut = rules.null_cutoffs(score_dir / "parts" / f"{job.name}.null.parquet", cfg.null_quantile) \
         if "null_quantile" in cfg.rules else {}
-    kept = _passes_rules(scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
+    kept = rules.passes_rules(scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
                          scores["score"].to_pylist(), cfg, cut)
     flat = [(k, e, sc) for k, ls in kept.items() for e, sc in ls]
     counts: Counter[str] = Counter(e for _, e, _ in flat)
@@ -183,7 +133,8 @@ def write_shard_job(job: ShardJob, spill: Path, shards_dir: Path, cut_file: Path
 def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) -> dict:
     """Two streaming passes over the per-shard scores (memory: one shard plus per-entity
     counters, never the corpus): 1) the per-image rules, spilled per shard; 2) the vocabulary
-    and cap cut, I2E shards and labels. Same result as :func:`select_labels` on everything.
+    and cap cut, I2E shards and labels. Same result as :func:`rules.select_labels` on
+    everything.
 
     Each pass is one job per shard (``iter_shards``): in this process by default, on the Dask
     cluster when an executor address is set (the workers must see this folder)."""
@@ -236,7 +187,7 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
         write_json(out / "vocab.json", {"classes": classes})
         stats = acc.stats(classes, pairs_in)
         # the rule travels with the data so that validate checks what build actually applied
-        write_json(out / "stats.json", {**stats, "rule": rule_summary(cfg)})
+        write_json(out / "stats.json", {**stats, "rule": rules.rule_summary(cfg)})
         _plots(out, acc)
     return stats
 
@@ -252,12 +203,6 @@ def _final_labels(spilled, vocab: set[str], cutoff: dict[str, _Worst]) -> Labels
             continue
         out[k].append((e, sc))
     return {k: sorted(ls) for k, ls in out.items()}
-
-
-def rule_summary(cfg: BuildConfig) -> dict:
-    """What build applied; ``score_floor`` is the lowest score a kept label can have."""
-    return {**cfg.model_dump(mode="json"),
-            "score_floor": cfg.threshold if "threshold" in cfg.rules else -1.0}
 
 
 def _write_shard(tar: Path, labels: Labels, out_tar: Path) -> list[dict]:

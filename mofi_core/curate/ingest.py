@@ -34,6 +34,7 @@ from PIL import Image
 from mofi_core.config import IngestConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_path
+from mofi_core.io.hashing import fingerprint
 from mofi_core.io.shards import ShardProblem, ShardWriter, iter_samples, shard_name
 from mofi_core.io.sources import (
     SHARD_SUFFIXES,
@@ -42,7 +43,7 @@ from mofi_core.io.sources import (
     source_identity,
     source_name,
 )
-from mofi_core.parallel import ResumeState, ShardJob, fingerprint, remove_stale, run_shards
+from mofi_core.parallel import ResumeState, ShardJob, remove_stale, run_shards
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -229,8 +230,7 @@ def ingest(sources: list[str] | Path, out_dir: Path, cfg: IngestConfig,
         remove_stale(folder, (j.name for j in jobs))
     for f in out_dir.glob(".fetch-*"):  # downloads of a killed run
         f.unlink()
-    state = ResumeState(state_dir, fingerprint("ingest", cfg.model_dump(mode="json",
-                                                                        exclude={"workers"}))) \
+    state = ResumeState(state_dir, fingerprint("ingest", cfg.result_key())) \
         if state_dir is not None else None
     summaries, skipped = run_shards(partial(ingest_shard, out_dir=out_dir, cfg=cfg), jobs,
                                     lambda j: shard_outputs(out_dir, j.name), state, cfg.workers)
@@ -358,7 +358,6 @@ def run(cfg: IngestConfig, ctx) -> dict:
 
 
 # with a storage root, the corpus shards are streamed from S3 (never downloaded first)
-run.streamed_inputs = ("data/corpus/shards",)
 
 
 def _storage_sources(cfg: IngestConfig, ctx) -> list[str] | None:

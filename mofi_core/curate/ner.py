@@ -16,12 +16,11 @@ from pathlib import Path
 
 from mofi_core.config import NerConfig
 from mofi_core.io import tables
+from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.kb import KnowledgeBase
 from mofi_core.parallel import (
     ResumeState,
     ShardJob,
-    file_sha256,
-    fingerprint,
     remove_stale,
     run_shards,
 )
@@ -170,7 +169,7 @@ def run_ner(ingest_dir: Path, kb_path: Path, out_dir: Path, cfg: NerConfig,
             for p in manifest_parts(ingest_dir)]
     remove_stale(out_dir / "parts", (j.name for j in jobs))
     state = ResumeState(state_dir, fingerprint(
-        "ner", cfg.model_dump(mode="json", exclude={"workers"}), file_sha256(kb_path))) \
+        "ner", cfg.result_key(), file_sha256(kb_path))) \
         if state_dir is not None else None
     summaries, _ = run_shards(partial(ner_shard, out_dir=out_dir), jobs,
                               lambda j: [_out(out_dir, j.name)], state, cfg.workers,

@@ -22,7 +22,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mofi_core.config import ScoreConfig
+from mofi_core.device import resolve_device
 from mofi_core.io import tables
+from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.io.shards import iter_samples, list_shards
 from mofi_core.kb import KnowledgeBase
 from mofi_core.models.artifact import WEIGHTS, image_transform, load_model
@@ -32,12 +34,9 @@ from mofi_core.parallel import (
     ResumeState,
     ShardJob,
     executor_address,
-    file_sha256,
-    fingerprint,
     remove_stale,
     run_shards,
 )
-from mofi_core.train.distributed import resolve_device
 
 
 @dataclass(frozen=True)
@@ -234,7 +233,7 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
     names = {j.name for j in jobs}
     remove_stale(out_dir / "parts", names)
     state = ResumeState(state_dir, fingerprint(
-        "score", cfg.model_dump(mode="json", exclude={"device", "batch_size", "decode_workers"}),
+        "score", cfg.result_key(),
         _model_identity(cfg, baseline_dir), file_sha256(kb_path))) \
         if state_dir is not None else None
     identity = {j.name: f"{file_sha256(j.tar)}:{file_sha256(j.mentions)}" for j in jobs}

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from mofi_core.device import resolve_device
 from mofi_core.models.artifact import image_transform, load_model
-from mofi_core.train.distributed import resolve_device
 
 
 class ImageFiles(Dataset):

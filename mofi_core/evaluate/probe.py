@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mofi_core.device import resolve_device
 from mofi_core.evaluate.embed import embed_files
 from mofi_core.kb import KnowledgeBase
 from mofi_core.models.artifact import ModelMeta, load_model, read_meta
 from mofi_core.models.factory import encode_texts, tokenizer_for
-from mofi_core.train.distributed import resolve_device
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 TEXT_KINDS = ("clip", "multitask")

@@ -33,7 +33,7 @@ from pathlib import Path
 from braceexpand import braceexpand
 
 from mofi_core.io import s3
-from mofi_core.parallel import file_sha256
+from mofi_core.io.hashing import file_sha256
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 URL_SCHEMES = ("http://", "https://", "file://", "s3://")

@@ -35,7 +35,7 @@ import yaml
 
 from mofi_core.io import s3
 from mofi_core.io.atomic import atomic_path, write_json
-from mofi_core.parallel import file_sha256
+from mofi_core.io.hashing import file_sha256
 
 MANIFESTS = "_manifests"
 FORMAT = 1

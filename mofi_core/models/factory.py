@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mofi_core.models.heads import make_head
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -53,18 +55,6 @@ def tokenizer_for(cfg: dict[str, Any]):
         raise ValueError("architectures with a Hugging Face tokenizer need a model hub; "
                          "choose an architecture using open_clip's built-in tokenizer")
     return SimpleTokenizer(context_length=cfg["text_cfg"].get("context_length", 77))
-
-
-def make_head(kind: str, dim: int, num_classes: int, scale: float = 16.0,
-              margin: float = 0.0) -> nn.Module:
-    """A full (unsharded) head; ``margin`` only shapes the cosine head's training loss."""
-    from mofi_core.train.heads import CosineHead, LinearHead
-
-    if kind == "cosine":
-        return CosineHead(dim, num_classes, scale=scale, margin=margin)
-    if kind == "linear":
-        return LinearHead(dim, num_classes)
-    raise ValueError(f"unknown head {kind!r}: linear or cosine")
 
 
 class ImageClassifier(nn.Module):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mofi_core.models.factory import build_clip
-from mofi_core.models.factory import make_head as full_head
+from mofi_core.models.heads import make_head as full_head
 from mofi_core.train import heads as H
 
 MAX_LOGIT_SCALE = 4.6052  # ln(100): CLIP's cap on the learnable temperature

@@ -17,11 +17,11 @@ import torch
 from mofi_core import tracking
 from mofi_core.config import TrainConfig
 from mofi_core.io import s3
+from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.io.shards import list_shards
 from mofi_core.kb import KnowledgeBase
 from mofi_core.models.artifact import default_meta, image_transform, save_model
 from mofi_core.models.factory import arch_config, tokenizer_for
-from mofi_core.parallel import file_sha256, fingerprint
 from mofi_core.train import distributed
 from mofi_core.train.checkpoint import RemoteMirror
 from mofi_core.train.data import Batches, EntityTexts, SampleMaker, ShardStream
@@ -138,7 +138,7 @@ def train_model(data_dir: Path | str, out_dir: Path, cfg: TrainConfig, on_log: L
         stream = ShardStream(shards, _sample_maker(cfg, meta, classes, kb_path),
                              cfg.batch_size, cfg.shuffle_buffer, cfg.seed, env.rank, env.world,
                              cfg.resampled)
-        fp = fingerprint("train", cfg.resume_key(), env.world, data_identity)
+        fp = fingerprint("train", cfg.result_key(), env.world, data_identity)
         run_dir = mirror = None
         if ckpt_root is not None:
             run_dir = ckpt_root / fp

@@ -40,7 +40,7 @@ BIN = Path(sys.executable).parent
 # Outputs that are not byte-reproducible by nature: compared by existence only.
 NONDETERMINISTIC = {"reports/data_docs"}  # great-expectations HTML embeds run timestamps
 # Tiny world + checkpoints every few steps, so that training stages have something to resume.
-CRASH_PARAMS = {"baseline.checkpoint_every": 5, "train.checkpoint_every": 5,
+CRASH_PARAMS = {"runtime.baseline.checkpoint_every": 5, "runtime.train.checkpoint_every": 5,
                 "baseline.steps": 30, "train.steps": 30}
 
 

@@ -11,11 +11,11 @@ from mofi_core.curate.build import build
 from mofi_core.curate.ingest import ingest
 from mofi_core.curate.ner import run_ner
 from mofi_core.curate.score import score
-from mofi_core.demo.faults import write_fault_shards
-from mofi_core.evaluate.report import evaluate
+from mofi_core.evaluate.run import evaluate
 from mofi_core.io.shards import iter_samples
 from mofi_core.train.run import train_model
 from mofi_core.validate import Inputs, ValidationFailed, validate
+from tests.faults import write_fault_shards
 
 
 def _inputs(layout, i2e):
@@ -208,7 +208,7 @@ def test_evaluate_compares_both_models_on_the_benchmark(chain):
 def test_evaluate_with_zero_shot_probe_pictures_and_table(chain, tmp_path):
     from PIL import Image
 
-    from mofi_core.evaluate.report import comparison_table, evaluate
+    from mofi_core.evaluate.run import comparison_table, evaluate
 
     layout, params, _ = chain
     ev = evaluate({"mofi": layout.mofi_model, "baseline": layout.baseline_model}, layout.gpr,
@@ -248,7 +248,7 @@ def test_model_folder_round_trip_without_pickle(chain):
 
 
 def test_quality_report_reads_truth_and_the_world_is_noisy(chain):
-    from mofi_core.evaluate.quality import label_quality, read_truth, report_markdown
+    from mofi_core.report import label_quality, read_truth, report_markdown
 
     layout, _, out = chain
     manifest = pq.read_table(layout.ingest / "manifest.parquet")
@@ -258,8 +258,8 @@ def test_quality_report_reads_truth_and_the_world_is_noisy(chain):
     # default noise makes raw NER labels clearly noisy, yet useful
     assert 0.4 < quality["raw_ner"]["precision"] < 0.85
     assert quality["raw_ner"]["recall"] > 0.5
-    from mofi_core.curate.build import rule_summary
-    from mofi_core.evaluate.quality import rule_variants, truth_pairs
+    from mofi_core.curate.rules import rule_summary
+    from mofi_core.report import rule_variants, truth_pairs
 
     params = chain[1]
     quality["rules"] = rule_variants(rule_summary(params.build), layout.score,

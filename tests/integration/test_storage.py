@@ -13,21 +13,19 @@ import yaml
 
 from mofi_core.config import apply_overrides, read_params_file
 from mofi_core.io import s3
+from mofi_core.io.hashing import file_sha256
 from mofi_core.io.storage import Storage, StorageError, stage_io
-from mofi_core.parallel import file_sha256
 from mofi_core.stage import execute
+from mofi_core.stages import BY_NAME, STAGES
 from tests.conftest import ROOT, TINY
-
-STAGES = ("corpus", "ingest", "ner", "baseline", "score", "build", "validate", "train",
-          "evaluate", "report", "register")
 
 
 def _project(folder: Path, storage_root: str = "") -> Path:
     """An empty project folder: params.yaml (tiny world) and dvc.yaml, nothing else."""
     folder.mkdir(parents=True)
     raw = apply_overrides(read_params_file(ROOT / "params.yaml"),
-                          {**TINY, "corpus.workers": 1, "ingest.workers": 1, "ner.workers": 1,
-                           "validate.data_docs": False})
+                          {**TINY, "runtime.corpus.workers": 1, "runtime.ingest.workers": 1,
+                           "runtime.ner.workers": 1, "validate.data_docs": False})
     raw["storage"] = {"root": storage_root}
     (folder / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")
@@ -35,9 +33,7 @@ def _project(folder: Path, storage_root: str = "") -> Path:
 
 
 def _run(stage: str, folder: Path) -> dict:
-    from mofi_core.cli import STAGES as COMMANDS
-
-    return execute(stage, COMMANDS[stage][0](), folder / "params.yaml", folder)
+    return execute(BY_NAME[stage], folder / "params.yaml", folder)
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -65,7 +61,7 @@ def test_stage_io_comes_from_dvc_yaml():
 def test_every_stage_runs_in_an_empty_folder_against_the_storage_root(
         s3_env, shared_mlflow, tmp_path):
     root = f"{s3_env}/team/run1"
-    for stage in STAGES:
+    for stage in (s.name for s in STAGES):
         folder = _project(tmp_path / "machines" / stage, root)
         _run(stage, folder)
         io = stage_io(folder / "dvc.yaml", stage)

@@ -1,7 +1,7 @@
 import pytest
 
 from mofi_core.config import BuildConfig
-from mofi_core.curate.build import select_labels
+from mofi_core.curate.rules import select_labels
 
 
 def test_threshold_then_min_images_then_empty_images_dropped():

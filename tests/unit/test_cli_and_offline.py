@@ -1,9 +1,10 @@
 import pytest
 from typer.testing import CliRunner
 
-from mofi_core.cli import STAGES, app
+from mofi_core.cli import app
 from mofi_core.config import ScoreConfig
 from mofi_core.curate.score import check_pretrained, load_scorer
+from mofi_core.stages import BY_NAME as STAGES
 
 runner = CliRunner()
 

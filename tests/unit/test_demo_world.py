@@ -8,10 +8,10 @@ from mofi_core.config import NoiseConfig, apply_overrides, parse_params
 from mofi_core.demo.alttext import alt_text, choose_kind
 from mofi_core.demo.entities import make_entities
 from mofi_core.demo.world import generate_world
-from mofi_core.evaluate.quality import read_truth
 from mofi_core.io.layout import Layout
 from mofi_core.io.shards import iter_samples
 from mofi_core.kb import KnowledgeBase
+from mofi_core.report import read_truth
 from tests.conftest import TINY
 
 
@@ -44,7 +44,7 @@ def test_world_layout_counts_and_ground_truth_kept_apart(tiny_world):
 def test_world_is_byte_identical_whatever_the_number_of_workers(tmp_path):
     digests = []
     for workers in (1, 2):
-        params = parse_params(apply_overrides({}, {**TINY, "corpus.workers": workers}))
+        params = parse_params(apply_overrides({}, {**TINY, "runtime.corpus.workers": workers}))
         lay = Layout(tmp_path / str(workers))
         generate_world(params.corpus, lay.corpus, lay.truth, lay.benchmark)
         digests.append((_digest(lay.corpus), _digest(lay.truth), _digest(lay.benchmark)))

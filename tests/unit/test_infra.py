@@ -41,7 +41,7 @@ SECRET_WORDS = ("PASSWORD", "SECRET", "KEY", "TOKEN", "AUTH", "CREDENTIAL")
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                  "DO_NOT_TRACK": "1"}
 # What the worker must be handed: the first four are read by the project itself (mofi_core/io/s3.py,
-# flows/remote.py, mofi_core/tracking.py: checked against the sources below); PREFECT_API_URL is
+# flows/dvc_remote.py, mofi_core/tracking.py: checked against the sources below); PREFECT_API_URL is
 # Prefect's own client setting (checked against prefect.settings).
 PROJECT_READS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                  "MLFLOW_TRACKING_URI")

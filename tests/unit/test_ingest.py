@@ -106,7 +106,7 @@ def test_missing_corpus_is_a_clear_error(tmp_path):
 
 
 def test_every_fault_is_a_listed_rejection_and_every_good_sample_is_kept(tmp_path):
-    from mofi_core.demo.faults import write_fault_shards
+    from tests.faults import write_fault_shards
 
     plan = write_fault_shards(tmp_path / "corpus", ["Mount Kelvara at dawn"])
     result = ingest(tmp_path / "corpus", tmp_path / "out", IngestConfig(max_reject_fraction=1))

@@ -1,7 +1,7 @@
 import pyarrow as pa
 import pytest
 
-from mofi_core.evaluate.quality import label_quality, paper_direction, precision_recall
+from mofi_core.report import label_quality, paper_direction, precision_recall
 
 
 def test_precision_recall_by_hand():
@@ -25,7 +25,7 @@ def test_label_quality_counts_only_ingested_keys_and_linked_mentions():
 
 
 def test_linking_accuracy_counts_ambiguous_mentions_with_a_right_candidate():
-    from mofi_core.evaluate.quality import linking_accuracy
+    from mofi_core.report import linking_accuracy
 
     mentions = pa.table({
         "key": ["a", "a", "b", "b", "c", "c", "d"], "start": [0, 0, 3, 3, 0, 0, 0],

@@ -50,7 +50,10 @@ def test_models_that_pool_elsewhere_get_plain_encode_text(tiny) -> None:
     last = build_clip(cfg).eval()
     assert not _cuts_after_end_token(last)
     got = encode_texts(last, tokenizer, TEXTS[:9], torch.device("cpu"), 4)
-    assert torch.equal(got, reference(last, tokenizer, TEXTS[:9]))
+    # plain encode_text in batches of 4 vs one batch of 9: BLAS kernels may round the two
+    # batch shapes differently in the last bits (they do on some Intel hosts); a cut would
+    # move the pooled position and differ by far more
+    torch.testing.assert_close(got, reference(last, tokenizer, TEXTS[:9]), rtol=0, atol=1e-6)
 
 
 def test_no_texts_gives_an_empty_tensor(tiny) -> None:

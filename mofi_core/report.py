@@ -95,7 +95,7 @@ def rule_variants(rule: dict, score_dir: Path, truth_pairs: Pairs) -> dict[str, 
     """Label quality of each filter rule alone (with build's settings) and of the applied
     combination, from the kept scores: what each rule buys, on the same candidates."""
     from mofi_core.config import BuildConfig
-    from mofi_core.curate.build import null_cutoffs, select_labels
+    from mofi_core.curate.rules import null_cutoffs, select_labels
 
     scores = tables.read_table(score_dir / "scores.parquet", tables.SCORES)
     cols = (scores["key"].to_pylist(), scores["entity_id"].to_pylist(),

@@ -1,0 +1,125 @@
+"""The stage table: one row per pipeline stage, the single place each stage is described.
+
+The CLI makes one ``mofi <stage>`` command per row, the runner (:mod:`mofi_core.stage`) loads the
+row's entry function and its params section, and the config loader takes its section names from
+here. ``dvc.yaml`` repeats what DVC must know (command, data inputs, outputs, params); a unit
+test (``tests/unit/test_dvc_yaml.py``) holds it equal to this table and checks that each stage's
+code deps cover the modules its entry really imports.
+
+Adding a stage: write its entry ``run(cfg, ctx) -> metrics`` in one module, add a row here and a
+params section in :mod:`mofi_core.config`, then the ``dvc.yaml`` entry the test prints.
+
+This module imports nothing from the project, so every layer may read it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Out:
+    """A DVC output of a stage. ``cache=False``: small files git could track (reports); ``persist``:
+    kept across re-runs, the stage skips the shards it already finished."""
+
+    path: str
+    cache: bool = True
+    persist: bool = False
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A CSV the stage writes for ``dvc plots`` (``x``/``y`` columns)."""
+
+    path: str
+    x: str
+    y: str
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    entry: str  # "module:function", called as function(cfg, ctx) -> metrics dict
+    section: str  # the params.yaml section it reads (its runtime knobs: runtime.<section>)
+    help: str
+    inputs: tuple[str, ...] = ()  # data it reads (other stages' outputs, or external data)
+    outs: tuple[Out, ...] = ()
+    plots: tuple[Plot, ...] = ()
+    streamed: tuple[str, ...] = ()  # inputs read in place from the storage root, never fetched
+    untracked: tuple[str, ...] = ()  # written on purpose outside DVC (git-ignored)
+
+    @property
+    def metrics(self) -> str:
+        return f"metrics/{self.name}.json"
+
+    def load(self) -> Callable[..., dict[str, Any]]:
+        module, _, attr = self.entry.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+KB = "data/corpus/kb.parquet"
+MANIFEST = "data/ingest/manifest.parquet"
+
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("corpus", "mofi_core.demo.world:run", "corpus",
+              "Materialise the embedded demo world: KB, corpus shards, ground truth, benchmark.",
+              outs=(Out("data/corpus"), Out("data/truth"), Out("data/benchmark"))),
+    StageSpec("ingest", "mofi_core.curate.ingest:run", "ingest",
+              "Decode-check and normalise every sample; clean shards + manifest + rejects.",
+              inputs=("data/corpus/shards",), outs=(Out("data/ingest", persist=True),),
+              streamed=("data/corpus/shards",)),
+    StageSpec("ner", "mofi_core.curate.ner:run", "ner",
+              "spaCy NER + KB gazetteer on alt-text; link mentions to KB candidates.",
+              inputs=("data/ingest/parts", KB), outs=(Out("data/ner", persist=True),)),
+    StageSpec("baseline", "mofi_core.train.run:run_baseline", "baseline",
+              "Train the control: CLIP on raw alt-text (also the default scorer).",
+              inputs=("data/ingest/shards",), outs=(Out("models/baseline"),),
+              plots=(Plot("plots/baseline_loss.csv", "step", "loss"),)),
+    StageSpec("score", "mofi_core.curate.score:run", "score",
+              "CLIP similarity of every (image, candidate entity) pair.",
+              inputs=("data/ingest/shards", "data/ner/parts", KB, "models/baseline"),
+              outs=(Out("data/score", persist=True),)),
+    StageSpec("build", "mofi_core.curate.build:run", "build",
+              "Filter rule + min images per entity -> Image-to-Entities dataset.",
+              inputs=("data/ingest/shards", "data/score/parts"), outs=(Out("data/i2e"),)),
+    StageSpec("validate", "mofi_core.validate:run", "validate",
+              "great-expectations gate on the I2E dataset; failure stops the pipeline.",
+              inputs=("data/i2e", KB, MANIFEST, "data/ner/mentions.parquet",
+                      "data/score/scores.parquet"),
+              outs=(Out("reports/validate.json", cache=False),),
+              # HTML with run times in it: an MLflow artifact of the validate run, never a DVC
+              # output (it would change dvc.lock on every run)
+              untracked=("reports/data_docs",)),
+    StageSpec("train", "mofi_core.train.run:run_train", "train",
+              "Train the MOFI encoder on the I2E dataset (train.recipe).",
+              # reports/validate.json is the gate: train runs only after validate has passed
+              inputs=("data/i2e", "reports/validate.json", KB), outs=(Out("models/mofi"),),
+              plots=(Plot("plots/train_loss.csv", "step", "loss"),)),
+    StageSpec("evaluate", "mofi_core.evaluate.run:run", "evaluate",
+              "GPR1200-protocol retrieval, zero-shot, linear probe: MOFI vs the baseline CLIP.",
+              inputs=("models/mofi", "models/baseline", "data/benchmark", KB),
+              outs=(Out("reports/evaluate.md", cache=False),
+                    Out("reports/figures", cache=False))),
+    StageSpec("report", "mofi_core.report:run", "report",
+              "Label precision/recall vs the demo world's ground truth; MOFI vs CLIP report.",
+              inputs=("data/truth", MANIFEST, "data/ner", "data/score", "data/i2e/labels.parquet",
+                      "data/i2e/stats.json", "metrics/evaluate.json"),
+              outs=(Out("reports/quality.md", cache=False),
+                    Out("reports/quality.json", cache=False))),
+    StageSpec("register", "mofi_core.registry:run", "register",
+              "Log the encoder to MLflow, register it, promote to champion if better.",
+              inputs=("models/mofi", "metrics/evaluate.json"),
+              outs=(Out("reports/register.json", cache=False),)),
+)
+
+BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in STAGES))
+
+
+def get(name: str) -> StageSpec:
+    if name not in BY_NAME:
+        raise KeyError(f"no stage {name!r}; stages: {', '.join(BY_NAME)}")
+    return BY_NAME[name]
