@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
-    from mofi_core.config import MofiTrainConfig
+    from mofi_core.config import TrainConfig
     from mofi_core.models.factory import arch_config
     from mofi_core.train.distributed import DistEnv
     from mofi_core.train.loop import make_optimizer, train_loop
@@ -77,12 +77,10 @@ def main() -> None:
     ctx = arch["text_cfg"].get("context_length", 77)
     batch = synthetic_batch(args.recipe, args.batch_size, size, args.classes, ctx)
     env = DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
-    cfg = MofiTrainConfig(recipe=args.recipe if args.recipe != "clip" else "contrastive",
-                          model=args.arch, steps=args.steps, batch_size=args.batch_size,
-                          warmup_steps=1)
+    cfg = TrainConfig(recipe=args.recipe, model=args.arch, steps=args.steps,
+                      batch_size=args.batch_size, warmup_steps=1)
     torch.manual_seed(0)
-    recipe = build_recipe(args.recipe, arch, args.classes, "linear", False, 16.0, 0.0,
-                          (1.0, 1.0), 0.0)
+    recipe = build_recipe(cfg, arch, args.classes)
     recipe.model.train()
     opt = make_optimizer(recipe.model, cfg, env.device)
 

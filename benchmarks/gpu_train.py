@@ -31,7 +31,7 @@ def count_flops(recipe, batch) -> int:
 
 
 def measure(args, compile_: bool) -> dict:
-    from mofi_core.config import MofiTrainConfig
+    from mofi_core.config import TrainConfig
     from mofi_core.models.factory import arch_config
     from mofi_core.train.distributed import DistEnv
     from mofi_core.train.loop import train_loop
@@ -43,15 +43,14 @@ def measure(args, compile_: bool) -> dict:
     batch = tuple(t.to(device) for t in synthetic_batch(
         args.recipe, args.batch_size, size, args.classes,
         arch["text_cfg"].get("context_length", 77)))
+    cfg = TrainConfig(recipe=args.recipe, model=args.arch, steps=args.warmup + args.steps,
+                      batch_size=args.batch_size, warmup_steps=1, compile=compile_,
+                      log_every=args.warmup + args.steps, device=args.device)
     torch.manual_seed(0)
-    recipe = build_recipe(args.recipe, arch, args.classes, "linear", False, 16.0, 0.0,
-                          (1.0, 1.0), 0.0)
+    recipe = build_recipe(cfg, arch, args.classes)
     recipe.model.to(device)
     flops = count_flops(recipe, batch)
     env = DistEnv(rank=0, world=1, local_rank=0, device=device)
-    cfg = MofiTrainConfig(recipe=args.recipe, model=args.arch, steps=args.warmup + args.steps,
-                          batch_size=args.batch_size, warmup_steps=1, compile=compile_,
-                          log_every=args.warmup + args.steps, device=args.device)
     # warm-up (and compilation) inside a first loop call, timing in a second one
     train_loop(recipe, MemoryBatches(batch), cfg.model_copy(update={"steps": args.warmup,
                                                                     "log_every": 1}),

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mofi_core.recipes import CONTROL_RECIPES, MOFI_RECIPES, RECIPES, RecipeSpec
 from mofi_core.stages import SECTIONS
 
 
@@ -124,7 +125,7 @@ class TrainConfig(Section):
     RUNTIME = ("device", "threads", "log_every", "checkpoint_every", "keep_checkpoints",
                "checkpoint_dir", "compile")
 
-    recipe: Literal["clip", "supervised", "contrastive", "multitask"]
+    recipe: Literal[tuple(RECIPES)]  # type: ignore[valid-type]  # rows of mofi_core/recipes.py
     model: str = Field("mofi-tiny", description="mofi or open_clip architecture (ViT-B-16...)")
     steps: int = Field(300, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -183,16 +184,21 @@ class TrainConfig(Section):
             raise ValueError(f"loss_weights {self.loss_weights}: both >= 0 and not both 0")
         return self
 
+    @property
+    def spec(self) -> RecipeSpec:
+        """This recipe's row of the recipe table."""
+        return RECIPES[self.recipe]
+
 
 
 class BaselineConfig(TrainConfig):
     """The paper's control: always CLIP on the raw alt-text."""
 
-    recipe: Literal["clip"] = "clip"
+    recipe: Literal[CONTROL_RECIPES] = "clip"  # type: ignore[valid-type]
 
 
 class MofiTrainConfig(TrainConfig):
-    recipe: Literal["supervised", "contrastive", "multitask"] = "supervised"
+    recipe: Literal[MOFI_RECIPES] = "supervised"  # type: ignore[valid-type]
 
 
 class ScoreConfig(Section):

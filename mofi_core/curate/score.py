@@ -27,8 +27,8 @@ from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.io.shards import iter_samples, list_shards
 from mofi_core.kb import KnowledgeBase
-from mofi_core.models.artifact import WEIGHTS, image_transform, load_model
-from mofi_core.models.factory import encode_texts, tokenizer_for
+from mofi_core.models.artifact import WEIGHTS, LoadedModel
+from mofi_core.models.factory import encode_texts
 from mofi_core.models.preprocess import BatchPreprocess
 from mofi_core.parallel import (
     ResumeState,
@@ -81,14 +81,17 @@ class ShardBatches(IterableDataset):
             yield names, keys, (self.prep.collate(images) if images else torch.empty(0)), finished
 
 
-def load_scorer(cfg: ScoreConfig, baseline_dir: Path):
-    """(clip model, image transform, tokenizer) for ``score.model``."""
+def load_scorer(cfg: ScoreConfig, baseline_dir: Path, device: torch.device | None = None):
+    """(clip model on ``device``, image transform, tokenizer) for ``score.model``."""
+    device = device or resolve_device(cfg.device)
     if cfg.model == "baseline":
-        model, meta = load_model(baseline_dir)
-        if meta.kind != "clip":
-            raise ValueError(f"{baseline_dir} holds a {meta.kind!r} model; scoring needs a CLIP")
-        return model, image_transform(meta), tokenizer_for(meta.arch_config)
-    return _load_open_clip(cfg)
+        loaded = LoadedModel.load(baseline_dir, device)
+        if loaded.meta.kind != "clip":
+            raise ValueError(f"{baseline_dir} holds a {loaded.meta.kind!r} model; scoring needs "
+                             "a CLIP")
+        return loaded.model, loaded.transform, loaded.tokenizer
+    model, transform, tokenizer = _load_open_clip(cfg)
+    return model.to(device), transform, tokenizer
 
 
 def _offline() -> bool:
@@ -250,29 +253,24 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
         todo = [j for j in jobs if state is None
                 or not state.is_done(shard_jobs[j.name], _outputs(out_dir, j.name))]
     if todo:
-        sc = scoring_state(cfg, baseline_dir, kb, entity_ids)
-        model, device, text, index, pool_idx = (sc[k] for k in (
-            "model", "device", "text", "index", "pool_idx"))
-        loader = DataLoader(ShardBatches(todo, sc["prep"], cfg.batch_size), batch_size=None,
-                            num_workers=min(decode_workers(cfg, device, num_workers), len(todo)))
+        sc = Scorer.build(cfg, baseline_dir, kb, entity_ids)
+        loader = DataLoader(ShardBatches(todo, sc.prep, cfg.batch_size), batch_size=None,
+                            num_workers=min(decode_workers(cfg, sc.device, num_workers),
+                                            len(todo)))
         by_name = {j.name: j for j in todo}
         # shards in progress (several when DataLoader workers interleave): rows + candidates
         open_rows: dict[str, ShardRows] = {}
         cands_of: dict[str, dict[str, list[str]]] = {}
         for shard_of, keys, images, finished in loader:
             if keys:
-                with torch.autocast(device.type, dtype=torch.bfloat16,
-                                    enabled=device.type == "cuda"):
-                    img = model.encode_image(sc["prep"].normalize(images.to(device)),
-                                             normalize=True).float()
+                img = sc.embed(images)
                 for name in dict.fromkeys(shard_of):  # the shards in this batch, in order
                     if name not in cands_of:
                         cands_of[name] = candidates_by_key(
                             tables.read_table(by_name[name].mentions, tables.MENTIONS))
                     mine = [i for i, n in enumerate(shard_of) if n == name]
-                    _score_batch(open_rows.setdefault(name, ShardRows()),
-                                 [keys[i] for i in mine], img[mine], cands_of[name], text,
-                                 index, pool_idx, cfg)
+                    sc.score_batch(open_rows.setdefault(name, ShardRows()),
+                                   [keys[i] for i in mine], img[mine], cands_of[name])
             for name in finished:
                 cands = cands_of.pop(name, None)
                 if cands is None:  # a shard without any candidate: nothing was scored
@@ -289,29 +287,69 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
     return _metrics(out_dir, len(entity_ids))
 
 
-_SCORER: dict = {}
+@dataclass
+class Scorer:
+    """What scoring needs, built once per process: the CLIP on its device, its batched image
+    preprocessing (the model's eval transform, :mod:`mofi_core.models.preprocess`), one text
+    embedding per entity (row = position in the entity list) and the null pool's rows."""
+
+    cfg: ScoreConfig
+    device: torch.device
+    model: torch.nn.Module
+    prep: BatchPreprocess
+    text: torch.Tensor
+    index: dict[str, int]
+    pool_idx: np.ndarray
+
+    @classmethod
+    def build(cls, cfg: ScoreConfig, baseline_dir: Path, kb: KnowledgeBase,
+              entity_ids: tuple[str, ...]) -> Scorer:
+        device = resolve_device(cfg.device)
+        model, transform, tokenizer = load_scorer(cfg, baseline_dir, device)
+        text = entity_text_embeddings(model, tokenizer, kb, list(entity_ids), cfg.prompts,
+                                      device)
+        index = {e: i for i, e in enumerate(entity_ids)}
+        pool_idx = np.array([index[e] for e in null_pool(kb, cfg)], dtype=np.int64)
+        return cls(cfg, device, model, BatchPreprocess(transform), text, index, pool_idx)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings (float32) of a collated uint8 batch."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=self.device.type == "cuda"):
+            return self.model.encode_image(self.prep.normalize(images.to(self.device)),
+                                           normalize=True).float()
+
+    def score_batch(self, rows: ShardRows, keys: list[str], img: torch.Tensor,
+                    cands: dict[str, list[str]]) -> None:
+        """All (image, candidate) and (image, null entity) similarities of a batch in two
+        gathers."""
+        per = [cands[k] for k in keys]
+        ent = [[self.index[e] for e in c] for c in per]
+        rows.key.extend(k for k, c in zip(keys, per, strict=True) for _ in c)
+        rows.entity.extend(e for c in per for e in c)
+        rows.score.extend(_pair_scores(img, self.text, ent))
+        rows.seen += len(keys)
+        if len(self.pool_idx):
+            nulls = [null_draw(k, self.pool_idx, set(idx), self.cfg.null_samples,
+                               self.cfg.seed).tolist()
+                     for k, idx in zip(keys, ent, strict=True)]
+            flat = _pair_scores(img, self.text, nulls)
+            rows.null_key.extend(keys)
+            start = 0
+            for n in nulls:
+                rows.null_scores.append(flat[start:start + len(n)])
+                start += len(n)
 
 
-def scoring_state(cfg: ScoreConfig, baseline_dir: Path, kb: KnowledgeBase,
-                  entity_ids: tuple[str, ...]) -> dict:
-    """What scoring needs: the model on its device, its batched image preprocessing (the
-    model's eval transform, :mod:`mofi_core.models.preprocess`), one text embedding
-    per entity (row = position in ``entity_ids``) and the null pool's rows."""
-    device = resolve_device(cfg.device)
-    model, transform, tokenizer = load_scorer(cfg, baseline_dir)
-    model = model.to(device)
-    text = entity_text_embeddings(model, tokenizer, kb, list(entity_ids), cfg.prompts, device)
-    index = {e: i for i, e in enumerate(entity_ids)}
-    pool_idx = np.array([index[e] for e in null_pool(kb, cfg)], dtype=np.int64)
-    return {"cfg": cfg, "device": device, "model": model, "prep": BatchPreprocess(transform),
-            "text": text, "index": index, "pool_idx": pool_idx}
+_WORKER_SCORER: Scorer | None = None  # an executor worker's scorer, built by _init_scorer
 
 
 def _init_scorer(cfg: ScoreConfig, baseline_dir: str, kb_path: str, entity_ids: tuple[str, ...]
                  ) -> None:
-    """Per executor worker: the scoring state, computed once."""
-    _SCORER.update(scoring_state(cfg, Path(baseline_dir), KnowledgeBase.load(Path(kb_path)),
-                                 entity_ids))
+    """Per executor worker: the scorer, built once."""
+    global _WORKER_SCORER
+    _WORKER_SCORER = Scorer.build(cfg, Path(baseline_dir), KnowledgeBase.load(Path(kb_path)),
+                                  entity_ids)
 
 
 @torch.no_grad()
@@ -319,8 +357,10 @@ def score_shard(job: ShardJob, out_dir: Path, mentions: dict[str, str]
                 ) -> tuple[list[Path], dict]:
     """Score one shard on its own (the executor path): batches never span shards, so a score
     may differ from the in-process path's in the last float bits, never more."""
-    sc = _SCORER
-    cfg, device = sc["cfg"], sc["device"]
+    sc = _WORKER_SCORER
+    if sc is None:
+        raise RuntimeError("score_shard ran in a worker whose scorer was not built: it must run "
+                           "through run_shards with initializer=_init_scorer")
     mentions_file = Path(mentions[job.name])
     cands = candidates_by_key(tables.read_table(mentions_file, tables.MENTIONS))
     rows = ShardRows()
@@ -328,44 +368,20 @@ def score_shard(job: ShardJob, out_dir: Path, mentions: dict[str, str]
     images: list[torch.Tensor] = []
 
     def flush() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            img = sc["model"].encode_image(sc["prep"].normalize(
-                sc["prep"].collate(images).to(device)), normalize=True).float()
-        _score_batch(rows, keys, img, cands, sc["text"], sc["index"], sc["pool_idx"], cfg)
+        sc.score_batch(rows, keys, sc.embed(sc.prep.collate(images)), cands)
         keys.clear()
         images.clear()
 
     for s in iter_samples(job.source):
         if s["__key__"] in cands:
             keys.append(s["__key__"])
-            images.append(sc["prep"].one(s["jpg"]))
-            if len(keys) == cfg.batch_size:
+            images.append(sc.prep.one(s["jpg"]))
+            if len(keys) == sc.cfg.batch_size:
                 flush()
     if keys:
         flush()
     _write_shard(out_dir, ScoreJob(job.name, Path(job.source), mentions_file), rows, cands)
     return _outputs(out_dir, job.name), {}
-
-
-def _score_batch(rows: ShardRows, keys: list[str], img: torch.Tensor,
-                 cands: dict[str, list[str]], text: torch.Tensor, index: dict[str, int],
-                 pool_idx: np.ndarray, cfg: ScoreConfig) -> None:
-    """All (image, candidate) and (image, null entity) similarities of a batch in two gathers."""
-    per = [cands[k] for k in keys]
-    ent = [[index[e] for e in c] for c in per]
-    rows.key.extend(k for k, c in zip(keys, per, strict=True) for _ in c)
-    rows.entity.extend(e for c in per for e in c)
-    rows.score.extend(_pair_scores(img, text, ent))
-    rows.seen += len(keys)
-    if len(pool_idx):
-        nulls = [null_draw(k, pool_idx, set(idx), cfg.null_samples, cfg.seed).tolist()
-                 for k, idx in zip(keys, ent, strict=True)]
-        flat = _pair_scores(img, text, nulls)
-        rows.null_key.extend(keys)
-        start = 0
-        for n in nulls:
-            rows.null_scores.append(flat[start:start + len(n)])
-            start += len(n)
 
 
 def _pair_scores(img: torch.Tensor, text: torch.Tensor, per_image: list[list[int]]

@@ -1,4 +1,4 @@
-"""Embed image files with any mofi model folder (CLIP or classifier): L2-normalised vectors."""
+"""Embed image files with any loaded mofi model (CLIP or classifier): L2-normalised vectors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from mofi_core.device import resolve_device
-from mofi_core.models.artifact import image_transform, load_model
+from mofi_core.models.artifact import LoadedModel
 
 
 class ImageFiles(Dataset):
@@ -26,16 +25,14 @@ class ImageFiles(Dataset):
 
 
 @torch.no_grad()
-def embed_files(model_dir: Path, files: list[Path], batch_size: int = 256, device: str = "auto",
+def embed_files(loaded: LoadedModel, files: list[Path], batch_size: int = 256,
                 num_workers: int = 1) -> np.ndarray:
-    model, meta = load_model(model_dir)
-    dev = resolve_device(device)
-    model = model.to(dev)
-    loader = DataLoader(ImageFiles(files, image_transform(meta)), batch_size=batch_size,
+    dev = loaded.device
+    loader = DataLoader(ImageFiles(files, loaded.transform), batch_size=batch_size,
                         num_workers=num_workers)
     out = []
     for images in loader:
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            feats = model.encode_image(images.to(dev))
+            feats = loaded.model.encode_image(images.to(dev))
         out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
     return np.concatenate(out)

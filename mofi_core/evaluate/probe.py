@@ -15,14 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mofi_core.device import resolve_device
 from mofi_core.evaluate.embed import embed_files
 from mofi_core.kb import KnowledgeBase
-from mofi_core.models.artifact import ModelMeta, load_model, read_meta
-from mofi_core.models.factory import encode_texts, tokenizer_for
+from mofi_core.models.artifact import LoadedModel
+from mofi_core.models.factory import encode_texts
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-TEXT_KINDS = ("clip", "multitask")
 SPLITS = ("train", "val", "test")
 DEFAULT_PROMPTS = ("a photo of {name}.",)
 
@@ -86,31 +84,20 @@ def _fill(template: str, name: str, description: str) -> str:
                          f"(got {err})") from None
 
 
-def _require_text_tower(meta: ModelMeta, model_dir: Path | str) -> None:
-    if meta.kind not in TEXT_KINDS:
-        raise ValueError(f"{model_dir} holds a {meta.kind!r} model: it has no text tower, so "
-                         f"zero-shot classification does not apply (needs one of {TEXT_KINDS})")
-
-
 @torch.no_grad()
-def text_classifier(model_dir: Path | str, class_names: Sequence[str],
-                    texts: dict[str, list[str]], batch_size: int = 256, device: str = "auto"
-                    ) -> np.ndarray:
+def text_classifier(loaded: LoadedModel, class_names: Sequence[str],
+                    texts: dict[str, list[str]], batch_size: int = 256) -> np.ndarray:
     """One unit vector per class (rows follow ``class_names``): the prompt ensemble, i.e. the
-    mean of the normalised text embeddings of the class's texts, renormalised."""
-    _require_text_tower(read_meta(model_dir), model_dir)
+    mean of the normalised text embeddings of the class's texts, renormalised. Raises
+    ``ValueError`` for a model without a text tower."""
+    clip = loaded.text_model
     missing = [c for c in class_names if not texts.get(c)]
     if missing:
         raise ValueError(f"no prompt texts for classes {missing[:5]}; build them with class_texts")
-    model, meta = load_model(model_dir)
-    clip = model if meta.kind == "clip" else model.clip
-    dev = resolve_device(device)
-    clip = clip.to(dev)
-    tokenizer = tokenizer_for(meta.arch_config)
     flat = [t for c in class_names for t in texts[c]]
     owner = torch.repeat_interleave(torch.arange(len(class_names)),
                                     torch.tensor([len(texts[c]) for c in class_names]))
-    per_text = encode_texts(clip, tokenizer, flat, dev, batch_size).cpu()
+    per_text = encode_texts(clip, loaded.tokenizer, flat, loaded.device, batch_size).cpu()
     sums = torch.zeros(len(class_names), per_text.shape[1]).index_add_(0, owner, per_text)
     return torch.nn.functional.normalize(sums, dim=-1).numpy()
 
@@ -129,14 +116,14 @@ def zero_shot_scores(image_feats: np.ndarray, labels: np.ndarray, weights: np.nd
             "top5": topk_accuracy(scores, labels, min(5, len(weights)))}
 
 
-def zero_shot(model_dir: Path | str, split_dir: Path | str, class_texts: dict[str, list[str]],
-              batch_size: int = 256, device: str = "auto") -> dict[str, float]:
+def zero_shot(loaded: LoadedModel, split_dir: Path | str, class_texts: dict[str, list[str]],
+              batch_size: int = 256) -> dict[str, float]:
     """Zero-shot accuracy on an ImageFolder split; the label space is the split's class folders.
     Raises ``ValueError`` for a model without a text tower (kind ``classifier``)."""
-    _require_text_tower(read_meta(model_dir), model_dir)
+    loaded.text_model  # noqa: B018 - fails early, before embedding any image
     files, labels, names = image_folder(split_dir)
-    weights = text_classifier(model_dir, names, class_texts, batch_size, device)
-    feats = embed_files(Path(model_dir), files, batch_size, device)
+    weights = text_classifier(loaded, names, class_texts, batch_size)
+    feats = embed_files(loaded, files, batch_size)
     return {**zero_shot_scores(feats, labels, weights), "images": len(files),
             "classes": len(names)}
 
@@ -200,10 +187,10 @@ def _labelled_splits(root: Path) -> tuple[list[str], dict[str, tuple[list[Path],
     return names, out
 
 
-def evaluate_labelled(model_dir: Path | str, labelled_root: Path | str,
+def evaluate_labelled(loaded: LoadedModel, labelled_root: Path | str,
                       kb: KnowledgeBase | Path | str | None,
                       prompts: Sequence[str] = DEFAULT_PROMPTS, batch_size: int = 256,
-                      device: str = "auto", with_description: bool = False,
+                      with_description: bool = False,
                       cs: Sequence[float] = (0.01, 0.1, 1, 10, 100)
                       ) -> tuple[dict[str, float], list[str]]:
     """Linear probe (any model) and zero-shot (models with a text tower) on the test split of
@@ -215,7 +202,7 @@ def evaluate_labelled(model_dir: Path | str, labelled_root: Path | str,
     root = Path(labelled_root)
     names, splits = _labelled_splits(root)
     files = [f for s in SPLITS for f in splits[s][0]]
-    feats = np.split(embed_files(Path(model_dir), files, batch_size, device),
+    feats = np.split(embed_files(loaded, files, batch_size),
                      np.cumsum([len(splits[s][0]) for s in SPLITS])[:-1])
     probe = linear_probe(feats[0], splits["train"][1], feats[1], splits["val"][1], feats[2],
                          splits["test"][1], cs=tuple(cs))
@@ -223,9 +210,8 @@ def evaluate_labelled(model_dir: Path | str, labelled_root: Path | str,
     notes = [f"linear probe: C={probe['C']:g} chosen on val, model fitted on train only"]
     if probe["not_converged"]:
         notes.append(f"linear probe: lbfgs hit max_iter for C in {probe['not_converged']}")
-    meta = read_meta(model_dir)
-    if meta.kind not in TEXT_KINDS:
-        notes.append(f"zero-shot: n/a ({meta.kind} model has no text tower)")
+    if not loaded.has_text_tower:
+        notes.append(f"zero-shot: n/a ({loaded.meta.kind} model has no text tower)")
         return metrics, notes
     if kb is not None and not isinstance(kb, KnowledgeBase):
         kb = KnowledgeBase.load(kb)
@@ -233,8 +219,8 @@ def evaluate_labelled(model_dir: Path | str, labelled_root: Path | str,
     if unknown:
         notes.append(f"zero-shot: {len(unknown)} of {len(names)} classes are not KB entities; "
                      f"their folder names were used as class names (first: {unknown[0]})")
-    weights = text_classifier(model_dir, names, class_texts(kb, names, prompts, with_description),
-                              batch_size, device)
+    weights = text_classifier(loaded, names, class_texts(kb, names, prompts, with_description),
+                              batch_size)
     scores = zero_shot_scores(feats[2], splits["test"][1], weights)
     metrics.update(zero_shot_top1=scores["top1"], zero_shot_top5=scores["top5"])
     return metrics, notes

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mofi_core.config import EvaluateConfig
+from mofi_core.device import resolve_device
 from mofi_core.evaluate.embed import embed_files
 from mofi_core.evaluate.retrieval import (
     gpr1200_domains,
@@ -26,6 +27,7 @@ from mofi_core.evaluate.retrieval import (
 )
 from mofi_core.io.atomic import atomic_path
 from mofi_core.kb import KBEntity, KnowledgeBase
+from mofi_core.models.artifact import LoadedModel
 
 CONTROL = "baseline"
 SETTINGS = {"probe_c"}  # chosen hyper-parameters, reported but not compared as ratios
@@ -61,15 +63,15 @@ def class_kb(kb_path: Path | None, rows: list[dict]) -> KnowledgeBase | None:
     return KnowledgeBase(list(entities.values())) if entities else None
 
 
-def _labelled(name: str, folder: Path, labelled: Path | None, kb, cfg: EvaluateConfig,
+def _labelled(name: str, loaded: LoadedModel, labelled: Path | None, kb, cfg: EvaluateConfig,
               notes: list[str]) -> dict[str, float]:
     if labelled is None:
         return {}
     from mofi_core.evaluate.probe import evaluate_labelled
 
     with_desc = any("{description}" in p for p in cfg.prompts)
-    metrics, more = evaluate_labelled(folder, labelled, kb, cfg.prompts, cfg.batch_size,
-                                      cfg.device, with_desc, cfg.probe_c)
+    metrics, more = evaluate_labelled(loaded, labelled, kb, cfg.prompts, cfg.batch_size,
+                                      with_desc, cfg.probe_c)
     notes.extend(f"{name}: {n}" for n in more)
     return metrics
 
@@ -86,10 +88,13 @@ def evaluate(models: dict[str, Path], gpr_dir: Path, cfg: EvaluateConfig,
     results: dict = {"benchmark": {"images": len(files), "classes": len(set(labels.tolist()))}}
     notes: list[str] = []
     feats: dict[str, np.ndarray] = {}
+    device = resolve_device(cfg.device)
     for name, folder in models.items():
-        feats[name] = embed_files(folder, files, cfg.batch_size, cfg.device)
+        loaded = LoadedModel.load(folder, device)  # once: retrieval, probe and zero-shot share it
+        feats[name] = embed_files(loaded, files, cfg.batch_size)
         results[name] = retrieval_metrics(feats[name], labels, partitions)
-        results[name].update(_labelled(name, folder, labelled_dir, kb, cfg, notes))
+        results[name].update(_labelled(name, loaded, labelled_dir, kb, cfg, notes))
+        del loaded  # one model in memory at a time
     for name in models:
         if name != CONTROL and CONTROL in results:
             results[f"{name}_vs_{CONTROL}"] = {

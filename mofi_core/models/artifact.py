@@ -1,21 +1,26 @@
 """A model on disk: ``model.safetensors`` (weights) + ``model.json`` (everything to rebuild it).
 
 Loading never unpickles: weights are safetensors, metadata is JSON, and the architecture config is
-stored inline so a folder loads without the registry that created it.
+stored inline so a folder loads without the registry that created it. A stage loads a folder once
+as a :class:`LoadedModel` (model on its device, metadata, eval transform, tokenizer) and passes it
+whole to whatever embeds images or texts with it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mofi_core.io.atomic import atomic_dir
-from mofi_core.models.factory import ImageClassifier, MultiTaskModel, build_clip
+from mofi_core.models.factory import ImageClassifier, MultiTaskModel, build_clip, tokenizer_for
+from mofi_core.recipes import TEXT_TOWER_KINDS, has_text_tower
 
 FORMAT = "mofi-model/1"
 WEIGHTS, META = "model.safetensors", "model.json"
@@ -94,3 +99,35 @@ def image_transform(meta: ModelMeta, train: bool = False):
 
     return open_clip.image_transform(meta.image_size, is_train=train, mean=meta.mean,
                                      std=meta.std)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model folder loaded once: the network in eval mode on ``device``, its metadata, the eval
+    image transform and, for models with a text tower, the tokenizer."""
+
+    path: Path
+    model: nn.Module
+    meta: ModelMeta
+    device: torch.device
+    transform: Callable[[Any], torch.Tensor]
+    tokenizer: Any | None
+
+    @classmethod
+    def load(cls, folder: Path | str, device: torch.device) -> LoadedModel:
+        model, meta = load_model(folder)
+        tokenizer = tokenizer_for(meta.arch_config) if has_text_tower(meta.kind) else None
+        return cls(Path(folder), model.to(device), meta, device, image_transform(meta),
+                   tokenizer)
+
+    @property
+    def has_text_tower(self) -> bool:
+        return self.tokenizer is not None
+
+    @property
+    def text_model(self) -> nn.Module:
+        """The CLIP whose ``encode_text`` embeds texts (the towers of a multi-task model)."""
+        if not self.has_text_tower:
+            raise ValueError(f"{self.path} holds a {self.meta.kind!r} model: it has no text "
+                             f"tower (needs one of {TEXT_TOWER_KINDS})")
+        return self.model if self.meta.kind == "clip" else self.model.clip

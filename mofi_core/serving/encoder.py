@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from mofi_core.models.artifact import image_transform, load_model
+from mofi_core.models.artifact import LoadedModel
 
 
 def to_image(data: bytes | None, path: str | None) -> Image.Image:
@@ -40,12 +40,13 @@ def images_from_frame(frame: pd.DataFrame) -> list[Image.Image]:
 
 
 class Encoder:
+    """The served model: a model folder loaded once, on the CPU."""
+
     def __init__(self, model_dir: Path | str) -> None:
-        self.model, self.meta = load_model(model_dir)
-        self.transform = image_transform(self.meta)
+        self.loaded = LoadedModel.load(model_dir, torch.device("cpu"))
 
     @torch.no_grad()
     def embed(self, images: list[Image.Image]) -> np.ndarray:
-        batch = torch.stack([self.transform(img) for img in images])
-        feats = self.model.encode_image(batch).float()
+        batch = torch.stack([self.loaded.transform(img) for img in images])
+        feats = self.loaded.model.encode_image(batch).float()
         return torch.nn.functional.normalize(feats, dim=-1).numpy().astype(np.float32)

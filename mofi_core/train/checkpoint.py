@@ -23,13 +23,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from mofi_core.io.atomic import write_json
+from mofi_core.train.distributed import DistEnv
 
 STEP_DIR = re.compile(r"^step-(\d{9})$")
 FORMAT = "mofi-checkpoint/1"
@@ -146,12 +147,21 @@ class TrainState:
     loop: dict[str, Any]  # the loop's own JSON state: data position, history so far
 
 
-def save(root: Path, step: int, module: torch.nn.Module, opt: torch.optim.Optimizer,
-         is_sharded: Callable[[str], bool], loop: dict[str, Any], rank: int,
-         world: int, fingerprint: str, barrier: Callable[[], None],
-         mirror: RemoteMirror | None = None, local_rank: int = 0) -> Path:
+class Trainable(Protocol):
+    """What a checkpoint holds of a recipe: every trained parameter, and which are sharded."""
+
+    model: torch.nn.Module
+
+    def is_sharded(self, name: str) -> bool: ...
+
+
+def save(root: Path, step: int, trained: Trainable, opt: torch.optim.Optimizer,
+         loop: dict[str, Any], env: DistEnv, fingerprint: str,
+         mirror: RemoteMirror | None = None) -> Path:
     """Write checkpoint ``step`` (all ranks call this); returns its final folder. With a
     ``mirror``, ``root`` may be local to each node: the complete checkpoint is the remote one."""
+    module, is_sharded, barrier = trained.model, trained.is_sharded, env.barrier
+    rank, world = env.rank, env.world
     final = step_dir(root, step)
     tmp = final.with_name(final.name + ".tmp")
     if rank == 0:
@@ -182,15 +192,16 @@ def save(root: Path, step: int, module: torch.nn.Module, opt: torch.optim.Optimi
         if mirror is not None:
             mirror.finish(final)
     barrier()
-    if mirror is not None and rank != 0 and local_rank == 0 and tmp.exists():
+    if mirror is not None and rank != 0 and env.local_rank == 0 and tmp.exists():
         shutil.rmtree(tmp)  # this node's own folder: its part is safe in the remote copy
     return final
 
 
-def load(ckpt: Checkpoint, module: torch.nn.Module, opt: torch.optim.Optimizer, rank: int,
-         world: int, fingerprint: str) -> TrainState:
+def load(ckpt: Checkpoint, module: torch.nn.Module, opt: torch.optim.Optimizer, env: DistEnv,
+         fingerprint: str) -> TrainState:
     """Restore ``module``, ``opt`` and the RNGs from ``ckpt``; refuse a checkpoint written by a
     different world size or different training params (it would not continue the same run)."""
+    rank, world = env.rank, env.world
     state = json.loads((ckpt.path / "state.json").read_text(encoding="utf-8"))
     if state.get("format") != FORMAT:
         raise ValueError(f"{ckpt.path}: format {state.get('format')!r}, expected {FORMAT!r}")

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mofi_core.io.s3 import register_webdataset_scheme
 from mofi_core.kb import KnowledgeBase
+from mofi_core.recipes import RecipeSpec
 
 register_webdataset_scheme()  # s3:// shard URLs (train.data) stream through boto3
 
@@ -218,7 +219,7 @@ class EntityTexts:
 class SampleMaker:
     """Raw sample -> tensors for one recipe (picklable: it travels to DataLoader workers)."""
 
-    recipe: str
+    spec: RecipeSpec  # the recipe's row: what a batch holds and where its text comes from
     transform: Callable[[Image.Image], torch.Tensor]
     tokenizer: Any = None
     class_index: dict[str, int] | None = None
@@ -229,20 +230,19 @@ class SampleMaker:
     alt_text_prob: float = 0.5
 
     def __call__(self, sample: dict[str, Any], seed: int) -> tuple[torch.Tensor, ...]:
-        image = seeded(self.transform)(decode_image(sample), seed)
-        if self.recipe == "clip":
-            return image, self._alt_text(sample)
-        labels = labels_of(sample)
-        if self.recipe == "contrastive":
-            return image, self._entity_text(labels, seed)
-        target = sparse_target(labels["entity_ids"], labels["scores"], self.class_index,
-                               self.max_labels, self.weighting)
-        if self.recipe == "supervised":
-            return (image, *target)
-        use_alt = self.text_source == "alt_text" or (
-            self.text_source == "mix" and _rng(seed, "text").random() < self.alt_text_prob)
-        text = self._alt_text(sample) if use_alt else self._entity_text(labels, seed)
-        return (image, *target, text)
+        """The batch row in the order of ``spec.batch``: the image, then the soft target when
+        the recipe trains over the vocabulary, then the text tokens when it has a text side."""
+        out = [seeded(self.transform)(decode_image(sample), seed)]
+        labels = labels_of(sample) if self.spec.data == "i2e" else None
+        if self.spec.vocab:
+            out.extend(sparse_target(labels["entity_ids"], labels["scores"], self.class_index,
+                                     self.max_labels, self.weighting))
+        source = self.spec.text_from(self.text_source)
+        if source:
+            use_alt = source == "alt_text" or (
+                source == "mix" and _rng(seed, "text").random() < self.alt_text_prob)
+            out.append(self._alt_text(sample) if use_alt else self._entity_text(labels, seed))
+        return tuple(out)
 
     def _alt_text(self, sample: dict[str, Any]) -> torch.Tensor:
         raw = sample.get("txt", b"")

@@ -124,7 +124,7 @@ def _resume(ckpt_root: Path | None, recipe: Recipe, opt, env: DistEnv, fp: str,
         checkpoint.Checkpoint(checkpoint.step_dir(ckpt_root, only), only)
     if found is None:
         return 0, None
-    state = checkpoint.load(found, recipe.model, opt, env.rank, env.world, fp)
+    state = checkpoint.load(found, recipe.model, opt, env, fp)
     return state.step, state.loop
 
 
@@ -194,9 +194,9 @@ def train_loop(recipe: Recipe, batches: Batches, cfg: TrainConfig, env: DistEnv,
                 on_log(done, row)
             progress.update(done, row["loss"])
         if ckpt_root is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            checkpoint.save(ckpt_root, done, recipe.model, opt, recipe.is_sharded,
-                            {"data": batches.position(), "history": history}, env.rank,
-                            env.world, fingerprint, env.barrier, mirror, env.local_rank)
+            checkpoint.save(ckpt_root, done, recipe, opt,
+                            {"data": batches.position(), "history": history}, env,
+                            fingerprint, mirror)
             if env.is_main:
                 checkpoint.prune(ckpt_root, cfg.keep_checkpoints)
     progress.close()

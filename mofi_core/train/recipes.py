@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mofi_core.config import TrainConfig
 from mofi_core.models.factory import build_clip
 from mofi_core.models.heads import make_head as full_head
 from mofi_core.train import heads as H
@@ -165,17 +166,17 @@ class MultitaskRecipe(_HeadMixin, Recipe):
         _clamp_temperature(self.clip)
 
 
-def build_recipe(recipe: str, arch: dict, num_classes: int, head: str, shard_head: bool,
-                 head_scale: float, head_margin: float, loss_weights: tuple[float, float],
-                 label_smoothing: float) -> Recipe:
-    """A fresh recipe (call after seeding: the weights are initialised here)."""
+def build_recipe(cfg: TrainConfig, arch: dict, num_classes: int) -> Recipe:
+    """A fresh recipe for ``cfg.recipe`` (call after seeding: the weights are initialised here).
+    The recipe table's row decides the shape: no vocabulary -> contrastive only; a vocabulary
+    and no text -> supervised; both -> multi-task."""
+    spec = cfg.spec
     clip = build_clip(arch)
-    if recipe in ("clip", "contrastive"):
-        return ClipRecipe(clip, name=recipe)
-    dim = arch["embed_dim"]
-    h = make_head(head, dim, num_classes, shard_head, head_scale, head_margin)
-    if recipe == "supervised":
-        return SupervisedRecipe(clip.visual, h, shard_head, label_smoothing)
-    if recipe == "multitask":
-        return MultitaskRecipe(clip, h, shard_head, loss_weights, label_smoothing)
-    raise ValueError(f"unknown train.recipe {recipe!r}")
+    if not spec.vocab:
+        return ClipRecipe(clip, name=spec.name)
+    sharded = cfg.shard_head and spec.shardable_head
+    h = make_head(cfg.head, arch["embed_dim"], num_classes, sharded, cfg.head_scale,
+                  cfg.head_margin)
+    if not spec.text:
+        return SupervisedRecipe(clip.visual, h, sharded, cfg.label_smoothing)
+    return MultitaskRecipe(clip, h, sharded, cfg.loss_weights, cfg.label_smoothing)

@@ -68,22 +68,17 @@ def _setup(cfg: TrainConfig, env: distributed.DistEnv) -> None:
     torch.set_num_threads(cfg.threads or max(1, cores // env.world))
 
 
-def needs_kb(cfg: TrainConfig) -> bool:
-    return cfg.recipe == "contrastive" or (cfg.recipe == "multitask"
-                                           and cfg.text_source != "alt_text")
-
-
 def _sample_maker(cfg: TrainConfig, meta, classes: list[str], kb_path: Path | None
                   ) -> SampleMaker:
     tokenizer = tokenizer_for(meta.arch_config)
     texts = None
-    if needs_kb(cfg):
+    if cfg.spec.needs_kb(cfg.text_source):
         if kb_path is None or not kb_path.is_file():
             raise FileNotFoundError(f"train.recipe={cfg.recipe} needs the KB for entity texts; "
                                     f"{kb_path} is missing")
         texts = EntityTexts(KnowledgeBase.load(kb_path), tokenizer,
                             TEXT_TEMPLATES[cfg.entity_text])
-    return SampleMaker(recipe=cfg.recipe, transform=image_transform(meta, train=True),
+    return SampleMaker(spec=cfg.spec, transform=image_transform(meta, train=True),
                        tokenizer=tokenizer, class_index={c: i for i, c in enumerate(classes)},
                        entity_texts=texts, max_labels=cfg.max_labels, weighting=cfg.multi_label,
                        text_source=cfg.text_source, alt_text_prob=cfg.alt_text_prob)
@@ -91,16 +86,15 @@ def _sample_maker(cfg: TrainConfig, meta, classes: list[str], kb_path: Path | No
 
 def _model_meta(cfg: TrainConfig, classes: list[str]):
     arch = arch_config(cfg.model)
-    kind = {"clip": "clip", "contrastive": "clip", "supervised": "classifier",
-            "multitask": "multitask"}[cfg.recipe]
-    extra = {"head": cfg.head, "head_scale": cfg.head_scale} if kind != "clip" else {}
-    return default_meta(kind, cfg.model, arch, recipe=cfg.recipe,
-                        classes=tuple(classes) if kind != "clip" else (), extra=extra)
+    spec = cfg.spec
+    extra = {"head": cfg.head, "head_scale": cfg.head_scale} if spec.vocab else {}
+    return default_meta(spec.model_kind, cfg.model, arch, recipe=cfg.recipe,
+                        classes=tuple(classes) if spec.vocab else (), extra=extra)
 
 
 def _export(recipe: Recipe, cfg: TrainConfig, meta, out_dir: Path, env) -> None:
     """Publish the trained model (rank 0); a sharded head is gathered first (all ranks)."""
-    sharded = cfg.shard_head and cfg.recipe in ("supervised", "multitask")
+    sharded = cfg.shard_head and cfg.spec.shardable_head
     full = recipe.head.full_state_dict() if sharded else {}  # a collective: every rank
     if not env.is_main:
         return
@@ -128,13 +122,11 @@ def train_model(data_dir: Path | str, out_dir: Path, cfg: TrainConfig, on_log: L
     env = distributed.init(cfg.device)
     try:
         _setup(cfg, env)
-        classes = read_vocab(data_dir) if cfg.recipe in ("supervised", "multitask") else []
+        classes = read_vocab(data_dir) if cfg.spec.vocab else []
         meta = _model_meta(cfg, classes)
-        recipe = build_recipe(cfg.recipe, meta.arch_config, len(classes), cfg.head,
-                              cfg.shard_head, cfg.head_scale, cfg.head_margin,
-                              cfg.loss_weights, cfg.label_smoothing)
-        shards, data_identity = _shards_and_identity(data_dir,
-                                                     kb_path if needs_kb(cfg) else None)
+        recipe = build_recipe(cfg, meta.arch_config, len(classes))
+        needs_kb = cfg.spec.needs_kb(cfg.text_source)
+        shards, data_identity = _shards_and_identity(data_dir, kb_path if needs_kb else None)
         stream = ShardStream(shards, _sample_maker(cfg, meta, classes, kb_path),
                              cfg.batch_size, cfg.shuffle_buffer, cfg.seed, env.rank, env.world,
                              cfg.resampled)

@@ -67,7 +67,8 @@ def test_score_and_build_on_dask_equal_the_local_path(cluster, tiny_world, tmp_p
     from distributed import Client
 
     with Client(cluster.scheduler_address) as client:  # the workers, not this process, scored
-        loaded = client.run(lambda: bool(__import__("mofi_core.curate.score").curate.score._SCORER))
+        loaded = client.run(lambda: __import__("mofi_core.curate.score").curate.score
+                            ._WORKER_SCORER is not None)
     assert any(loaded.values())
     local = pq.read_table(tmp_path / "local" / "score" / "scores.parquet").to_pydict()
     dask = pq.read_table(tmp_path / "dask" / "score" / "scores.parquet").to_pydict()

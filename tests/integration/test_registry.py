@@ -4,6 +4,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mofi_core import tracking
 from mofi_core.config import RegisterConfig
@@ -72,6 +73,7 @@ def test_challenger_becomes_champion_only_by_the_margin(store, model_dir, tiny_w
 
 def test_champion_pyfunc_embeds_like_the_training_side_encoder(store, model_dir, tiny_world):
     from mofi_core.evaluate.embed import embed_files
+    from mofi_core.models.artifact import LoadedModel
 
     _register(model_dir, store, 0.5)
     layout = tiny_world[0]
@@ -81,7 +83,8 @@ def test_champion_pyfunc_embeds_like_the_training_side_encoder(store, model_dir,
                                       "path": [None, str(files[1]), str(files[2])]}))
     assert out.shape[0] == 3
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    direct = embed_files(model_dir, files, batch_size=8, device="cpu", num_workers=0)
+    direct = embed_files(LoadedModel.load(model_dir, torch.device("cpu")), files, batch_size=8,
+                         num_workers=0)
     np.testing.assert_allclose(out, direct, atol=1e-5)
 
 

@@ -69,8 +69,7 @@ def test_multitask_loss_is_the_weighted_sum_of_its_terms(truth_i2e):
                                           strict=False)]
     batch = tuple(torch.stack(c) for c in zip(*samples, strict=True))
     torch.manual_seed(0)
-    recipe = build_recipe("multitask", arch_config(cfg.model), len(classes), "linear", False,
-                          16.0, 0.0, (0.3, 2.0), 0.0)
+    recipe = build_recipe(cfg, arch_config(cfg.model), len(classes))
     total, terms = recipe.loss(batch)
     expected = 0.3 * terms["loss_supervised"] + 2.0 * terms["loss_contrastive"]
     torch.testing.assert_close(total.detach(), expected, rtol=1e-6, atol=1e-6)
@@ -186,18 +185,26 @@ def test_checkpoint_refuses_another_world_size_and_ignores_partial_folders(tmp_p
     opt = torch.optim.AdamW(model.parameters())
     model(torch.ones(1, 3)).sum().backward()
     opt.step()
-    checkpoint.save(tmp_path, 4, model, opt, lambda n: False, {"x": 1}, 0, 1, "fp", lambda: None)
+    from types import SimpleNamespace
+
+    from mofi_core.train.distributed import DistEnv
+
+    def env(world: int) -> DistEnv:
+        return DistEnv(rank=0, world=world, local_rank=0, device=torch.device("cpu"))
+
+    trained = SimpleNamespace(model=model, is_sharded=lambda name: False)
+    checkpoint.save(tmp_path, 4, trained, opt, {"x": 1}, env(1), "fp")
     (tmp_path / "step-000000008.tmp").mkdir()  # a killed save
     (tmp_path / "step-000000009").mkdir()  # no state.json: incomplete
     found = checkpoint.latest(tmp_path)
     assert found.step == 4
     with pytest.raises(ValueError, match="written by 1 processes, this run has 2"):
-        checkpoint.load(found, model, opt, 0, 2, "fp")
+        checkpoint.load(found, model, opt, env(2), "fp")
     with pytest.raises(ValueError, match="different training params"):
-        checkpoint.load(found, model, opt, 0, 1, "other")
+        checkpoint.load(found, model, opt, env(1), "other")
     fresh = torch.nn.Linear(3, 2)
     opt2 = torch.optim.AdamW(fresh.parameters())
-    state = checkpoint.load(found, fresh, opt2, 0, 1, "fp")
+    state = checkpoint.load(found, fresh, opt2, env(1), "fp")
     assert state.step == 4 and state.loop == {"x": 1}
     torch.testing.assert_close(fresh.weight, model.weight)
     assert torch.equal(opt2.state[fresh.weight]["exp_avg"], opt.state[model.weight]["exp_avg"])
@@ -225,8 +232,9 @@ def _first_step_grads(i2e, cfg, checkpointing: bool = False) -> dict[str, torch.
     classes = read_vocab(i2e)
     meta = _model_meta(cfg, classes)
     torch.manual_seed(0)
-    recipe = build_recipe(cfg.recipe, meta.arch_config, len(classes), "linear", False, 16.0,
-                          0.0, (1.0, 1.0), 0.0)
+    recipe = build_recipe(cfg.model_copy(update={"head": "linear", "shard_head": False,
+                                                  "loss_weights": (1.0, 1.0)}),
+                          meta.arch_config, len(classes))
     if checkpointing:
         recipe.model.visual.set_grad_checkpointing(True)
     stream = ShardStream([str(p) for p in list_shards(i2e / "shards")],

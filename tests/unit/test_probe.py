@@ -14,6 +14,7 @@ from mofi_core.evaluate.probe import (
 )
 from mofi_core.kb import KBEntity, KnowledgeBase
 from mofi_core.models.artifact import (
+    LoadedModel,
     build_model,
     default_meta,
     image_transform,
@@ -30,6 +31,10 @@ def _save_tiny(folder, kind, classes=()):
     meta = default_meta(kind, "mofi-tiny", arch_config("mofi-tiny"), kind, classes=classes)
     save_model(folder, build_model(meta), meta)
     return folder
+
+
+def _loaded(folder):
+    return LoadedModel.load(folder, torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +175,7 @@ def test_zero_shot_reports_the_independently_computed_accuracy(clip_dir, tmp_pat
         dest = tmp_path / "split" / f"c{labels[j]}" / path.name
         dest.parent.mkdir(parents=True, exist_ok=True)
         path.rename(dest)
-    out = zero_shot(clip_dir, tmp_path / "split", TEXTS, batch_size=5, device="cpu")
+    out = zero_shot(_loaded(clip_dir), tmp_path / "split", TEXTS, batch_size=5)
     assert out["top1"] == pytest.approx(np.mean(ranking[:, 0] == labels))
     assert out["top5"] == pytest.approx(np.mean((ranking[:, :5] == labels[:, None]).any(1)))
     assert out["top1"] >= 2 / 12 and out["top5"] < 1.0  # the forced hits and misses are there
@@ -180,15 +185,15 @@ def test_zero_shot_reports_the_independently_computed_accuracy(clip_dir, tmp_pat
 def test_zero_shot_rejects_a_model_without_text_tower(classifier_dir, tmp_path):
     _image(tmp_path / "a" / "0.png", np.random.default_rng(0))
     with pytest.raises(ValueError, match="no text tower"):
-        zero_shot(classifier_dir, tmp_path, {"a": ["a photo of a."]}, device="cpu")
+        zero_shot(_loaded(classifier_dir), tmp_path, {"a": ["a photo of a."]})
 
 
 # evaluate_labelled -------------------------------------------------------------------------------
 
 def test_evaluate_labelled_on_tiny_world(tiny_world, clip_dir):
     layout, _, _ = tiny_world
-    metrics, notes = evaluate_labelled(clip_dir, layout.benchmark / "labelled", layout.kb,
-                                       ("a photo of {name}.",), batch_size=16, device="cpu")
+    metrics, notes = evaluate_labelled(_loaded(clip_dir), layout.benchmark / "labelled",
+                                       layout.kb, ("a photo of {name}.",), batch_size=16)
     assert set(metrics) == {"zero_shot_top1", "zero_shot_top5", "probe_top1", "probe_c"}
     for key in ("zero_shot_top1", "zero_shot_top5", "probe_top1"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -200,7 +205,7 @@ def test_evaluate_labelled_on_tiny_world(tiny_world, clip_dir):
 
 def test_evaluate_labelled_without_text_tower_omits_zero_shot(tiny_world, classifier_dir):
     layout, _, _ = tiny_world
-    metrics, notes = evaluate_labelled(classifier_dir, layout.benchmark / "labelled", layout.kb,
-                                       batch_size=16, device="cpu")
+    metrics, notes = evaluate_labelled(_loaded(classifier_dir), layout.benchmark / "labelled",
+                                       layout.kb, batch_size=16)
     assert set(metrics) == {"probe_top1", "probe_c"}
     assert any(n.startswith("zero-shot: n/a") for n in notes)

@@ -1,0 +1,136 @@
+"""What DVC re-runs and what it records: runtime keys re-run nothing, a result key re-runs its
+stage and everything after it, and a fresh clone's full ``dvc repro`` rewrites ``dvc.lock``
+byte for byte (every output identical) and registers a model tagged with a clean commit."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from flows.pipeline import stage_order, write_overrides
+from tests.e2e.conftest import Project
+
+pytestmark = pytest.mark.e2e
+
+RUNTIME_CHANGES = {"runtime.train.log_every": 7, "runtime.baseline.threads": 1,
+                   "runtime.ner.workers": 1, "runtime.ingest.workers": 1,
+                   "runtime.score.device": "cpu", "runtime.evaluate.batch_size": 64}
+# train's own result and what reads it (dvc.yaml: evaluate <- models/mofi; report <-
+# metrics/evaluate.json; register <- models/mofi + metrics/evaluate.json)
+AFTER_TRAIN = {"train", "evaluate", "report", "register"}
+
+
+def _to_run(project: Project) -> tuple[dict, list[str]]:
+    """``dvc status`` and the stages ``dvc repro`` would run, without running any.
+
+    Plain ``--dry`` runs nothing, so the outputs of a stage it would run keep their hashes and
+    the stages after it look unchanged; ``--force-downstream`` makes it list them too (as a real
+    ``dvc repro`` runs them, their inputs having changed)."""
+    status = json.loads(project.run("dvc", "status", "--json").stdout or "{}")
+    out = project.run("dvc", "repro", "--dry", "--force-downstream").stdout
+    return status, re.findall(r"^Running stage '(\w+)'", out, flags=re.M)
+
+
+def test_runtime_keys_rerun_nothing_and_a_result_key_reruns_its_stage_and_after(project,
+                                                                                first_run):
+    params = project.root / "params.yaml"
+    original = params.read_bytes()
+    try:
+        assert _to_run(project) == ({}, [])
+        write_overrides(params, RUNTIME_CHANGES)
+        raw = yaml.safe_load(params.read_text())
+        assert {f"runtime.{s}.{k}": raw["runtime"][s][k]
+                for s, k in (key.split(".")[1:] for key in RUNTIME_CHANGES)} == RUNTIME_CHANGES
+        assert _to_run(project) == ({}, [])
+
+        lr = raw["train"]["lr"]
+        write_overrides(params, {"train.lr": lr * 2})
+        status, ran = _to_run(project)
+        assert status.keys() == {"train"}
+        # exactly these, once each, train first and evaluate before what reads its metrics;
+        # none of corpus, ingest, ner, baseline, score, build, validate
+        assert sorted(ran) == sorted(AFTER_TRAIN)
+        assert ran[:2] == ["train", "evaluate"]
+    finally:
+        params.write_bytes(original)
+    assert params.read_bytes() == original
+    assert _to_run(project) == ({}, [])
+
+
+def _lock_outputs(lock_text: str) -> dict[tuple[str, str], dict]:
+    """(stage, path) -> the recorded hash fields of each output, from a dvc.lock text."""
+    stages = yaml.safe_load(lock_text)["stages"]
+    return {(name, o["path"]): {k: v for k, v in o.items() if k != "path"}
+            for name, s in stages.items() for o in s.get("outs", [])}
+
+
+def _lock_differences(expected: str, got: str) -> list[str]:
+    want, have = _lock_outputs(expected), _lock_outputs(got)
+    diffs = [f"{stage}: {path}: {want.get((stage, path))} -> {have.get((stage, path))}"
+             for stage, path in sorted(want.keys() | have.keys())
+             if want.get((stage, path)) != have.get((stage, path))]
+    if not diffs:  # same outputs: a dep, a param or the layout differs
+        diffs = _unified(expected, got)
+    return diffs
+
+
+def _unified(a: str, b: str) -> list[str]:
+    import difflib
+
+    return list(difflib.unified_diff(a.splitlines(), b.splitlines(), "first run", "clone",
+                                     lineterm="", n=1))
+
+
+def test_a_clean_clone_reproduces_every_output_and_leaves_git_clean(project, first_run,
+                                                                     tmp_path_factory):
+    """Clone the project, commit the first run's params.yaml and dvc.lock there (as its user
+    would have), run the whole pipeline from no data with ``dvc repro``: dvc.lock is rewritten
+    byte for byte (so every output, metric, plot and report equals the first run's) and the
+    registered version names the clone's clean commit.
+
+    The commit is made in the clone from the texts ``first_run`` kept, not in the shared
+    project: tests before this one re-run stages there (another registry version makes
+    reports/register.json differ from a fresh store's), and the project stays as they left it.
+    """
+    clone = tmp_path_factory.mktemp("clone") / "mofi"
+    subprocess.run(["git", "clone", "-q", str(project.root), str(clone)], check=True,
+                   capture_output=True)
+    env = {k: v for k, v in project.env.items()
+           if k not in ("MLFLOW_TRACKING_URI", "MOFI_PARENT_RUN_ID", "MOFI_PROJECT_DIR",
+                        "PREFECT_API_URL", "COLUMNS")}
+    env["PREFECT_HOME"] = str(clone / ".prefect")
+    repo = Project(clone, env)
+    (clone / "params.yaml").write_text(first_run.params_text)
+    (clone / "dvc.lock").write_text(first_run.lock_text)
+    repo.run("git", "add", "params.yaml", "dvc.lock")
+    repo.run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm",
+             "params and dvc.lock of the first run")
+    assert repo.run("git", "status", "--porcelain").stdout == ""
+    head = repo.run("git", "rev-parse", "HEAD").stdout.strip()
+
+    out = repo.run("dvc", "repro", timeout=1200).stdout
+    ran = re.findall(r"^Running stage '(\w+)'", out, flags=re.M)
+    assert sorted(ran) == sorted(stage_order(clone / "dvc.yaml"))  # no data: every stage ran
+
+    lock = (clone / "dvc.lock").read_text()
+    assert _lock_differences(first_run.lock_text, lock) == []
+    assert lock == first_run.lock_text
+    assert repo.run("git", "status", "--porcelain").stdout == ""
+    assert repo.run("git", "diff", "--stat").stdout == ""
+    assert json.loads(repo.run("dvc", "status", "--json").stdout or "{}") == {}
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{clone / '.mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    name = yaml.safe_load(first_run.params_text)["register"]["model_name"]
+    versions = client.search_model_versions(f"name = '{name}'")
+    assert [v.version for v in versions] == ["1"]
+    tag = versions[0].tags["git_commit"]
+    assert not tag.endswith("-dirty")
+    assert tag == head
+    assert client.get_model_version_by_alias(name, "champion").version == "1"
