@@ -10,8 +10,8 @@
 # environment; the scheduler (Slurm, Kubernetes: infra/k8s/train-job.yaml) sets them. Every
 # rank reads params.yaml; rank 0 alone tracks to MLflow, writes metrics and publishes the model;
 # checkpoints hold one file per rank (its head shard and RNG) plus rank 0's shared state, so the
-# project folder (or train.checkpoint_dir) must be on storage every node sees, or
-# train.checkpoint_dir an s3:// prefix (each rank then uploads its own file).
+# project folder (or runtime.train.checkpoint_dir) must be on storage every node sees, or
+# runtime.train.checkpoint_dir an s3:// prefix (each rank then uploads its own file).
 set -euo pipefail
 stage="${1:-train}"
 case "$stage" in

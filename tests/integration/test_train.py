@@ -271,9 +271,14 @@ def _project_for_train(truth_i2e, tmp_path, checkpoint_every):
     shutil.copytree(i2e, root / "data" / "i2e")
     (root / "data" / "corpus").mkdir()
     shutil.copy(layout.kb, root / "data" / "corpus" / "kb.parquet")
+    from mofi_core.config import TrainConfig
+
     train = {**RESUME, "steps": 4, "checkpoint_every": checkpoint_every, "num_workers": 0,
              "log_every": 2, "shard_head": True}
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": train}), encoding="utf-8")
+    runtime = {k: train.pop(k) for k in list(train) if k in TrainConfig.RUNTIME}
+    (root / "params.yaml").write_text(yaml.safe_dump({"train": train,
+                                                      "runtime": {"train": runtime}}),
+                                      encoding="utf-8")
     return root
 
 
@@ -322,7 +327,7 @@ def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
 
 def test_two_nodes_without_a_shared_folder_checkpoint_to_s3_and_resume(truth_i2e, tmp_path,
                                                                        s3_env):
-    """Two "nodes" with separate project folders and train.checkpoint_dir in S3: each rank
+    """Two "nodes" with separate project folders and runtime.train.checkpoint_dir in S3: each rank
     uploads its own checkpoint file; two fresh nodes download the newest checkpoint, resume it
     (nothing left to train) and export the same weights."""
     import shutil
@@ -333,7 +338,7 @@ def test_two_nodes_without_a_shared_folder_checkpoint_to_s3_and_resume(truth_i2e
 
     base = _project_for_train(truth_i2e, tmp_path, checkpoint_every=2)
     raw = yaml.safe_load((base / "params.yaml").read_text())
-    raw["train"]["checkpoint_dir"] = f"{s3_env}/ckpt"
+    raw["runtime"]["train"]["checkpoint_dir"] = f"{s3_env}/ckpt"
     (base / "params.yaml").write_text(yaml.safe_dump(raw))
     script = Path(__file__).resolve().parents[2] / "infra" / "torchrun-train.sh"
 

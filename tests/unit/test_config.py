@@ -67,3 +67,69 @@ def test_yaml_tags_are_not_executed(tmp_path):
     path.write_text("train: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(Exception, match="could not determine a constructor"):
         load_params(path)
+
+
+# runtime keys ----------------------------------------------------------------------------------
+
+def test_runtime_keys_merge_into_their_section_and_stay_out_of_the_result_key():
+    params = parse_params({"train": {"steps": 50}, "runtime": {"train": {"log_every": 7,
+                                                                          "threads": 1}}})
+    assert (params.train.steps, params.train.log_every, params.train.threads) == (50, 7, 1)
+    key = params.train.result_key()
+    assert key["steps"] == 50 and not {"log_every", "threads", "device"} & set(key)
+    # a runtime value never changes the result key; a result value always does
+    same = parse_params({"train": {"steps": 50}, "runtime": {"train": {"log_every": 1}}})
+    other = parse_params({"train": {"steps": 51}, "runtime": {"train": {"log_every": 7}}})
+    assert same.train.result_key() == key != other.train.result_key()
+
+
+def test_each_sections_runtime_keys_are_its_own_fields():
+    from mofi_core.config import section_classes
+
+    for name, cls in section_classes().items():
+        assert set(cls.RUNTIME) <= set(cls.model_fields), name
+
+
+def test_a_runtime_key_under_its_section_says_where_it_belongs():
+    with pytest.raises(ParamsError, match=r"train\.log_every: a runtime key .* move it to "
+                                          r"runtime\.train\.log_every"):
+        parse_params({"train": {"log_every": 3}})
+
+
+def test_a_result_key_under_runtime_says_where_it_belongs():
+    with pytest.raises(ParamsError, match=r"runtime\.train\.lr: a result key: set it under "
+                                          r"train\.lr"):
+        parse_params({"runtime": {"train": {"lr": 0.1}}})
+
+
+@pytest.mark.parametrize("raw, pattern", [
+    ({"runtime": {"build": {"threshold": 0.1}}}, r"runtime\.build: no runtime keys in section"),
+    ({"runtime": {"train": {"nosuch": 1}}}, r"runtime\.train\.nosuch: unknown runtime key"),
+    ({"runtime": ["train"]}, r"runtime: must be a mapping"),
+    ({"runtime": {"train": 3}}, r"runtime\.train: must be a mapping"),
+])
+def test_misplaced_runtime_sections_and_keys_are_errors(raw, pattern):
+    with pytest.raises(ParamsError, match=pattern):
+        parse_params(raw)
+
+
+def test_a_bad_runtime_value_is_named_by_its_runtime_path():
+    with pytest.raises(ParamsError, match=r"runtime\.train\.threads: Input should be greater"):
+        parse_params({"runtime": {"train": {"threads": -1}}})
+
+
+def test_runtime_overrides_use_the_runtime_path():
+    out = apply_overrides({}, {"runtime.ner.workers": 1})
+    assert parse_params(out).ner.workers == 1
+    with pytest.raises(ParamsError, match=r"move it to runtime\.ner\.workers"):
+        parse_params(apply_overrides({}, {"ner.workers": 1}))
+
+
+def test_recipe_choices_are_the_recipe_tables_rows():
+    from mofi_core.recipes import CONTROL_RECIPES, MOFI_RECIPES, RECIPES
+
+    assert set(CONTROL_RECIPES) | set(MOFI_RECIPES) == set(RECIPES)
+    for name in MOFI_RECIPES:
+        assert parse_params({"train": {"recipe": name}}).train.spec is RECIPES[name]
+    with pytest.raises(ParamsError, match=r"train\.recipe"):
+        parse_params({"train": {"recipe": "clip"}})

@@ -209,3 +209,39 @@ def test_evaluate_labelled_without_text_tower_omits_zero_shot(tiny_world, classi
                                        layout.kb, batch_size=16)
     assert set(metrics) == {"probe_top1", "probe_c"}
     assert any(n.startswith("zero-shot: n/a") for n in notes)
+
+
+# one load per model folder --------------------------------------------------------------------
+
+def test_a_loaded_model_carries_what_each_kind_needs(clip_dir, classifier_dir):
+    clip, clf = _loaded(clip_dir), _loaded(classifier_dir)
+    assert clip.has_text_tower and clip.text_model is clip.model and clip.tokenizer is not None
+    assert not clf.has_text_tower and clf.tokenizer is None
+    with pytest.raises(ValueError, match="no text tower"):
+        clf.text_model
+    assert next(clip.model.parameters()).device == clip.device
+
+
+def test_evaluate_loads_each_model_folder_once(tiny_world, clip_dir, classifier_dir,
+                                               monkeypatch):
+    """Retrieval, linear probe and zero-shot share one load per model (they loaded the folder
+    three times before)."""
+    from mofi_core.config import EvaluateConfig
+    from mofi_core.evaluate import run
+
+    layout, _, _ = tiny_world
+    loads = []
+    real = LoadedModel.load.__func__
+
+    def counting(cls, folder, device):
+        loads.append(folder)
+        return real(cls, folder, device)
+
+    monkeypatch.setattr(run.LoadedModel, "load", classmethod(counting))
+    cfg = EvaluateConfig(device="cpu", batch_size=16, pictures=False)
+    results = run.evaluate({"mofi": classifier_dir, "baseline": clip_dir}, layout.gpr, cfg,
+                           layout.benchmark / "classes.json", layout.benchmark / "labelled",
+                           layout.kb)
+    assert loads == [classifier_dir, clip_dir]
+    assert "zero_shot_top1" in results["baseline"] and "zero_shot_top1" not in results["mofi"]
+    assert "probe_top1" in results["mofi"]
