@@ -120,7 +120,7 @@ def zero_shot(loaded: LoadedModel, split_dir: Path | str, class_texts: dict[str,
               batch_size: int = 256) -> dict[str, float]:
     """Zero-shot accuracy on an ImageFolder split; the label space is the split's class folders.
     Raises ``ValueError`` for a model without a text tower (kind ``classifier``)."""
-    loaded.text_model  # noqa: B018 - fails early, before embedding any image
+    _ = loaded.text_model  # raises for a model without a text tower, before any embedding
     files, labels, names = image_folder(split_dir)
     weights = text_classifier(loaded, names, class_texts, batch_size)
     feats = embed_files(loaded, files, batch_size)
