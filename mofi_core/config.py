@@ -250,6 +250,7 @@ class BuildConfig(Section):
 
 
 class ValidateConfig(Section):
+    RUNTIME = ("data_docs",)  # an HTML view of the results, not part of them
     max_labels_per_image: int = Field(4, ge=1)
     min_fraction_of_corpus: float = Field(0.05, ge=0, le=1, description=(
         "the I2E dataset must hold at least this share of the ingested images"))

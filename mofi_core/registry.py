@@ -15,10 +15,14 @@ import io
 import json
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from mofi_core.config import RegisterConfig
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 PYFUNC_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -221,7 +225,7 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) ->
             "champion": int(version) if promoted else int(champ.version)}
 
 
-def run(cfg: RegisterConfig, ctx) -> dict:
+def run(cfg: RegisterConfig, ctx: StageContext) -> dict:
     """Stage ``register``: needs tracking on (the registry lives in the MLflow store)."""
     lay = ctx.layout
     if ctx.tracker.run_id is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -16,6 +17,9 @@ import pyarrow.parquet as pq
 from mofi_core.config import ReportConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import write_bytes, write_json
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 Pairs = set[tuple[str, str]]
 
@@ -171,7 +175,7 @@ def paper_direction(quality: dict, evaluation: dict) -> list[tuple[str, bool]]:
     return out
 
 
-def run(cfg: ReportConfig, ctx) -> dict:
+def run(cfg: ReportConfig, ctx: StageContext) -> dict:
     """Stage ``report``: writes ``reports/quality.md`` and returns the flat numbers."""
     lay = ctx.layout
     evaluation = json.loads(lay.metrics("evaluate").read_text(encoding="utf-8"))

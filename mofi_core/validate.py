@@ -21,6 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -28,6 +29,9 @@ from mofi_core.config import ValidateConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
 from mofi_core.kb import KnowledgeBase
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 SHA256 = r"^[0-9a-f]{64}$"
 WARN = {"severity": "warning"}
@@ -307,7 +311,7 @@ def validate(inputs: Inputs, report_file: Path, cfg: ValidateConfig,
     return summary
 
 
-def run(cfg: ValidateConfig, ctx) -> dict:
+def run(cfg: ValidateConfig, ctx: StageContext) -> dict:
     """Stage ``validate``: the gate; raises :class:`ValidationFailed` to stop the pipeline."""
     lay = ctx.layout
     report = lay.reports / "validate.json"
@@ -324,12 +328,12 @@ def run(cfg: ValidateConfig, ctx) -> dict:
 
 
 def _docs_off(folder: Path) -> None:
-    """``reports/data_docs`` is a declared output: with Data Docs off it says so (and no
-    earlier run's pages are left there to mislead)."""
+    """With Data Docs off, ``reports/data_docs`` says so: no earlier run's pages are left there
+    to mislead."""
     from mofi_core.io.atomic import atomic_dir
 
     with atomic_dir(folder) as tmp:
         (tmp / "index.html").write_text(
             "<!doctype html><title>Data Docs off</title><p>Data Docs are off "
-            "(<code>validate.data_docs: false</code>); the results are in "
+            "(<code>runtime.validate.data_docs: false</code>); the results are in "
             "<code>reports/validate.json</code>.</p>\n", encoding="utf-8")

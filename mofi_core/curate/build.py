@@ -20,6 +20,7 @@ import shutil
 from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,9 @@ from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
 from mofi_core.io.shards import ShardWriter, iter_samples
 from mofi_core.parallel import ShardJob, iter_shards
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 
 class EmptyDatasetError(RuntimeError):
@@ -284,7 +288,7 @@ def _plots(out: Path, acc: _Accumulator) -> None:
     plt.close(fig)
 
 
-def run(cfg: BuildConfig, ctx) -> dict:
+def run(cfg: BuildConfig, ctx: StageContext) -> dict:
     """Stage ``build``: filter rules -> I2E shards, labels, vocabulary."""
     lay = ctx.layout
     stats = build(lay.ingest, lay.score, lay.i2e, cfg)

@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -44,6 +45,9 @@ from mofi_core.io.sources import (
     source_name,
 )
 from mofi_core.parallel import ResumeState, ShardJob, remove_stale, run_shards
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -347,7 +351,7 @@ def _merge(out_dir: Path, names: list[str], duplicate_of: dict[str, str]) -> tup
     return kept, rejected
 
 
-def run(cfg: IngestConfig, ctx) -> dict:
+def run(cfg: IngestConfig, ctx: StageContext) -> dict:
     """Stage ``ingest``: input shards -> clean shards + manifest + rejects."""
     sources = _storage_sources(cfg, ctx) or expand_sources(cfg.input, ctx.layout.root)
     result = ingest(sources, ctx.layout.ingest, cfg, state_dir=ctx.layout.state("ingest"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mofi_core.config import NerConfig
 from mofi_core.io import tables
@@ -24,6 +25,9 @@ from mofi_core.parallel import (
     remove_stale,
     run_shards,
 )
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 
 class SpacyModelError(RuntimeError):
@@ -179,7 +183,7 @@ def run_ner(ingest_dir: Path, kb_path: Path, out_dir: Path, cfg: NerConfig,
     return {k: sum(s[k] for s in summaries) for k in summaries[0]}
 
 
-def run(cfg: NerConfig, ctx) -> dict:
+def run(cfg: NerConfig, ctx: StageContext) -> dict:
     """Stage ``ner``: manifest alt-text -> mentions linked to KB candidates."""
     lay = ctx.layout
     return run_ner(lay.ingest, lay.kb, lay.ner, cfg, state_dir=lay.state("ner"))

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,9 @@ from mofi_core.parallel import (
     remove_stale,
     run_shards,
 )
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 
 @dataclass(frozen=True)
@@ -448,7 +452,7 @@ def _metrics(out_dir: Path, entities: int) -> dict[str, float]:
     return out
 
 
-def run(cfg: ScoreConfig, ctx) -> dict:
+def run(cfg: ScoreConfig, ctx: StageContext) -> dict:
     """Stage ``score``: CLIP similarity per (image, candidate entity)."""
     lay = ctx.layout
     return score(lay.ingest, lay.ner, lay.kb, lay.baseline_model, lay.score, cfg,

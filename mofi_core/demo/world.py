@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +34,9 @@ from mofi_core.demo.render import draw_object, render
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir
 from mofi_core.io.shards import ShardWriter, shard_name
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 SHARD_META = pa.schema([("key", pa.string()), ("caption", pa.string()), ("url", pa.string()),
                         ("status", pa.string()), ("width", pa.int32()), ("height", pa.int32())])
@@ -182,7 +186,7 @@ def generate_world(cfg: CorpusConfig, corpus_dir: Path, truth_dir: Path,
                       benchmark_classes=len(seen_idx) + len(unseen), labelled_images=n_lab)
 
 
-def run(cfg: CorpusConfig, ctx) -> dict:
+def run(cfg: CorpusConfig, ctx: StageContext) -> dict:
     """Stage ``corpus``: materialise the demo world under ``data/``."""
     lay = ctx.layout
     return generate_world(cfg, lay.corpus, lay.truth, lay.benchmark).as_metrics()

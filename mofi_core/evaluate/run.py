@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from mofi_core.evaluate.retrieval import (
 from mofi_core.io.atomic import atomic_path
 from mofi_core.kb import KBEntity, KnowledgeBase
 from mofi_core.models.artifact import LoadedModel
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 CONTROL = "baseline"
 SETTINGS = {"probe_c"}  # chosen hyper-parameters, reported but not compared as ratios
@@ -155,7 +159,7 @@ def _dir(value: str, default: Path) -> Path | None:
     return path
 
 
-def run(cfg: EvaluateConfig, ctx) -> dict:
+def run(cfg: EvaluateConfig, ctx: StageContext) -> dict:
     """Stage ``evaluate``: MOFI vs the baseline CLIP on retrieval, zero-shot and linear probe."""
     lay = ctx.layout
     figures = lay.reports / "figures"  # a DVC output: recreated, empty without pictures

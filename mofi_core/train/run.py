@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -27,6 +28,9 @@ from mofi_core.train.checkpoint import RemoteMirror
 from mofi_core.train.data import Batches, EntityTexts, SampleMaker, ShardStream
 from mofi_core.train.loop import train_loop
 from mofi_core.train.recipes import Recipe, build_recipe
+
+if TYPE_CHECKING:
+    from mofi_core.stage import StageContext
 
 LogFn = Callable[[int, dict[str, float]], None]
 TEXT_TEMPLATES = {"name": "{name}", "name_description": "{name}. {description}"}
@@ -171,7 +175,8 @@ def _write_history(path: Path, history: list[dict]) -> None:
 MACHINE_DEPENDENT = ("images_per_s", "memory_mb")
 
 
-def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig, ctx) -> dict:
+def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig,
+           ctx: StageContext) -> dict:
     lay = ctx.layout
     remote = ""
     if cfg.checkpoint_dir.startswith("s3://"):  # local staging + a copy in S3
@@ -192,11 +197,11 @@ def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig, ctx) -> d
     return {"final_loss": history[-1]["loss"], "steps": cfg.steps}
 
 
-def run_baseline(cfg: TrainConfig, ctx) -> dict:
+def run_baseline(cfg: TrainConfig, ctx: StageContext) -> dict:
     """Stage ``baseline``: CLIP on raw alt-text (the paper's control, and the default scorer)."""
     return _stage("baseline", ctx.layout.ingest, ctx.layout.baseline_model, cfg, ctx)
 
 
-def run_train(cfg: TrainConfig, ctx) -> dict:
+def run_train(cfg: TrainConfig, ctx: StageContext) -> dict:
     """Stage ``train``: the MOFI recipe on the I2E dataset."""
     return _stage("train", ctx.layout.i2e, ctx.layout.mofi_model, cfg, ctx)

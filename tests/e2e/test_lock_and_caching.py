@@ -129,8 +129,8 @@ def test_a_clean_clone_reproduces_every_output_and_leaves_git_clean(project, fir
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = yaml.safe_load(first_run.params_text)["register"]["model_name"]
     versions = client.search_model_versions(f"name = '{name}'")
-    assert [v.version for v in versions] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"]  # the sqlite store returns an int
     tag = versions[0].tags["git_commit"]
     assert not tag.endswith("-dirty")
     assert tag == head
-    assert client.get_model_version_by_alias(name, "champion").version == "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
