@@ -42,12 +42,18 @@ def _fail(err: BaseException) -> None:
     raise typer.Exit(1)
 
 
+SetsOpt = Annotated[list[str], typer.Option(
+    "--set", "-S", help="override a param for this run only, e.g. -S train.steps=50 "
+                        "(repeatable; params.yaml is not changed, so DVC does not see it)")]
+
+
 def _stage_command(spec) -> None:
-    def command(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    def command(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."),
+                sets: SetsOpt = []) -> None:  # noqa: B006 - typer reads the default
         from mofi_core.stage import execute
 
         try:
-            metrics = execute(spec, params, root)
+            metrics = execute(spec, params, root, overrides=_parse_sets(sets))
         except Exception as err:  # every failure is reported with its message and exit code 1
             _fail(err)
         typer.echo(f"{spec.name}: " + ", ".join(f"{k}={_fmt(v)}"

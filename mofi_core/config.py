@@ -32,7 +32,8 @@ class ParamsError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no NaN or infinity anywhere: `lr: .inf` is an error, not a run that diverges
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     RUNTIME: ClassVar[tuple[str, ...]] = ()  # keys that never change a result (runtime.<section>)
 
@@ -127,7 +128,7 @@ class TrainConfig(Section):
 
     recipe: Literal[tuple(RECIPES)]  # type: ignore[valid-type]  # rows of mofi_core/recipes.py
     model: str = Field("mofi-tiny", description="mofi or open_clip architecture (ViT-B-16...)")
-    steps: int = Field(300, ge=1)
+    steps: int = Field(1200, ge=1)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
     lr: float = Field(1e-3, gt=0)
@@ -251,7 +252,7 @@ class BuildConfig(Section):
 
 class ValidateConfig(Section):
     RUNTIME = ("data_docs",)  # an HTML view of the results, not part of them
-    max_labels_per_image: int = Field(4, ge=1)
+    max_labels_per_image: int = Field(5, ge=1)
     min_fraction_of_corpus: float = Field(0.05, ge=0, le=1, description=(
         "the I2E dataset must hold at least this share of the ingested images"))
     max_entity_share: float = Field(0.5, gt=0, le=1, description=(
@@ -330,7 +331,8 @@ class Params(Section):
     executor: ExecutorConfig = ExecutorConfig()
     storage: StorageConfig = StorageConfig()
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              allow_inf_nan=False)
 
     def section(self, name: str) -> Section:
         field = f"{name}_" if name in ("validate", "register") else name
@@ -423,10 +425,19 @@ def read_params_file(path: Path) -> dict[str, Any]:
         raise ParamsError(f"params file not found: {path} "
                           "(run from the project root or pass --params)")
     with path.open(encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh)
-    if raw is not None and not isinstance(raw, dict):
+        try:
+            raw = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ParamsError(f"{path}:{where} not valid YAML "
+                              f"({getattr(err, 'problem', None) or err})") from None
+    if raw is None:
+        raise ParamsError(f"{path} is empty: it must hold the params sections (git checkout "
+                          f"{path.name} restores the project's)")
+    if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")
-    return raw or {}
+    return raw
 
 
 def load_params(path: Path | str = "params.yaml",

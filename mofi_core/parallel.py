@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,42 @@ _INIT_LOCK = threading.Lock()
 _INITIALISED: set[str] = set()
 
 
+class ShardJobError(RuntimeError):
+    """A shard job failed for a reason other than its data (data problems are rejections)."""
+
+
+def shard_error(job: ShardJob, err: BaseException) -> Exception:
+    """``err`` as one line naming the shard, of the same type where that type takes a message
+    (callers catching ``ValueError`` still can); the worker's traceback is not carried."""
+    msg = f"shard {job.name} ({job.source}): {err}"
+    try:
+        new = type(err)(msg)
+    except Exception:  # an exception type that does not take one message
+        new = ShardJobError(f"shard {job.name} ({job.source}): {type(err).__name__}: {err}")
+    return new if isinstance(new, Exception) else ShardJobError(msg)
+
+
+_INIT_FAILURE: list[str] = []  # in a pool worker: why its initializer failed
+
+
+def _guarded_init(initializer: Callable[..., None], *initargs: Any) -> None:
+    """A pool worker's initializer that never breaks the pool: a failure is kept and reported
+    by the worker's first job as one line (not a traceback per worker and BrokenProcessPool)."""
+    try:
+        initializer(*initargs)
+    except Exception as err:
+        _INIT_FAILURE.append(f"{type(err).__name__}: {err}")
+
+
+def _guarded_call(job: ShardJob, fn: JobFn) -> tuple[list[Path], dict[str, Any]]:
+    if _INIT_FAILURE:
+        raise ShardJobError(f"worker set-up failed before shard {job.name}: {_INIT_FAILURE[0]}")
+    try:
+        return fn(job)
+    except Exception as err:
+        raise shard_error(job, err) from None
+
+
 def _call_in_worker(job: ShardJob, fn: JobFn, initializer: Callable[..., None] | None,
                     initargs: tuple) -> tuple[list[Path], dict[str, Any]]:
     """Dask has no per-worker initializer for a map: run it once per worker process."""
@@ -138,9 +175,9 @@ def _call_in_worker(job: ShardJob, fn: JobFn, initializer: Callable[..., None] |
         key = f"{initializer.__module__}.{initializer.__qualname__}:{fingerprint(initargs)}"
         with _INIT_LOCK:
             if key not in _INITIALISED:
-                initializer(*initargs)
+                _guarded_init(initializer, *initargs)
                 _INITIALISED.add(key)
-    return fn(job)
+    return _guarded_call(job, fn)
 
 
 def _run_dask(address: str, fn: JobFn, todo: Sequence[ShardJob],
@@ -205,12 +242,16 @@ def _run(fn: JobFn, todo: Sequence[ShardJob], workers: int,
     if n == 1:
         if initializer is not None:
             initializer(*initargs)
-        yield from map(fn, todo)
+        yield from (_guarded_call(job, fn) for job in todo)
         return
     # spawn: workers start clean whatever this process has loaded (threads, torch, ...)
-    with ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"),
-                             initializer=initializer, initargs=initargs) as pool:
-        yield from pool.map(fn, todo)
+    init = (_guarded_init, (initializer, *initargs)) if initializer is not None else (None, ())
+    pool = ProcessPoolExecutor(max_workers=n, mp_context=get_context("spawn"),
+                               initializer=init[0], initargs=init[1])
+    try:
+        yield from pool.map(partial(_guarded_call, fn=fn), todo)
+    finally:  # on the first failure, jobs not yet started are dropped, not run for nothing
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_shards(fn: JobFn, jobs: Sequence[ShardJob], outputs_of: Callable[[ShardJob], list[Path]],

@@ -43,12 +43,12 @@ def distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def execute(spec: StageSpec, params_file: Path, root: Path,
-            fn: StageFn | None = None) -> dict[str, Any]:
-    """Run stage ``spec`` (its entry, or ``fn`` in tests); its metrics land in
-    ``metrics/<name>.json`` (DVC metrics)."""
+def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None = None,
+            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run stage ``spec`` (its entry, or ``fn`` in tests) with ``params_file`` plus dotted
+    ``overrides`` (validated like the file); its metrics land in ``metrics/<name>.json``."""
     name = spec.name
-    params = load_params(params_file)
+    params = load_params(params_file, overrides)
     section = params.section(spec.section)
     fn = fn or spec.load()
     layout = Layout(root.resolve())

@@ -51,6 +51,18 @@ if TYPE_CHECKING:
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# parts of exception texts that differ between two runs on the same bytes
+_UNSTABLE = ((re.compile(r" at 0x[0-9a-fA-F]+"), ""),  # <_io.BytesIO object at 0x7f...>
+             (re.compile(r"\.fetch-[^/\s'\"]+"), ".fetch-*"))  # a download's temporary name
+
+
+def stable_reason(text: str) -> str:
+    """A rejection reason as stable text: the same input gives the same bytes in
+    ``rejects.parquet`` on every run and machine (memory addresses and temporary file names
+    removed), so DVC's hashes and re-runs stay byte-identical."""
+    for pattern, repl in _UNSTABLE:
+        text = pattern.sub(repl, text)
+    return text
 
 
 class RejectRateError(RuntimeError):
@@ -193,6 +205,7 @@ def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
                             "reason": f"unreadable shard: {type(err).__name__}: {err}"})
         rejects += [{"key": p.key, "shard": src_name, "reason": p.reason} for p in problems]
     tables.write_table(manifest_out, tables.from_rows(rows, tables.MANIFEST), tables.MANIFEST)
+    rejects = [{**r, "reason": stable_reason(r["reason"])} for r in rejects]
     tables.write_table(rejects_out, tables.from_rows(rejects, tables.REJECTS), tables.REJECTS)
     return [tar_out, manifest_out, rejects_out], {"kept": len(rows), "rejected": len(rejects)}
 

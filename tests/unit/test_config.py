@@ -133,3 +133,29 @@ def test_recipe_choices_are_the_recipe_tables_rows():
         assert parse_params({"train": {"recipe": name}}).train.spec is RECIPES[name]
     with pytest.raises(ParamsError, match=r"train\.recipe"):
         parse_params({"train": {"recipe": "clip"}})
+
+
+# no silent defaults ------------------------------------------------------------------------------
+
+def test_code_defaults_are_the_documented_values_of_params_yaml():
+    """A section or key left out of params.yaml runs on exactly what the project documents."""
+    from tests.conftest import ROOT
+
+    assert parse_params({}) == load_params(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("raw", [{"train": {"lr": float("inf")}}, {"train": {"lr": float("nan")}},
+                                 {"build": {"threshold": float("-inf")}},
+                                 {"corpus": {"noise": {"name": float("nan")}}}])
+def test_non_finite_numbers_are_errors(raw):
+    with pytest.raises(ParamsError, match="finite"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("text, pattern", [("", "is empty"), ("train: [1\n", "not valid YAML"),
+                                           ("- a\n", "mapping")])
+def test_an_empty_or_broken_params_file_is_one_clear_error(tmp_path, text, pattern):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=pattern):
+        load_params(path)

@@ -135,3 +135,31 @@ def test_every_fault_is_a_listed_rejection_and_every_good_sample_is_kept(tmp_pat
             img = Image.open(io.BytesIO(s["jpg"]))
             assert (img.format, img.mode) == ("JPEG", "RGB")
             assert s["txt"].decode("utf-8").isprintable()
+
+
+def test_two_runs_on_the_fault_corpus_give_byte_identical_outputs(tmp_path):
+    """Reasons are stable text: no memory address or temporary name leaks into rejects.parquet
+    (DVC hashes it; before, PIL's '<_io.BytesIO object at 0x...>' changed it on every run)."""
+    from tests.faults import write_fault_shards
+
+    write_fault_shards(tmp_path / "corpus", ["Mount Kelvara at dawn"])
+    cfg = IngestConfig(max_reject_fraction=1)
+    for out in ("a", "b"):
+        ingest(tmp_path / "corpus", tmp_path / out, cfg)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
+                   if p.is_file())
+    assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+                         for f in files)
+    reasons = pq.read_table(tmp_path / "a" / "rejects.parquet")["reason"].to_pylist()
+    assert not [r for r in reasons if "0x" in r or (".fetch-" in r and "*" not in r)]
+    assert any("cannot identify image file" in r for r in reasons)  # the case that leaked
+
+
+def test_stable_reason_drops_addresses_and_temporary_names():
+    from mofi_core.curate.ingest import stable_reason
+
+    assert stable_reason("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c9e50>") \
+        == "cannot identify image file <_io.BytesIO object>"
+    assert stable_reason("[Errno 5] '/p/.fetch-k2_x9.tar'") == "[Errno 5] '/p/.fetch-*'"
+    assert stable_reason("image size 3x3 outside [16, 4096]") == \
+        "image size 3x3 outside [16, 4096]"

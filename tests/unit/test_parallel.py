@@ -48,3 +48,33 @@ def test_done_jobs_yield_their_kept_summary_in_place(tmp_path: Path, jobs) -> No
     assert CALLS == ["000", "002", "004"]
     summaries, skipped = run_shards(fn, jobs, outs, state)
     assert skipped == 5 and [s["name"] for s in summaries] == [j.name for j in jobs]
+
+
+# failures: one line naming the shard, whatever process it ran in --------------------------------
+
+def fail_on_two(job: ShardJob) -> tuple[list[Path], dict]:
+    if job.name == "002":
+        raise ValueError("bad bytes in the KB file kb.parquet")
+    return [], {}
+
+
+def broken_setup(path: str) -> None:
+    raise FileNotFoundError(f"spaCy pipeline not installed: {path}")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_job_is_one_line_naming_its_shard_and_keeps_its_type(jobs, workers, capfd):
+    with pytest.raises(ValueError) as info:
+        run_shards(fail_on_two, jobs, lambda j: [], None, workers)
+    assert str(info.value) == f"shard 002 ({'x' * 2}): bad bytes in the KB file kb.parquet"
+    assert "Traceback" not in capfd.readouterr().err  # no worker traceback on the terminal
+
+
+def test_a_failing_worker_setup_is_one_line_not_a_broken_pool(jobs, capfd):
+    from mofi_core.parallel import ShardJobError
+
+    with pytest.raises(ShardJobError, match=r"worker set-up failed before shard \d+: "
+                                            r"FileNotFoundError: spaCy pipeline not installed"):
+        run_shards(fail_on_two, jobs, lambda j: [], None, 2, broken_setup, ("xx_model",))
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenProcessPool" not in err
