@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,10 +73,19 @@ class KnowledgeBase:
         path = Path(path)
         rows = _read_jsonl(path) if path.suffix in (".jsonl", ".ndjson") else \
             tables.read_table(path, tables.KB).to_pylist()
-        bad = [r.get("entity_id") for r in rows if not r["entity_id"] or not r["name"]]
-        if bad:
-            raise ValueError(f"{path}: {len(bad)} KB rows lack entity_id or name "
-                             f"(first: {bad[0]!r})")
+        if not rows:
+            raise ValueError(f"knowledge base {path} holds no entities: point it at a KB with "
+                             "the entities the alt-texts name")
+        for column in ("entity_id", "name"):
+            bad = [i for i, r in enumerate(rows) if not r[column]]
+            if bad:
+                raise ValueError(f"{path}: column {column!r} is empty or null in {len(bad)} rows "
+                                 f"(first: row {bad[0]}); every entity needs an id and a name")
+        counts = Counter(r["entity_id"] for r in rows)
+        dupes = sorted(e for e, n in counts.items() if n > 1)
+        if dupes:
+            raise ValueError(f"{path}: column 'entity_id' repeats {len(dupes)} ids (first: "
+                             f"{dupes[0]!r}, {counts[dupes[0]]} rows); each entity once")
         return cls([KBEntity(r["entity_id"], r["name"], tuple(r["aliases"] or ()),
                              r["description"] or "", r["type"] or "") for r in rows])
 

@@ -225,6 +225,23 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) ->
             "champion": int(version) if promoted else int(champ.version)}
 
 
+def check(cfg: RegisterConfig, ctx: StageContext) -> None:
+    """Before anything is logged: the model loads and the evaluation has ``register.metric``."""
+    from mofi_core.models.artifact import check_model_folder
+
+    lay = ctx.layout
+    check_model_folder(lay.mofi_model, f"the MOFI model ({lay.mofi_model})")
+    path = lay.metrics("evaluate")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ValueError(f"{path} is not JSON ({err}); run stage 'evaluate' again") from None
+    have = metrics.get("mofi", {}) if isinstance(metrics, dict) else {}
+    if cfg.metric not in have:
+        raise KeyError(f"register.metric {cfg.metric!r} is not in {path} (it has "
+                       f"{sorted(have)}); choose one of those")
+
+
 def run(cfg: RegisterConfig, ctx: StageContext) -> dict:
     """Stage ``register``: needs tracking on (the registry lives in the MLflow store)."""
     lay = ctx.layout

@@ -1,14 +1,25 @@
 """The stage runner: what every ``mofi <stage>`` does around the stage's pure function.
 
 Load the row's params section, open a tracking run, fetch inputs from the storage root (when one
-is set), call the entry named in the stage table (:mod:`mofi_core.stages`), write
-``metrics/<stage>.json``, publish outputs, log params/metrics/artifacts."""
+is set), check what the stage needs before any work (its inputs exist, its outputs can be
+written, the row's own ``check``), call the entry named in the stage table
+(:mod:`mofi_core.stages`), write ``metrics/<stage>.json``, publish outputs, log
+params/metrics/artifacts.
+
+A stage that fails leaves its previous outputs and metrics as they were: they are hard-linked
+aside before the stage runs (every output is written atomically, by rename, so the links keep
+the old bytes) and moved back on failure; what the failed run wrote goes to
+``.mofi/failed/<stage>/`` for inspection. A SIGKILL leaves the partial outputs in place instead,
+so that the next run resumes them (``persist`` outputs, ``.mofi/state``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -19,7 +30,7 @@ from mofi_core.io.atomic import sweep_stale_temps, write_json
 from mofi_core.io.layout import Layout
 from mofi_core.io.storage import StageStorage, storage_root
 from mofi_core.parallel import use_executor
-from mofi_core.stages import StageSpec
+from mofi_core.stages import StageSpec, StageVerdict, producer_of
 
 S = TypeVar("S", bound=Section)
 
@@ -43,6 +54,96 @@ def distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def check_inputs(spec: StageSpec, root: Path) -> None:
+    """Each declared input exists (inputs streamed from a storage root excepted)."""
+    for dep in spec.inputs:
+        if dep in spec.streamed or (root / dep).exists():
+            continue
+        maker = producer_of(dep)
+        how = (f"run stage {maker.name!r} first (dvc repro -s {maker.name}, or mofi {maker.name})"
+               if maker else "provide it")
+        raise FileNotFoundError(f"{spec.name} needs {dep}, which is missing: {how}")
+
+
+def check_writable(spec: StageSpec, root: Path) -> None:
+    """Each output can be created: its nearest existing folder takes a new file (a real probe:
+    permission bits do not stop root, a read-only disk or a file in the way do)."""
+    for rel in spec.writes():
+        target = root / rel
+        probe = next(p for p in (target, *target.parents) if p.exists())
+        if probe == target:
+            probe = target if target.is_dir() else target.parent
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{spec.name} cannot write {rel}: {probe} is a file, not a "
+                                     "folder; move it away")
+        try:
+            fd, name = tempfile.mkstemp(dir=probe, prefix=".mofi-probe-")
+            os.close(fd)
+            os.unlink(name)
+        except OSError as err:
+            raise PermissionError(f"{spec.name} cannot write {rel}: {probe} is not writable "
+                                  f"({err.strerror})") from None
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dest, copy_function=_link_or_copy, symlinks=True)
+    else:
+        _link_or_copy(src, dest)
+
+
+def _link_or_copy(src: str | Path, dest: str | Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:  # another filesystem, or links not supported: a copy keeps the bytes too
+        shutil.copy2(src, dest)
+
+
+@contextlib.contextmanager
+def outputs_kept_on_failure(spec: StageSpec, root: Path) -> Iterator[None]:
+    """On failure (an exception, Ctrl-C), put the stage's previous outputs back as they were and
+    keep what the failed run wrote under ``.mofi/failed/<stage>/``."""
+    backup = root / ".mofi" / "backup" / spec.name
+    failed = root / ".mofi" / "failed" / spec.name
+    shutil.rmtree(backup, ignore_errors=True)  # a killed run's: the outputs are resumed as is
+    kept = [rel for rel in spec.writes() if (root / rel).exists()]
+    for rel in kept:
+        _link_tree(root / rel, backup / rel)
+    try:
+        yield
+    except StageVerdict:
+        raise  # a complete result that fails a check: it is kept, it is the evidence
+    except BaseException:
+        shutil.rmtree(failed, ignore_errors=True)
+        for rel in spec.writes():
+            if (root / rel).exists():
+                (failed / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(root / rel, failed / rel)
+        for rel in kept:
+            os.replace(backup / rel, root / rel)
+        if failed.exists():
+            print(f"{spec.name}: failed; its previous outputs are back in place, what this run "
+                  f"wrote is in {failed}")
+        raise
+    finally:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def _failed_paths(err: BaseException, spec: StageSpec, root: Path) -> BaseException:
+    """``err`` with the outputs it names pointing at the failed run's copies (the evidence, e.g.
+    a rejects table, is where the message says)."""
+    msg = str(err)
+    for rel in spec.writes():
+        msg = msg.replace(str(root / rel), str(root / ".mofi" / "failed" / spec.name / rel))
+    if msg == str(err):
+        return err
+    try:
+        return type(err)(msg)
+    except Exception:  # an exception type that does not take one message: keep it as it is
+        return err
+
+
 def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None = None,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run stage ``spec`` (its entry, or ``fn`` in tests) with ``params_file`` plus dotted
@@ -64,20 +165,42 @@ def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None =
         ctx: StageContext = StageContext(spec=spec, layout=layout, tracker=tracker,
                                          storage=store)
         start = time.perf_counter()
+        main = tracking.is_main_process()  # under torchrun every rank runs the stage
         try:
             if store is not None and not distributed_launch():
                 # under torchrun, infra/torchrun-train.sh fetches once per node before launching
                 for dep, stats in store.pull().items():
                     print(f"{name}: input {dep} from {store.storage.url(dep)}: {stats}")
-            with use_executor(os.environ.get("MOFI_EXECUTOR_ADDRESS")
-                              or params.executor.address):
-                metrics = fn(section, ctx)
-            # timings go to the run, not the metrics file: outputs stay byte-identical on re-runs
-            if tracking.is_main_process():  # under torchrun every rank runs the stage
-                write_json(layout.metrics(name), metrics)
-                if store is not None:
-                    for out, stats in store.push().items():
-                        print(f"{name}: output {out} to {store.storage.url(out)}: {stats}")
+            check_inputs(spec, layout.root)
+            if main:
+                check_writable(spec, layout.root)
+            check = spec.load_check()
+            if check is not None:
+                check(section, ctx)
+            guard = outputs_kept_on_failure(spec, layout.root) if main \
+                else contextlib.nullcontext()
+            try:
+                with guard, use_executor(os.environ.get("MOFI_EXECUTOR_ADDRESS")
+                                         or params.executor.address):
+                    try:
+                        metrics = fn(section, ctx)
+                    except StageVerdict as verdict:
+                        if main and verdict.metrics:  # the metrics of the result it judged
+                            write_json(layout.metrics(name), verdict.metrics)
+                        raise
+                    # timings go to the run, not the metrics file: byte-identical re-runs
+                    if main:
+                        write_json(layout.metrics(name), metrics)
+            except StageVerdict:
+                raise
+            except Exception as err:
+                moved = _failed_paths(err, spec, layout.root)
+                if moved is err:
+                    raise
+                raise moved from err
+            if main and store is not None:
+                for out, stats in store.push().items():
+                    print(f"{name}: output {out} to {store.storage.url(out)}: {stats}")
             tracker.log_metrics({**metrics, "stage_seconds": time.perf_counter() - start})
         finally:
             # also when the stage fails: a failed gate's report is what the reviewer needs

@@ -50,14 +50,37 @@ class StageSpec:
     plots: tuple[Plot, ...] = ()
     streamed: tuple[str, ...] = ()  # inputs read in place from the storage root, never fetched
     untracked: tuple[str, ...] = ()  # written on purpose outside DVC (git-ignored)
+    check: str = ""  # "module:function", check(cfg, ctx): what the stage needs, before any work
 
     @property
     def metrics(self) -> str:
         return f"metrics/{self.name}.json"
 
+    def writes(self) -> tuple[str, ...]:
+        """Every path the stage writes (outside ``.mofi/``)."""
+        return (*(o.path for o in self.outs), self.metrics, *(p.path for p in self.plots),
+                *self.untracked)
+
     def load(self) -> Callable[..., dict[str, Any]]:
-        module, _, attr = self.entry.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _resolve(self.entry)
+
+    def load_check(self) -> Callable[..., None] | None:
+        return _resolve(self.check) if self.check else None
+
+
+def _resolve(ref: str) -> Callable[..., Any]:
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class StageVerdict(RuntimeError):
+    """The stage ran to the end and its complete result fails a check (the validation gate, the
+    ingest reject limit). Unlike a crash, its outputs are kept (they are the evidence the message
+    points to) and ``metrics`` are written; the stage still exits non-zero."""
+
+    def __init__(self, message: str, metrics: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.metrics = metrics or {}
 
 
 KB = "data/corpus/kb.parquet"
@@ -70,10 +93,11 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("ingest", "mofi_core.curate.ingest:run", "ingest",
               "Decode-check and normalise every sample; clean shards + manifest + rejects.",
               inputs=("data/corpus/shards",), outs=(Out("data/ingest", persist=True),),
-              streamed=("data/corpus/shards",)),
+              streamed=("data/corpus/shards",), check="mofi_core.curate.ingest:check"),
     StageSpec("ner", "mofi_core.curate.ner:run", "ner",
               "spaCy NER + KB gazetteer on alt-text; link mentions to KB candidates.",
-              inputs=("data/ingest/parts", KB), outs=(Out("data/ner", persist=True),)),
+              inputs=("data/ingest/parts", KB), outs=(Out("data/ner", persist=True),),
+              check="mofi_core.curate.ner:check"),
     StageSpec("baseline", "mofi_core.train.run:run_baseline", "baseline",
               "Train the control: CLIP on raw alt-text (also the default scorer).",
               inputs=("data/ingest/shards",), outs=(Out("models/baseline"),),
@@ -81,7 +105,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("score", "mofi_core.curate.score:run", "score",
               "CLIP similarity of every (image, candidate entity) pair.",
               inputs=("data/ingest/shards", "data/ner/parts", KB, "models/baseline"),
-              outs=(Out("data/score", persist=True),)),
+              outs=(Out("data/score", persist=True),), check="mofi_core.curate.score:check"),
     StageSpec("build", "mofi_core.curate.build:run", "build",
               "Filter rule + min images per entity -> Image-to-Entities dataset.",
               inputs=("data/ingest/shards", "data/score/parts"), outs=(Out("data/i2e"),)),
@@ -97,12 +121,14 @@ STAGES: tuple[StageSpec, ...] = (
               "Train the MOFI encoder on the I2E dataset (train.recipe).",
               # reports/validate.json is the gate: train runs only after validate has passed
               inputs=("data/i2e", "reports/validate.json", KB), outs=(Out("models/mofi"),),
-              plots=(Plot("plots/train_loss.csv", "step", "loss"),)),
+              plots=(Plot("plots/train_loss.csv", "step", "loss"),),
+              check="mofi_core.train.run:check_train"),
     StageSpec("evaluate", "mofi_core.evaluate.run:run", "evaluate",
               "GPR1200-protocol retrieval, zero-shot, linear probe: MOFI vs the baseline CLIP.",
               inputs=("models/mofi", "models/baseline", "data/benchmark", KB),
               outs=(Out("reports/evaluate.md", cache=False),
-                    Out("reports/figures", cache=False))),
+                    Out("reports/figures", cache=False)),
+              check="mofi_core.evaluate.run:check"),
     StageSpec("report", "mofi_core.report:run", "report",
               "Label precision/recall vs the demo world's ground truth; MOFI vs CLIP report.",
               inputs=("data/truth", MANIFEST, "data/ner", "data/score", "data/i2e/labels.parquet",
@@ -112,11 +138,21 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("register", "mofi_core.registry:run", "register",
               "Log the encoder to MLflow, register it, promote to champion if better.",
               inputs=("models/mofi", "metrics/evaluate.json"),
-              outs=(Out("reports/register.json", cache=False),)),
+              outs=(Out("reports/register.json", cache=False),),
+              check="mofi_core.registry:check"),
 )
 
 BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in STAGES))
+
+
+def producer_of(path: str) -> StageSpec | None:
+    """The stage whose output holds ``path`` (None for external data)."""
+    for spec in STAGES:
+        for out in spec.writes():
+            if path == out or path.startswith(out + "/") or out.startswith(path + "/"):
+                return spec
+    return None
 
 
 def get(name: str) -> StageSpec:

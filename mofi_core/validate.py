@@ -26,9 +26,11 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from mofi_core.config import ValidateConfig
+from mofi_core.gate import i2e_identity
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
 from mofi_core.kb import KnowledgeBase
+from mofi_core.stages import StageVerdict
 
 if TYPE_CHECKING:
     from mofi_core.stage import StageContext
@@ -37,8 +39,8 @@ SHA256 = r"^[0-9a-f]{64}$"
 WARN = {"severity": "warning"}
 
 
-class ValidationFailed(RuntimeError):
-    pass
+class ValidationFailed(StageVerdict):
+    """Error-level expectations failed: reports/validate.json says which; training refuses."""
 
 
 @dataclass(frozen=True)
@@ -298,7 +300,8 @@ def validate(inputs: Inputs, report_file: Path, cfg: ValidateConfig,
                "i2e_expectations": sum(per_batch[b] for b in
                                        ("images", "labels", "entities", "distribution")),
                "rows": {name: len(frame) for name, (frame, _) in batches.items()}}
-    write_json(report_file, {"summary": summary, "results": results})
+    write_json(report_file, {"summary": summary, "checked": i2e_identity(inputs.i2e),
+                             "results": results})
     for r in warned:
         print("validate: WARNING (does not stop the pipeline):\n" + _line(r))
     if failed:
@@ -307,8 +310,12 @@ def validate(inputs: Inputs, report_file: Path, cfg: ValidateConfig,
             f"data validation failed: {len(failed)} of {len(results)} expectations "
             f"(report: {report_file}{docs}):\n" + "\n".join(_line(r) for r in failed)
             + ("\nwarnings (not blocking):\n" + "\n".join(_line(r) for r in warned)
-               if warned else ""))
+               if warned else ""), _numbers(summary))
     return summary
+
+
+def _numbers(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if isinstance(v, int | float)}
 
 
 def run(cfg: ValidateConfig, ctx: StageContext) -> dict:
@@ -323,8 +330,7 @@ def run(cfg: ValidateConfig, ctx: StageContext) -> dict:
                     mentions=lay.ner / "mentions.parquet", scores=lay.score / "scores.parquet")
     if docs is None:
         _docs_off(lay.reports / "data_docs")
-    summary = validate(inputs, report, cfg, docs)
-    return {k: v for k, v in summary.items() if isinstance(v, int | float)}
+    return _numbers(validate(inputs, report, cfg, docs))
 
 
 def _docs_off(folder: Path) -> None:

@@ -132,10 +132,10 @@ def code_deps(*modules: str) -> list[str]:
     return sorted(p.relative_to(ROOT).as_posix() for p in chosen)
 
 
-def stage_code_deps(entry: str) -> list[str]:
-    """What a stage's ``dvc.yaml`` entry must list: its entry module's closure and the
-    runner's."""
-    return code_deps(entry.partition(":")[0], RUNNER)
+def stage_code_deps(*refs: str) -> list[str]:
+    """What a stage's ``dvc.yaml`` entry must list: the closure of its entry's (and check's)
+    modules and the runner's."""
+    return code_deps(*(r.partition(":")[0] for r in refs if r), RUNNER)
 
 
 def dvc_entry(spec) -> dict:
@@ -147,7 +147,7 @@ def dvc_entry(spec) -> dict:
         return {o.path: opts} if opts else o.path
 
     entry: dict = {"cmd": f"mofi {spec.name}",
-                   "deps": [*spec.inputs, *stage_code_deps(spec.entry)],
+                   "deps": [*spec.inputs, *stage_code_deps(spec.entry, spec.check)],
                    "params": [spec.section]}
     if spec.outs:
         entry["outs"] = [out(o) for o in spec.outs]

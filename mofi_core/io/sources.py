@@ -128,11 +128,19 @@ def expand_sources(spec: str, root: Path) -> list[str]:
             if not matches:
                 raise SourceError(f"ingest.input pattern {item!r} matches no file")
             out.extend(matches)
+        elif not path.exists() and not path.name.endswith(SHARD_SUFFIXES):
+            raise SourceError(f"ingest.input: {resolved} does not exist (not a folder, a list "
+                              "file or a shard); check the path")
         else:
-            out.append(resolved)  # a missing file becomes a rejected shard, named in rejects
+            out.append(resolved)  # a missing shard becomes a rejected shard, named in rejects
     if not out:
         raise SourceError(f"ingest.input {spec!r} names no shard")
     return out
+
+
+def missing_local(sources: list[str]) -> list[str]:
+    """The local (path or file://) sources that do not exist."""
+    return [s for s in sources if (p := _local_path(s)) is not None and not p.exists()]
 
 
 def source_name(source: str) -> str:

@@ -50,7 +50,11 @@ def read_table(path: Path | str, schema: pa.Schema) -> pa.Table:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; run the stage that produces it first")
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise SchemaError(f"{path}: not a readable parquet file ({err}); re-create it with the "
+                          "stage or tool that writes it") from None
     missing = [n for n in schema.names if n not in table.column_names]
     if missing:
         raise SchemaError(f"{path}: missing columns {missing}; expected {schema.names}")

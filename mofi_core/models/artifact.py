@@ -83,6 +83,19 @@ def read_meta(folder: Path | str) -> ModelMeta:
     return ModelMeta(**raw)
 
 
+def check_model_folder(folder: Path | str, what: str) -> ModelMeta:
+    """The folder holds a model this code can load (metadata readable, weights present); the
+    error names ``what`` (e.g. 'the baseline CLIP (models/baseline)')."""
+    try:
+        meta = read_meta(folder)
+    except (FileNotFoundError, ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{what}: {err}") from None
+    if not (Path(folder) / WEIGHTS).is_file():
+        raise FileNotFoundError(f"{what}: {Path(folder) / WEIGHTS} is missing; re-run the stage "
+                                "that trains it")
+    return meta
+
+
 def load_model(folder: Path | str) -> tuple[nn.Module, ModelMeta]:
     meta = read_meta(folder)
     model = build_model(meta)

@@ -17,6 +17,7 @@ import torch
 
 from mofi_core import tracking
 from mofi_core.config import TrainConfig
+from mofi_core.gate import require_passed
 from mofi_core.io import s3
 from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.io.shards import list_shards
@@ -195,6 +196,17 @@ def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig,
                         for r in history])
         ctx.artifacts.append(lay.plot(f"{name}_loss.csv"))
     return {"final_loss": history[-1]["loss"], "steps": cfg.steps}
+
+
+def check_train(cfg: TrainConfig, ctx: StageContext) -> None:
+    """Before anything is trained: the validation gate holds for the data to be read, and the
+    vocabulary and KB texts the recipe needs are there."""
+    data = cfg.data or ctx.layout.i2e
+    require_passed(ctx.layout.reports / "validate.json", data)
+    if cfg.spec.vocab:
+        read_vocab(data)
+    if cfg.spec.needs_kb(cfg.text_source):
+        KnowledgeBase.load(ctx.layout.kb)
 
 
 def run_baseline(cfg: TrainConfig, ctx: StageContext) -> dict:

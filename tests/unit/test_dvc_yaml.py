@@ -31,8 +31,8 @@ def test_code_deps_cover_every_module_the_stage_runs(name):
     """Independent of the rendering: each file of the import closure is under a listed dep,
     and each listed code dep holds at least one of them (no stale entries)."""
     spec = BY_NAME[name]
-    files = {p.relative_to(ROOT).as_posix()
-             for p in closure(spec.entry.partition(":")[0], "mofi_core.stage")}
+    modules = {ref.partition(":")[0] for ref in (spec.entry, spec.check) if ref}
+    files = {p.relative_to(ROOT).as_posix() for p in closure(*modules, "mofi_core.stage")}
     deps = [d for d in DVC[name]["deps"] if d.startswith("mofi_core")]
 
     def under(path: str, dep: str) -> bool:
