@@ -31,11 +31,20 @@ app = typer.Typer(help="MOFI pipeline: noisy image/alt-text pairs -> Image-to-En
                        "-> image encoders, evaluated against a CLIP trained on raw alt-text.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
+@app.callback()
+def _options(debug: Annotated[bool, typer.Option(
+        "--debug", help="on a failure, print the traceback before the one-line error")] = False
+             ) -> None:
+    if debug:
+        os.environ["MOFI_DEBUG"] = "1"
+
+
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file (one section per stage)")]
 RootOpt = Annotated[Path, typer.Option("--root", help="project root holding data/, models/...")]
 
 
 def _fail(err: BaseException) -> None:
+    sys.stdout.flush()  # what the stage printed comes before the error, which is the last line
     if os.environ.get("MOFI_DEBUG"):
         traceback.print_exc()
     typer.echo(f"error: {type(err).__name__}: {err}", err=True)

@@ -292,6 +292,9 @@ class RegisterConfig(Section):
                                                 "higher is better")
     margin: float = Field(0.0, ge=0, description=(
         "the challenger becomes champion only if it beats the champion by more than this"))
+    serve_path_root: str = Field("", description=(
+        "a folder the served model may read images from ('path' rows, resolved inside it); "
+        "empty = image bytes only, the served model reads no file of its host"))
 
 
 class ExecutorConfig(Section):
@@ -407,13 +410,20 @@ def _format_error(err: ValidationError, source: str) -> str:
             lines.append(f"  {key}: unknown key — remove it or fix its spelling")
         else:
             lines.append(f"  {key or '(top level)'}: {e['msg']}")
+    return _problems(source, lines)
+
+
+def _problems(source: str, lines: list[str]) -> str:
+    """One line for one problem; else a header and a line per problem (each names its key)."""
+    if len(lines) == 1:
+        return f"invalid params in {source}: {lines[0].strip()}"
     return f"invalid params in {source}:\n" + "\n".join(lines)
 
 
 def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
     merged, problems = _merge_runtime(raw or {})
     if problems:
-        raise ParamsError(f"invalid params in {source}:\n" + "\n".join(problems))
+        raise ParamsError(_problems(source, problems))
     try:
         return Params.model_validate(merged)
     except ValidationError as err:

@@ -192,6 +192,8 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) ->
             name="encoder", python_model=str(PYFUNC_CODE),
             artifacts={"model_dir": str(model_dir)}, code_paths=[str(Path(__file__).parent)],
             signature=_signature(meta.arch_config["embed_dim"]),
+            # "" = no path input; a loader may set a folder (mlflow ... model_config=)
+            model_config={"allowed_root": cfg.serve_path_root},
             input_example=_example(model_dir),
             pip_requirements=["torch==2.14.1", "open-clip-torch==3.3.0", "safetensors",
                               "pillow", "pandas", "numpy"])

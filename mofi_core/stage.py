@@ -71,8 +71,8 @@ def check_writable(spec: StageSpec, root: Path) -> None:
     for rel in spec.writes():
         target = root / rel
         probe = next(p for p in (target, *target.parents) if p.exists())
-        if probe == target:
-            probe = target if target.is_dir() else target.parent
+        if probe == target and Path(rel).suffix:  # a file output is written in its folder
+            probe = target.parent
         if not probe.is_dir():
             raise NotADirectoryError(f"{spec.name} cannot write {rel}: {probe} is a file, not a "
                                      "folder; move it away")

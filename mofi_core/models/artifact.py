@@ -76,11 +76,20 @@ def read_meta(folder: Path | str) -> ModelMeta:
     path = Path(folder) / META
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: {folder} is not a mofi model folder")
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a {type(raw).__name__}, not a model description object")
     if raw.get("format") != FORMAT:
         raise ValueError(f"{path}: format {raw.get('format')!r}, this code reads {FORMAT!r}")
-    raw["mean"], raw["std"], raw["classes"] = (tuple(raw[k]) for k in ("mean", "std", "classes"))
-    return ModelMeta(**raw)
+    try:
+        raw["mean"], raw["std"], raw["classes"] = (tuple(raw[k])
+                                                   for k in ("mean", "std", "classes"))
+        return ModelMeta(**raw)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a complete {FORMAT} description ({err})") from None
 
 
 def check_model_folder(folder: Path | str, what: str) -> ModelMeta:

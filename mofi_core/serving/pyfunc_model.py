@@ -14,11 +14,13 @@ class MofiEncoderModel(PythonModel):
         from mofi_core.serving.encoder import Encoder
 
         self.encoder = Encoder(context.artifacts["model_dir"])
+        # a served model reads no file of its host unless given a folder it may read from
+        self.allowed_root = (context.model_config or {}).get("allowed_root") or None
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         from mofi_core.serving.encoder import images_from_frame
 
-        return self.encoder.embed(images_from_frame(model_input))
+        return self.encoder.embed(images_from_frame(model_input, self.allowed_root))
 
 
 mlflow.models.set_model(MofiEncoderModel())

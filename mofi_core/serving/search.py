@@ -23,7 +23,7 @@ def load_encoder(model: str, root: Path, batch_size: int = 64) -> EmbedFn:
         enc = Encoder(folder)
 
         def predict(batch: list[Path]) -> np.ndarray:
-            return enc.embed([to_image(None, str(p)) for p in batch])
+            return enc.embed([to_image(Path(p).read_bytes(), None) for p in batch])
     else:
         import mlflow
 
@@ -36,8 +36,9 @@ def load_encoder(model: str, root: Path, batch_size: int = 64) -> EmbedFn:
         pyfunc = mlflow.pyfunc.load_model(model)
 
         def predict(batch: list[Path]) -> np.ndarray:
-            return np.asarray(pyfunc.predict(pd.DataFrame({"path": [str(p) for p in batch]})),
-                              dtype=np.float32)
+            # the bytes, as a client of a served model sends them (it reads no path)
+            rows = pd.DataFrame({"image": [Path(p).read_bytes() for p in batch]})
+            return np.asarray(pyfunc.predict(rows), dtype=np.float32)
 
     def embed(paths: list[Path]) -> np.ndarray:
         missing = [p for p in paths if not Path(p).is_file()]

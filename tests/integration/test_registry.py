@@ -78,9 +78,11 @@ def test_champion_pyfunc_embeds_like_the_training_side_encoder(store, model_dir,
     _register(model_dir, store, 0.5)
     layout = tiny_world[0]
     files = sorted(layout.gpr.glob("*.jpg"))[:3]
-    model = mlflow.pyfunc.load_model("models:/mofi-encoder@champion")
+    # paths are read only inside a folder the model is given (bytes always work)
+    model = mlflow.pyfunc.load_model("models:/mofi-encoder@champion",
+                                     model_config={"allowed_root": str(layout.gpr)})
     out = model.predict(pd.DataFrame({"image": [files[0].read_bytes(), None, None],
-                                      "path": [None, str(files[1]), str(files[2])]}))
+                                      "path": [None, str(files[1]), files[2].name]}))
     assert out.shape[0] == 3
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
     direct = embed_files(LoadedModel.load(model_dir, torch.device("cpu")), files, batch_size=8,
@@ -155,3 +157,27 @@ def test_a_registration_killed_before_its_decision_is_completed_not_duplicated(s
     assert done["previous_champion"] == first["version"]
     assert len(client.search_model_versions("name = 'mofi-encoder'")) == 2
     assert str(client.get_model_version_by_alias("mofi-encoder", "champion").version) == "2"
+
+
+def test_the_served_model_reads_no_file_outside_its_allowed_root(store, model_dir, tiny_world,
+                                                                 tmp_path):
+    from mofi_core.serving.encoder import PathNotAllowed
+
+    _register(model_dir, store, 0.5)
+    layout = tiny_world[0]
+    image = sorted(layout.gpr.glob("*.jpg"))[0]
+    default = mlflow.pyfunc.load_model("models:/mofi-encoder@champion")
+    with pytest.raises(PathNotAllowed, match="'path' input is off"):
+        default.predict(pd.DataFrame({"path": [str(image)]}))
+    assert default.predict(pd.DataFrame({"image": [image.read_bytes()]})).shape[0] == 1
+    allowed = tmp_path / "served"
+    allowed.mkdir()
+    (allowed / "ok.jpg").write_bytes(image.read_bytes())
+    (allowed / "link.jpg").symlink_to(image)  # points outside the allowed folder
+    model = mlflow.pyfunc.load_model("models:/mofi-encoder@champion",
+                                     model_config={"allowed_root": str(allowed)})
+    assert model.predict(pd.DataFrame({"path": ["ok.jpg"]})).shape[0] == 1
+    for escape in ("../" * 8 + str(image).lstrip("/"), str(image), "link.jpg",
+                   "sub/../../" + image.name):
+        with pytest.raises(PathNotAllowed, match="outside the model's allowed root"):
+            model.predict(pd.DataFrame({"path": [escape]}))
