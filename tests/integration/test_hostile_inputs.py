@@ -368,3 +368,10 @@ def test_debug_shows_the_traceback(project, tmp_path):
         app, ["--debug", "register", "--params", str(root / "params.yaml"), "--root", str(root)])
     assert "Traceback" not in quiet.output and "Traceback" in loud.output
     os.environ.pop("MOFI_DEBUG", None)
+
+
+def test_the_readme_states_the_matrix_size():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    stated = re.search(r"test_hostile_inputs\.py` runs this as a matrix over every stage of a "
+                       r"project\nwhere all stages have run: (\d+) cases", text)
+    assert stated and int(stated.group(1)) == len(CASES)
