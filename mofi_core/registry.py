@@ -22,7 +22,7 @@ import yaml
 from mofi_core.config import RegisterConfig
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 PYFUNC_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
 CHAMPION, CHALLENGER = "champion", "challenger"

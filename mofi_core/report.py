@@ -19,7 +19,7 @@ from mofi_core.io import tables
 from mofi_core.io.atomic import write_bytes, write_json
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 Pairs = set[tuple[str, str]]
 

@@ -20,31 +20,17 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from mofi_core import tracking
 from mofi_core.config import Section, load_params
+from mofi_core.context import StageContext
 from mofi_core.io.atomic import sweep_stale_temps, write_json
 from mofi_core.io.layout import Layout
 from mofi_core.io.storage import StageStorage, storage_root
 from mofi_core.parallel import use_executor
 from mofi_core.stages import StageSpec, StageVerdict, producer_of
-
-S = TypeVar("S", bound=Section)
-
-
-@dataclass
-class StageContext(Generic[S]):
-    """What a stage function gets beside its params section: where things are, where to log."""
-
-    spec: StageSpec
-    layout: Layout
-    tracker: tracking.Tracker
-    artifacts: list[Path] = field(default_factory=list)  # logged to the run at the end
-    storage: StageStorage | None = None  # set when a storage root (s3://) is configured
-
 
 StageFn = Callable[[Section, StageContext], dict[str, Any]]
 

@@ -33,7 +33,7 @@ from mofi_core.kb import KnowledgeBase
 from mofi_core.stages import StageVerdict
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 SHA256 = r"^[0-9a-f]{64}$"
 WARN = {"severity": "warning"}

@@ -35,7 +35,7 @@ from mofi_core.io.shards import ShardWriter, iter_samples
 from mofi_core.parallel import ShardJob, iter_shards
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 
 class EmptyDatasetError(RuntimeError):

@@ -50,7 +50,7 @@ from mofi_core.parallel import ResumeState, ShardJob, remove_stale, run_shards
 from mofi_core.stages import StageVerdict
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -182,6 +182,7 @@ def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
     rows: list[dict] = []
     rejects: list[dict] = []
     seen: set[str] = set()
+    last_missing: int | None = None  # the last sample's rejection, if it lacked a member
     problems: list[ShardProblem] = []  # members outside any sample, in tar order
     with ShardWriter(tar_out) as writer:
         try:
@@ -199,12 +200,17 @@ def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
                         s = check_sample(sample, cfg)
                     except ValueError as err:
                         rejects.append({"key": key, "shard": src_name, "reason": str(err)})
+                        last_missing = len(rejects) - 1 if str(err).startswith("no ") else None
                         continue
+                    last_missing = None
                     writer.write(s.key, {"jpg": s.jpg, "txt": s.text})
                     rows.append({"key": s.key, "shard": tar_out.name, "width": s.width,
                                  "height": s.height, "sha256": s.sha256, "text": s.text,
                                  "duplicate_of": None})
         except (tarfile.TarError, OSError, EOFError) as err:
+            if last_missing is not None:  # the shard's last sample lost members to the cut
+                cut = rejects[last_missing]
+                cut["reason"] = f"cut off where the shard ends early: {cut['reason']}"
             rejects.append({"key": "*", "shard": src_name,
                             "reason": f"unreadable shard: {type(err).__name__}: {err}"})
         rejects += [{"key": p.key, "shard": src_name, "reason": p.reason} for p in problems]

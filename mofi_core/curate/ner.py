@@ -27,7 +27,7 @@ from mofi_core.parallel import (
 )
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 
 class SpacyModelError(RuntimeError):
@@ -197,7 +197,13 @@ def run_ner(ingest_dir: Path, kb_path: Path, out_dir: Path, cfg: NerConfig,
                               initializer=_init_worker, initargs=(str(kb_path), cfg))
     tables.concat_parts([_out(out_dir, j.name) for j in jobs], out_dir / "mentions.parquet",
                         tables.MENTIONS)
-    return {k: sum(s[k] for s in summaries) for k in summaries[0]}
+    totals = {k: sum(s[k] for s in summaries) for k in summaries[0]}
+    if totals["samples"] and not totals["linked_mentions"]:
+        # nothing downstream has meaning: no image would get a candidate entity
+        raise ValueError(f"no mention in {totals['samples']} alt-texts links to an entity of the "
+                         f"KB {kb_path} ({totals['mentions']} mentions found): the KB does not "
+                         "cover this corpus; check the KB source")
+    return totals
 
 
 def run(cfg: NerConfig, ctx: StageContext) -> dict:

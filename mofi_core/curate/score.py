@@ -40,7 +40,7 @@ from mofi_core.parallel import (
 )
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 
 @dataclass(frozen=True)

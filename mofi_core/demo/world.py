@@ -36,7 +36,7 @@ from mofi_core.io.atomic import atomic_dir
 from mofi_core.io.shards import ShardWriter, shard_name
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 SHARD_META = pa.schema([("key", pa.string()), ("caption", pa.string()), ("url", pa.string()),
                         ("status", pa.string()), ("width", pa.int32()), ("height", pa.int32())])

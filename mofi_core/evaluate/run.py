@@ -31,7 +31,7 @@ from mofi_core.kb import KBEntity, KnowledgeBase
 from mofi_core.models.artifact import LoadedModel, check_model_folder
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 CONTROL = "baseline"
 SETTINGS = {"probe_c"}  # chosen hyper-parameters, reported but not compared as ratios

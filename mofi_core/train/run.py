@@ -31,7 +31,7 @@ from mofi_core.train.loop import train_loop
 from mofi_core.train.recipes import Recipe, build_recipe
 
 if TYPE_CHECKING:
-    from mofi_core.stage import StageContext
+    from mofi_core.context import StageContext
 
 LogFn = Callable[[int, dict[str, float]], None]
 TEXT_TEMPLATES = {"name": "{name}", "name_description": "{name}. {description}"}

@@ -163,3 +163,29 @@ def test_stable_reason_drops_addresses_and_temporary_names():
     assert stable_reason("[Errno 5] '/p/.fetch-k2_x9.tar'") == "[Errno 5] '/p/.fetch-*'"
     assert stable_reason("image size 3x3 outside [16, 4096]") == \
         "image size 3x3 outside [16, 4096]"
+
+
+def test_a_sample_cut_by_truncation_says_so(tmp_path):
+    """The shard ends (no end-of-archive) right after b.jpg: b's reason names the cut, not only
+    the missing .txt; a, complete before the damage, is kept."""
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(buf, format="JPEG")
+    jpg = buf.getvalue()
+    shard = tmp_path / "corpus" / "00000.tar"
+    shard.parent.mkdir()
+    with ShardWriter(shard) as w:
+        w.write("a", {"jpg": jpg, "txt": b"Mount Kelvara"})
+        w.write("b", {"jpg": jpg, "txt": b"Mount Kelvara again"})
+
+    def padded(n: int) -> int:
+        return 512 + -(-n // 512) * 512
+
+    cut = padded(len(jpg)) + padded(len(b"Mount Kelvara")) + padded(len(jpg))
+    shard.write_bytes(shard.read_bytes()[:cut])
+    ingest(tmp_path / "corpus", tmp_path / "out", IngestConfig(max_reject_fraction=1))
+    rejects = {r["key"]: r["reason"] for r in
+               pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()}
+    assert rejects["b"] == "cut off where the shard ends early: no .txt alt-text member"
+    assert rejects["*"].startswith("unreadable shard")
+    kept = pq.read_table(tmp_path / "out" / "manifest.parquet")["key"].to_pylist()
+    assert kept == ["a"]

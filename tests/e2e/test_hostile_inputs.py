@@ -1,5 +1,5 @@
 """The hostile-input matrix: every stage command against bad params, bad files and missing
-models, in a project where every stage has run once.
+models, in a copy of the end-to-end project after every stage has run once.
 
 Each case breaks one thing, runs ``mofi <stage>`` and asserts what a user must see: a non-zero
 exit, a last line naming the key or file and the problem, no traceback, and every earlier
@@ -25,31 +25,28 @@ from typer.testing import CliRunner
 
 from mofi_core.cli import app
 from mofi_core.config import apply_overrides, read_params_file
-from mofi_core.stage import execute
 from mofi_core.stages import BY_NAME, STAGES
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT
 
 OUTPUT_DIRS = ("data", "models", "metrics", "reports", "plots")
 KB = "data/corpus/kb.parquet"
 
 
+pytestmark = pytest.mark.e2e
+
+
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A tiny project where all eleven stages have run once (tracking on, for register)."""
+def built(project, first_run, tmp_path_factory) -> Path:
+    """A copy of the end-to-end project after its first run (all eleven stages ran through the
+    Prefect flow over DVC): what each case starts from."""
     root = tmp_path_factory.mktemp("hostile") / "project"
     root.mkdir()
-    raw = apply_overrides(read_params_file(ROOT / "params.yaml"),
-                          {**TINY, "runtime.validate.data_docs": False})
-    (root / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    saved = {k: os.environ.get(k) for k in ("MOFI_TRACKING", "MLFLOW_TRACKING_URI")}
-    os.environ.update({"MOFI_TRACKING": "on",
-                       "MLFLOW_TRACKING_URI": f"sqlite:///{root.parent / 'mlflow.db'}"})
-    try:
-        for spec in STAGES:
-            execute(spec, root / "params.yaml", root)
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    for name in (*OUTPUT_DIRS, "params.yaml", "dvc.yaml"):
+        src = project.root / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, symlinks=True)
+        else:
+            shutil.copy2(src, root / name)
     return root
 
 
@@ -64,17 +61,19 @@ Mutation = Callable[[Path], None]
 
 
 def params(**dotted) -> Mutation:
-    """Set dotted keys in params.yaml (``__`` for ``.``); ``None`` removes the key."""
+    """Set dotted keys in params.yaml (``__`` for ``.``), unvalidated: the stage must refuse."""
     def apply(root: Path) -> None:
         path = root / "params.yaml"
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        for key, value in dotted.items():
-            *parents, leaf = key.split("__")
-            node = raw
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = value
+        raw = apply_overrides(read_params_file(path),
+                              {k.replace("__", "."): v for k, v in dotted.items()})
         path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return apply
+
+
+def append(rel: str, content: str) -> Mutation:
+    def apply(root: Path) -> None:
+        with (root / rel).open("a", encoding="utf-8") as fh:
+            fh.write(content)
     return apply
 
 
@@ -119,6 +118,11 @@ def _dupe(rows):
 
 def _null_name(rows):
     return [{**rows[0], "name": None}, *rows[1:]]
+
+
+def _unrelated(rows):
+    return [{**r, "name": f"Zzyzx Qworp {i}", "aliases": [], "description": ""}
+            for i, r in enumerate(rows)]
 
 
 def _failed(report: dict) -> dict:
@@ -197,7 +201,8 @@ PARAMS_CASES = [
          r"register\.margin: Input should be greater than or equal to 0"),
         ("register", "unknown metric", params(register__metric="accuracy"),
          r"register\.metric 'accuracy' is not in .*evaluate\.json"),
-        ("register", "unknown section", params(regsiter={"x": 1}), r"regsiter: unknown key"),
+        ("register", "unknown section", append("params.yaml", "regsiter:\n  x: 1\n"),
+         r"regsiter: unknown key"),
     ]
 ]
 
@@ -228,6 +233,8 @@ FILE_CASES = [
          r"kb\.parquet: column 'name' is empty or null in 1 rows"),
         ("ner", "KB empty", table(KB, lambda t: t.slice(0, 0)),
          r"kb\.parquet holds no entities"),
+        ("ner", "KB of another corpus", table(KB, _kb_rows(_unrelated)),
+         r"no mention in \d+ alt-texts links to an entity of the KB .*kb\.parquet"),
         ("ner", "spaCy pipeline missing", params(ner__spacy_model="xx_nope_sm"),
          r"spaCy pipeline 'xx_nope_sm' \(ner\.spacy_model\) is not installed"),
         ("ner", "ingest parts missing", remove("data/ingest/parts"),
@@ -306,9 +313,9 @@ def test_the_matrix_covers_every_stage():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.stage}-{c.name}" for c in CASES])
-def test_bad_input_is_one_clear_line_and_destroys_nothing(project, case, tmp_path):
+def test_bad_input_is_one_clear_line_and_destroys_nothing(built, case, tmp_path):
     root = tmp_path / "p"
-    shutil.copytree(project, root, symlinks=True)
+    shutil.copytree(built, root, symlinks=True)
     case.mutate(root)
     before = _snapshot(root)
     result = CliRunner().invoke(app, [case.stage, "--params", str(root / "params.yaml"),
@@ -327,11 +334,11 @@ def _run(root: Path, *args: str):
                                     "--root", str(root)])
 
 
-def test_a_verdict_keeps_its_evidence_and_the_gate_then_holds(project, tmp_path):
+def test_a_verdict_keeps_its_evidence_and_the_gate_then_holds(built, tmp_path):
     """A failed validation is a complete result, not a crash: its report replaces the last one
     (restoring an older, passing report would open the gate), and train then refuses."""
     root = tmp_path / "p"
-    shutil.copytree(project, root, symlinks=True)
+    shutil.copytree(built, root, symlinks=True)
     params(validate__min_fraction_of_corpus=1.0)(root)  # the I2E set never holds every image
     failed = _run(root, "validate")
     assert failed.exit_code != 0 and "data validation failed" in failed.output
@@ -347,9 +354,9 @@ def test_a_verdict_keeps_its_evidence_and_the_gate_then_holds(project, tmp_path)
     assert re.search(r"train\.lr: Input should be greater than 0", bad.output)
 
 
-def test_the_reject_limit_keeps_the_complete_ingest_and_names_its_table(project, tmp_path):
+def test_the_reject_limit_keeps_the_complete_ingest_and_names_its_table(built, tmp_path):
     root = tmp_path / "p"
-    shutil.copytree(project, root, symlinks=True)
+    shutil.copytree(built, root, symlinks=True)
     params(ingest__max_reject_fraction=0.0)(root)  # the demo corpus has blank alt-texts
     result = _run(root, "ingest")
     assert result.exit_code != 0
@@ -360,9 +367,9 @@ def test_the_reject_limit_keeps_the_complete_ingest_and_names_its_table(project,
     assert json.loads((root / "metrics" / "ingest.json").read_text())["samples_rejected"] > 0
 
 
-def test_debug_shows_the_traceback(project, tmp_path):
+def test_debug_shows_the_traceback(built, tmp_path):
     root = tmp_path / "p"
-    shutil.copytree(project, root, symlinks=True)
+    shutil.copytree(built, root, symlinks=True)
     remove("models/mofi/model.safetensors")(root)
     quiet, loud = _run(root, "register"), CliRunner().invoke(
         app, ["--debug", "register", "--params", str(root / "params.yaml"), "--root", str(root)])
