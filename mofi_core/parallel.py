@@ -136,15 +136,13 @@ class ShardJobError(RuntimeError):
     """A shard job failed for a reason other than its data (data problems are rejections)."""
 
 
-def shard_error(job: ShardJob, err: BaseException) -> Exception:
+def shard_error(job: ShardJob, err: Exception) -> Exception:
     """``err`` as one line naming the shard, of the same type where that type takes a message
     (callers catching ``ValueError`` still can); the worker's traceback is not carried."""
-    msg = f"shard {job.name} ({job.source}): {err}"
     try:
-        new = type(err)(msg)
+        return type(err)(f"shard {job.name} ({job.source}): {err}")
     except Exception:  # an exception type that does not take one message
-        new = ShardJobError(f"shard {job.name} ({job.source}): {type(err).__name__}: {err}")
-    return new if isinstance(new, Exception) else ShardJobError(msg)
+        return ShardJobError(f"shard {job.name} ({job.source}): {type(err).__name__}: {err}")
 
 
 _INIT_FAILURE: list[str] = []  # in a pool worker: why its initializer failed

@@ -116,20 +116,6 @@ def outputs_kept_on_failure(spec: StageSpec, root: Path) -> Iterator[None]:
         shutil.rmtree(backup, ignore_errors=True)
 
 
-def _failed_paths(err: BaseException, spec: StageSpec, root: Path) -> BaseException:
-    """``err`` with the outputs it names pointing at the failed run's copies (the evidence, e.g.
-    a rejects table, is where the message says)."""
-    msg = str(err)
-    for rel in spec.writes():
-        msg = msg.replace(str(root / rel), str(root / ".mofi" / "failed" / spec.name / rel))
-    if msg == str(err):
-        return err
-    try:
-        return type(err)(msg)
-    except Exception:  # an exception type that does not take one message: keep it as it is
-        return err
-
-
 def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None = None,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run stage ``spec`` (its entry, or ``fn`` in tests) with ``params_file`` plus dotted
@@ -165,25 +151,17 @@ def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None =
                 check(section, ctx)
             guard = outputs_kept_on_failure(spec, layout.root) if main \
                 else contextlib.nullcontext()
-            try:
-                with guard, use_executor(os.environ.get("MOFI_EXECUTOR_ADDRESS")
-                                         or params.executor.address):
-                    try:
-                        metrics = fn(section, ctx)
-                    except StageVerdict as verdict:
-                        if main and verdict.metrics:  # the metrics of the result it judged
-                            write_json(layout.metrics(name), verdict.metrics)
-                        raise
-                    # timings go to the run, not the metrics file: byte-identical re-runs
-                    if main:
-                        write_json(layout.metrics(name), metrics)
-            except StageVerdict:
-                raise
-            except Exception as err:
-                moved = _failed_paths(err, spec, layout.root)
-                if moved is err:
+            with guard, use_executor(os.environ.get("MOFI_EXECUTOR_ADDRESS")
+                                     or params.executor.address):
+                try:
+                    metrics = fn(section, ctx)
+                except StageVerdict as verdict:
+                    if main and verdict.metrics:  # the metrics of the result it judged
+                        write_json(layout.metrics(name), verdict.metrics)
                     raise
-                raise moved from err
+                # timings go to the run, not the metrics file: byte-identical re-runs
+                if main:
+                    write_json(layout.metrics(name), metrics)
             if main and store is not None:
                 for out, stats in store.push().items():
                     print(f"{name}: output {out} to {store.storage.url(out)}: {stats}")
