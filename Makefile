@@ -10,7 +10,7 @@ RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTI
        GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
-.PHONY: setup demo test test-crash test-fast crash bench bench-quick profile lint lock ui clean
+.PHONY: setup demo test test-crash test-scale test-fast crash bench bench-quick profile lint lock ui clean
 
 setup: $(STAMP)
 
@@ -26,16 +26,20 @@ $(STAMP): pyproject.toml requirements.lock
 demo: setup
 	$(RUN) $(BIN)/mofi run
 
-# the kill -9 harness (about 7 min here) runs in CI after make test, as make test-crash
+# the kill -9 harness (about 5 min here) and the README's scale-out walkthrough run in CI after
+# make test, as make test-crash and make test-scale
 test: setup
 	$(BIN)/ruff check mofi_core flows tests benchmarks
-	$(RUN) $(BIN)/pytest -q -m "not crash"
+	$(RUN) $(BIN)/pytest -q -m "not crash and not scale"
 
 test-crash: setup
 	$(RUN) $(BIN)/pytest -q -m crash
 
+test-scale: setup
+	$(RUN) $(BIN)/pytest -q -s -m scale
+
 test-fast: setup
-	$(RUN) $(BIN)/pytest -q -m "not e2e and not crash"
+	$(RUN) $(BIN)/pytest -q -m "not e2e and not crash and not scale"
 
 # kill -9 at 3 points of every stage of a tiny project; the report lands in reports/crash.json
 crash: setup

@@ -65,8 +65,11 @@ def _stage_command(spec) -> None:
             metrics = execute(spec, params, root, overrides=_parse_sets(sets))
         except Exception as err:  # every failure is reported with its message and exit code 1
             _fail(err)
-        typer.echo(f"{spec.name}: " + ", ".join(f"{k}={_fmt(v)}"
-                                                for k, v in _flat(metrics).items()))
+        from mofi_core.tracking import is_main_process
+
+        if is_main_process():  # under torchrun every rank returns its own; rank 0 reports
+            typer.echo(f"{spec.name}: " + ", ".join(f"{k}={_fmt(v)}"
+                                                    for k, v in _flat(metrics).items()))
 
     command.__doc__ = spec.help
     app.command(spec.name, help=spec.help)(command)
@@ -238,33 +241,91 @@ def remote_s3(url: Annotated[str, typer.Argument(help="s3://bucket/prefix for DV
                f".dvc/config.local: {', '.join(done['config_local']) or 'nothing'}")
 
 
-@app.command()
-def storage(action: Annotated[str, typer.Argument(help="pull (inputs) or push (outputs)")],
-            stage: Annotated[str, typer.Argument(help="stage name in dvc.yaml")],
-            params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."),
-            if_configured: Annotated[bool, typer.Option(
-                help="do nothing (exit 0) when no storage root is configured")] = False) -> None:
-    """Fetch a stage's inputs from, or publish its outputs to, the storage root
-    (storage.root / MOFI_STORAGE_ROOT). Stage commands do both themselves; this is for a node
-    that must hold the inputs before a launch (infra/torchrun-train.sh) or a re-publish."""
+storage_app = typer.Typer(
+    help="The storage root (storage.root / MOFI_STORAGE_ROOT, s3://bucket/prefix): stage "
+         "commands fetch their inputs from it and publish their outputs to it themselves; "
+         "these commands do either half by hand, and create buckets.",
+    no_args_is_help=True)
+app.add_typer(storage_app, name="storage")
+
+IfConfiguredOpt = Annotated[bool, typer.Option(
+    help="do nothing (exit 0) when no storage root is configured")]
+StageArg = Annotated[str, typer.Argument(help="stage name in dvc.yaml")]
+
+
+def _stage_storage(stage: str, params: Path, root: Path, if_configured: bool):
+    """The stage's storage, or None when no root is configured and ``if_configured``."""
     from mofi_core.config import load_params
     from mofi_core.io.storage import StageStorage, storage_root
 
+    url = storage_root(load_params(params).storage.root)
+    if not url and if_configured:
+        return None
+    if not url:
+        raise ValueError("no storage root: set storage.root in params.yaml or "
+                         "MOFI_STORAGE_ROOT=s3://bucket/prefix")
+    return StageStorage.open(url, root.resolve(), stage)
+
+
+def _storage_sync(action: str, stage: str, params: Path, root: Path,
+                  if_configured: bool) -> None:
     try:
-        if action not in ("pull", "push"):
-            raise ValueError(f"action must be pull or push, not {action!r}")
-        url = storage_root(load_params(params).storage.root)
-        if not url and if_configured:
+        store = _stage_storage(stage, params, root, if_configured)
+        if store is None:
             return
-        if not url:
-            raise ValueError("no storage root: set storage.root in params.yaml or "
-                             "MOFI_STORAGE_ROOT=s3://bucket/prefix")
-        store = StageStorage.open(url, root.resolve(), stage)
         done = store.pull() if action == "pull" else store.push()
     except Exception as err:
         _fail(err)
     for path, stats in done.items():
         typer.echo(f"{stage}: {action} {path} ({store.storage.url(path)}): {stats}")
+
+
+@storage_app.command("pull")
+def storage_pull(stage: StageArg, params: ParamsOpt = Path("params.yaml"),
+                 root: RootOpt = Path("."), if_configured: IfConfiguredOpt = False) -> None:
+    """Fetch a stage's inputs from the storage root into the project folder (a node that must
+    hold them before a launch: infra/torchrun-train.sh)."""
+    _storage_sync("pull", stage, params, root, if_configured)
+
+
+@storage_app.command("push")
+def storage_push(stage: StageArg, params: ParamsOpt = Path("params.yaml"),
+                 root: RootOpt = Path("."), if_configured: IfConfiguredOpt = False) -> None:
+    """Publish a stage's outputs from the project folder to the storage root (after a publish
+    failed, or to make the store hold the version dvc.lock records)."""
+    _storage_sync("push", stage, params, root, if_configured)
+
+
+@storage_app.command("create-bucket")
+def storage_create_bucket(
+        urls: Annotated[list[str], typer.Argument(
+            help="s3://bucket or s3://bucket/prefix (the bucket is created; a prefix needs "
+                 "nothing)")],
+        wait: Annotated[float, typer.Option(
+            help="seconds to keep retrying while the S3 server is not answering (just "
+                 "started); 0: fail at once")] = 0.0) -> None:
+    """Create S3 buckets on the configured endpoint (AWS_ENDPOINT_URL, keys from the
+    environment); an existing bucket these credentials can use is fine."""
+    import time
+
+    from mofi_core.io import s3
+
+    deadline = time.monotonic() + wait
+    for url in urls:
+        try:
+            bucket = f"s3://{s3.S3Url.parse(url).bucket}"
+            while True:
+                try:
+                    created = s3.create_bucket(bucket)
+                    break
+                except s3.S3Unavailable:  # not up yet (or its keys not loaded yet)
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(1.0)
+        except Exception as err:
+            _fail(err)
+        typer.echo(f"{bucket}: {'created' if created else 'exists already'} "
+                   f"(endpoint {s3.endpoint_name()})")
 
 
 @app.command()

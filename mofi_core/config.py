@@ -81,7 +81,7 @@ class CorpusConfig(Section):
 
 
 class IngestConfig(Section):
-    RUNTIME = ("workers",)
+    RUNTIME = ("workers", "fetch_attempts", "fetch_backoff_s")
     min_side: int = Field(16, ge=1, description="smaller images are rejected")
     max_side: int = Field(4096, ge=1, description="larger images are rejected")
     max_pixels: int = Field(50_000_000, ge=1, description="decompression-bomb guard")
@@ -95,7 +95,14 @@ class IngestConfig(Section):
         "shards to read: a folder, a glob or {a..b} brace pattern, a manifest file (.txt/.lst "
         "or @file) of paths/URLs, or one http(s)/file URL; relative to the project root"))
     workers: int = Field(0, ge=0, description="shard processes; 0 = all cores")
-    max_reject_fraction: float = Field(0.5, ge=0, le=1, description="fail the run above this")
+    fetch_attempts: int = Field(4, ge=1, description=(
+        "tries to fetch one remote shard before the stage fails (network, server and "
+        "credential failures are never counted as bad data)"))
+    fetch_backoff_s: float = Field(2.0, ge=0, description=(
+        "wait before the second try of a shard fetch, doubled for each further one"))
+    max_reject_fraction: float = Field(0.5, ge=0, le=1, description=(
+        "fail the run when more than this share of the samples is rejected or lost (a shard "
+        "that cannot be read counts as the samples it would have held)"))
 
     @model_validator(mode="after")
     def _sides(self) -> IngestConfig:

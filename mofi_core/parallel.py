@@ -16,7 +16,9 @@ Where the jobs run: a local spawn process pool by default; a Dask cluster when a
 address is set (params ``executor.address``, or ``MOFI_EXECUTOR_ADDRESS``, e.g.
 ``tcp://scheduler:8786``). Each job is a pure function of its shard, and summaries are
 collected in job order, so the outputs are byte-identical either way. On a real cluster the
-workers must see the same paths (shared filesystem) as this process.
+workers must see the same paths (shared filesystem) as this process, and reach the S3 store with
+their own environment (endpoint and keys): a worker that cannot fails its job, and the stage,
+naming the shard.
 """
 
 from __future__ import annotations

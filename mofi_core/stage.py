@@ -40,14 +40,22 @@ def distributed_launch() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def check_inputs(spec: StageSpec, root: Path) -> None:
-    """Each declared input exists (inputs streamed from a storage root excepted)."""
+def check_inputs(spec: StageSpec, root: Path, storage_url: str = "") -> None:
+    """Each declared input exists (inputs streamed from a storage root excepted).
+    ``storage_url``: the storage root the inputs come from, if any."""
     for dep in spec.inputs:
         if dep in spec.streamed or (root / dep).exists():
             continue
         maker = producer_of(dep)
-        how = (f"run stage {maker.name!r} first (dvc repro -s {maker.name}, or mofi {maker.name})"
-               if maker else "provide it")
+        if storage_url and distributed_launch():
+            how = (f"under torchrun the stage does not pull its inputs from {storage_url}: run "
+                   f"`mofi storage pull {spec.name}` on each node before launching "
+                   "(infra/torchrun-train.sh does it)")
+        elif maker:
+            how = (f"run stage {maker.name!r} first (dvc repro -s {maker.name}, or "
+                   f"mofi {maker.name})")
+        else:
+            how = "provide it"
         raise FileNotFoundError(f"{spec.name} needs {dep}, which is missing: {how}")
 
 
@@ -143,7 +151,7 @@ def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None =
                 # under torchrun, infra/torchrun-train.sh fetches once per node before launching
                 for dep, stats in store.pull().items():
                     print(f"{name}: input {dep} from {store.storage.url(dep)}: {stats}")
-            check_inputs(spec, layout.root)
+            check_inputs(spec, layout.root, root_url)
             if main:
                 check_writable(spec, layout.root)
             check = spec.load_check()

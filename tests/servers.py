@@ -119,7 +119,8 @@ class FaultProxy:
       itself with ``503 SlowDown`` (S3's throttling reply) and closed.
 
     ``stats`` counts connections, cuts, delays and throttles. ``enabled = False`` makes it a
-    clean proxy.
+    clean proxy. :meth:`go_down` is an outage (live connections reset, new ones refused) until
+    :meth:`come_back`.
     """
 
     SLOW_DOWN = (b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\n"
@@ -137,6 +138,8 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.stats = {"connections": 0, "cuts": 0, "delays": 0, "throttles": 0}
         self.enabled = True
+        self.down = False
+        self._live: set[socket.socket] = set()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.endpoint = f"http://127.0.0.1:{self.port}"
@@ -151,6 +154,17 @@ class FaultProxy:
         self._stop.set()
         self.sock.close()
 
+    def go_down(self) -> None:
+        """The server becomes unreachable: every open connection is reset, new ones too."""
+        with self.lock:
+            self.down = True
+            live, self._live = list(self._live), set()
+        self._reset(*live)
+
+    def come_back(self) -> None:
+        with self.lock:
+            self.down = False
+
     def _serve(self) -> None:
         while not self._stop.is_set():
             try:
@@ -158,6 +172,10 @@ class FaultProxy:
             except OSError:
                 return
             with self.lock:
+                if self.down:
+                    self._reset(client)
+                    continue
+                self._live.add(client)
                 self.stats["connections"] += 1
                 throttled = self.enabled and self.rng.random() < self.throttle
                 cut_at = (self.rng.randint(*self.cut_after)

@@ -9,7 +9,11 @@ exact duplicate images (same sha256 of the stored bytes: kept, ``duplicate_of`` 
 key) and concatenates ``manifest.parquet`` and ``rejects.parquet``.
 
 A bad sample is a counted, listed rejection (key, shard, reason), never a crash; an unreadable
-shard keeps what was read before the damage plus one rejection for the rest. Images are
+shard keeps what was read before the damage plus one rejection for the rest, and counts as the
+samples it would have held (the median of the complete shards, less what was read) in the
+reject gate. A shard that cannot be *fetched* (S3 or HTTP down, throttled, refused credentials)
+is not bad data: the fetch is retried (``runtime.ingest.fetch_attempts``) and then the stage
+fails naming the shard; nothing about it is written or marked done. Images are
 normalised to RGB JPEG (JPEG input that is already RGB keeps its original bytes, so nothing is
 re-compressed needlessly)."""
 
@@ -39,6 +43,7 @@ from mofi_core.io.hashing import fingerprint
 from mofi_core.io.shards import ShardProblem, ShardWriter, iter_samples, shard_name
 from mofi_core.io.sources import (
     SHARD_SUFFIXES,
+    FetchPolicy,
     SourceError,
     expand_sources,
     missing_local,
@@ -170,23 +175,27 @@ def shard_outputs(out_dir: Path, name: str) -> list[Path]:
             out_dir / "parts" / f"{name}.rejects.parquet"]
 
 
-def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
+def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig, scratch: Path | None = None
                  ) -> tuple[list[Path], dict[str, int]]:
-    """Clean one input shard into ``shards/<name>.tar`` + its manifest and rejects parts.
+    """Clean one input shard into ``shards/<name>.tar`` + its manifest and rejects parts;
+    a remote shard is fetched into ``scratch`` first.
 
     Never raises for bad data: an unreadable or truncated shard keeps the samples read before
-    the damage and adds one ``key="*"`` rejection naming the error.
+    the damage and adds one ``key="*"`` rejection naming the error (summary ``unreadable``).
+    A failed fetch raises :class:`~mofi_core.io.sources.TransportError` and writes nothing.
     """
     tar_out, manifest_out, rejects_out = shard_outputs(out_dir, job.name)
     src_name = source_name(job.source)
     rows: list[dict] = []
     rejects: list[dict] = []
+    unreadable = 0
     seen: set[str] = set()
     last_missing: int | None = None  # the last sample's rejection, if it lacked a member
     problems: list[ShardProblem] = []  # members outside any sample, in tar order
     with ShardWriter(tar_out) as writer:
         try:
-            with open_source(job.source, tmp_dir=out_dir) as local:
+            policy = FetchPolicy(cfg.fetch_attempts, cfg.fetch_backoff_s)
+            with open_source(job.source, tmp_dir=scratch, policy=policy) as local:
                 for sample in iter_samples(local, problems.append, cfg.max_member_bytes):
                     rejects += [{"key": p.key, "shard": src_name, "reason": p.reason}
                                 for p in problems]
@@ -207,7 +216,8 @@ def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
                     rows.append({"key": s.key, "shard": tar_out.name, "width": s.width,
                                  "height": s.height, "sha256": s.sha256, "text": s.text,
                                  "duplicate_of": None})
-        except (tarfile.TarError, OSError, EOFError) as err:
+        except (tarfile.TarError, OSError, EOFError) as err:  # the shard's bytes are bad
+            unreadable = 1
             if last_missing is not None:  # the shard's last sample lost members to the cut
                 cut = rejects[last_missing]
                 cut["reason"] = f"cut off where the shard ends early: {cut['reason']}"
@@ -217,7 +227,9 @@ def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
     tables.write_table(manifest_out, tables.from_rows(rows, tables.MANIFEST), tables.MANIFEST)
     rejects = [{**r, "reason": stable_reason(r["reason"])} for r in rejects]
     tables.write_table(rejects_out, tables.from_rows(rejects, tables.REJECTS), tables.REJECTS)
-    return [tar_out, manifest_out, rejects_out], {"kept": len(rows), "rejected": len(rejects)}
+    return [tar_out, manifest_out, rejects_out], {
+        "kept": len(rows), "rejected": len(rejects), "unreadable": unreadable,
+        "samples_seen": len(rows) + len(rejects) - unreadable}
 
 
 # --- the whole corpus ---------------------------------------------------------------------------
@@ -225,17 +237,30 @@ def ingest_shard(job: ShardJob, out_dir: Path, cfg: IngestConfig
 @dataclass
 class IngestResult:
     kept: int
-    rejected: int
+    rejected: int  # rejected samples (rows of rejects.parquet less one per unreadable shard)
     duplicates: int
     shards: int
     shards_skipped: int
+    shards_unreadable: int = 0
+    samples_lost: int = 0  # estimated samples the unreadable shards held beyond what was read
 
     def metrics(self) -> dict[str, float]:
-        total = self.kept + self.rejected
+        total = self.kept + self.rejected + self.samples_lost
         return {"samples_in": total, "samples_kept": self.kept,
                 "samples_rejected": self.rejected, "duplicates_flagged": self.duplicates,
-                "reject_fraction": self.rejected / total if total else 0.0,
+                "shards_unreadable": self.shards_unreadable,
+                "samples_lost_estimate": self.samples_lost,
+                "reject_fraction": (self.rejected + self.samples_lost) / total if total else 0.0,
                 "shards": self.shards}
+
+
+def estimate_lost(summaries: list[dict]) -> int:
+    """Samples the unreadable shards would have held beyond those read from them: shards of a
+    corpus are written to a common size, so each counts as the median of the shards read to the
+    end (at least one sample per unreadable shard, whatever was read before the damage)."""
+    complete = sorted(s["samples_seen"] for s in summaries if not s["unreadable"])
+    typical = complete[len(complete) // 2] if complete else 0
+    return sum(max(1, typical - s["samples_seen"]) for s in summaries if s["unreadable"])
 
 
 def make_jobs(sources: list[str]) -> list[ShardJob]:
@@ -246,36 +271,45 @@ def make_jobs(sources: list[str]) -> list[ShardJob]:
 
 
 def ingest(sources: list[str] | Path, out_dir: Path, cfg: IngestConfig,
-           state_dir: Path | None = None) -> IngestResult:
+           state_dir: Path | None = None, scratch: Path | None = None) -> IngestResult:
     """Ingest every source shard into ``out_dir`` (shards/, parts/, manifest.parquet,
     rejects.parquet). With ``state_dir``, shards finished by an earlier run on the same input
-    and params are skipped. A folder may be passed for ``sources``."""
+    and params are skipped. Remote shards are fetched into ``scratch`` (default: the system
+    temporary folder). A folder may be passed for ``sources``."""
     if isinstance(sources, Path):
         sources = expand_sources(str(sources), Path.cwd())
     jobs = make_jobs(sources)
     for folder in (out_dir / "shards", out_dir / "parts"):
         remove_stale(folder, (j.name for j in jobs))
-    for f in out_dir.glob(".fetch-*"):  # downloads of a killed run
+    for f in [*out_dir.glob(".fetch-*"),  # downloads of a killed run (older versions)
+              *(scratch.glob(".fetch-*") if scratch is not None and scratch.is_dir() else ())]:
         f.unlink()
-    state = ResumeState(state_dir, fingerprint("ingest", cfg.result_key())) \
+    # "v2": summaries carry what the lost-sample estimate needs (older records are redone)
+    state = ResumeState(state_dir, fingerprint("ingest", "v2", cfg.result_key())) \
         if state_dir is not None else None
-    summaries, skipped = run_shards(partial(ingest_shard, out_dir=out_dir, cfg=cfg), jobs,
-                                    lambda j: shard_outputs(out_dir, j.name), state, cfg.workers)
+    summaries, skipped = run_shards(
+        partial(ingest_shard, out_dir=out_dir, cfg=cfg, scratch=scratch), jobs,
+        lambda j: shard_outputs(out_dir, j.name), state, cfg.workers)
     names = [j.name for j in jobs]
     dropped = _drop_cross_shard_duplicate_keys(out_dir, names,
                                                [source_name(j.source) for j in jobs])
     duplicate_of = _duplicate_images(out_dir, names)
     kept, rejected = _merge(out_dir, names, duplicate_of)
     assert kept == sum(s["kept"] for s in summaries) - dropped
-    result = IngestResult(kept=kept, rejected=rejected, duplicates=len(duplicate_of),
-                          shards=len(jobs), shards_skipped=skipped)
+    unreadable = sum(s["unreadable"] for s in summaries)
+    result = IngestResult(kept=kept, rejected=rejected - unreadable,
+                          duplicates=len(duplicate_of), shards=len(jobs), shards_skipped=skipped,
+                          shards_unreadable=unreadable, samples_lost=estimate_lost(summaries))
     # published first, so the rejects table is there to read when this fails
     frac = result.metrics()["reject_fraction"]
     if frac > cfg.max_reject_fraction:
+        lost = (f", {unreadable} unreadable shard(s) counted as ~{result.samples_lost} lost "
+                "samples" if unreadable else "")
         raise RejectRateError(
-            f"ingest rejected {frac:.1%} of samples (> ingest.max_reject_fraction "
-            f"{cfg.max_reject_fraction:.0%}); reasons are in {out_dir / 'rejects.parquet'} "
-            f"({rejected} rows): fix the corpus or raise the limit", result.metrics())
+            f"ingest rejected or lost {frac:.1%} of samples (> ingest.max_reject_fraction "
+            f"{cfg.max_reject_fraction:.0%}{lost}); reasons are in "
+            f"{out_dir / 'rejects.parquet'} ({rejected} rows): fix the corpus or raise the "
+            "limit", result.metrics())
     return result
 
 
@@ -389,7 +423,8 @@ def check(cfg: IngestConfig, ctx: StageContext) -> None:
 def run(cfg: IngestConfig, ctx: StageContext) -> dict:
     """Stage ``ingest``: input shards -> clean shards + manifest + rejects."""
     sources = _storage_sources(cfg, ctx) or expand_sources(cfg.input, ctx.layout.root)
-    result = ingest(sources, ctx.layout.ingest, cfg, state_dir=ctx.layout.state("ingest"))
+    result = ingest(sources, ctx.layout.ingest, cfg, state_dir=ctx.layout.state("ingest"),
+                    scratch=ctx.layout.scratch("ingest"))
     ctx.artifacts.append(ctx.layout.ingest / "rejects.parquet")
     if result.shards_skipped:
         print(f"ingest: {result.shards_skipped} of {result.shards} shards already done, skipped")

@@ -73,6 +73,11 @@ class Layout:
         """Resume records of a shard stage; outside the DVC outputs, git-ignored."""
         return self.root / ".mofi" / "state" / stage
 
+    def scratch(self, stage: str) -> Path:
+        """Downloads and temporaries of a stage: never inside an output folder, so nothing
+        partial is hashed or published."""
+        return self.root / ".mofi" / "scratch" / stage
+
     def metrics(self, stage: str) -> Path:
         return self.root / "metrics" / f"{stage}.json"
 

@@ -1,5 +1,5 @@
 """``s3://bucket/key`` access through boto3: streaming reads that survive dropped connections,
-atomic multipart uploads, listing and globbing.
+atomic uploads (one PUT, multipart above a threshold), listing, batched deletes and globbing.
 
 Where the objects live is configuration of the environment, never of params (moving data must not
 re-run a stage) and never a credential in a file the project writes. boto3's own settings are
@@ -13,7 +13,8 @@ used as they are:
 API calls retry throttling, 5xx and connection errors with backoff (botocore ``adaptive`` mode,
 ``MOFI_S3_MAX_ATTEMPTS``, default 10). A streaming read that loses its connection reopens the
 object at the byte it had reached (``Range``), pinned to the object's ETag so a concurrent
-overwrite is an error rather than a silent mix of two versions.
+overwrite is an error rather than a silent mix of two versions. Callers that transfer many
+objects use ``MOFI_S3_CONCURRENCY`` threads (default 16; :func:`concurrency`) on the one client.
 """
 
 from __future__ import annotations
@@ -24,17 +25,37 @@ import hashlib
 import io
 import os
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 SCHEME = "s3://"
 MB = 1 << 20
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class S3Error(OSError):
     """An S3 operation failed for good (after retries), naming the object."""
+
+
+class S3NotFound(S3Error):
+    """The object (or bucket) is not there: a fact about the data, not a passing fault."""
+
+
+class S3Unavailable(S3Error):
+    """The store could not be used: connection, timeout, server error or throttling that
+    outlasted the retries. Never a fact about the data; retrying later may succeed."""
+
+
+class S3AccessDenied(S3Unavailable):
+    """Credentials are missing, wrong or lack permission for the object."""
+
+
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchBucket"})
+_DENIED = frozenset({"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                     "ExpiredToken", "InvalidToken", "AccountProblem"})
 
 
 def is_s3(path: str | Path) -> bool:
@@ -66,15 +87,50 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def endpoint_name() -> str:
+    """The endpoint in force, for messages: the configured URL, or "AWS"."""
+    return _endpoint() or "AWS"
+
+
+def concurrency() -> int:
+    """Parallel transfers per call (``MOFI_S3_CONCURRENCY``, default 16)."""
+    raw = os.environ.get("MOFI_S3_CONCURRENCY", "16")
+    try:
+        width = int(raw)
+    except ValueError:
+        raise ValueError(f"MOFI_S3_CONCURRENCY={raw!r} is not a whole number (e.g. 16)") from None
+    if width < 1:
+        raise ValueError(f"MOFI_S3_CONCURRENCY={width} must be at least 1")
+    return width
+
+
+def map_parallel(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(x) for x in items]`` on :func:`concurrency` threads, results in order. The first
+    failure is raised once the calls already running have ended; the others never start."""
+    items = list(items)
+    width = min(concurrency(), len(items))
+    if width <= 1:
+        return [fn(x) for x in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(width, thread_name_prefix="mofi-s3")
+    try:
+        futures = [pool.submit(fn, x) for x in items]
+        return [f.result() for f in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @functools.lru_cache(maxsize=8)
 def _client_for(endpoint: str | None, profile: str | None, region: str | None, attempts: int,
-                _credentials_id: str):
+                pool: int, _credentials_id: str):
     import boto3
     from botocore.config import Config
 
     session = boto3.session.Session(profile_name=profile)
     config = Config(retries={"max_attempts": attempts, "mode": "adaptive"},
                     connect_timeout=10, read_timeout=60, tcp_keepalive=True,
+                    max_pool_connections=pool,
                     s3={"addressing_style": "path"} if endpoint else None)
     return session.client("s3", endpoint_url=endpoint, region_name=region or "us-east-1",
                           config=config)
@@ -88,7 +144,8 @@ def client():
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")).encode()).hexdigest()
     return _client_for(_endpoint(), os.environ.get("AWS_PROFILE") or None,
                        os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
-                       int(os.environ.get("MOFI_S3_MAX_ATTEMPTS", "10")), creds)
+                       int(os.environ.get("MOFI_S3_MAX_ATTEMPTS", "10")),
+                       max(10, concurrency() + 4), creds)  # a connection per transfer thread
 
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
@@ -148,8 +205,10 @@ class S3Reader(io.RawIOBase):
                 self._drop()
                 failures += 1
                 if failures > self.retries:
-                    raise S3Error(f"reading {self.url} failed at byte {self.pos} of "
-                                  f"{self.size} after {self.retries} retries: {err}") from err
+                    raise S3Unavailable(
+                        f"reading {self.url} failed at byte {self.pos} of {self.size} after "
+                        f"{self.retries} retries: {err} (endpoint {_endpoint() or 'AWS'}; "
+                        "check that the S3 server is up)") from err
                 self.reopened += 1
                 time.sleep(self.backoff_s * 2 ** (failures - 1))
 
@@ -168,19 +227,44 @@ def _call(fn, url: str, **kwargs):
     except ClientError as err:
         raise _client_error(fn.__name__, url, err) from None
     except BotoCoreError as err:
-        raise S3Error(f"{fn.__name__} {url}: {err} (endpoint {_endpoint() or 'AWS'})") from None
+        raise botocore_error(fn.__name__, url, err) from None
+
+
+def botocore_error(op: str, url: str, err: Exception) -> S3Unavailable:
+    """A client-side failure (no connection, timeout, no credentials) naming the object, the
+    endpoint and what to check."""
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    where = f"endpoint {_endpoint() or 'AWS'}"
+    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+        return S3AccessDenied(f"{op} {url}: {err} ({where}; set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY or AWS_PROFILE in this process's "
+                              "environment: a Dask worker needs them in its own)")
+    return S3Unavailable(f"{op} {url}: {err} ({where}; check that the S3 server is up and "
+                         "reachable from this machine)")
 
 
 def _client_error(op: str, url: str, err) -> S3Error:
     """An S3 error reply as an :class:`S3Error` naming the object and what to check."""
-    code = err.response.get("Error", {}).get("Code", "?")
+    code = str(err.response.get("Error", {}).get("Code", "?"))
+    status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     hint = {"NoSuchKey": "the object does not exist", "404": "the object does not exist",
-            "NoSuchBucket": "create the bucket first",
-            "AccessDenied": "check the credentials in the environment / AWS_PROFILE",
-            "403": "check the credentials in the environment / AWS_PROFILE",
+            "NoSuchBucket": "create the bucket first (mofi storage create-bucket URL)",
             "PreconditionFailed": "the object changed while it was being read",
             "412": "the object changed while it was being read"}.get(code, "")
-    return S3Error(f"{op} {url}: {code} {err}" + (f" ({hint})" if hint else ""))
+    if code in _DENIED:
+        hint = (f"check the credentials in this process's environment / AWS_PROFILE for "
+                f"endpoint {_endpoint() or 'AWS'}")
+    text = f"{op} {url}: {code} {err}" + (f" ({hint})" if hint else "")
+    if code in _NOT_FOUND:
+        return S3NotFound(text)
+    if code in _DENIED:
+        return S3AccessDenied(text)
+    if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError",
+                                 "RequestTimeout", "Throttling"):
+        return S3Unavailable(text + f" (endpoint {_endpoint() or 'AWS'}: the server is "
+                             "failing; retry when it is back)")
+    return S3Error(text)
 
 
 def read_bytes(url: str) -> bytes:
@@ -194,16 +278,12 @@ def head(url: str) -> dict:
 
 
 def exists(url: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    loc = S3Url.parse(url)
+    """Whether the object is there; a store that cannot answer is an error, never "no"."""
     try:
-        client().head_object(Bucket=loc.bucket, Key=loc.key)
+        head(url)
         return True
-    except ClientError as err:
-        if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise _client_error("head_object", url, err) from None
+    except S3NotFound:
+        return False
 
 
 def identity(url: str) -> str:
@@ -221,43 +301,59 @@ def download(url: str, dest: Path) -> Path:
     return dest
 
 
+def _multipart_threshold() -> int:
+    return int(os.environ.get("MOFI_S3_MULTIPART_MB", "64")) * MB  # S3's minimum part: 5 MB
+
+
 def _transfer_config():
     from boto3.s3.transfer import TransferConfig
 
-    part = int(os.environ.get("MOFI_S3_MULTIPART_MB", "64")) * MB  # S3's minimum part: 5 MB
+    part = _multipart_threshold()
     return TransferConfig(multipart_threshold=part, multipart_chunksize=part,
                           max_concurrency=4, use_threads=True)
 
 
-def upload(local: Path | str, url: str) -> None:
-    """Publish a local file at ``url`` atomically: upload (multipart above
-    ``MOFI_S3_MULTIPART_MB``, default 64 MB) to a
-    temporary key, copy it onto the final key, delete the temporary one. Readers of ``url``
-    see the old object or the new one, never a part."""
+def _etag(value: str) -> str:
+    return value.strip('"')
+
+
+def upload(local: Path | str, url: str) -> str:
+    """Publish a local file at ``url``; returns the new object's ETag (without quotes).
+
+    Atomic without a temporary key: S3 (and MinIO, SeaweedFS, Ceph) commits a PUT, and a
+    CompleteMultipartUpload, as a whole, so a reader of ``url`` gets the old object or the new
+    one, never a part. Below ``MOFI_S3_MULTIPART_MB`` (default 64 MB) it is one PUT; above, a
+    multipart upload whose parts stay invisible until it completes (boto3 aborts it on failure;
+    a killed process leaves parts that only a bucket lifecycle rule removes, never a partial
+    object)."""
     loc = S3Url.parse(url)
-    tmp = f"{loc.key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     c = client()
+    if Path(local).stat().st_size < _multipart_threshold():
+        with open(local, "rb") as body:
+            resp = _call(c.put_object, url, Bucket=loc.bucket, Key=loc.key, Body=body)
+        return _etag(resp["ETag"])
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
-        try:
-            c.upload_file(str(local), loc.bucket, tmp, Config=_transfer_config())
-            c.copy({"Bucket": loc.bucket, "Key": tmp}, loc.bucket, loc.key,
-                   Config=_transfer_config())
-        except Exception as err:  # boto3 transfer errors come in several families
-            raise S3Error(f"uploading {local} to {url} failed: {err}") from err
-    finally:
-        try:
-            c.delete_object(Bucket=loc.bucket, Key=tmp)
-        except Exception as err:  # a leftover temp key is harmless; say so, do not mask
-            print(f"s3: could not delete temporary {SCHEME}{loc.bucket}/{tmp}: {err}")
+        c.upload_file(str(local), loc.bucket, loc.key, Config=_transfer_config())
+    except S3UploadFailedError as err:  # boto3 wraps the server's reply; classify that
+        cause = err.__context__
+        if isinstance(cause, ClientError):
+            raise _client_error("upload", url, cause) from None
+        raise S3Error(f"uploading {local} to {url} failed: {err}") from None
+    except ClientError as err:
+        raise _client_error("upload", url, err) from None
+    except BotoCoreError as err:
+        raise botocore_error("upload", url, err) from None
+    return _etag(head(url)["ETag"])  # the multipart ETag, as the listing will show it
 
 
-def write_bytes(url: str, data: bytes) -> None:
-    import tempfile
-
-    with tempfile.NamedTemporaryFile(prefix=".mofi-upload-") as fh:
-        fh.write(data)
-        fh.flush()
-        upload(fh.name, url)
+def write_bytes(url: str, data: bytes) -> str:
+    """Write ``data`` at ``url`` in one PUT (atomic, see :func:`upload`); returns the ETag."""
+    loc = S3Url.parse(url)
+    return _etag(_call(client().put_object, url, Bucket=loc.bucket, Key=loc.key,
+                       Body=data)["ETag"])
 
 
 def delete(url: str) -> None:
@@ -265,17 +361,85 @@ def delete(url: str) -> None:
     _call(client().delete_object, url, Bucket=loc.bucket, Key=loc.key)
 
 
-def list_objects(prefix_url: str) -> Iterator[tuple[str, int]]:
-    """(url, size) of every object under a prefix, in key order."""
+def delete_many(urls: Iterable[str]) -> int:
+    """Delete objects with ``DeleteObjects`` (1000 keys per request); returns how many. Keys
+    that are already gone count as deleted (S3 reports them so)."""
+    by_bucket: dict[str, list[str]] = {}
+    for url in urls:
+        loc = S3Url.parse(url)
+        by_bucket.setdefault(loc.bucket, []).append(loc.key)
+    done = 0
+    for bucket, keys in by_bucket.items():
+        for i in range(0, len(keys), 1000):
+            batch = keys[i:i + 1000]
+            first = f"{SCHEME}{bucket}/{batch[0]}"
+            resp = _call(client().delete_objects, first, Bucket=bucket,
+                         Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            errors = resp.get("Errors") or []
+            if errors:
+                e = errors[0]
+                raise S3Error(f"delete_objects {SCHEME}{bucket}/{e.get('Key')}: "
+                              f"{e.get('Code')} {e.get('Message', '')} ({len(errors)} of "
+                              f"{len(batch)} keys not deleted; endpoint {endpoint_name()})")
+            done += len(batch)
+    return done
+
+
+def create_bucket(url: str) -> bool:
+    """Create the bucket of ``url`` if it is not there; True if created, False if it already
+    existed and is usable with these credentials. A bucket that exists but is someone else's
+    is an error."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    loc = S3Url.parse(url)
+    c = client()
+    try:
+        _call(c.head_bucket, url, Bucket=loc.bucket)
+        return False
+    except S3NotFound:
+        pass  # not there: create it below
+    region = c.meta.region_name
+    where = ({"CreateBucketConfiguration": {"LocationConstraint": region}}
+             if region and region != "us-east-1" and not _endpoint() else {})
+    try:
+        c.create_bucket(Bucket=loc.bucket, **where)
+        return True
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code == "BucketAlreadyOwnedByYou":  # created meanwhile, by us
+            return False
+        if code == "BucketAlreadyExists":
+            raise S3Error(f"create_bucket {SCHEME}{loc.bucket}: the name is taken by another "
+                          "account (bucket names are global on AWS): choose another "
+                          "name") from None
+        raise _client_error("create_bucket", url, err) from None
+    except BotoCoreError as err:
+        raise botocore_error("create_bucket", url, err) from None
+
+
+def list_objects_etag(prefix_url: str) -> Iterator[tuple[str, int, str]]:
+    """(url, size, ETag without quotes) of every object under a prefix, in key order: one
+    request per 1000 objects."""
     loc = S3Url.parse(prefix_url)
     pages = client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket,
                                                                Prefix=loc.key)
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         for page in pages:
             for obj in page.get("Contents", []):
-                yield f"{SCHEME}{loc.bucket}/{obj['Key']}", int(obj["Size"])
-    except Exception as err:
-        raise S3Error(f"listing {prefix_url} failed: {err}") from err
+                yield (f"{SCHEME}{loc.bucket}/{obj['Key']}", int(obj["Size"]),
+                       _etag(obj.get("ETag", "")))
+    except ClientError as err:
+        raise _client_error("list_objects_v2", prefix_url, err) from None
+    except BotoCoreError as err:
+        raise botocore_error("list_objects_v2", prefix_url, err) from None
+
+
+def list_objects(prefix_url: str) -> Iterator[tuple[str, int]]:
+    """(url, size) of every object under a prefix, in key order."""
+    for url, size, _ in list_objects_etag(prefix_url):
+        yield url, size
 
 
 def glob(pattern_url: str) -> list[str]:

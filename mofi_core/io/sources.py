@@ -14,20 +14,27 @@
 
 Relative paths are relative to the project root. ``open_source`` gives a local path to read
 (streaming a URL to a temporary file first; S3 reads resume at the byte a dropped connection
-reached).
+reached). A shard that is not there (S3 ``NoSuchKey``, HTTP 404/410, a missing file) is a fact
+about the corpus: ``FileNotFoundError``, which ingest lists as a lost shard. Anything else that
+stops a fetch (no connection, timeouts, 5xx, throttling, refused or missing credentials) is a
+fault of the store, never of the data: the fetch is retried with backoff (:class:`FetchPolicy`)
+and then raises :class:`TransportError`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import http.client
 import os
 import shutil
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from braceexpand import braceexpand
@@ -42,6 +49,25 @@ HTTP_TIMEOUT_S = 60
 
 class SourceError(ValueError):
     """The input spec names nothing readable."""
+
+
+class TransportError(RuntimeError):
+    """A shard could not be fetched because the network, the server or the credentials failed:
+    never a fact about the data (not an ``OSError``, so no reader mistakes it for a damaged
+    shard). The shard is not marked done; the stage fails and a re-run fetches it again."""
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """How often a failed fetch of one shard is retried, with exponential backoff, before the
+    stage fails: ``attempts`` tries, waiting ``backoff_s``, 2x, 4x ... between them (on top of
+    botocore's own per-request retries)."""
+
+    attempts: int = 4
+    backoff_s: float = 2.0
+
+    def waits(self) -> list[float]:
+        return [self.backoff_s * 2 ** i for i in range(max(0, self.attempts - 1))]
 
 
 def _is_url(s: str) -> bool:
@@ -165,8 +191,10 @@ def source_identity(source: str) -> str | None:
     if s3.is_s3(source):
         try:
             return s3.identity(source)
-        except s3.S3Error:
-            return None  # unreachable now: the shard is redone (and rejected if still so)
+        except s3.S3NotFound:
+            return None  # missing: never skipped, and rejected as a missing shard
+        except s3.S3Error as err:  # the store failed, not the data: stop before any work
+            raise TransportError(f"shard {source}: {err}") from None
     try:
         # only http(s) reaches here: file:// and paths were handled above
         req = urllib.request.Request(source, method="HEAD")  # noqa: S310
@@ -178,29 +206,71 @@ def source_identity(source: str) -> str | None:
     return f"http:{tag}:{length}" if tag else None
 
 
+def _http_status_missing(err: Exception) -> bool:
+    return isinstance(err, urllib.error.HTTPError) and err.code in (404, 410)
+
+
+def _fetch(source: str, dest: Path) -> None:
+    """One attempt to copy a remote shard to ``dest``. A shard that is not there raises
+    ``FileNotFoundError`` (a data fact); any other failure raises ``TransportError``."""
+    if s3.is_s3(source):
+        try:
+            s3.download(source, dest)
+        except s3.S3NotFound as err:
+            raise FileNotFoundError(f"shard {source} does not exist ({err})") from None
+        except s3.S3Error as err:  # unreachable, throttled, refused, changed mid-read
+            raise TransportError(str(err)) from None
+        except OSError as err:  # the local copy could not be written (disk full, ...)
+            raise TransportError(f"copying {source} to {dest}: {err}") from None
+        return
+    try:
+        with open(dest, "wb") as out, \
+                urllib.request.urlopen(source, timeout=HTTP_TIMEOUT_S) as resp:  # noqa: S310
+            shutil.copyfileobj(resp, out, 1 << 20)
+    except urllib.error.HTTPError as err:
+        if _http_status_missing(err):
+            raise FileNotFoundError(f"shard {source} does not exist (HTTP {err.code})") from None
+        raise TransportError(f"fetching {source}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        raise TransportError(f"fetching {source}: {err}") from None
+
+
+def fetch_with_retries(source: str, dest: Path, policy: FetchPolicy) -> None:
+    """:func:`_fetch`, retried on transport failures; the last one names the shard, the
+    attempts and what to check."""
+    waits = policy.waits()
+    for attempt in range(len(waits) + 1):
+        try:
+            _fetch(source, dest)
+            return
+        except TransportError as err:
+            if attempt == len(waits):
+                raise TransportError(
+                    f"{source} could not be fetched in {attempt + 1} attempt(s) over "
+                    f"{sum(waits):.1f} s of backoff: {err}; nothing was marked done, re-run the "
+                    "stage when the store is reachable") from None
+            time.sleep(waits[attempt])
+
+
 @contextlib.contextmanager
-def open_source(source: str, tmp_dir: Path | None = None) -> Iterator[Path]:
-    """A local path holding the shard; URLs are streamed to a temporary file, removed after.
-    Raises ``OSError`` (with the source named) when it cannot be read."""
+def open_source(source: str, tmp_dir: Path | None = None,
+                policy: FetchPolicy = FetchPolicy()) -> Iterator[Path]:
+    """A local path holding the shard. A URL is fetched (with retries, see
+    :func:`fetch_with_retries`) to a temporary file in ``tmp_dir`` (never an output folder),
+    removed after. A shard that does not exist raises ``FileNotFoundError``; a fetch the network
+    or the store keeps failing raises :class:`TransportError`."""
     local = _local_path(source)
     if local is not None:
         if not local.is_file():
             raise FileNotFoundError(f"shard {source} does not exist")
         yield local
         return
+    if tmp_dir is not None:
+        tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=".fetch-", suffix=".tar", dir=tmp_dir)
+    os.close(fd)
     try:
-        if s3.is_s3(source):
-            os.close(fd)
-            s3.download(source, Path(name))  # raises S3Error (an OSError) naming the object
-            yield Path(name)
-            return
-        try:
-            with os.fdopen(fd, "wb") as out, \
-                    urllib.request.urlopen(source, timeout=HTTP_TIMEOUT_S) as resp:  # noqa: S310
-                shutil.copyfileobj(resp, out, 1 << 20)
-        except urllib.error.URLError as err:
-            raise OSError(f"cannot fetch {source}: {err}") from None
+        fetch_with_retries(source, Path(name), policy)
         yield Path(name)
     finally:
         Path(name).unlink(missing_ok=True)

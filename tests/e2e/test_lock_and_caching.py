@@ -35,6 +35,21 @@ def _to_run(project: Project) -> tuple[dict, list[str]]:
     return status, re.findall(r"^Running stage '(\w+)'", out, flags=re.M)
 
 
+def test_temporaries_left_in_output_folders_change_no_output_hash(project, first_run):
+    """What a killed run can leave inside an output folder (an atomic write's temporary, a
+    download, a write probe) is covered by .dvcignore: DVC sees every output unchanged."""
+    left = [project.root / "data" / "ingest" / "shards" / ".00000.tar.tmp-123-deadbeef",
+            project.root / "data" / "ingest" / ".fetch-abc123.tar",
+            project.root / "data" / "ner" / ".mofi-probe-x1y2"]
+    try:
+        for path in left:
+            path.write_bytes(b"partial")
+        assert _to_run(project) == ({}, [])
+    finally:
+        for path in left:
+            path.unlink(missing_ok=True)
+
+
 def test_runtime_keys_rerun_nothing_and_a_result_key_reruns_its_stage_and_after(project,
                                                                                 first_run):
     params = project.root / "params.yaml"

@@ -1,8 +1,13 @@
 """S3 through boto3 against a real S3 server (SeaweedFS on loopback), with and without a proxy
 that cuts and delays connections."""
 
+import contextlib
+import hashlib
 import io
 import shutil
+import threading
+import time
+import uuid
 
 import pyarrow.parquet as pq
 import pytest
@@ -11,6 +16,7 @@ from mofi_core.config import IngestConfig
 from mofi_core.curate.ingest import ingest
 from mofi_core.io import s3
 from mofi_core.io.sources import SourceError, expand_sources
+from tests.ports import free_port
 from tests.servers import FaultProxy
 
 
@@ -18,17 +24,90 @@ def _objects(bucket_url):
     return sorted(u for u, _ in s3.list_objects(bucket_url + "/"))
 
 
+@contextlib.contextmanager
+def api_calls():
+    """Every S3 API call the current client makes meanwhile: (operation, thread name)."""
+    calls: list[tuple[str, str]] = []
+
+    def hook(model, **_):
+        calls.append((model.name, threading.current_thread().name))
+
+    events = s3.client().meta.events
+    events.register("before-call.s3", hook)
+    try:
+        yield calls
+    finally:
+        events.unregister("before-call.s3", hook)
+
+
 def test_upload_is_atomic_and_multipart_above_the_threshold(s3_env, tmp_path, monkeypatch):
+    """One PUT below the threshold (S3 commits a PUT whole: no temporary key, no copy), a
+    multipart upload above it (committed whole by CompleteMultipartUpload); both return the
+    ETag the listing shows."""
     monkeypatch.setenv("MOFI_S3_MULTIPART_MB", "5")
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(range(256)) * (12 * 4096))  # 12 MiB: three 5 MiB parts
-    s3.upload(big, f"{s3_env}/out/big.bin")
+    with api_calls() as calls:
+        etag = s3.upload(big, f"{s3_env}/out/big.bin")
     assert s3.read_bytes(f"{s3_env}/out/big.bin") == big.read_bytes()
     # a multipart object's ETag is "<md5 of part md5s>-<parts>"
-    assert s3.head(f"{s3_env}/out/big.bin")["ETag"].strip('"').endswith("-3")
-    assert _objects(s3_env) == [f"{s3_env}/out/big.bin"]  # no temporary key left
-    s3.write_bytes(f"{s3_env}/out/small.json", b"{}")
+    assert etag.endswith("-3") and s3.head(f"{s3_env}/out/big.bin")["ETag"] == f'"{etag}"'
+    ops = [op for op, _ in calls]
+    assert ops.count("UploadPart") == 3 and ops.count("CompleteMultipartUpload") == 1
+    assert "CopyObject" not in ops and "DeleteObject" not in ops
+
+    small = tmp_path / "small.bin"
+    small.write_bytes(b"x" * 1000)
+    with api_calls() as calls:
+        etag = s3.upload(small, f"{s3_env}/out/small.bin")
+    assert [op for op, _ in calls] == ["PutObject"]
+    assert etag == hashlib.md5(small.read_bytes()).hexdigest()  # a one-PUT object's ETag
+    assert _objects(s3_env) == [f"{s3_env}/out/big.bin", f"{s3_env}/out/small.bin"]
+    assert s3.write_bytes(f"{s3_env}/out/small.json", b"{}") == hashlib.md5(b"{}").hexdigest()
     assert s3.exists(f"{s3_env}/out/small.json") and not s3.exists(f"{s3_env}/out/nope")
+    listed = {u: (size, etag) for u, size, etag in s3.list_objects_etag(f"{s3_env}/out/")}
+    assert listed[f"{s3_env}/out/small.bin"] == (1000, etag)
+
+
+def test_deletes_go_1000_keys_per_request_and_transfers_run_in_parallel(s3_env, monkeypatch):
+    monkeypatch.setenv("MOFI_S3_CONCURRENCY", "8")
+    urls = [f"{s3_env}/many/{i:05d}" for i in range(1001)]
+    with api_calls() as calls:
+        s3.map_parallel(lambda u: s3.write_bytes(u, b"x"), urls)
+    assert len({thread for _, thread in calls}) > 1
+    assert len(_objects(s3_env)) == 1001
+    with api_calls() as calls:
+        assert s3.delete_many([*urls, f"{s3_env}/many/already-gone"]) == 1002
+    assert [op for op, _ in calls] == ["DeleteObjects", "DeleteObjects"]
+    assert _objects(s3_env) == []
+    monkeypatch.setenv("MOFI_S3_CONCURRENCY", "0")
+    with pytest.raises(ValueError, match="MOFI_S3_CONCURRENCY=0 must be at least 1"):
+        s3.map_parallel(len, ["a", "b"])
+
+
+def test_map_parallel_raises_the_first_failure_and_starts_nothing_after_it(monkeypatch):
+    monkeypatch.setenv("MOFI_S3_CONCURRENCY", "2")
+    started = []
+
+    def work(i):
+        started.append(i)
+        if i == 0:
+            raise s3.S3Unavailable("boom")
+        time.sleep(0.05)
+        return i
+
+    with pytest.raises(s3.S3Unavailable, match="boom"):
+        s3.map_parallel(work, range(50))
+    assert len(started) < 50
+    assert s3.map_parallel(lambda i: i * 2, range(5)) == [0, 2, 4, 6, 8]
+
+
+def test_create_bucket_is_idempotent(s3_server, s3_env):
+    url = f"s3://mofi-new-{uuid.uuid4().hex[:8]}/some/prefix"
+    assert s3.create_bucket(url) is True
+    assert s3.create_bucket(url) is False  # there, and ours
+    s3.write_bytes(f"{url}/x", b"1")
+    assert _objects(url.rsplit("/", 2)[0]) == [f"{url}/x"]
 
 
 def test_errors_name_the_object_and_what_to_do(s3_env, monkeypatch):
@@ -40,6 +119,32 @@ def test_errors_name_the_object_and_what_to_do(s3_env, monkeypatch):
     assert "wrong-secret" not in str(err.value)
     with pytest.raises(s3.S3Error, match="check the credentials"):  # not "missing"
         s3.exists(f"{s3_env}/missing.tar")
+
+
+def test_errors_say_whether_the_data_or_the_store_is_at_fault(s3_env, monkeypatch):
+    """A missing object is a fact about the data; a refused key, a missing key or a dead
+    endpoint is a fault of the store, which callers must never count as bad data."""
+    with pytest.raises(s3.S3NotFound):
+        s3.head(f"{s3_env}/missing.tar")
+    with pytest.raises(s3.S3NotFound, match="create the bucket"):
+        list(s3.list_objects("s3://mofi-no-such-bucket-here/x/"))
+    with monkeypatch.context() as env:
+        env.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+        with pytest.raises(s3.S3AccessDenied, match="check the credentials"):
+            s3.head(f"{s3_env}/missing.tar")
+    with monkeypatch.context() as env:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            env.delenv(key)
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        env.setenv("AWS_CONFIG_FILE", "/nonexistent")
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        with pytest.raises(s3.S3AccessDenied, match=r"AWS_ACCESS_KEY_ID.*Dask worker"):
+            s3.head(f"{s3_env}/missing.tar")
+    with monkeypatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
+        env.setenv("MOFI_S3_MAX_ATTEMPTS", "2")
+        with pytest.raises(s3.S3Unavailable, match=r"127\.0\.0\.1.*S3 server is up"):
+            s3.head(f"{s3_env}/missing.tar")
 
 
 def test_a_changed_object_is_not_mixed_into_a_resumed_read(s3_env):

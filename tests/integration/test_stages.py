@@ -32,7 +32,9 @@ def chain(tiny_world, tmp_path_factory):
         (corpus / shard.name).symlink_to(shard)
     names = [e["name"] for e in pq.read_table(layout.kb, columns=["name"]).to_pylist()]
     plan = write_fault_shards(corpus, [f"{n} on a sunny day" for n in names], prefix="00001")
-    out = {"ingest": ingest(corpus, layout.ingest, params.ingest).metrics(), "faults": plan}
+    # three of its shards are unreadable; each counts as a typical shard's samples, lost
+    lenient = params.ingest.model_copy(update={"max_reject_fraction": 0.9})
+    out = {"ingest": ingest(corpus, layout.ingest, lenient).metrics(), "faults": plan}
     out["ner"] = run_ner(layout.ingest, layout.kb, layout.ner, params.ner)
     out["baseline"] = train_model(layout.ingest, layout.baseline_model, params.baseline,
                                  lambda s, r: None)
@@ -57,7 +59,10 @@ def test_ingest_keeps_every_good_sample_among_broken_shards(chain):
     assert 0 < blank < 0.2 * c.num_entities * c.images_per_entity
     assert out["ingest"]["samples_kept"] == (c.num_entities * c.images_per_entity - blank
                                              + len(plan.kept))
-    assert out["ingest"]["samples_rejected"] == blank + len(plan.rejected)
+    lost_shards = sum(key == "*" for key, _ in plan.rejected)  # counted apart, as estimates
+    assert out["ingest"]["samples_rejected"] == blank + len(plan.rejected) - lost_shards
+    assert out["ingest"]["shards_unreadable"] == lost_shards > 0
+    assert out["ingest"]["samples_lost_estimate"] >= lost_shards
     kept = set(pq.read_table(layout.ingest / "manifest.parquet", columns=["key"])["key"]
                .to_pylist())
     assert {k for k, _ in plan.kept} <= kept

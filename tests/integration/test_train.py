@@ -259,34 +259,46 @@ def test_grad_accumulation_and_checkpointing_give_the_same_gradient(truth_i2e):
             torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6, msg=f"{name} {k}")
 
 
-def _project_for_train(truth_i2e, tmp_path, checkpoint_every):
+def _project_for_train(truth_i2e, tmp_path, checkpoint_every, dvc=False):
     """A project folder holding just what ``mofi train`` reads: I2E, KB, params (4 steps,
-    sharded head)."""
+    sharded head). With ``dvc``, a copy of the whole project (git + DVC) with those files and
+    params.yaml changed only in its train sections."""
     import shutil
 
     import yaml
 
-    layout, _, i2e = truth_i2e
-    root = tmp_path / "proj"
-    shutil.copytree(i2e, root / "data" / "i2e")
-    (root / "data" / "corpus").mkdir()
-    shutil.copy(layout.kb, root / "data" / "corpus" / "kb.parquet")
+    from flows.pipeline import write_overrides
     from mofi_core.config import TrainConfig
+    from mofi_core.gate import i2e_identity
+    from mofi_core.io.atomic import write_json
+    from tests.conftest import copy_project
 
+    layout, _, i2e = truth_i2e
+    root = copy_project(tmp_path / "proj") if dvc else tmp_path / "proj"
+    shutil.copytree(i2e, root / "data" / "i2e")
+    (root / "data" / "corpus").mkdir(exist_ok=True)
+    shutil.copy(layout.kb, root / "data" / "corpus" / "kb.parquet")
     train = {**RESUME, "steps": 4, "checkpoint_every": checkpoint_every, "num_workers": 0,
              "log_every": 2, "shard_head": True}
     runtime = {k: train.pop(k) for k in list(train) if k in TrainConfig.RUNTIME}
     # what the validate stage records when this data passed (train refuses data without it)
-    from mofi_core.gate import i2e_identity
-    from mofi_core.io.atomic import write_json
-
     write_json(root / "reports" / "validate.json",
                {"summary": {"success": True, "failed": 0},
                 "checked": i2e_identity(root / "data" / "i2e"), "results": []})
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": train,
-                                                      "runtime": {"train": runtime}}),
-                                      encoding="utf-8")
+    if dvc:
+        write_overrides(root / "params.yaml",
+                        {**{f"train.{k}": v for k, v in train.items()},
+                         **{f"runtime.train.{k}": v for k, v in runtime.items()}})
+    else:
+        (root / "params.yaml").write_text(yaml.safe_dump({"train": train,
+                                                          "runtime": {"train": runtime}}),
+                                          encoding="utf-8")
     return root
+
+
+def final_loss_lines(output: str, stage: str = "train") -> list[str]:
+    """The stage command's summary line (``train: final_loss=..., steps=...``)."""
+    return [line for line in output.splitlines() if line.startswith(f"{stage}: final_loss=")]
 
 
 def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
@@ -307,6 +319,7 @@ def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
     assert lines[0].startswith("step,") and "loss" in lines[0].split(",") and len(lines) == 3
     ckpt = checkpoint.latest_any(root / ".mofi" / "state" / "train" / "checkpoints")
     assert ckpt.step == 4
+    assert len(final_loss_lines(done.stdout)) == 1, done.stdout[-3000:]  # rank 0's only
 
 
 def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
@@ -330,6 +343,51 @@ def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
     assert sorted(p.name for p in ckpt.path.glob("rank-*.safetensors")) == [
         "rank-00000.safetensors", "rank-00001.safetensors"]
     assert load_model(root / "models" / "mofi")[1].recipe == "multitask"
+    # global rank 0 runs on node 0: its final loss is the only one printed
+    assert [len(final_loss_lines(o)) for o in outs] == [1, 0], outs[1][-2000:]
+
+
+def test_launch_script_records_the_torchrun_model_in_dvc_lock(truth_i2e, tmp_path):
+    """`infra/torchrun-train.sh train` in a DVC project, as the README runs it: 2 gloo processes
+    train, only rank 0 prints the final loss, then node 0 runs `dvc commit --force train`, so
+    dvc.lock names the model on disk and `dvc repro` has nothing to redo (it would otherwise
+    restore the model of the lock)."""
+    import hashlib
+
+    import yaml
+
+    root = _project_for_train(truth_i2e, tmp_path, checkpoint_every=4, dvc=True)
+    script = Path(__file__).resolve().parents[2] / "infra" / "torchrun-train.sh"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NPROC_PER_NODE": "2",
+           "MASTER_PORT": str(free_port()),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def dvc_status() -> dict:
+        status = subprocess.run(["dvc", "status", "train", "--json"], cwd=root, env=env,
+                                capture_output=True, text=True, timeout=300)
+        assert status.returncode == 0, status.stderr[-2000:]
+        return json.loads(status.stdout)
+
+    assert dvc_status() != {}  # dvc.lock does not name this stage's result yet
+    done = subprocess.run(["bash", str(script), "train"], cwd=root, env=env, timeout=600,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert "dvc commit --force train: dvc.lock now names the model" in done.stdout
+    assert dvc_status() == {}  # nothing for `dvc repro` to redo or restore
+    outs = {o["path"]: o for o in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+            ["train"]["outs"]}
+
+    def md5(path: Path) -> str:
+        return hashlib.md5(path.read_bytes()).hexdigest()
+
+    digest = outs["models/mofi"]["md5"]
+    listing = root / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
+    locked = {e["relpath"]: e["md5"] for e in json.loads(listing.read_text())}
+    model = root / "models" / "mofi"
+    assert locked == {p.relative_to(model).as_posix(): md5(p)
+                      for p in model.rglob("*") if p.is_file()}
+    assert outs["metrics/train.json"]["md5"] == md5(root / "metrics" / "train.json")
+    assert len(final_loss_lines(done.stdout)) == 1, done.stdout[-3000:]  # rank 0's only
 
 
 def test_two_nodes_without_a_shared_folder_checkpoint_to_s3_and_resume(truth_i2e, tmp_path,

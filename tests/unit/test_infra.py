@@ -10,8 +10,11 @@ instead of passing quietly.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -465,6 +468,26 @@ def container_argv(container: dict) -> list[str]:
     return words
 
 
+K8S_REF = re.compile(r"(?<!\$)\$\(([A-Za-z_][A-Za-z0-9_]*)\)")  # $(VAR); $$(VAR) is literal
+LAUNCH_SCRIPT = INFRA / "torchrun-train.sh"
+IMAGE_REPO = "/opt/mofi"  # where infra/Dockerfile copies the repository
+
+
+def script_launch(argv: list[str], container: dict) -> list[str] | None:
+    """The torchrun command line that infra/torchrun-train.sh builds from the container's
+    environment (None when the container does not run the script)."""
+    if not argv or Path(argv[0]).name != LAUNCH_SCRIPT.name:
+        return None
+    names = {e["name"] for e in container.get("env") or []}
+    rendezvous = (["--rdzv-backend=c10d", "--rdzv-endpoint=$(RDZV_ENDPOINT)",
+                   "--rdzv-id=$(RDZV_ID)", "--max-restarts=$(MAX_RESTARTS)"]
+                  if "RDZV_ENDPOINT" in names else
+                  ["--master-addr=$(MASTER_ADDR)", "--master-port=$(MASTER_PORT)"])
+    return ["torchrun", "--nnodes=$(NNODES)", "--nproc-per-node=$(NPROC_PER_NODE)",
+            "--node-rank=$(NODE_RANK)", *rendezvous, "--no-python", "mofi",
+            *(argv[1:] or ["train"])]
+
+
 def expand(value: str, container: dict) -> str:
     """Kubernetes' ``$(VAR)`` (and a shell's ``${VAR}``) with the container's literal env."""
     env = {e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e}
@@ -555,6 +578,26 @@ def check_k8s_references(docs: list[dict]) -> Problems:
                        if "configMapKeyRef" in (e.get("valueFrom") or {})]
         out += [f"{doc_label(doc)}: uses {kind} {name!r}, which no file in infra/k8s defines"
                 for kind, name in wanted if (kind, name) not in defined]
+        out += env_order_problems(doc, docs)
+    return out
+
+
+def env_order_problems(doc: dict, docs: list[dict]) -> Problems:
+    """Kubernetes expands ``$(VAR)`` in an env value only from the envFrom sources and the
+    entries *before* it; any other reference stays literal text."""
+    config = {d["metadata"]["name"]: set(d.get("data") or {}) for d in docs
+              if d.get("kind") == "ConfigMap"}
+    out = []
+    for c in pod_containers(doc):
+        known = {k for src in c.get("envFrom") or [] if "configMapRef" in src
+                 for k in config.get(src["configMapRef"]["name"], ())}
+        for e in c.get("env") or []:
+            for ref in K8S_REF.findall(str(e.get("value", ""))):
+                if ref not in known:
+                    out.append(f"{doc_label(doc)} container {c.get('name')!r}: env {e['name']} "
+                               f"refers to $({ref}), which is not defined before it (it would "
+                               "stay literal text)")
+            known.add(e["name"])
     return out
 
 
@@ -608,10 +651,16 @@ def check_k8s_train_job(docs: list[dict]) -> Problems:
         if spec.get("parallelism") != completions:
             out.append(f"{label}: parallelism {spec.get('parallelism')} != completions "
                        f"{completions}: not every node starts at once")
-        runs = [(c, container_argv(c)) for c in pod.get("containers") or []]
-        runs = [(c, argv[argv.index("torchrun"):]) for c, argv in runs if "torchrun" in argv]
+        runs = []
+        for c in pod.get("containers") or []:
+            argv = container_argv(c)
+            launch = script_launch(argv, c)
+            if launch is None and "torchrun" in argv:
+                launch = argv[argv.index("torchrun"):]
+            if launch is not None:
+                runs.append((c, [expand(w, c) for w in launch]))
         if not runs:
-            out.append(f"{label}: no container runs torchrun")
+            out.append(f"{label}: no container runs torchrun or {LAUNCH_SCRIPT.name}")
             continue
         for c, argv in runs:
             where = f"{label} container {c.get('name')!r}"
@@ -636,7 +685,7 @@ def check_k8s_train_job(docs: list[dict]) -> Problems:
             if backend == "static":
                 host = option(argv, "--master-addr") or ""
                 port = option(argv, "--master-port") or ""
-                if "JOB_COMPLETION_INDEX" not in (option(argv, "--node-rank") or ""):
+                if "$(JOB_COMPLETION_INDEX)" not in (option(argv, "--node-rank") or ""):
                     out.append(f"{where}: static rendezvous without "
                                "--node-rank=$(JOB_COMPLETION_INDEX)")
             else:
@@ -844,6 +893,136 @@ def test_k8s_train_job():
     assert not problems, "\n".join(problems)
 
 
+def test_k8s_train_job_runs_the_launch_script(k8s_docs):
+    """The Job's pods run infra/torchrun-train.sh, which pulls the inputs under a storage root
+    and records the result in dvc.lock, not torchrun directly; the rendezvous is in the env."""
+    (job,) = [d for d in load_k8s(TRAIN_K8S) if d.get("kind") == "Job"]
+    (train,) = [c for c in pod_spec(job)["containers"] if c["name"] == "train"]
+    argv = container_argv(train)
+    assert argv == [f"{IMAGE_REPO}/infra/{LAUNCH_SCRIPT.name}", "train"], argv
+    env = {e["name"]: e for e in train["env"]}
+    index_field = env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index_field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert env["NODE_RANK"]["value"] == "$(JOB_COMPLETION_INDEX)"
+    assert env["RDZV_ID"]["value"] == "$(JOB_UID)"
+    assert "controller-uid" in env["JOB_UID"]["valueFrom"]["fieldRef"]["fieldPath"]
+    subdomain = pod_spec(job)["subdomain"]
+    assert env["RDZV_ENDPOINT"]["value"] == f"{job['metadata']['name']}-0.{subdomain}:29500"
+    assert int(env["MAX_RESTARTS"]["value"]) > 0
+    assert not env_order_problems(job, k8s_docs)  # $(...) refers only to earlier entries
+    script = LAUNCH_SCRIPT.read_text(encoding="utf-8")
+    for name in ("NNODES", "NPROC_PER_NODE", "NODE_RANK", "RDZV_ENDPOINT", "RDZV_ID",
+                 "MAX_RESTARTS"):
+        assert name in env, f"the Job does not set {name}"
+        assert re.search(rf"\$\{{{name}\b", script), f"{LAUNCH_SCRIPT.name} does not read {name}"
+    # the image holds the script at that path, executable
+    copies = [args.split() for word, args in
+              dockerfile_instructions(DOCKERFILE.read_text(encoding="utf-8")) if word == "COPY"]
+    assert [".", IMAGE_REPO] in copies, f"infra/Dockerfile does not COPY . {IMAGE_REPO}"
+    ignored = [line for line in (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith(("#", "!"))]
+    rel = LAUNCH_SCRIPT.relative_to(ROOT)
+    hits = [pat for pat in ignored for part in (rel, *rel.parents[:-1])
+            if part.match(pat.strip().strip("/"))]
+    assert not hits, f"infra/Dockerfile.dockerignore leaves {rel} out of the image: {hits}"
+    assert os.access(LAUNCH_SCRIPT, os.X_OK), f"{rel} is not executable"
+
+
+FAKE_TOOL = """#!/usr/bin/env bash
+echo "$(basename "$0") $* @ $PWD" >> "$FAKE_LOG"
+[[ "$(basename "$0")" != "${FAKE_FAIL:-}" ]]
+"""
+
+
+def run_launch_script(tmp_path: Path, args: list[str], env: dict[str, str], cwd: Path,
+                      tools: tuple[str, ...] = ("mofi", "torchrun", "dvc")
+                      ) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """infra/torchrun-train.sh with stand-ins for ``tools`` that log their argv
+    (FAKE_FAIL=<tool> makes that one fail)."""
+    bin_dir = tmp_path / "bin"
+    shutil.rmtree(bin_dir, ignore_errors=True)
+    bin_dir.mkdir()
+    for tool in tools:
+        (bin_dir / tool).write_text(FAKE_TOOL, encoding="utf-8")
+        (bin_dir / tool).chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.unlink(missing_ok=True)
+    done = subprocess.run(["bash", str(LAUNCH_SCRIPT), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60,
+                          env={"PATH": f"{bin_dir}{os.pathsep}/usr/bin:/bin",
+                               "FAKE_LOG": str(log), "NPROC_PER_NODE": "3", **env})
+    return done, log.read_text().splitlines() if log.is_file() else []
+
+
+def test_launch_script_rendezvous_and_dvc_commit(tmp_path):
+    """The launch line for both rendezvous modes, and what follows a successful launch: node 0
+    of a DVC project runs `dvc commit --force <stage>` there, every other case says why not."""
+    proj = tmp_path / "proj"
+    (proj / ".dvc").mkdir(parents=True)
+    (proj / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
+
+    done, calls = run_launch_script(tmp_path, ["train"], {"RDZV_ENDPOINT": "pod-0.svc:29500",
+                                                          "RDZV_ID": "job-1"}, proj)
+    assert done.returncode == 0, done.stderr
+    assert calls == [
+        f"mofi storage pull train --if-configured @ {proj}",
+        "torchrun --nnodes=1 --node-rank=0 --nproc-per-node=3 --rdzv-backend=c10d "
+        "--rdzv-endpoint=pod-0.svc:29500 --rdzv-id=job-1 --max-restarts=0 --no-python mofi "
+        f"train @ {proj}",
+        f"dvc commit --force --quiet train @ {proj}"]
+    assert done.stderr.splitlines()[-1] == ("torchrun-train: dvc commit --force train: dvc.lock "
+                                            "now names the model torchrun wrote")
+
+    static = {"NNODES": "2", "MASTER_ADDR": "node0", "MASTER_PORT": "1234"}
+    done, calls = run_launch_script(tmp_path, ["baseline", "--root", str(proj)],
+                                    {**static, "NODE_RANK": "1"}, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert calls[1] == ("torchrun --nnodes=2 --node-rank=1 --nproc-per-node=3 "
+                        "--master-addr=node0 --master-port=1234 --no-python mofi baseline "
+                        f"--root {proj} @ {tmp_path}")
+    assert done.stderr.splitlines()[-1] == "torchrun-train: dvc.lock not updated: node 0 does it"
+
+    skips = [(["train"], {"MOFI_DVC_COMMIT": "0"}, proj, "MOFI_DVC_COMMIT=0"),
+             (["train", "-S", "train.steps=2"], {}, proj, "the run used --set overrides"),
+             (["train", f"--params={tmp_path}/other.yaml"], {}, proj,
+              f"the run read {tmp_path}/other.yaml, not {proj}/params.yaml"),
+             (["train", "--root", str(proj)], {}, tmp_path,  # reads ./params.yaml
+              f"the run read {tmp_path}/params.yaml, not {proj}/params.yaml"),
+             (["train"], {}, tmp_path, f"{tmp_path} is not a DVC project")]
+    for args, env, cwd, why in skips:
+        done, calls = run_launch_script(tmp_path, args, env, cwd)
+        assert done.returncode == 0 and len(calls) == 2, (args, done.stderr)
+        assert "-S" not in calls[0], calls[0]  # the pull takes --root/--params only
+        last = done.stderr.splitlines()[-1]
+        assert last.startswith(f"torchrun-train: dvc.lock not updated: {why}"), (args, last)
+    done, _ = run_launch_script(tmp_path, ["train"], {}, proj, tools=("mofi", "torchrun"))
+    assert done.stderr.splitlines()[-1].endswith("dvc.lock not updated: dvc is not on PATH")
+    # --root and --params naming the project's own params.yaml: committed there
+    done, calls = run_launch_script(tmp_path, ["train", "--root", str(proj), "--params",
+                                               str(proj / "params.yaml")], {}, tmp_path)
+    assert calls[0] == (f"mofi storage pull train --if-configured --root {proj} --params "
+                        f"{proj}/params.yaml @ {tmp_path}")
+    assert calls[-1] == f"dvc commit --force --quiet train @ {proj}", done.stderr
+
+
+def test_launch_script_failures_are_one_line(tmp_path):
+    proj = tmp_path / "proj"
+    (proj / ".dvc").mkdir(parents=True)
+    (proj / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
+    done, calls = run_launch_script(tmp_path, ["train"], {"RDZV_ENDPOINT": "h:1"}, proj)
+    assert done.returncode == 2 and calls == []
+    assert "RDZV_ENDPOINT is set but RDZV_ID is not" in done.stderr
+    done, calls = run_launch_script(tmp_path, ["train"], {"FAKE_FAIL": "torchrun"}, proj)
+    assert done.returncode == 1 and not any(c.startswith("dvc") for c in calls)
+    done, calls = run_launch_script(tmp_path, ["train"], {"FAKE_FAIL": "dvc"}, proj)
+    assert done.returncode == 1 and calls[-1].startswith("dvc commit")
+    assert done.stderr.splitlines()[-1] == (
+        "torchrun-train: dvc commit --force train failed (see above): the model is in place; "
+        f"run that command in {proj}")
+    done, _ = run_launch_script(tmp_path, ["evaluate"], {}, proj)
+    assert done.returncode == 2 and "usage:" in done.stderr
+
+
 # --------------------------------------------------------------------------------------------
 # every rule reports what it is there for
 # --------------------------------------------------------------------------------------------
@@ -1029,7 +1208,8 @@ spec:
           command: ["torchrun", "--nnodes=$(NNODES)", "--nproc-per-node=4",
                     "--rdzv-backend=c10d", "--rdzv-endpoint=train-0.nowhere:29500",
                     "--no-python", "mofi", "evaluate"]
-          env: [{name: NNODES, value: "4"}, {name: OMP_NUM_THREADS, value: 8}]
+          env: [{name: NNODES, value: "4"}, {name: OMP_NUM_THREADS, value: 8},
+                {name: NODE_RANK, value: "$(JOB_COMPLETION_INDEX)"}]
           resources: {requests: {nvidia.com/gpu: 4}, limits: {nvidia.com/gpu: 8}}
 ---
 apiVersion: batch/v1
@@ -1049,6 +1229,25 @@ spec:
           command: ["torchrun", "--nnodes=2", "--nproc-per-node=8", "--node-rank=0",
                     "--master-addr=static-0.train-headless", "--master-port=1234",
                     "--no-python", "mofi", "train"]
+          resources: {limits: {nvidia.com/gpu: 8}}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: script}
+spec:
+  completionMode: Indexed
+  completions: 2
+  parallelism: 2
+  template:
+    metadata: {labels: {app: something-else}}
+    spec:
+      subdomain: train-headless
+      containers:
+        - name: train
+          image: mofi:0.1.0
+          command: ["/opt/mofi/infra/torchrun-train.sh", "train"]
+          env: [{name: NNODES, value: "2"}, {name: NPROC_PER_NODE, value: "8"},
+                {name: RDZV_ENDPOINT, value: "script-1.train-headless:29500"}]
           resources: {limits: {nvidia.com/gpu: 8}}
 """
 
@@ -1082,6 +1281,8 @@ BAD_K8S_CASES = [
     ("train", ["Job/static", "subdomain 'other'"]),
     ("train", ["Job/static", "does not select"]),
     ("train", ["Job/static", "port '1234'"]),
+    ("train", ["Job/script", "'script-1.train-headless' is not pod 0"]),
+    ("references", ["Job/train", "env NODE_RANK", "$(JOB_COMPLETION_INDEX)", "not defined"]),
 ]
 ALL_K8S_RULES = {**K8S_RULES, "worker": check_k8s_worker, "train": check_k8s_train_job}
 

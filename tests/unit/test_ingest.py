@@ -90,7 +90,8 @@ def test_ingest_keeps_every_good_sample_and_lists_every_bad_one(tmp_path):
                for s in iter_samples(shard)]
     assert sorted(written) == sorted(by_key)
     assert {r["shard"] for r in manifest} == {"00000.tar", "00001.tar", "00002.tar"}
-    assert result.metrics()["samples_rejected"] == 5
+    # four rejected samples; the unreadable shard is counted apart (as its estimated samples)
+    assert (result.metrics()["samples_rejected"], result.metrics()["shards_unreadable"]) == (4, 1)
 
 
 def test_too_many_rejections_fail_loudly_after_publishing_the_rejects(tmp_path):
@@ -124,7 +125,9 @@ def test_every_fault_is_a_listed_rejection_and_every_good_sample_is_kept(tmp_pat
     assert set(got) == set(plan.rejected)
     for where, fragment in plan.rejected.items():
         assert fragment in got[where], (where, got[where])
-    assert result.kept == len(plan.kept) and result.rejected == len(plan.rejected)
+    lost_shards = sum(key == "*" for key, _ in plan.rejected)
+    assert result.kept == len(plan.kept) and result.shards_unreadable == lost_shards
+    assert result.rejected == len(plan.rejected) - lost_shards
     assert len(plan.faults) >= 30
     # members are read, never extracted: nothing appeared outside the output folder
     assert not Path("/var/mofi-absolute.jpg").exists()

@@ -6,15 +6,16 @@ import http.server
 import io
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from mofi_core.config import IngestConfig
-from mofi_core.curate.ingest import ingest
+from mofi_core.curate.ingest import RejectRateError, ingest
 from mofi_core.io.shards import ShardWriter
-from mofi_core.io.sources import SourceError, expand_sources
+from mofi_core.io.sources import SourceError, TransportError, expand_sources
 
 
 def _jpg(shade: int) -> bytes:
@@ -156,3 +157,116 @@ def test_duplicate_images_across_shards_point_to_the_first(tmp_path):
             for r in pq.read_table(tmp_path / "out" / "manifest.parquet").to_pylist()}
     assert rows == {"k0": None, "u0": None, "k1": "k0", "u1": None}
     assert result.duplicates == 1
+
+
+class _FlakyHandler(_QuietHandler):
+    """Answers 503 to the first ``failures`` GETs of each path, then serves the file."""
+
+    failures = 0
+    seen: ClassVar[dict[str, int]] = {}  # per server: each test makes its own subclass
+
+    def do_GET(self) -> None:
+        n = self.seen[self.path] = self.seen.get(self.path, 0) + 1
+        if n <= self.failures:
+            self.send_error(503, "Service Unavailable")
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def flaky_http(tmp_path):
+    """An HTTP server on 127.0.0.1 whose first answers per path are 503s."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    def serve(failures: int) -> str:
+        handler = type("H", (_FlakyHandler,), {"failures": failures, "seen": {}})
+        server = http.server.ThreadingHTTPServer(
+            ("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    servers: list = []
+    yield root, serve
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+FAST = {"fetch_backoff_s": 0.01, "max_reject_fraction": 0.9}
+
+
+def test_a_failing_server_is_retried_and_the_output_equals_the_local_run(tmp_path, flaky_http):
+    www, serve = flaky_http
+    shards = _shards(www)
+    base = serve(failures=2)  # two 503s per shard, the third try gets it
+    local = ingest([str(p) for p in shards], tmp_path / "local", IngestConfig())
+    remote = ingest([f"{base}/{p.name}" for p in shards], tmp_path / "remote",
+                    IngestConfig(fetch_attempts=3, **FAST))
+    assert (local.kept, remote.kept, remote.rejected) == (12, 12, 0)
+    assert _tree_digest(tmp_path / "local") == _tree_digest(tmp_path / "remote")
+
+
+def test_a_server_that_stays_down_fails_the_stage_and_marks_nothing_done(tmp_path,
+                                                                         flaky_http):
+    """A transport failure is never a rejected shard: the run stops naming the shard and what
+    to check, the shards before it are done and kept, the failed one has no record and no
+    output, and nothing partial is left in the output folder."""
+    www, serve = flaky_http
+    shards = _shards(www)
+    good, bad = serve(failures=0), serve(failures=99)
+    sources = [f"{good}/{shards[0].name}", f"{bad}/{shards[1].name}", f"{good}/{shards[2].name}"]
+    out, state, scratch = tmp_path / "out", tmp_path / "state", tmp_path / "scratch"
+    with pytest.raises(TransportError, match=r"shard 00001 .*00001\.tar.*3 attempt\(s\).*"
+                                             r"HTTP 503.*re-run the stage") as err:
+        ingest(sources, out, IngestConfig(fetch_attempts=3, workers=1, **FAST),
+               state_dir=state, scratch=scratch)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in state.glob("*.json")) == ["00000.json"]
+    assert not (out / "shards" / "00001.tar").exists()
+    assert not (out / "rejects.parquet").exists()
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
+        "00000.manifest.parquet", "00000.rejects.parquet", "00000.tar"]
+    assert not list(scratch.glob("*"))
+    # the server is back: the re-run redoes only the failed shard onwards; same bytes as clean
+    sources[1] = f"{good}/{shards[1].name}"
+    rerun = ingest(sources, out, IngestConfig(fetch_attempts=3, workers=1, **FAST),
+                   state_dir=state, scratch=scratch)
+    clean = ingest([str(p) for p in shards], tmp_path / "clean", IngestConfig())
+    assert rerun.shards_skipped == 1
+    assert _tree_digest(out) == _tree_digest(tmp_path / "clean")
+    assert rerun.metrics() == clean.metrics()
+
+
+def test_a_shard_that_is_not_there_is_data_and_counts_as_the_samples_it_held(tmp_path,
+                                                                            flaky_http):
+    """404 is a fact about the corpus: one listed rejection, counted in the reject gate as a
+    typical shard's worth of samples (not as one row)."""
+    www, serve = flaky_http
+    shards = _shards(www, n=4, per=5)
+    base = serve(failures=0)
+    sources = [f"{base}/{p.name}" for p in shards[:3]] + [f"{base}/gone.tar"]
+    result = ingest(sources, tmp_path / "out", IngestConfig(**FAST))
+    m = result.metrics()
+    assert (m["samples_kept"], m["samples_rejected"], m["shards_unreadable"],
+            m["samples_lost_estimate"], m["samples_in"]) == (15, 0, 1, 5, 20)
+    assert m["reject_fraction"] == pytest.approx(0.25)
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert [(r["key"], r["shard"]) for r in rejects] == [("*", "gone.tar")]
+    with pytest.raises(RejectRateError, match=r"25\.0%.*1 unreadable shard\(s\) counted as ~5"):
+        ingest(sources, tmp_path / "out2", IngestConfig(**{**FAST, "max_reject_fraction": 0.2}))
+
+
+def test_a_truncated_shard_counts_what_it_lost_beyond_what_was_read(tmp_path):
+    shards = _shards(tmp_path / "in", n=3, per=6)
+    data = shards[2].read_bytes()
+    shards[2].write_bytes(data[: len(data) // 2])  # about half of its samples survive
+    result = ingest([str(p) for p in shards], tmp_path / "out", IngestConfig(**FAST))
+    m = result.metrics()
+    kept_from_cut = m["samples_kept"] - 12
+    assert 0 < kept_from_cut < 6
+    assert m["shards_unreadable"] == 1
+    # the cut sample (if any) is a listed rejection; the rest is the estimate
+    assert m["samples_in"] == 18
+    assert m["samples_lost_estimate"] == 6 - kept_from_cut - m["samples_rejected"]
