@@ -7,7 +7,7 @@
 Parts:
 - ``ratios``: each stage against its raw baseline in the same process, median of >= 5 repeats
   (bench_ingest, bench_ner, bench_score with the demo's mofi-tiny and with ViT-B-32,
-  bench_train, bench_retrieval, bench_world);
+  bench_train, bench_retrieval, bench_world, bench_publish against a loopback S3 server);
 - ``demo``: the whole pipeline (the Prefect flow over ``dvc repro``, as ``make demo``) in a
   fresh copy of the project, with each stage's time;
 - ``scaling``: time and peak RSS of generate, ingest, ner, score, build and evaluate at 1k, 10k
@@ -56,6 +56,8 @@ RATIOS = (
      ["--images", "4000", "--loop-queries", "400", "--repeats", "5"]),
     ("world", "bench_world.py", ["--sizes", "5000", "--stage-repeats", "5"],
      ["--sizes", "2000", "--stage-repeats", "5"]),
+    ("publish", "bench_publish.py", ["--files", "1000", "--repeats", "5"],
+     ["--files", "300", "--repeats", "5"]),
 )
 
 
