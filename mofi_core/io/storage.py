@@ -49,6 +49,7 @@ import yaml
 
 from mofi_core.io import s3
 from mofi_core.io.atomic import atomic_path, write_json
+from mofi_core.io.hashing import file_digests
 
 MANIFESTS = "_manifests"
 FORMAT = 2  # 2 adds each file's MD5 and ETag and the output's DVC hash
@@ -69,16 +70,6 @@ def is_temporary(rel: str) -> bool:
     download, a write probe): never published, never part of a hash (as in ``.dvcignore``)."""
     return any(".tmp-" in part or part.startswith(TEMPORARY_PREFIXES)
                for part in PurePosixPath(rel).parts)
-
-
-def file_digests(path: Path, chunk: int = 1 << 20) -> tuple[str, str]:
-    """(SHA-256, MD5) of a file, in one read."""
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            sha.update(block)
-            md5.update(block)
-    return sha.hexdigest(), md5.hexdigest()
 
 
 def dvc_hash(md5s: dict[str, str]) -> str:
