@@ -10,7 +10,7 @@ RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTI
        GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
-.PHONY: setup demo test test-crash test-scale test-fast crash bench bench-quick profile lint lock ui clean
+.PHONY: setup demo test test-crash test-scale test-review test-fast crash bench bench-quick profile lint lock ui clean
 
 setup: $(STAMP)
 
@@ -26,11 +26,12 @@ $(STAMP): pyproject.toml requirements.lock
 demo: setup
 	$(RUN) $(BIN)/mofi run
 
-# the kill -9 harness (about 5 min here) and the README's scale-out walkthrough run in CI after
-# make test, as make test-crash and make test-scale
+# the kill -9 harness (about 5 min here), the README's scale-out walkthrough and the review of
+# DVC experiments + registry + lineage run in CI after make test, as make test-crash,
+# make test-scale and make test-review (each several minutes; make test stays under 20)
 test: setup
 	$(BIN)/ruff check mofi_core flows tests benchmarks
-	$(RUN) $(BIN)/pytest -q -m "not crash and not scale"
+	$(RUN) $(BIN)/pytest -q -m "not crash and not scale and not review"
 
 test-crash: setup
 	$(RUN) $(BIN)/pytest -q -m crash
@@ -38,8 +39,11 @@ test-crash: setup
 test-scale: setup
 	$(RUN) $(BIN)/pytest -q -s -m scale
 
+test-review: setup
+	$(RUN) $(BIN)/pytest -q -m review
+
 test-fast: setup
-	$(RUN) $(BIN)/pytest -q -m "not e2e and not crash and not scale"
+	$(RUN) $(BIN)/pytest -q -m "not e2e and not crash and not scale and not review"
 
 # kill -9 at 3 points of every stage of a tiny project; the report lands in reports/crash.json
 crash: setup

@@ -107,7 +107,7 @@ def embed(images: Annotated[list[Path], typer.Argument(help="image files")],
     try:
         vectors = load_encoder(model, root.resolve())(list(images))
     except Exception as err:
-        _fail(err)
+        _fail(_registry_error(err, model, root))
     if out is not None:
         np.save(out, vectors, allow_pickle=False)
         typer.echo(f"wrote {out}: {vectors.shape[0]} x {vectors.shape[1]} float32")
@@ -129,11 +129,64 @@ def search(queries: Annotated[list[Path], typer.Argument(help="query image files
     try:
         results = run_search(load_encoder(model, root.resolve()), list(queries), folder, k)
     except Exception as err:
-        _fail(err)
+        _fail(_registry_error(err, model, root))
     for query, hits in zip(queries, results, strict=True):
         typer.echo(f"{query}")
         for rank, (path, score) in enumerate(hits, 1):
             typer.echo(f"  {rank:>2}. {score:.4f}  {path}")
+
+
+@app.command()
+def promote(version: Annotated[int, typer.Argument(help="model version to make champion")],
+            reason: Annotated[str, typer.Option(help="why (kept as a tag on the version)")],
+            params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
+    """Make a registered version the champion by hand (a rollback, or a choice between
+    versions measured on different benchmarks); the register stage never moves it back."""
+    from mofi_core.config import load_params
+    from mofi_core.registry import promote as run_promote
+
+    try:
+        done = run_promote(version, reason, root.resolve(), load_params(params).section("register"))
+    except Exception as err:
+        _fail(err)
+    typer.echo(f"{done['model_name']}: champion is version {done['champion']} (was "
+               f"{done['previous_champion'] or 'none'}); reason: {done['reason']}")
+
+
+def _registry_error(err: Exception, model: str, root: Path) -> Exception:
+    """A registry lookup that found nothing says where it looked and what to do."""
+    from mofi_core.tracking import NoTrackingStore, registry_hint
+
+    text = str(err)
+    if model.startswith("models:/") and not isinstance(err, NoTrackingStore) and (
+            "RESOURCE_DOES_NOT_EXIST" in text or "not found" in text.lower()):
+        return LookupError(f"{model}: no such registered model or alias; "
+                           f"{registry_hint(root)}")
+    return err
+
+
+@app.command("serve-model")
+def serve_model(model: ModelOpt = "models:/mofi-encoder@champion",
+                host: Annotated[str, typer.Option(
+                    help="bind address; keep loopback unless you mean it")] = "127.0.0.1",
+                port: Annotated[int, typer.Option(help="port")] = 5001,
+                allowed_root: Annotated[Path | None, typer.Option(
+                    help="folder 'path' rows may be read from (default: as registered, "
+                         "image bytes only)")] = None,
+                workers: Annotated[int, typer.Option(help="server processes")] = 1,
+                root: RootOpt = Path(".")) -> None:
+    """Serve the registered encoder over HTTP in this environment (MLflow's scoring protocol:
+    POST /invocations; errors are one line, never a traceback)."""
+    from mofi_core import tracking
+    from mofi_core.serving.app import serve
+
+    try:
+        if model.startswith("models:/"):
+            tracking.configure(root.resolve(), create=False)
+        serve(model, host, port, str(allowed_root.resolve()) if allowed_root else None,
+              workers)
+    except Exception as err:
+        _fail(_registry_error(err, model, root))
 
 
 kb_app = typer.Typer(help="Knowledge-base tools.", no_args_is_help=True)
@@ -182,19 +235,29 @@ def _parse_sets(values: list[str]) -> dict:
 
 @app.command()
 def run(sets: Annotated[list[str], typer.Option(
-            "--set", "-S", help="override a param, e.g. -S train.steps=50 (repeatable)")] = [],  # noqa: B006
+            "--set", "-S", help="override a param for this run only, e.g. -S train.steps=50 "
+                                "(repeatable): params.yaml holds it while the stages run and "
+                                "is put back byte for byte; the run is recorded as a DVC "
+                                "experiment (git projects) and on its MLflow run")] = [],  # noqa: B006
         project_dir: Annotated[Path, typer.Option(help="project folder")] = Path("."),
-        retries: Annotated[int, typer.Option(help="retries of a failed stage")] = 1) -> None:
+        retries: Annotated[int, typer.Option(help="retries of a failed stage")] = 1,
+        max_parallel: Annotated[int | None, typer.Option(
+            help="stages DVC allows in parallel that may run at once (default: 1 on two "
+                 "cores or fewer, else 2)")] = None) -> None:
     """Run the whole pipeline now: Prefect flow 'mofi' over the DVC stages (no server needed)."""
     overrides = _parse_sets(sets)
     from flows.mofi_flow import mofi
 
     try:
         summary = mofi(overrides=overrides, project_dir=str(project_dir.resolve()),
-                       retries=retries)
+                       retries=retries, max_parallel=max_parallel)
     except Exception as err:
         _fail(err)
     _print_summary(summary, project_dir.resolve())
+    if summary.get("mlflow_run"):
+        typer.echo(f"this run in the MLflow UI: {summary['mlflow_run']}")
+    if summary.get("overrides_record"):
+        typer.echo(summary["overrides_record"])
 
 
 def _print_summary(summary: dict, root: Path) -> None:
@@ -328,14 +391,20 @@ def storage_create_bucket(
                    f"(endpoint {s3.endpoint_name()})")
 
 
+SERVE_DEPLOYMENT = "local"  # infra/prefect.yaml deploys `full` (work pool): one name per method
+
+
 @app.command()
 def serve(project_dir: Annotated[Path, typer.Option(help="project folder")] = Path(".")) -> None:
-    """Register deployment 'full' of flow 'mofi' with the Prefect server and serve it
-    (then: prefect deployment run mofi/full)."""
+    """Register deployment 'local' of flow 'mofi' with the Prefect server and run its flow runs
+    here, in this process's checkout (then: prefect deployment run mofi/local). The work-pool
+    deployment of infra/prefect.yaml is 'mofi/full'; a run's -p overrides=... are for that
+    run only."""
     from flows.mofi_flow import mofi
 
-    mofi.serve(name="full", parameters={"project_dir": str(project_dir.resolve())},
-               description="the whole MOFI pipeline over the DVC stages")
+    mofi.serve(name=SERVE_DEPLOYMENT, parameters={"project_dir": str(project_dir.resolve())},
+               description="the whole MOFI pipeline over the DVC stages, served by `mofi "
+                           "serve` from its checkout")
 
 
 # MLflow reads these from the environment too; an explicit flag wins over an inherited value,
@@ -378,14 +447,17 @@ def ui(root: RootOpt = Path("."),
                 "http://127.0.0.1:PORT); never '*' unless you mean any website")] = None,
        ) -> None:
     """Open the MLflow UI on the project's tracking store."""
-    from mofi_core.tracking import configure
+    from mofi_core.tracking import ARTIFACTS, NoTrackingStore, configure
 
-    configure(root.resolve())
+    try:
+        configure(root.resolve(), create=False)
+    except NoTrackingStore as err:
+        _fail(err)
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    artifact_root = ((root.resolve() / ".mlflow" / "artifacts").as_uri()
-                     if uri.startswith("sqlite:") else None)
+    artifact_root = ((Path(uri.removeprefix("sqlite:///")).parent / ARTIFACTS).as_uri()
+                     if uri.startswith("sqlite:///") else None)
     cmd = ui_command(uri, host, port, artifact_root, allowed_hosts, cors_origins)
     env = {k: v for k, v in os.environ.items() if k not in UI_UNSAFE_ENV}
     for key in UI_UNSAFE_ENV:

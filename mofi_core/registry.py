@@ -1,79 +1,76 @@
-"""register: log the encoder as an MLflow pyfunc model and manage the ``champion`` alias.
+"""register: register the encoder the ``train`` run logged, and manage the ``champion`` alias.
 
-The model is logged *as code* (``serving/pyfunc_model.py``) with the model folder (safetensors +
-JSON) as an artifact, so loading it never unpickles anything. Every new version carries tags
-linking it to the git commit, the DVC hashes of its training data and its metrics, and a model
-card. Champion/challenger: the new version gets the alias ``challenger``; it also becomes
-``champion`` only if its metric beats the current champion's by more than ``register.margin``
-(the first version always does). The decision and both numbers are tags on the version.
+The ``train`` stage logs the model into its own run (:mod:`mofi_core.serving.logged`); this
+stage finds it by its content hash and registers it from there, so the version page links the
+run that trained it (its params, loss curve and data inputs) and the evaluation metrics are
+linked to the model. A model not found in the store (train ran with tracking off, or in another
+store; or ``register.serve_path_root`` asks for another path policy) is logged here instead.
+
+Every version is tagged with what made it: the git commit, each data input of ``train`` and
+``evaluate`` with its DVC hash, the benchmark's hash, the params that differ from the commit
+(a DVC experiment's ``-S`` values, a run's overrides) and its metrics, plus a model card.
+
+Champion/challenger: the new version gets the alias ``challenger``; it also becomes
+``champion`` only if it was measured on the same benchmark (same hash) as the champion and its
+metric beats the champion's by more than ``register.margin`` (the first version always does).
+The decision and both numbers are tags on the version. Registering bytes that are already a
+version changes nothing: its old decision is history, not an instruction (moving the champion
+back to an older version is what ``mofi promote VERSION --reason ...`` is for).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import subprocess
+import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
+from mofi_core import tracking
 from mofi_core.config import RegisterConfig
+from mofi_core.serving.logged import SHA_TAG, find_logged, log_encoder, model_sha256
 
 if TYPE_CHECKING:
     from mofi_core.context import StageContext
 
-PYFUNC_CODE = Path(__file__).parent / "serving" / "pyfunc_model.py"
 CHAMPION, CHALLENGER = "champion", "challenger"
+ALIASES_DONE = "aliases_applied"  # the last tag of a registration: nothing left to complete
+BENCHMARK_TAG = "benchmark_digest"
+LINEAGE_STAGES = ("train", "evaluate")  # their data inputs made the model and its numbers
 
 
 def git_commit(root: Path) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True, timeout=30)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() + ("-dirty" if dirty.strip() else "")
+    return tracking.git_commit(root)
+
+
+def _lock(root: Path) -> dict:
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    return yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
 
 
 def dvc_hashes(root: Path, stages: tuple[str, ...] = ("build", "train")) -> dict[str, str]:
     """md5 of each out of the given stages, as recorded in dvc.lock ({} without a lock)."""
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    data = yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
     out = {}
     for stage in stages:
-        for o in data.get("stages", {}).get(stage, {}).get("outs", []):
+        for o in _lock(root).get("stages", {}).get(stage, {}).get("outs", []):
             if "md5" in o:
                 out[f"dvc.{stage}.{o['path']}"] = o["md5"]
     return out
 
 
-def _signature(embed_dim: int):
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema, TensorSpec
-
-    inputs = Schema([ColSpec("binary", "image", required=False),
-                     ColSpec("string", "path", required=False)])
-    return ModelSignature(inputs=inputs, outputs=Schema([TensorSpec(np.dtype("float32"),
-                                                                    (-1, embed_dim))]))
-
-
-def _example(model_dir: Path):
-    import pandas as pd
-    from PIL import Image
-
-    from mofi_core.models.artifact import read_meta
-
-    size = read_meta(model_dir).image_size
-    buf = io.BytesIO()
-    Image.new("RGB", (size, size), (128, 64, 32)).save(buf, format="JPEG")
-    return pd.DataFrame({"image": [buf.getvalue()]})
+def input_hashes(root: Path, stages: tuple[str, ...] = LINEAGE_STAGES) -> dict[str, str]:
+    """``input.<path>``: the DVC hash of every data input (code excepted) of ``stages``, as
+    dvc.lock records them ({} for stages run outside DVC)."""
+    out = {}
+    for stage in stages:
+        for dep in _lock(root).get("stages", {}).get(stage, {}).get("deps", []):
+            path = dep.get("path", "")
+            if "md5" in dep and not path.startswith("mofi_core"):
+                out[f"input.{path}"] = dep["md5"]
+    return out
 
 
 def current_champion(client, name: str):
@@ -85,10 +82,16 @@ def current_champion(client, name: str):
         return None
 
 
-def decide(value: float, champion_value: float | None, margin: float) -> tuple[bool, str]:
-    """Promote the challenger? ``(promoted, reason)``."""
+def decide(value: float, champion_value: float | None, margin: float,
+           benchmark: str = "", champion_benchmark: str = "") -> tuple[bool, str]:
+    """Promote the challenger? ``(promoted, reason)``. Only numbers measured on the same
+    benchmark (same hash) are compared; the champion stays otherwise."""
     if champion_value is None:
         return True, "first version: champion by default"
+    if benchmark != champion_benchmark:
+        return False, (f"not comparable: measured on benchmark {benchmark or 'unknown'}, the "
+                       f"champion on {champion_benchmark or 'unknown'}; the champion stays "
+                       "(mofi promote VERSION --reason ... to choose by hand)")
     if value > champion_value + margin:
         return True, f"{value:.6f} > champion {champion_value:.6f} + margin {margin:g}"
     return False, f"{value:.6f} <= champion {champion_value:.6f} + margin {margin:g}"
@@ -120,54 +123,77 @@ def model_card(meta, metrics: dict, tags: dict[str, str], cfg: RegisterConfig) -
         "images were rare or absent in training.", ""])
 
 
-def model_sha256(model_dir: Path) -> str:
-    """Content hash of a model folder (file names and bytes): the identity of a version."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        h.update(f.relative_to(model_dir).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def find_version(client, name: str, sha: str):
     """The version registered earlier from the same model bytes, or None."""
     from mlflow.exceptions import MlflowException
 
     try:
-        found = client.search_model_versions(f"name = '{name}' and tags.model_sha256 = '{sha}'")
+        found = client.search_model_versions(f"name = '{name}' and tags.{SHA_TAG} = '{sha}'")
     except MlflowException:  # registered model does not exist yet
         return None
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def _recorded(version, cfg: RegisterConfig) -> dict:
-    """The decision stored on a version's tags (see :func:`register`)."""
+def _champion_now(client, cfg: RegisterConfig) -> int | None:
+    champ = current_champion(client, cfg.model_name)
+    return int(champ.version) if champ else None
+
+
+def _recorded(client, version, cfg: RegisterConfig) -> dict:
+    """The decision stored on a version's tags (see :func:`register`), with today's champion."""
     t = version.tags
     before = t["champion_before"]
     before_value = t[f"champion_before_{cfg.metric}"]
-    promoted = t["promoted"] == "true"
     return {"model_name": cfg.model_name, "version": int(version.version),
-            cfg.metric: float(t[cfg.metric]), "promoted": promoted, "decision": t["decision"],
+            cfg.metric: float(t[cfg.metric]), "promoted": t["promoted"] == "true",
+            "decision": t["decision"],
             "previous_champion": None if before == "none" else int(before),
             "previous_champion_metric": None if before_value == "none" else float(before_value),
-            "champion": int(version.version) if promoted else int(before)}
+            "champion": _champion_now(client, cfg)}
 
 
 def _apply_aliases(client, cfg: RegisterConfig, version: str, promoted: bool) -> None:
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, version)
     if promoted:
         client.set_registered_model_alias(cfg.model_name, CHAMPION, version)
+    client.set_model_version_tag(cfg.model_name, version, ALIASES_DONE, "true")
+
+
+def _source(model_dir: Path, sha: str, cfg: RegisterConfig) -> tuple[str, str, str]:
+    """The model to register: the train run's logged model with these bytes, else one logged
+    now into this (register) run. Returns ``(model_uri, where, model_id)``."""
+    import mlflow
+
+    experiment = mlflow.active_run().info.experiment_id
+    logged = find_logged(sha, experiment, cfg.serve_path_root)
+    if logged is not None:
+        return logged.model_uri, f"run {logged.source_run_id}", logged.model_id
+    info = log_encoder(model_dir, cfg.serve_path_root)
+    print("register: no model with these bytes was logged by a train run in this store "
+          "(tracking off during train, another store, or another serve_path_root); "
+          "logged it in the register run")
+    return info.model_uri, "register run", info.model_id
+
+
+def lineage_tags(root: Path, metrics: dict, cfg: RegisterConfig) -> dict[str, str]:
+    """What made a version: code, data inputs with their DVC hashes, params changed."""
+    base = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+    tags = {"git_commit": git_commit(root), **dvc_hashes(root), **input_hashes(root),
+            BENCHMARK_TAG: str(metrics.get("benchmark", {}).get("digest", "unknown"))}
+    changed = tracking.params_changed(root, base)
+    tags.update({f"param.{k}": v for k, v in changed.items()})
+    tags["params_changed"] = ", ".join(changed) if changed else "none (params of the commit)"
+    return tags
 
 
 def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) -> dict:
-    """Log + register; returns what was decided (version, metric, promoted, champion).
+    """Register the model; returns what was decided (version, metric, promoted, champion).
 
-    Idempotent: a model folder already registered (same ``model_sha256`` tag) is not registered
-    again; its recorded decision is returned and its aliases re-applied. The version is created
-    with its hash tag in one call and the decision is tagged before the aliases move, so a run
-    killed at any point is completed, not duplicated, by the next one."""
+    Idempotent: a model folder already registered (same content hash) is not registered again
+    and its old decision is not applied again: the aliases stay where later decisions put them.
+    The version is created with its hash tag in one call, the decision is tagged before the
+    aliases move and ``aliases_applied`` last, so a run killed at any point is completed, not
+    duplicated, by the next one."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -182,26 +208,22 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) ->
     sha = model_sha256(model_dir)
     existing = find_version(client, cfg.model_name, sha)
     if existing is not None and "decision" in existing.tags:
-        decision = _recorded(existing, cfg)
-        _apply_aliases(client, cfg, existing.version, decision["promoted"])
+        if existing.tags.get(ALIASES_DONE) != "true":  # killed before the aliases moved
+            _apply_aliases(client, cfg, existing.version, existing.tags["promoted"] == "true")
+        decision = _recorded(client, existing, cfg)
         print(f"register: these model bytes are already version {existing.version} of "
-              f"{cfg.model_name}; kept its decision ({decision['decision']})")
+              f"{cfg.model_name} (decided then: {decision['decision']}); aliases unchanged, "
+              f"champion is version {decision['champion']}")
         return decision
     if existing is None:
-        info = mlflow.pyfunc.log_model(
-            name="encoder", python_model=str(PYFUNC_CODE),
-            artifacts={"model_dir": str(model_dir)}, code_paths=[str(Path(__file__).parent)],
-            signature=_signature(meta.arch_config["embed_dim"]),
-            # "" = no path input; a loader may set a folder (mlflow ... model_config=)
-            model_config={"allowed_root": cfg.serve_path_root},
-            input_example=_example(model_dir),
-            pip_requirements=["torch==2.14.1", "open-clip-torch==3.3.0", "safetensors",
-                              "pillow", "pandas", "numpy"])
-        existing = mlflow.register_model(info.model_uri, cfg.model_name,
-                                         tags={"model_sha256": sha})
+        uri, where, model_id = _source(model_dir, sha, cfg)
+        existing = mlflow.register_model(uri, cfg.model_name,
+                                         tags={SHA_TAG: sha, "logged_in": where,
+                                               "model_id": model_id})
     version = str(existing.version)
-    tags = {"git_commit": git_commit(root), cfg.metric: f"{value:.6f}", "recipe": meta.recipe,
-            "arch": meta.arch, **dvc_hashes(root)}
+    tags = {**lineage_tags(root, metrics, cfg), cfg.metric: f"{value:.6f}",
+            "recipe": meta.recipe, "arch": meta.arch}
+    _link_metrics(existing.tags.get("model_id"), metrics)
     card = model_card(meta, metrics, tags, cfg)
     mlflow.log_text(card, "model_card.md")
     client.update_model_version(cfg.model_name, version, description=card)
@@ -209,7 +231,8 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) ->
     if champ is not None and champ.version == version:  # promoted, then killed before tagging
         champ = None
     champ_value = float(champ.tags.get(cfg.metric, "-inf")) if champ else None
-    promoted, reason = decide(value, champ_value, cfg.margin)
+    promoted, reason = decide(value, champ_value, cfg.margin, tags[BENCHMARK_TAG],
+                              champ.tags.get(BENCHMARK_TAG, "") if champ else "")
     tags.update({"promoted": str(promoted).lower(),
                  "champion_before": str(champ.version) if champ else "none",
                  f"champion_before_{cfg.metric}": "none" if champ_value is None
@@ -227,6 +250,42 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig) ->
             "champion": int(version) if promoted else int(champ.version)}
 
 
+def _link_metrics(model_id: str | None, metrics: dict) -> None:
+    """The evaluation numbers on the logged model's page (and the register run)."""
+    import mlflow
+
+    flat = {f"eval.{k}": float(v) for k, v in tracking.flatten(
+        {k: metrics[k] for k in ("mofi", "baseline") if k in metrics}).items()
+        if isinstance(v, int | float) and not isinstance(v, bool)}
+    if flat:
+        mlflow.log_metrics(flat, model_id=model_id)
+
+
+def promote(version: int, reason: str, root: Path, cfg: RegisterConfig) -> dict:
+    """Make ``version`` the champion by hand (a rollback, or a choice across benchmarks); the
+    reason, the champion it replaced and the time are tags on the version."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not reason.strip():
+        raise ValueError("mofi promote needs --reason: say why this version becomes champion")
+    tracking.configure(root, create=False)
+    client = MlflowClient()
+    try:
+        target = client.get_model_version(cfg.model_name, str(version))
+    except MlflowException:
+        raise KeyError(f"{cfg.model_name} has no version {version}; "
+                       f"{tracking.registry_hint(root)}") from None
+    before = _champion_now(client, cfg)
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    for k, v in {"promoted_by_hand": reason.strip(), "promoted_by_hand_at": stamp,
+                 "promoted_by_hand_from": str(before) if before else "none"}.items():
+        client.set_model_version_tag(cfg.model_name, str(version), k, v)
+    client.set_registered_model_alias(cfg.model_name, CHAMPION, str(target.version))
+    return {"model_name": cfg.model_name, "champion": int(target.version),
+            "previous_champion": before, "reason": reason.strip()}
+
+
 def check(cfg: RegisterConfig, ctx: StageContext) -> None:
     """Before anything is logged: the model loads and the evaluation has ``register.metric``."""
     from mofi_core.models.artifact import check_model_folder
@@ -234,11 +293,8 @@ def check(cfg: RegisterConfig, ctx: StageContext) -> None:
     lay = ctx.layout
     check_model_folder(lay.mofi_model, f"the MOFI model ({lay.mofi_model})")
     path = lay.metrics("evaluate")
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise ValueError(f"{path} is not JSON ({err}); run stage 'evaluate' again") from None
-    have = metrics.get("mofi", {}) if isinstance(metrics, dict) else {}
+    metrics = lay.read_metrics("evaluate")
+    have = metrics.get("mofi", {}) if isinstance(metrics.get("mofi"), dict) else {}
     if cfg.metric not in have:
         raise KeyError(f"register.metric {cfg.metric!r} is not in {path} (it has "
                        f"{sorted(have)}); choose one of those")
@@ -249,7 +305,7 @@ def run(cfg: RegisterConfig, ctx: StageContext) -> dict:
     lay = ctx.layout
     if ctx.tracker.run_id is None:
         raise RuntimeError("register needs MLflow tracking; unset MOFI_TRACKING=off")
-    metrics = json.loads(lay.metrics("evaluate").read_text(encoding="utf-8"))
+    metrics = lay.read_metrics("evaluate")
     decision = register(lay.mofi_model, metrics, lay.root, cfg)
     from mofi_core.io.atomic import write_json
 

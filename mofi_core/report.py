@@ -178,7 +178,7 @@ def paper_direction(quality: dict, evaluation: dict) -> list[tuple[str, bool]]:
 def run(cfg: ReportConfig, ctx: StageContext) -> dict:
     """Stage ``report``: writes ``reports/quality.md`` and returns the flat numbers."""
     lay = ctx.layout
-    evaluation = json.loads(lay.metrics("evaluate").read_text(encoding="utf-8"))
+    evaluation = lay.read_metrics("evaluate")
     quality = {}
     if lay.truth.is_dir():
         manifest = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST)

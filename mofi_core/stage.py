@@ -165,11 +165,11 @@ def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None =
                     metrics = fn(section, ctx)
                 except StageVerdict as verdict:
                     if main and verdict.metrics:  # the metrics of the result it judged
-                        write_json(layout.metrics(name), verdict.metrics)
+                        write_json(layout.metrics(name), {name: verdict.metrics})
                     raise
                 # timings go to the run, not the metrics file: byte-identical re-runs
                 if main:
-                    write_json(layout.metrics(name), metrics)
+                    write_json(layout.metrics(name), {name: metrics})
             if main and store is not None:
                 for out, stats in store.push().items():
                     print(f"{name}: output {out} to {store.storage.url(out)}: {stats}")

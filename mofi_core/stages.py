@@ -32,11 +32,13 @@ class Out:
 
 @dataclass(frozen=True)
 class Plot:
-    """A CSV the stage writes for ``dvc plots`` (``x``/``y`` columns)."""
+    """A plot the stage writes for ``dvc plots show/diff``: a PNG image or a folder of them
+    (no ``x``/``y``: readable offline, unlike DVC's HTML for data plots, which loads its
+    renderer from a CDN), or a CSV with ``x``/``y`` columns."""
 
     path: str
-    x: str
-    y: str
+    x: str = ""
+    y: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,9 @@ class StageSpec:
     streamed: tuple[str, ...] = ()  # inputs read in place from the storage root, never fetched
     untracked: tuple[str, ...] = ()  # written on purpose outside DVC (git-ignored)
     check: str = ""  # "module:function", check(cfg, ctx): what the stage needs, before any work
+    # False: the metrics describe state outside the project (the MLflow registry), not the
+    # commit; they are a git-ignored output, not DVC metrics, so a fresh clone runs the stage
+    metrics_in_git: bool = True
 
     @property
     def metrics(self) -> str:
@@ -100,8 +105,9 @@ STAGES: tuple[StageSpec, ...] = (
               check="mofi_core.curate.ner:check"),
     StageSpec("baseline", "mofi_core.train.run:run_baseline", "baseline",
               "Train the control: CLIP on raw alt-text (also the default scorer).",
-              inputs=("data/ingest/shards",), outs=(Out("models/baseline"),),
-              plots=(Plot("plots/baseline_loss.csv", "step", "loss"),)),
+              inputs=("data/ingest/shards",),
+              outs=(Out("models/baseline"), Out("plots/baseline_loss.csv", cache=False)),
+              plots=(Plot("plots/baseline_loss.png"),)),
     StageSpec("score", "mofi_core.curate.score:run", "score",
               "CLIP similarity of every (image, candidate entity) pair.",
               inputs=("data/ingest/shards", "data/ner/parts", KB, "models/baseline"),
@@ -120,14 +126,15 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("train", "mofi_core.train.run:run_train", "train",
               "Train the MOFI encoder on the I2E dataset (train.recipe).",
               # reports/validate.json is the gate: train runs only after validate has passed
-              inputs=("data/i2e", "reports/validate.json", KB), outs=(Out("models/mofi"),),
-              plots=(Plot("plots/train_loss.csv", "step", "loss"),),
+              inputs=("data/i2e", "reports/validate.json", KB),
+              outs=(Out("models/mofi"), Out("plots/train_loss.csv", cache=False)),
+              plots=(Plot("plots/train_loss.png"),),
               check="mofi_core.train.run:check_train"),
     StageSpec("evaluate", "mofi_core.evaluate.run:run", "evaluate",
               "GPR1200-protocol retrieval, zero-shot, linear probe: MOFI vs the baseline CLIP.",
               inputs=("models/mofi", "models/baseline", "data/benchmark", KB),
-              outs=(Out("reports/evaluate.md", cache=False),
-                    Out("reports/figures", cache=False)),
+              outs=(Out("reports/evaluate.md", cache=False),),
+              plots=(Plot("reports/figures"),),
               check="mofi_core.evaluate.run:check"),
     StageSpec("report", "mofi_core.report:run", "report",
               "Label precision/recall vs the demo world's ground truth; MOFI vs CLIP report.",
@@ -139,7 +146,7 @@ STAGES: tuple[StageSpec, ...] = (
               "Log the encoder to MLflow, register it, promote to champion if better.",
               inputs=("models/mofi", "metrics/evaluate.json"),
               outs=(Out("reports/register.json", cache=False),),
-              check="mofi_core.registry:check"),
+              check="mofi_core.registry:check", metrics_in_git=False),
 )
 
 BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}

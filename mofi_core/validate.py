@@ -12,6 +12,11 @@ Every boundary that feeds training is checked, each as its own batch and suite:
 Expectations marked ``severity: warning`` are reported (and printed) but do not fail the gate;
 any other failure raises :class:`ValidationFailed` listing what failed, after the JSON report and
 the Data Docs HTML are written, so the evidence is there to read when the pipeline stops.
+
+Every batch of one gate is validated under one GX run: its name is ``$MOFI_RUN_NAME`` (the
+Prefect flow run's or the DVC experiment's name) or else ``validate-<UTC time>``; Data Docs show
+it. ``reports/validate.json`` does not record it, so that it stays byte-identical across re-runs
+of the same data. The Data Docs are rewritten to read offline (see :mod:`mofi_core.validate_docs`).
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pandas as pd
 
@@ -37,6 +46,8 @@ if TYPE_CHECKING:
 
 SHA256 = r"^[0-9a-f]{64}$"
 WARN = {"severity": "warning"}
+RUN_NAME_ENV = "MOFI_RUN_NAME"
+DOCS_SITE = "mofi"
 
 
 class ValidationFailed(StageVerdict):
@@ -187,7 +198,7 @@ def _context(docs_dir: Path | None):
     for name in list(context.variables.data_docs_sites or {}):
         context.delete_data_docs_site(name)
     if docs_dir is not None:
-        context.add_data_docs_site(site_name="mofi", site_config={
+        context.add_data_docs_site(site_name=DOCS_SITE, site_config={
             "class_name": "SiteBuilder", "show_how_to_buttons": False,
             "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {"class_name": "TupleFilesystemStoreBackend",
@@ -195,12 +206,28 @@ def _context(docs_dir: Path | None):
     return context
 
 
-def run_suites(batches: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path | None = None
-               ) -> list[dict]:
-    """Validate each ``name -> (frame, expectations)``; with ``docs_dir``, build Data Docs
-    there. Returns one JSON-able row per expectation."""
-    import great_expectations as gx
+def run_name(now: datetime | None = None, given: str | None = None) -> str:
+    """The GX run name of this validation: ``given`` or else ``$MOFI_RUN_NAME`` (the pipeline
+    run) or ``$DVC_EXP_NAME`` (the DVC experiment), made safe as a folder name (GX stores
+    results under it); else ``validate-<UTC time>``."""
+    if given is None:
+        given = os.environ.get(RUN_NAME_ENV) or os.environ.get("DVC_EXP_NAME", "")
+    safe = re.sub(r"[^\w.-]+", "-", given).strip("-.")[:120]
+    if safe and safe != "__none__":
+        return safe
+    return f"validate-{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}"
 
+
+def run_suites(batches: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path | None = None,
+               run: str | None = None) -> list[dict]:
+    """Validate each ``name -> (frame, expectations)`` as one GX run named ``run`` (default:
+    :func:`run_name`); with ``docs_dir``, build Data Docs there, readable offline. Returns one
+    JSON-able row per expectation."""
+    import great_expectations as gx
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    now = datetime.now(UTC)
+    run_id = RunIdentifier(run_name=run_name(now, run), run_time=now)
     context = _context(docs_dir)
     source = context.data_sources.add_pandas("mofi")
     results = []
@@ -209,7 +236,8 @@ def run_suites(batches: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path | N
         suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"validate_{name}", data=batch_def, suite=suite))
-        outcome = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+        outcome = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY",
+                                 run_id=run_id)
         for r in outcome.results:
             cfg = r.expectation_config
             kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "value_set")}
@@ -224,8 +252,47 @@ def run_suites(batches: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path | N
                             if r.exception_info and r.exception_info.get("raised_exception")
                             else None})
     if docs_dir is not None:
-        context.build_data_docs(site_names=["mofi"])
+        from mofi_core.validate_docs import make_offline
+
+        context.build_data_docs(site_names=[DOCS_SITE])
+        make_offline(docs_dir, _docs_rows(context, docs_dir, list(batches), results, run_id))
     return results
+
+
+def _docs_rows(context, docs_dir: Path, names: list[str], results: list[dict], run_id):
+    """What the offline index lists: one row per batch, with its pages as GX placed them."""
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+    )
+
+    from mofi_core.validate_docs import ResultRow
+
+    root = docs_dir.resolve()
+
+    def page(identifier) -> str | None:
+        for site in context.get_docs_sites_urls(resource_identifier=identifier,
+                                                site_name=DOCS_SITE):
+            path = Path(url2pathname(urlsplit(site.get("site_url") or "").path)).resolve()
+            if path.is_file() and path.is_relative_to(root):
+                return path.relative_to(root).as_posix()
+        return None
+
+    keys = {k.expectation_suite_identifier.name: k
+            for k in context.validation_results_store.list_keys()
+            if k.run_id.run_name == run_id.run_name}
+    rows = []
+    for name in names:
+        mine = [r for r in results if r["batch"] == name]
+        failed = sum(not r["success"] and r["severity"] == "error" for r in mine)
+        warned = sum(not r["success"] and r["severity"] == "warning" for r in mine)
+        rows.append(ResultRow(
+            suite=name, asset=name, status="failed" if failed else "warnings" if warned
+            else "passed", run_name=run_id.run_name,
+            run_time=f"{run_id.run_time:%Y-%m-%d %H:%M:%S}", expectations=len(mine),
+            failed=failed, warnings=warned,
+            page=page(keys[name]) if name in keys else None,
+            suite_page=page(ExpectationSuiteIdentifier(name=name))))
+    return rows
 
 
 def _jsonable(value):

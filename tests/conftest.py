@@ -30,6 +30,17 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_tracked_into_the_checkout():
+    """No test may leave an MLflow store in the checkout (MLflow's defaults, ./mlruns or
+    ./mlflow.db in the working folder, are where a forgotten store lands)."""
+    before = {p for p in ("mlruns", "mlflow.db", "mlartifacts") if (ROOT / p).exists()}
+    yield
+    after = {p for p in ("mlruns", "mlflow.db", "mlartifacts") if (ROOT / p).exists()}
+    assert after <= before, f"tests left {sorted(after - before)} in {ROOT}: give MLflow a " \
+                            "store under tmp_path (MLFLOW_TRACKING_URI or tracking.configure)"
+
+
 @pytest.fixture(autouse=True)
 def _offline_env(monkeypatch, tmp_path_factory):
     for k, v in {"MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -84,13 +95,16 @@ def truth_i2e(tiny_world, tmp_path_factory):
     return layout, params, tmp / "i2e"
 
 
+PRODUCTS = ("data/", "models/", "metrics/", "plots/", "reports/")  # a run writes these
+
+
 def copy_project(dest: Path) -> Path:
     """The git-tracked project files (no data, no venv) in ``dest``, as a fresh git repo."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         src = ROOT / f
-        if src.is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/")):
+        if src.is_file() and not f.startswith(PRODUCTS):
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
     (dest / "dvc.lock").unlink(missing_ok=True)

@@ -151,9 +151,13 @@ def dvc_entry(spec) -> dict:
                    "params": [spec.section]}
     if spec.outs:
         entry["outs"] = [out(o) for o in spec.outs]
-    entry["metrics"] = [{spec.metrics: {"cache": False}}]
+    if spec.metrics_in_git:
+        entry["metrics"] = [{spec.metrics: {"cache": False}}]
+    else:  # registry state, not a result of the commit: a git-ignored output
+        entry.setdefault("outs", []).append({spec.metrics: {"cache": False}})
     if spec.plots:
-        entry["plots"] = [{p.path: {"cache": False, "x": p.x, "y": p.y}} for p in spec.plots]
+        entry["plots"] = [{p.path: {"cache": False, "x": p.x, "y": p.y} if p.x
+                           else {"cache": False}} for p in spec.plots]
     return entry
 
 

@@ -28,6 +28,24 @@ ACCESS_KEY = "mofitestaccess"
 SECRET_KEY = "mofi-test-secret-not-real"  # a test server's key, never a real credential
 
 
+def stop_group(proc: subprocess.Popen, steps=((signal.SIGTERM, 15), (signal.SIGKILL, 10))
+               ) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it spawned: each
+    signal to its group in turn, waiting the given seconds for it to exit."""
+    for sig, wait in steps:
+        if proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def weed_binary() -> str:
     exe = Path(sys.executable).parent / "weed"
     found = str(exe) if exe.is_file() else shutil.which("weed")
@@ -94,17 +112,8 @@ class SeaweedS3:
                            f"{self.timeout:.0f} s (last error: {last}):\n{tail}")
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(self.proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+        if self.proc is not None:
+            stop_group(self.proc)
         if getattr(self, "log", None) is not None:
             self.log.close()
 

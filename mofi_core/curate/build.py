@@ -33,6 +33,7 @@ from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
 from mofi_core.io.shards import ShardWriter, iter_samples
 from mofi_core.parallel import ShardJob, iter_shards
+from mofi_core.progress import Progress
 
 if TYPE_CHECKING:
     from mofi_core.context import StageContext
@@ -153,14 +154,17 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
         spill.mkdir()
         # each summary is folded in as it arrives, in shard order: the same result wherever
         # the jobs ran, and only one shard's per-entity counts at a time
+        progress = Progress("build pass 1/2", len(jobs), "shard")  # the rules
         for _, s, _ in iter_shards(partial(rules_shard, score_dir=score_dir, spill=spill,
                                            cfg=cfg), jobs, lambda j: [], None):
             pairs_in += s["pairs"]
+            progress.advance(pairs=pairs_in)
             hist_all += np.asarray(s["hist"], dtype=np.int64)
             counts.update(s["counts"])
             for e, items in s["best"].items():
                 for sc, k in items:
                     _push_capped(heaps[e], _Worst(sc, k), cfg.max_images_per_entity)
+        progress.close()
         if cfg.max_images_per_entity:
             counts = Counter({e: min(n, cfg.max_images_per_entity) for e, n in counts.items()})
         vocab = {e for e, n in counts.items() if n >= cfg.min_images_per_entity}
@@ -177,14 +181,17 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
                               "cutoff": {e: [w.score, w.key] for e, w in sorted(cutoff.items())}})
         acc = _Accumulator(hist_all)
         (out / "shards").mkdir()
+        progress = Progress("build pass 2/2", len(jobs), "shard")  # the I2E shards
         with pq.ParquetWriter(out / ".labels.parquet", tables.LABELS) as labels_writer:
             for job, s, _ in iter_shards(partial(write_shard_job, spill=spill,
                                                  shards_dir=out / "shards", cut_file=cut_file),
                                          jobs, lambda j: [], None):  # shard order
                 acc.merge(s)
+                progress.advance(images=acc.images)
                 part = spill / f"{job.name}.labels.parquet"
                 if part.exists():
                     labels_writer.write_table(tables.read_table(part, tables.LABELS))
+        progress.close()
         shutil.rmtree(spill)
         (out / ".labels.parquet").rename(out / "labels.parquet")
         classes = sorted(acc.per_entity)

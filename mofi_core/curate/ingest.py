@@ -51,7 +51,8 @@ from mofi_core.io.sources import (
     source_identity,
     source_name,
 )
-from mofi_core.parallel import ResumeState, ShardJob, remove_stale, run_shards
+from mofi_core.parallel import ResumeState, ShardJob, iter_shards, remove_stale
+from mofi_core.progress import Progress
 from mofi_core.stages import StageVerdict
 
 if TYPE_CHECKING:
@@ -287,9 +288,17 @@ def ingest(sources: list[str] | Path, out_dir: Path, cfg: IngestConfig,
     # "v2": summaries carry what the lost-sample estimate needs (older records are redone)
     state = ResumeState(state_dir, fingerprint("ingest", "v2", cfg.result_key())) \
         if state_dir is not None else None
-    summaries, skipped = run_shards(
-        partial(ingest_shard, out_dir=out_dir, cfg=cfg, scratch=scratch), jobs,
-        lambda j: shard_outputs(out_dir, j.name), state, cfg.workers)
+    summaries: list[dict] = []
+    skipped = kept_so_far = rejected_so_far = 0
+    with Progress("ingest", len(jobs), "shard") as progress:  # counted as shards come back
+        for _, summary, was_done in iter_shards(
+                partial(ingest_shard, out_dir=out_dir, cfg=cfg, scratch=scratch), jobs,
+                lambda j: shard_outputs(out_dir, j.name), state, cfg.workers):
+            summaries.append(summary)
+            skipped += was_done
+            kept_so_far += summary["kept"]
+            rejected_so_far += summary["rejected"]
+            progress.advance(resumed=was_done, kept=kept_so_far, rejected=rejected_so_far)
     names = [j.name for j in jobs]
     dropped = _drop_cross_shard_duplicate_keys(out_dir, names,
                                                [source_name(j.source) for j in jobs])

@@ -22,9 +22,10 @@ from mofi_core.kb import KnowledgeBase
 from mofi_core.parallel import (
     ResumeState,
     ShardJob,
+    iter_shards,
     remove_stale,
-    run_shards,
 )
+from mofi_core.progress import Progress
 
 if TYPE_CHECKING:
     from mofi_core.context import StageContext
@@ -192,9 +193,16 @@ def run_ner(ingest_dir: Path, kb_path: Path, out_dir: Path, cfg: NerConfig,
     state = ResumeState(state_dir, fingerprint(
         "ner", cfg.result_key(), file_sha256(kb_path))) \
         if state_dir is not None else None
-    summaries, _ = run_shards(partial(ner_shard, out_dir=out_dir), jobs,
-                              lambda j: [_out(out_dir, j.name)], state, cfg.workers,
-                              initializer=_init_worker, initargs=(str(kb_path), cfg))
+    summaries: list[dict[str, int]] = []
+    samples = mentions = 0
+    with Progress("ner", len(jobs), "shard") as progress:  # counted as shards come back
+        for _, summary, was_done in iter_shards(
+                partial(ner_shard, out_dir=out_dir), jobs, lambda j: [_out(out_dir, j.name)],
+                state, cfg.workers, initializer=_init_worker, initargs=(str(kb_path), cfg)):
+            summaries.append(summary)
+            samples += summary["samples"]
+            mentions += summary["mentions"]
+            progress.advance(resumed=was_done, samples=samples, mentions=mentions)
     tables.concat_parts([_out(out_dir, j.name) for j in jobs], out_dir / "mentions.parquet",
                         tables.MENTIONS)
     totals = {k: sum(s[k] for s in summaries) for k in summaries[0]}

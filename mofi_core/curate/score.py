@@ -35,9 +35,10 @@ from mofi_core.parallel import (
     ResumeState,
     ShardJob,
     executor_address,
+    iter_shards,
     remove_stale,
-    run_shards,
 )
+from mofi_core.progress import Progress
 
 if TYPE_CHECKING:
     from mofi_core.context import StageContext
@@ -245,17 +246,21 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
         if state_dir is not None else None
     identity = {j.name: f"{file_sha256(j.tar)}:{file_sha256(j.mentions)}" for j in jobs}
     shard_jobs = {j.name: ShardJob(j.name, str(j.tar), identity[j.name]) for j in jobs}
+    progress = Progress("score", len(jobs), "shard")
     if executor_address():
         # one job per shard on the cluster; each worker loads the scorer once
-        run_shards(partial(score_shard, out_dir=out_dir,
-                           mentions={j.name: str(j.mentions) for j in jobs}),
-                   [shard_jobs[j.name] for j in jobs], lambda j: _outputs(out_dir, j.name), state,
-                   initializer=_init_scorer,
-                   initargs=(cfg, str(baseline_dir), str(kb_path), entity_ids))
+        for _, _, was_done in iter_shards(
+                partial(score_shard, out_dir=out_dir,
+                        mentions={j.name: str(j.mentions) for j in jobs}),
+                [shard_jobs[j.name] for j in jobs], lambda j: _outputs(out_dir, j.name), state,
+                initializer=_init_scorer,
+                initargs=(cfg, str(baseline_dir), str(kb_path), entity_ids)):
+            progress.advance(resumed=was_done)  # counted as shards come back
         todo = []
     else:
         todo = [j for j in jobs if state is None
                 or not state.is_done(shard_jobs[j.name], _outputs(out_dir, j.name))]
+        progress.advance(len(jobs) - len(todo), resumed=True)
     if todo:
         sc = Scorer.build(cfg, baseline_dir, kb, entity_ids)
         loader = DataLoader(ShardBatches(todo, sc.prep, cfg.batch_size), batch_size=None,
@@ -265,6 +270,7 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
         # shards in progress (several when DataLoader workers interleave): rows + candidates
         open_rows: dict[str, ShardRows] = {}
         cands_of: dict[str, dict[str, list[str]]] = {}
+        embedded = 0
         for shard_of, keys, images, finished in loader:
             if keys:
                 img = sc.embed(images)
@@ -283,6 +289,9 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
                 _write_shard(out_dir, by_name[name], open_rows.pop(name, ShardRows()), cands)
                 if state is not None:
                     state.mark_done(shard_jobs[name], _outputs(out_dir, name), {})
+            embedded += len(keys)
+            progress.advance(len(finished), images=embedded)  # per batch: lines within shards
+    progress.close()
     if state is not None:
         state.forget_others(names)
     parts = [_outputs(out_dir, j.name) for j in jobs]

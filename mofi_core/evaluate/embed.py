@@ -10,6 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from mofi_core.models.artifact import LoadedModel
+from mofi_core.progress import Progress
 
 
 class ImageFiles(Dataset):
@@ -26,13 +27,16 @@ class ImageFiles(Dataset):
 
 @torch.no_grad()
 def embed_files(loaded: LoadedModel, files: list[Path], batch_size: int = 256,
-                num_workers: int = 1) -> np.ndarray:
+                num_workers: int = 1, label: str = "embed") -> np.ndarray:
+    """One row per file, in order; progress (``label``) counted per batch."""
     dev = loaded.device
     loader = DataLoader(ImageFiles(files, loaded.transform), batch_size=batch_size,
                         num_workers=num_workers)
     out = []
-    for images in loader:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            feats = loaded.model.encode_image(images.to(dev))
-        out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+    with Progress(label, len(files), "image") as progress:
+        for images in loader:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                feats = loaded.model.encode_image(images.to(dev))
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+            progress.advance(len(images))
     return np.concatenate(out)

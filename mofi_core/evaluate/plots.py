@@ -140,3 +140,19 @@ def pr_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out_png: Path | 
     ax.legend()
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+def loss_curve(rows: Sequence[dict], out_png: Path | str, title: str) -> Path:
+    """Training loss against step (one line per logged loss column), as a PNG."""
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    steps = [r["step"] for r in rows]
+    for col in sorted(k for k in rows[0] if k == "loss" or k.endswith("_loss")):
+        ax.plot(steps, [r[col] for r in rows], label=col, linewidth=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out_png)

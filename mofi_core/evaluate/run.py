@@ -27,6 +27,7 @@ from mofi_core.evaluate.retrieval import (
     retrieval_metrics,
 )
 from mofi_core.io.atomic import atomic_path
+from mofi_core.io.storage import dvc_hash_of_path
 from mofi_core.kb import KBEntity, KnowledgeBase
 from mofi_core.models.artifact import LoadedModel, check_model_folder
 
@@ -75,7 +76,7 @@ def _labelled(name: str, loaded: LoadedModel, labelled: Path | None, kb, cfg: Ev
 
     with_desc = any("{description}" in p for p in cfg.prompts)
     metrics, more = evaluate_labelled(loaded, labelled, kb, cfg.prompts, cfg.batch_size,
-                                      with_desc, cfg.probe_c)
+                                      with_desc, cfg.probe_c, label=f"evaluate {name} labelled")
     notes.extend(f"{name}: {n}" for n in more)
     return metrics
 
@@ -95,7 +96,8 @@ def evaluate(models: dict[str, Path], gpr_dir: Path, cfg: EvaluateConfig,
     device = resolve_device(cfg.device)
     for name, folder in models.items():
         loaded = LoadedModel.load(folder, device)  # once: retrieval, probe and zero-shot share it
-        feats[name] = embed_files(loaded, files, cfg.batch_size)
+        feats[name] = embed_files(loaded, files, cfg.batch_size,
+                                  label=f"evaluate {name} retrieval")
         results[name] = retrieval_metrics(feats[name], labels, partitions)
         results[name].update(_labelled(name, loaded, labelled_dir, kb, cfg, notes))
         del loaded  # one model in memory at a time
@@ -175,10 +177,14 @@ def run(cfg: EvaluateConfig, ctx: StageContext) -> dict:
     if figures.exists():
         shutil.rmtree(figures)
     figures.mkdir(parents=True)
+    gpr = _dir(cfg.gpr_dir, lay.gpr)
     results = evaluate({"mofi": lay.mofi_model, CONTROL: lay.baseline_model},
-                       _dir(cfg.gpr_dir, lay.gpr), cfg, lay.benchmark / "classes.json",
+                       gpr, cfg, lay.benchmark / "classes.json",
                        _dir(cfg.labelled_dir, lay.benchmark / "labelled"), lay.kb,
                        figures if cfg.pictures else None)
+    # which benchmark the numbers are on: the registry compares versions only on the same one
+    results["benchmark"]["digest"] = dvc_hash_of_path(gpr)
+    ctx.tracker.log_dataset(gpr, "benchmark", "evaluation")
     table = lay.reports / "evaluate.md"
     with atomic_path(table) as tmp:
         tmp.write_text(comparison_table(results), encoding="utf-8")

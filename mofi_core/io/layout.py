@@ -79,7 +79,26 @@ class Layout:
         return self.root / ".mofi" / "scratch" / stage
 
     def metrics(self, stage: str) -> Path:
+        """``metrics/<stage>.json``: ``{"<stage>": {...}}``, so DVC shows each key prefixed by
+        its stage (``train.final_loss``) in ``dvc metrics show/diff`` and ``dvc exp show``."""
         return self.root / "metrics" / f"{stage}.json"
+
+    def read_metrics(self, stage: str) -> dict:
+        """The metrics ``stage`` wrote (its block of ``metrics/<stage>.json``). Raises
+        ``FileNotFoundError``/``ValueError`` naming the file and the stage to re-run."""
+        import json
+
+        path = self.metrics(stage)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path} is missing; run stage {stage!r} first") from None
+        except ValueError as err:
+            raise ValueError(f"{path} is not JSON ({err}); run stage {stage!r} again") from None
+        if not isinstance(data, dict) or not isinstance(data.get(stage), dict):
+            raise ValueError(f"{path} holds no {stage!r} block (written by an older version?); "
+                             f"run stage {stage!r} again")
+        return data[stage]
 
     def plot(self, name: str) -> Path:
         return self.root / "plots" / name

@@ -85,6 +85,17 @@ def dvc_hash(md5s: dict[str, str]) -> str:
     return hashlib.md5(text, usedforsecurity=False).hexdigest() + ".dir"
 
 
+def dvc_hash_of_path(path: Path) -> str:
+    """The hash DVC records for a local file or folder (what ``dvc.lock`` would say)."""
+    from mofi_core.io.hashing import file_digests
+
+    path = Path(path)
+    if path.is_file():
+        return file_digests(path)[1]
+    files = sorted(f for f in path.rglob("*") if f.is_file())
+    return dvc_hash({f.relative_to(path).as_posix(): file_digests(f)[1] for f in files})
+
+
 def short(digest: str | None) -> str:
     if not digest:
         return "unknown"

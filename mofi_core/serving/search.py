@@ -32,7 +32,7 @@ def load_encoder(model: str, root: Path, batch_size: int = 64) -> EmbedFn:
         if "://" not in model and not model.startswith("models:/"):
             raise ValueError(f"--model {model!r} is neither a model folder (with model.json) "
                              "nor an MLflow model URI such as models:/mofi-encoder@champion")
-        tracking.configure(root)
+        tracking.configure(root, create=False)
         pyfunc = mlflow.pyfunc.load_model(model)
 
         def predict(batch: list[Path]) -> np.ndarray:

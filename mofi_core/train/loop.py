@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from mofi_core.config import TrainConfig
+from mofi_core.progress import Progress
 from mofi_core.train import checkpoint
 from mofi_core.train.data import Batches
 from mofi_core.train.distributed import DistEnv
@@ -79,31 +78,6 @@ def _memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-@dataclass
-class Progress:
-    """A progress bar on an interactive terminal, nothing in logs/CI."""
-
-    total: int
-    start: int
-    enabled: bool
-
-    def __post_init__(self) -> None:
-        self.bar = None
-        if self.enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.total, initial=self.start, unit="step", leave=False)
-
-    def update(self, step: int, loss: float) -> None:
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.4f}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 def _wrap_ddp(recipe: Recipe, env: DistEnv) -> None:
@@ -172,34 +146,38 @@ def train_loop(recipe: Recipe, batches: Batches, cfg: TrainConfig, env: DistEnv,
     if cfg.compile:
         recipe.forward = torch.compile(recipe.forward)
     history: list[dict[str, float]] = loop_state["history"] if loop_state else []
-    progress = Progress(cfg.steps, start, env.is_main)
+    # a bar on a terminal, else a line every MOFI_PROGRESS_SECONDS (dvc repro, Prefect logs)
+    progress = Progress(f"train ({recipe.name})", cfg.steps, "step", start=start,
+                        enabled=env.is_main)
     it = iter(batches)
     seen, t0 = 0, time.perf_counter()
-    for step in range(start, cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss, terms, images = _micro_steps(recipe, it, cfg, env)
-        average_grads(recipe.replicated_extra(), env)
-        grad_norm = clip_grad_global(recipe, cfg.grad_clip, env)
-        opt.step()
-        recipe.after_step()
-        seen += images * env.world
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            row = _log_row(done, loss, terms, grad_norm, lr_at(step, cfg),
-                           seen / (time.perf_counter() - t0), env)
-            history.append(row)
-            if env.is_main:
-                on_log(done, row)
-            progress.update(done, row["loss"])
-        if ckpt_root is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            checkpoint.save(ckpt_root, done, recipe, opt,
-                            {"data": batches.position(), "history": history}, env,
-                            fingerprint, mirror)
-            if env.is_main:
-                checkpoint.prune(ckpt_root, cfg.keep_checkpoints)
-    progress.close()
+    with progress:
+        for step in range(start, cfg.steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss, terms, images = _micro_steps(recipe, it, cfg, env)
+            average_grads(recipe.replicated_extra(), env)
+            grad_norm = clip_grad_global(recipe, cfg.grad_clip, env)
+            opt.step()
+            recipe.after_step()
+            seen += images * env.world
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                row = _log_row(done, loss, terms, grad_norm, lr_at(step, cfg),
+                               seen / (time.perf_counter() - t0), env)
+                history.append(row)
+                if env.is_main:
+                    on_log(done, row)
+                progress.update(done, loss=row["loss"])
+            else:  # the loss only when logged: reading it waits for the device
+                progress.update(done)
+            if ckpt_root is not None and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+                checkpoint.save(ckpt_root, done, recipe, opt,
+                                {"data": batches.position(), "history": history}, env,
+                                fingerprint, mirror)
+                if env.is_main:
+                    checkpoint.prune(ckpt_root, cfg.keep_checkpoints)
     return history
 
 

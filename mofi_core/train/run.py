@@ -190,12 +190,27 @@ def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig,
         {k: v for k, v in row.items() if k != "step"}, step=step), kb_path=lay.kb,
         ckpt_root=ckpt, remote_ckpt=remote)
     if tracking.is_main_process():
+        from mofi_core.evaluate.plots import loss_curve
+
         # speed and memory depend on the machine: keep them out of the (DVC-tracked) plot file
-        _write_history(lay.plot(f"{name}_loss.csv"),
-                       [{k: v for k, v in r.items() if k not in MACHINE_DEPENDENT}
-                        for r in history])
-        ctx.artifacts.append(lay.plot(f"{name}_loss.csv"))
+        rows = [{k: v for k, v in r.items() if k not in MACHINE_DEPENDENT} for r in history]
+        _write_history(lay.plot(f"{name}_loss.csv"), rows)
+        loss_curve(rows, lay.plot(f"{name}_loss.png"), f"{name}: {cfg.recipe} ({cfg.model})")
+        ctx.artifacts += [lay.plot(f"{name}_loss.csv"), lay.plot(f"{name}_loss.png")]
+        if name == "train" and ctx.tracker.run_id is not None:
+            _log_lineage(Path(cfg.data) if cfg.data else data_dir, out_dir, ctx)
     return {"final_loss": history[-1]["loss"], "steps": cfg.steps}
+
+
+def _log_lineage(data: Path, model_dir: Path, ctx: StageContext) -> None:
+    """The I2E set as this run's training dataset (digest: its DVC hash) and the trained model
+    logged into this run, where ``register`` finds it by its bytes and registers it from."""
+    from mofi_core.serving.logged import log_encoder
+
+    if "://" not in str(data):  # an s3:// I2E set is named by its manifest, not re-hashed here
+        ctx.tracker.log_dataset(data, "i2e", "training")
+    info = log_encoder(model_dir)
+    print(f"train: model logged to MLflow as {info.model_uri} (run {ctx.tracker.run_id})")
 
 
 def check_train(cfg: TrainConfig, ctx: StageContext) -> None:

@@ -156,22 +156,40 @@ class Harness:
     def _watched(self, stage: str) -> list[Path]:
         return [self.root / p for p in self.outs[stage]] + [self._state(stage)]
 
+    STORE = ("mlflow.db", "mlartifacts")  # the project's MLflow store (mofi_core.tracking)
+
     def _snapshot_registry(self, stage: str) -> None:
         """``register`` keeps its state in the MLflow store: keep the store as it was before
         the stage's first run, so every killed run registers from scratch."""
         import shutil
 
-        if stage == "register" and (self.root / ".mlflow").exists():
-            shutil.copytree(self.root / ".mlflow", self.root.parent / "mlflow-before-register",
-                            dirs_exist_ok=True)
+        saved = self.root.parent / "mlflow-before-register"
+        if stage != "register" or saved.exists():
+            return
+        saved.mkdir()
+        for name in self.STORE:
+            src = self.root / name
+            if src.is_dir():
+                shutil.copytree(src, saved / name)
+            elif src.is_file():
+                shutil.copy2(src, saved / name)
 
     def _restore_registry(self, stage: str) -> None:
         import shutil
 
         saved = self.root.parent / "mlflow-before-register"
-        if stage == "register" and saved.exists():
-            shutil.rmtree(self.root / ".mlflow")
-            shutil.copytree(saved, self.root / ".mlflow")
+        if stage != "register" or not saved.exists():
+            return
+        for name in self.STORE:
+            dest = self.root / name
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            elif dest.exists():
+                dest.unlink()
+            if (saved / name).is_dir():
+                shutil.copytree(saved / name, dest)
+            elif (saved / name).is_file():
+                shutil.copy2(saved / name, dest)
 
     def run_reference(self, stage: str) -> dict:
         self._snapshot_registry(stage)
@@ -205,7 +223,7 @@ class Harness:
         return sorted(points)
 
     def _running_runs(self) -> int:
-        db = self.root / ".mlflow" / "mlflow.db"
+        db = self.root / "mlflow.db"
         if not db.exists():
             return 0
         import sqlite3

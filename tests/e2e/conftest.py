@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.pipeline import write_overrides
-from tests.conftest import BIN, TINY, copy_project
+from tests.conftest import BIN, PRODUCTS, TINY, copy_project
 
 # Set for every e2e process: none of them may reach a file, a log or the MLflow/Prefect stores.
 DUMMY_SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAMOFIDUMMYKEY7Q3Z", "AWS_SECRET_ACCESS_KEY":
@@ -34,14 +34,16 @@ class Project:
         return proc
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory) -> Project:
-    root = copy_project(tmp_path_factory.mktemp("project"))
+def tiny_project(root: Path) -> Project:
+    """A copy of this checkout in ``root`` with the tiny params committed, and the environment
+    its commands run in (the venv's tools, tracking on, offline, dummy secrets)."""
+    root = copy_project(root)
     write_overrides(root / "params.yaml", TINY)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam",
                     "tiny params"], cwd=root, check=True)
     env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "MOFI_PARENT_RUN_ID")}
+           if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "MOFI_PARENT_RUN_ID",
+                        "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MOFI_RUN_NAME")}
     env.update({"PATH": f"{BIN}{os.pathsep}{env['PATH']}", "MOFI_TRACKING": "on",
                 "PREFECT_HOME": str(root / ".prefect"), "MLFLOW_DISABLE_TELEMETRY": "true",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "GX_ANALYTICS_ENABLED": "false",
@@ -49,16 +51,34 @@ def project(tmp_path_factory) -> Project:
     return Project(root, env)
 
 
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Project:
+    return tiny_project(tmp_path_factory.mktemp("project"))
+
+
 @dataclass
 class FirstRun:
     stdout: str
-    params_text: str  # params.yaml and dvc.lock right after the run (later tests change them)
-    lock_text: str
+    params_text: str  # the params the run used, its dvc.lock and the small outputs git holds
+    lock_text: str  # (metrics/, plots/, reports/), as they were right after it
+    products: dict[str, bytes]
+    params_before: str  # params.yaml before the run (the override applies to that run only)
+
+
+FIRST_OVERRIDES = {"train.steps": 12}
 
 
 @pytest.fixture(scope="session")
 def first_run(project) -> FirstRun:
     """``mofi run`` with one override, exactly as a user would type it."""
+    before = (project.root / "params.yaml").read_text()
     proc = project.run("mofi", "run", "-S", "train.steps=12")
-    return FirstRun(proc.stdout, (project.root / "params.yaml").read_text(),
-                    (project.root / "dvc.lock").read_text())
+    used = project.root.parent / "params-of-the-first-run.yaml"
+    used.write_text(before)
+    write_overrides(used, FIRST_OVERRIDES)
+    listed = project.run("git", "ls-files", "-o", "-m", "--exclude-standard", "--",
+                         *PRODUCTS).stdout.split()
+    products = {f: (project.root / f).read_bytes() for f in listed
+                if (project.root / f).is_file()}
+    return FirstRun(proc.stdout, used.read_text(), (project.root / "dvc.lock").read_text(),
+                    products, before)

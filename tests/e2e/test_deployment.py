@@ -1,4 +1,5 @@
-"""`prefect server start` + `mofi serve` + `prefect deployment run mofi/full --watch`, for real,
+"""`prefect server start` + `mofi serve` + `prefect deployment run mofi/local --watch`, and
+`prefect deploy` of infra/prefect.yaml + a worker + `prefect deployment run mofi/full`, for real,
 on loopback; every process started here is stopped here."""
 
 import json
@@ -64,24 +65,40 @@ def prefect_api(project, first_run):
             project.env.pop("COLUMNS")
 
 
+def _dvc_experiments(project):
+    """``dvc exp show``: experiment name -> its params, metrics... as DVC reports them."""
+    shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
+    return {rev["name"]: rev["data"] for base in shown for exp in base.get("experiments") or []
+            for rev in exp["revs"]}
+
+
 def test_deployment_run_completes_against_a_real_server(project, prefect_api):
+    params = project.root / "params.yaml"
+    before = params.read_bytes()
     with _background(["mofi", "serve"], project, "serve.log") as serve:
         _wait_for(lambda: serve.poll() is not None or project.run(
-            "prefect", "deployment", "inspect", "mofi/full", check=False
-        ).returncode == 0, "deployment mofi/full")
+            "prefect", "deployment", "inspect", "mofi/local", check=False
+        ).returncode == 0, "deployment mofi/local")
         assert serve.poll() is None, (project.root / "serve.log").read_text()[-3000:]
-        out = project.run("prefect", "deployment", "run", "mofi/full", "--watch",
+        out = project.run("prefect", "deployment", "run", "mofi/local", "--watch",
                           "-p", 'overrides={"train.steps": 14}', timeout=900)
     artifact = project.run("prefect", "artifact", "inspect", "mofi-run-summary").stdout
     assert "Completed" in out.stdout, out.stdout[-3000:]
+    # the override was for that run only: the worker's checkout is as it was, byte for byte
+    assert params.read_bytes() == before
+    assert project.run("git", "status", "--porcelain", "params.yaml").stdout == ""
+    # `mofi serve` has its own deployment: `prefect deploy` of infra/prefect.yaml owns `full`
+    assert project.run("prefect", "deployment", "inspect", "mofi/full",
+                       check=False).returncode != 0
     # the run summary artifact: stage table, metrics and the registered version
-    for text in ("| train | ran |", "| corpus | skipped |", "Retrieval", "mofi-encoder"):
+    for text in ("| train | ran |", "| corpus | skipped |", "Retrieval", "| mofi | 0.",
+                 "mofi-encoder"):
         assert text in artifact, artifact[-3000:]
     # the run really happened: its override reached DVC and MLflow, and only the stages
     # downstream of train.steps ran under its pipeline run
     lock = (project.root / "dvc.lock").read_text()
     assert "steps: 14" in lock
-    mlflow.set_tracking_uri(f"sqlite:///{project.root / '.mlflow' / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["mofi"], output_format="list")
     parent = next(r for r in sorted(runs, key=lambda r: r.info.start_time, reverse=True)
                   if r.data.tags.get("mofi.kind") == "pipeline")
@@ -89,12 +106,28 @@ def test_deployment_run_completes_against_a_real_server(project, prefect_api):
     children = {r.data.tags["mofi.stage"] for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert children == {"train", "evaluate", "report", "register"}
+    # ...and it is recorded as a DVC experiment named after the flow run
+    name = parent.data.tags["mofi.dvc_experiment"]
+    assert name == parent.data.tags["mofi.run_name"]
+    exp = _dvc_experiments(project)[name]
+    assert exp["params"]["params.yaml"]["data"]["train"]["steps"] == 14
+    assert "error" not in exp["metrics"]["metrics/evaluate.json"]  # its metrics are in it
+    # the summary links the pipeline run and the latest validate run's Data Docs in the
+    # MLflow UI (validate did not run this time: the first run's validate run has them)
+    validate = max((r for r in runs if r.data.tags.get("mofi.stage") == "validate"),
+                   key=lambda r: r.info.start_time)
+    ui = f"http://127.0.0.1:5000/#/experiments/{parent.info.experiment_id}/runs"
+    assert f"{ui}/{parent.info.run_id}" in artifact, artifact[-3000:]
+    assert f"{ui}/{validate.info.run_id}/artifacts/data_docs/index.html" in artifact
 
 
 def test_prefect_deploy_from_infra_yaml_and_a_process_worker_run_the_flow(project,
                                                                           prefect_api):
     """The production path: a process work pool, `prefect deploy` of infra/prefect.yaml and a
-    `prefect worker start`; the run finds every stage up to date (the runs above did them)."""
+    `prefect worker start`. A run with overrides leaves dvc.lock describing it while
+    params.yaml is the checkout's, so this plain run re-runs what the override changed (with
+    the checkout's params) and nothing else."""
+    stale = json.loads(project.run("dvc", "status", "--json").stdout or "{}")
     project.run("prefect", "work-pool", "create", "mofi", "--type", "process")
     project.env["MOFI_PROJECT_DIR"] = str(project.root)
     try:
@@ -109,5 +142,10 @@ def test_prefect_deploy_from_infra_yaml_and_a_process_worker_run_the_flow(projec
     assert "Completed" in out.stdout, (out.stdout[-2000:]
                                        + (project.root / "worker.log").read_text()[-3000:])
     artifact = project.run("prefect", "artifact", "inspect", "mofi-run-summary").stdout
-    assert "| train | skipped |" in artifact and "| register | skipped |" in artifact
+    again = "ran" if "train" in stale else "skipped"
+    assert f"| train | {again} |" in artifact and f"| register | {again} |" in artifact
+    assert "| corpus | skipped |" in artifact and "| validate | skipped |" in artifact
     assert "Data validation" in artifact  # the gate's summary is read from the last run
+    assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
+    assert project.run("prefect", "deployment", "inspect", "mofi/local",
+                       check=False).returncode == 0  # both deployments, side by side

@@ -27,27 +27,56 @@ def _statuses(stdout):
     return dict(re.findall(r"^  (\w+)\s+(ran|skipped)\s", stdout, flags=re.M))
 
 
+def _dvc_experiments(project):
+    """``dvc exp show``: experiment name -> its params, metrics... as DVC reports them."""
+    shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
+    return {rev["name"]: rev["data"] for base in shown for exp in base.get("experiments") or []
+            for rev in exp["revs"]}
+
+
+# what train.steps changes (dvc.yaml: evaluate <- models/mofi; report <- metrics/evaluate.json;
+# register <- models/mofi + metrics/evaluate.json)
+AFTER_TRAIN = {"train", "evaluate", "report", "register"}
+
+
 def test_first_run_runs_every_stage_and_writes_every_output(project, first_run):
     order = stage_order(project.root / "dvc.yaml")
     assert _statuses(first_run.stdout) == {s: "ran" for s in order}
     missing = [p for p in _declared_outputs(project.root) if not (project.root / p).exists()]
     assert missing == []
     ev = json.loads((project.root / "metrics" / "evaluate.json").read_text())
+    ev = ev.get("evaluate", ev)  # metrics/<stage>.json: {"<stage>": {...}}
     for model in ("mofi", "baseline"):
         assert all(math.isfinite(v) for v in ev[model].values())
     assert "registered mofi-encoder version 1" in first_run.stdout
     assert "mofi ui" in first_run.stdout
 
 
-def test_override_is_in_params_dvc_lock_and_mlflow(project, first_run):
+def test_override_is_in_dvc_lock_a_dvc_experiment_and_mlflow_not_in_params(project,
+                                                                           first_run):
+    """`mofi run -S train.steps=12`: the stages saw 12 (dvc.lock), the run is a DVC experiment
+    and an MLflow run with its override, and params.yaml is the checkout's again."""
     assert yaml.safe_load(first_run.params_text)["train"]["steps"] == 12
     lock = yaml.safe_load(first_run.lock_text)
     assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 12
-    mlflow.set_tracking_uri(f"sqlite:///{project.root / '.mlflow' / 'mlflow.db'}")
+    assert (project.root / "params.yaml").read_text() == first_run.params_before
+    assert project.run("git", "status", "--porcelain", "params.yaml").stdout == ""
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["mofi"], output_format="list")
     first = min((r for r in runs if r.data.tags.get("mofi.kind") == "pipeline"),
                 key=lambda r: r.info.start_time)
     assert first.data.params["override.train.steps"] == "12"
+    name = first.data.tags["mofi.dvc_experiment"]
+    assert name == first.data.tags["mofi.run_name"]  # the Prefect flow run's name
+    assert f"recorded as DVC experiment '{name}'" in first_run.stdout
+    exp = _dvc_experiments(project)[name]
+    assert exp["params"]["params.yaml"]["data"]["train"]["steps"] == 12
+    assert exp["metrics"]["metrics/train.json"]["data"]  # the metrics it produced, too
+    evaluate = exp["metrics"]["metrics/evaluate.json"]["data"]
+    assert evaluate.get("evaluate", evaluate)["mofi"]["gpr_map"] > 0
+    # the run's page in the MLflow UI, printed by `mofi run`
+    assert (f"http://127.0.0.1:5000/#/experiments/{first.info.experiment_id}/runs/"
+            f"{first.info.run_id}") in first_run.stdout
     children = {r.data.tags.get("mofi.stage") for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
     assert children == set(stage_order(project.root / "dvc.yaml"))
@@ -62,7 +91,7 @@ def test_override_is_in_params_dvc_lock_and_mlflow(project, first_run):
 
 
 def test_registered_champion_loads_and_embeds_to_unit_vectors(project, first_run):
-    mlflow.set_tracking_uri(f"sqlite:///{project.root / '.mlflow' / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/mofi-encoder@champion")
     image = next((project.root / "data" / "benchmark" / "gpr1200").glob("*.jpg"))
     emb = model.predict(pd.DataFrame({"image": [image.read_bytes()]}))
@@ -72,10 +101,19 @@ def test_registered_champion_loads_and_embeds_to_unit_vectors(project, first_run
     assert any(k.startswith("dvc.build.") for k in version.tags)
 
 
-def test_second_run_skips_every_stage(project, first_run):
-    again = project.run("mofi", "run")
+def test_a_plain_run_reruns_only_what_an_override_changed_then_nothing(project, first_run):
+    """After a run with overrides, dvc.lock describes it while params.yaml is the checkout's:
+    the next plain run re-runs the stages the override changed, with the checkout's params
+    (unless a run since has done so already), and the one after it skips every stage."""
+    stale = json.loads(project.run("dvc", "status", "--json").stdout or "{}")
+    assert set(stale) <= {"train"}
     order = stage_order(project.root / "dvc.yaml")
+    first = _statuses(project.run("mofi", "run").stdout)
+    assert {s for s, status in first.items() if status == "ran"} == (
+        AFTER_TRAIN if stale else set())
+    again = project.run("mofi", "run")
     assert _statuses(again.stdout) == {s: "skipped" for s in order}
+    assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
 
 
 def test_changing_one_param_reruns_only_what_is_downstream(project, first_run):
@@ -111,5 +149,5 @@ def test_no_secret_reaches_files_logs_or_the_mlflow_and_prefect_stores(project, 
     leaks += [f"stdout: {s.decode()}" for s in secrets if s.decode() in first_run.stdout]
     assert leaks == []
     assert scanned > 100
-    assert (project.root / ".mlflow" / "mlflow.db").is_file()
+    assert (project.root / "mlflow.db").is_file()
     assert any(project.root.joinpath(".prefect").rglob("*.db"))

@@ -344,7 +344,7 @@ def test_a_verdict_keeps_its_evidence_and_the_gate_then_holds(built, tmp_path):
     assert failed.exit_code != 0 and "data validation failed" in failed.output
     report = json.loads((root / "reports" / "validate.json").read_text())
     assert report["summary"]["success"] is False
-    assert json.loads((root / "metrics" / "validate.json").read_text())["failed"] >= 1
+    assert json.loads((root / "metrics" / "validate.json").read_text())["validate"]["failed"] >= 1
     refused = _run(root, "train")
     assert refused.exit_code != 0
     assert re.search(r"the last validation failed .*validate\.json", refused.output)
@@ -364,7 +364,8 @@ def test_the_reject_limit_keeps_the_complete_ingest_and_names_its_table(built, t
     assert re.search(r"RejectRateError: ingest rejected .*data/ingest/rejects\.parquet", last)
     named = Path(re.search(r"reasons are in (\S+rejects\.parquet)", last).group(1))
     assert pq.read_table(named).num_rows > 0
-    assert json.loads((root / "metrics" / "ingest.json").read_text())["samples_rejected"] > 0
+    metrics = json.loads((root / "metrics" / "ingest.json").read_text())["ingest"]
+    assert metrics["samples_rejected"] > 0
 
 
 def test_debug_shows_the_traceback(built, tmp_path):

@@ -181,3 +181,81 @@ def test_the_served_model_reads_no_file_outside_its_allowed_root(store, model_di
                    "sub/../../" + image.name):
         with pytest.raises(PathNotAllowed, match="outside the model's allowed root"):
             model.predict(pd.DataFrame({"path": [escape]}))
+
+
+def _register_on(model_dir, root, value, benchmark="bench-a", **cfg):
+    with tracking.run("register", root):
+        return register(model_dir, {"mofi": {"gpr_map": value}, "baseline": {"gpr_map": 0.3},
+                                    "benchmark": {"digest": benchmark}},
+                        root, RegisterConfig(**cfg))
+
+
+def _champion():
+    return int(mlflow.MlflowClient().get_model_version_by_alias("mofi-encoder",
+                                                                "champion").version)
+
+
+def test_reregistering_old_bytes_never_moves_the_champion_back(store, model_dir):
+    """The sequence a user hit: main registers v1 (champion); an experiment makes a better v2
+    (champion); back on main, `dvc repro` registers v1's bytes again. v2 stays champion."""
+    v1 = _register_on(model_dir, store, 0.40)
+    assert (v1["version"], v1["promoted"], _champion()) == (1, True, 1)
+    v2 = _register_on(_variant(model_dir, store, "exp"), store, 0.50)
+    assert (v2["version"], v2["promoted"], _champion()) == (2, True, 2)
+    again = _register_on(model_dir, store, 0.40)
+    assert again["version"] == 1 and again["champion"] == 2 and _champion() == 2
+    assert again["decision"] == v1["decision"]  # history, reported as it was
+    client = mlflow.MlflowClient()
+    assert len(client.search_model_versions("name = 'mofi-encoder'")) == 2
+    # an equal number is not better: the champion moves only to a strictly better version
+    tie = _register_on(_variant(model_dir, store, "tie"), store, 0.50)
+    assert not tie["promoted"] and _champion() == 2
+
+
+def test_numbers_from_another_benchmark_never_promote(store, model_dir):
+    _register_on(model_dir, store, 0.40, benchmark="bench-a")
+    other = _register_on(_variant(model_dir, store, "other"), store, 0.90, benchmark="bench-b")
+    assert not other["promoted"] and _champion() == 1
+    assert "not comparable" in other["decision"] and "mofi promote" in other["decision"]
+    tags = mlflow.MlflowClient().get_model_version("mofi-encoder", "2").tags
+    assert tags["benchmark_digest"] == "bench-b"
+
+
+def test_promote_by_hand_with_a_reason(store, model_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mofi_core.cli import app
+
+    _register_on(model_dir, store, 0.40)
+    _register_on(_variant(model_dir, store, "p2"), store, 0.50)
+    assert _champion() == 2
+    runner = CliRunner()
+    (store / "params.yaml").write_text("register:\n  model_name: mofi-encoder\n")
+    args = ["--params", str(store / "params.yaml"), "--root", str(store)]
+    no_reason = runner.invoke(app, ["promote", "1", "--reason", " ", *args])
+    assert no_reason.exit_code == 1 and "--reason" in no_reason.output and _champion() == 2
+    missing = runner.invoke(app, ["promote", "7", "--reason", "x", *args])
+    assert missing.exit_code == 1 and "no version 7" in missing.output
+    done = runner.invoke(app, ["promote", "1", "--reason", "v2 fails on night photos", *args])
+    assert done.exit_code == 0, done.output
+    assert "champion is version 1 (was 2)" in done.output and _champion() == 1
+    tags = mlflow.MlflowClient().get_model_version("mofi-encoder", "1").tags
+    assert tags["promoted_by_hand"] == "v2 fails on night photos"
+    assert tags["promoted_by_hand_from"] == "2"
+    # registering v2's bytes again does not undo the choice
+    _register_on(_variant(model_dir, store, "p2"), store, 0.50)
+    assert _champion() == 1
+
+
+def test_the_version_is_registered_from_the_train_run_that_logged_it(store, model_dir):
+    from mofi_core.serving.logged import log_encoder
+
+    with tracking.run("train", store) as train_run:
+        info = log_encoder(model_dir)
+    done = _register_on(model_dir, store, 0.5)
+    version = mlflow.MlflowClient().get_model_version("mofi-encoder", str(done["version"]))
+    assert version.run_id == train_run.run_id
+    assert version.tags["logged_in"] == f"run {train_run.run_id}"
+    assert version.source.endswith(info.model_id) or info.model_id in version.source
+    linked = mlflow.get_logged_model(info.model_id).metrics
+    assert {m.key for m in linked} >= {"eval.mofi.gpr_map", "eval.baseline.gpr_map"}

@@ -16,6 +16,7 @@ from mofi_core.io.shards import iter_samples
 from mofi_core.train.run import train_model
 from mofi_core.validate import Inputs, ValidationFailed, validate
 from tests.faults import write_fault_shards
+from tests.html_scan import remote_loads
 
 
 def _inputs(layout, i2e):
@@ -117,6 +118,7 @@ def test_validate_passes_with_data_docs_and_enough_expectations(chain):
     html = index.read_text()
     assert all(f"{b}" in html for b in v["per_batch"])
     assert len(list((layout.reports / "data_docs" / "validations").rglob("*.html"))) == 7
+    assert remote_loads(layout.reports / "data_docs") == []  # readable offline
 
 
 def _corrupt(path, schema, change):

@@ -314,7 +314,7 @@ def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     assert load_model(root / "models" / "mofi")[1].recipe == "multitask"
-    assert json.loads((root / "metrics" / "train.json").read_text())["steps"] == 4
+    assert json.loads((root / "metrics" / "train.json").read_text())["train"]["steps"] == 4
     lines = (root / "plots" / "train_loss.csv").read_text().splitlines()
     assert lines[0].startswith("step,") and "loss" in lines[0].split(",") and len(lines) == 3
     ckpt = checkpoint.latest_any(root / ".mofi" / "state" / "train" / "checkpoints")

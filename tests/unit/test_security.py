@@ -533,8 +533,8 @@ def test_mofi_ui_execs_that_command_without_the_disable_switch(tmp_path, monkeyp
     import mofi_core.tracking
     from mofi_core.cli import app, ui_command
 
-    uri = f"sqlite:///{tmp_path / '.mlflow' / 'mlflow.db'}"
-    monkeypatch.setattr(mofi_core.tracking, "configure", lambda root: "0")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr(mofi_core.tracking, "configure", lambda root, create=True: "0")
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: uri)
     monkeypatch.setenv("MLFLOW_SERVER_DISABLE_SECURITY_MIDDLEWARE", "true")
     execs = []
@@ -543,7 +543,7 @@ def test_mofi_ui_execs_that_command_without_the_disable_switch(tmp_path, monkeyp
                                       "--allowed-hosts", "a.example.org"])
     assert result.exit_code == 0, result.output
     expected = ui_command(uri, "127.0.0.1", 5999,
-                          (tmp_path / ".mlflow" / "artifacts").resolve().as_uri(),
+                          (tmp_path / "mlartifacts").resolve().as_uri(),
                           "a.example.org", None)
     ((path, argv, env),) = execs
     assert (path, argv) == (sys.executable, expected)
