@@ -276,7 +276,9 @@ def _print_summary(summary: dict, root: Path) -> None:
                    f"champion is version {model['champion']}")
     if summary.get("report"):
         typer.echo("\n" + summary["report"])
-    typer.echo(f"\nMLflow UI: mofi ui --root {root}   (then open http://127.0.0.1:5000)")
+    typer.echo(f"\nMLflow UI: mofi ui --root {root}   (or plain `mlflow ui` there; then open "
+               "http://127.0.0.1:5000)\ncompare runs: dvc exp show, dvc metrics diff, "
+               "dvc plots diff (README \"Review a run\")")
 
 
 @app.command("remote-s3")
