@@ -34,7 +34,8 @@ class Out:
 class Plot:
     """A plot the stage writes for ``dvc plots show/diff``: a PNG image or a folder of them
     (no ``x``/``y``: readable offline, unlike DVC's HTML for data plots, which loads its
-    renderer from a CDN), or a CSV with ``x``/``y`` columns."""
+    renderer from a CDN), or a CSV with ``x``/``y`` columns. (A ``cache: false`` output that is
+    neither a plot nor a metric would stop DVC from keeping the stage in its run cache.)"""
 
     path: str
     x: str = ""
@@ -106,8 +107,9 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("baseline", "mofi_core.train.run:run_baseline", "baseline",
               "Train the control: CLIP on raw alt-text (also the default scorer).",
               inputs=("data/ingest/shards",),
-              outs=(Out("models/baseline"), Out("plots/baseline_loss.csv", cache=False)),
-              plots=(Plot("plots/baseline_loss.png"),)),
+              outs=(Out("models/baseline"),),
+              plots=(Plot("plots/baseline_loss.csv", "step", "loss"),
+                     Plot("plots/baseline_loss.png"))),
     StageSpec("score", "mofi_core.curate.score:run", "score",
               "CLIP similarity of every (image, candidate entity) pair.",
               inputs=("data/ingest/shards", "data/ner/parts", KB, "models/baseline"),
@@ -127,8 +129,8 @@ STAGES: tuple[StageSpec, ...] = (
               "Train the MOFI encoder on the I2E dataset (train.recipe).",
               # reports/validate.json is the gate: train runs only after validate has passed
               inputs=("data/i2e", "reports/validate.json", KB),
-              outs=(Out("models/mofi"), Out("plots/train_loss.csv", cache=False)),
-              plots=(Plot("plots/train_loss.png"),),
+              outs=(Out("models/mofi"),),
+              plots=(Plot("plots/train_loss.csv", "step", "loss"), Plot("plots/train_loss.png")),
               check="mofi_core.train.run:check_train"),
     StageSpec("evaluate", "mofi_core.evaluate.run:run", "evaluate",
               "GPR1200-protocol retrieval, zero-shot, linear probe: MOFI vs the baseline CLIP.",
