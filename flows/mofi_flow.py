@@ -189,8 +189,7 @@ def mlflow_links(parent_run_id: str | None) -> dict[str, str]:
 
 def summarise(layout: Layout, stages: list[dict], links: dict[str, str] | None = None
               ) -> dict[str, Any]:
-    evaluation = _read_json(layout.metrics("evaluate"))
-    evaluation = evaluation.get("evaluate", evaluation)  # {"<stage>": {...}} (or flat: older)
+    evaluation = _read_json(layout.metrics("evaluate")).get("evaluate", {})
     registry = _read_json(layout.reports / "register.json")
     report = layout.reports / "quality.md"
     links = links or {}

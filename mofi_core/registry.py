@@ -40,37 +40,26 @@ BENCHMARK_TAG = "benchmark_digest"
 LINEAGE_STAGES = ("train", "evaluate")  # their data inputs made the model and its numbers
 
 
-def git_commit(root: Path) -> str:
-    return tracking.git_commit(root)
-
-
 def _lock(root: Path) -> dict:
+    """dvc.lock's stages (``{}`` without a lock: stages run outside DVC)."""
     lock = root / "dvc.lock"
     if not lock.is_file():
         return {}
-    return yaml.safe_load(lock.read_text(encoding="utf-8")) or {}
+    return (yaml.safe_load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
 
 
-def dvc_hashes(root: Path, stages: tuple[str, ...] = ("build", "train")) -> dict[str, str]:
-    """md5 of each out of the given stages, as recorded in dvc.lock ({} without a lock)."""
-    out = {}
-    for stage in stages:
-        for o in _lock(root).get("stages", {}).get(stage, {}).get("outs", []):
-            if "md5" in o:
-                out[f"dvc.{stage}.{o['path']}"] = o["md5"]
-    return out
+def dvc_hashes(lock: dict, stages: tuple[str, ...] = ("build", "train")) -> dict[str, str]:
+    """``dvc.<stage>.<path>``: the md5 of each out of ``stages`` in dvc.lock's ``lock``."""
+    return {f"dvc.{stage}.{o['path']}": o["md5"] for stage in stages
+            for o in lock.get(stage, {}).get("outs", []) if "md5" in o}
 
 
-def input_hashes(root: Path, stages: tuple[str, ...] = LINEAGE_STAGES) -> dict[str, str]:
-    """``input.<path>``: the DVC hash of every data input (code excepted) of ``stages``, as
-    dvc.lock records them ({} for stages run outside DVC)."""
-    out = {}
-    for stage in stages:
-        for dep in _lock(root).get("stages", {}).get(stage, {}).get("deps", []):
-            path = dep.get("path", "")
-            if "md5" in dep and not path.startswith("mofi_core"):
-                out[f"input.{path}"] = dep["md5"]
-    return out
+def input_hashes(lock: dict, stages: tuple[str, ...] = LINEAGE_STAGES) -> dict[str, str]:
+    """``input.<path>``: the DVC hash of every data input (code excepted) of ``stages`` in
+    dvc.lock's ``lock``."""
+    return {f"input.{d['path']}": d["md5"] for stage in stages
+            for d in lock.get(stage, {}).get("deps", [])
+            if "md5" in d and not d.get("path", "").startswith("mofi_core")}
 
 
 def current_champion(client, name: str):
@@ -178,7 +167,8 @@ def _source(model_dir: Path, sha: str, cfg: RegisterConfig) -> tuple[str, str, s
 def lineage_tags(root: Path, metrics: dict, cfg: RegisterConfig) -> dict[str, str]:
     """What made a version: code, data inputs with their DVC hashes, params changed."""
     base = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
-    tags = {"git_commit": git_commit(root), **dvc_hashes(root), **input_hashes(root),
+    lock = _lock(root)
+    tags = {"git_commit": tracking.git_commit(root), **dvc_hashes(lock), **input_hashes(lock),
             BENCHMARK_TAG: str(metrics.get("benchmark", {}).get("digest", "unknown"))}
     changed = tracking.params_changed(root, base)
     tags.update({f"param.{k}": v for k, v in changed.items()})

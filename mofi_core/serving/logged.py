@@ -13,6 +13,8 @@ import hashlib
 import io
 from pathlib import Path
 
+from mofi_core.serving.requirements import serving_requirements
+
 PYFUNC_CODE = Path(__file__).parent / "pyfunc_model.py"
 PACKAGE = Path(__file__).parent.parent  # mofi_core, shipped with the model (code_paths)
 ARTIFACT_NAME = "encoder"
@@ -54,16 +56,6 @@ def _example(model_dir: Path):
     return pd.DataFrame({"image": [buf.getvalue()]})
 
 
-def requirements() -> list[str]:
-    """What a fresh environment needs to serve the model (see serving/requirements.py)."""
-    try:
-        from mofi_core.serving.requirements import serving_requirements
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return ["torch==2.14.1", "open-clip-torch==3.3.0", "safetensors", "pillow", "pandas",
-                "numpy"]
-    return serving_requirements()
-
-
 def log_encoder(model_dir: Path, allowed_root: str = "", tags: dict[str, str] | None = None):
     """Log ``model_dir`` into the active run as the pyfunc encoder; returns MLflow's
     ``ModelInfo`` (``model_id``, ``model_uri``). ``allowed_root``: the folder the served model
@@ -78,7 +70,7 @@ def log_encoder(model_dir: Path, allowed_root: str = "", tags: dict[str, str] | 
         artifacts={"model_dir": str(model_dir)}, code_paths=[str(PACKAGE)],
         signature=_signature(meta.arch_config["embed_dim"]),
         model_config={"allowed_root": allowed_root}, input_example=_example(model_dir),
-        pip_requirements=requirements(),
+        pip_requirements=serving_requirements(),
         tags={SHA_TAG: model_sha256(model_dir), ROOT_TAG: allowed_root, "recipe": meta.recipe,
               "arch": meta.arch, **(tags or {})})
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mofi_core import tracking
-from mofi_core.registry import input_hashes
+from mofi_core.registry import _lock, input_hashes
 
 
 def _git(root, *args):
@@ -135,7 +135,7 @@ def test_version_inputs_are_every_data_dep_of_train_and_evaluate(tmp_path):
         "evaluate": {"deps": [{"path": "data/benchmark", "md5": "b.dir"},
                               {"path": "models/mofi", "md5": "m.dir"}]}}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    assert input_hashes(tmp_path) == {"input.data/i2e": "a.dir",
+    assert input_hashes(_lock(tmp_path)) == {"input.data/i2e": "a.dir",
                                       "input.data/benchmark": "b.dir",
                                       "input.models/mofi": "m.dir"}
 
