@@ -7,7 +7,9 @@
 Parts:
 - ``ratios``: each stage against its raw baseline in the same process, median of >= 5 repeats
   (bench_ingest, bench_ner, bench_score with the demo's mofi-tiny and with ViT-B-32,
-  bench_train, bench_retrieval, bench_world, bench_publish against a loopback S3 server);
+  bench_train, bench_train_stage (the whole train/baseline stage against 1.25 x its bare
+  fwd/bwd/step loop + 10 s), bench_retrieval, bench_world, bench_publish against a loopback S3
+  server);
 - ``demo``: the whole pipeline (the Prefect flow over ``dvc repro``, as ``make demo``) in a
   fresh copy of the project, with each stage's time;
 - ``scaling``: time and peak RSS of generate, ingest, ner, score, build and evaluate at 1k, 10k
@@ -51,6 +53,12 @@ RATIOS = (
      ["--arch", "ViT-B-32", "--samples", "200", "--batch-size", "50", "--repeats", "5"]),
     ("train", "bench_train.py", ["--steps", "30", "--repeats", "5"],
      ["--steps", "10", "--repeats", "5"]),
+    ("train_stage", "bench_train_stage.py",
+     ["--recipe", "supervised", "--steps", "1200", "--repeats", "3"],
+     ["--recipe", "supervised", "--steps", "300", "--samples", "3000", "--repeats", "3"]),
+    ("train_stage_clip", "bench_train_stage.py",
+     ["--recipe", "clip", "--steps", "1200", "--repeats", "3"],
+     ["--recipe", "clip", "--steps", "300", "--samples", "3000", "--repeats", "3"]),
     ("retrieval", "bench_retrieval.py",
      ["--images", "12000", "--loop-queries", "600", "--repeats", "5"],
      ["--images", "4000", "--loop-queries", "400", "--repeats", "5"]),

@@ -68,6 +68,7 @@ from flows.pipeline import (
 )
 from mofi_core import tracking
 from mofi_core.io.layout import Layout
+from mofi_core.recipes import model_label
 
 MLFLOW_UI_ENV = "MOFI_MLFLOW_UI_URL"
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"  # what `mofi ui` serves
@@ -194,8 +195,10 @@ def summarise(layout: Layout, stages: list[dict], links: dict[str, str] | None =
     report = layout.reports / "quality.md"
     links = links or {}
     docs = layout.reports / "data_docs" / "index.html"
+    models = {k: v for k, v in evaluation.items()
+              if isinstance(v, dict) and k != "benchmark" and "_vs_" not in k}
     return {"stages": stages,
-            "mofi": evaluation.get("mofi", {}), "baseline": evaluation.get("baseline", {}),
+            "models": models,  # every candidate, then the control: {name: metrics}
             "model": registry,
             "validation": _read_json(layout.reports / "validate.json").get("summary", {}),
             "mlflow_run": links.get("run", ""),
@@ -211,13 +214,13 @@ def summary_markdown(summary: dict[str, Any], overrides: dict[str, Any]) -> str:
                   f"({summary['mlflow_run']}) (each stage's run is nested under it)", ""]
     lines += ["| stage | status | seconds |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['status']} | {s['seconds']} |" for s in summary["stages"]]
-    lines += ["", "## Retrieval (GPR1200 protocol)", "", "| model | mAP | R@1 | R@5 |",
-              "|---|---|---|---|"]
-    for name in ("mofi", "baseline"):
-        m = summary[name]
-        if m:
-            lines.append(f"| {name} | {m['gpr_map']:.4f} | {m['recall_at_1']:.4f} | "
-                         f"{m['recall_at_5']:.4f} |")
+    lines += ["", "## Every model on the benchmark (GPR1200 protocol)", "",
+              "| model | mAP | R@1 | zero-shot top-1 | linear probe top-1 |",
+              "|---|---|---|---|---|"]
+    for name, m in summary["models"].items():
+        cells = [m.get(k) for k in ("gpr_map", "recall_at_1", "zero_shot_top1", "probe_top1")]
+        lines.append(f"| {model_label(name)} | " + " | ".join(
+            "n/a" if v is None else f"{v:.4f}" for v in cells) + " |")
     check = summary.get("validation") or {}
     if check:
         verdict = "passed" if check.get("success") else "**FAILED** (training did not run)"
@@ -231,9 +234,11 @@ def summary_markdown(summary: dict[str, Any], overrides: dict[str, Any]) -> str:
         lines += ["", "great-expectations Data Docs: `reports/data_docs/index.html` in the "
                       "project folder (no MLflow run to link them from: tracking is off)."]
     model = summary["model"]
-    if model:
-        lines += ["", f"Registered **{model['model_name']}** version {model['version']} "
-                      f"(champion: version {model['champion']}, promoted: {model['promoted']})."]
+    if model.get("candidates"):
+        versions = ", ".join(f"{n} v{d['version']}" for n, d in model["candidates"].items())
+        lines += ["", f"Registered **{model['model_name']}**: {versions}; best this run: "
+                      f"{model['best']} (promoted: {model['promoted']}); champion: version "
+                      f"{model['champion']}."]
     if overrides:
         lines += ["", "Overrides: `" + json.dumps(overrides, sort_keys=True) + "`"]
         if summary.get("overrides_record"):
@@ -323,8 +328,10 @@ def _run(layout: Layout, needs: dict[str, tuple[str, ...]], overrides: dict[str,
             if failure is not None:
                 raise failure
             summary = summarise(layout, [results[s] for s in order])
-            tracker.log_metrics({"mofi": summary["mofi"], "baseline": summary["baseline"]})
-            tracker.log_metrics({f"seconds.{s}": r["seconds"] for s, r in results.items()})
+            tracker.log_metrics(summary["models"])
+            # MLflow names take no "@": train@multitask is seconds.train.multitask
+            tracker.log_metrics({f"seconds.{s.replace('@', '.')}": r["seconds"]
+                                 for s, r in results.items()})
             if overrides:
                 record, exp = record_overrides(layout.root, overrides, run_name)
                 print(record)

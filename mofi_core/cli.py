@@ -57,19 +57,44 @@ SetsOpt = Annotated[list[str], typer.Option(
 
 
 def _stage_command(spec) -> None:
-    def command(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."),
-                sets: SetsOpt = []) -> None:  # noqa: B006 - typer reads the default
+    def run_one(one, params: Path, root: Path, sets: list[str]) -> None:
         from mofi_core.stage import execute
 
         try:
-            metrics = execute(spec, params, root, overrides=_parse_sets(sets))
+            metrics = execute(one, params, root, overrides=_parse_sets(sets))
         except Exception as err:  # every failure is reported with its message and exit code 1
             _fail(err)
         from mofi_core.tracking import is_main_process
 
         if is_main_process():  # under torchrun every rank returns its own; rank 0 reports
-            typer.echo(f"{spec.name}: " + ", ".join(f"{k}={_fmt(v)}"
-                                                    for k, v in _flat(metrics).items()))
+            typer.echo(f"{one.address}: " + ", ".join(f"{k}={_fmt(v)}"
+                                                      for k, v in _flat(metrics).items()))
+
+    if spec.foreach:
+        key = f"{spec.section}.{spec.foreach}"
+
+        def command(item=None, params: ParamsOpt = Path("params.yaml"),
+                    root: RootOpt = Path("."),
+                    sets: SetsOpt = []) -> None:  # noqa: B006 - typer reads the default
+            if item is not None:
+                run_one(spec.instance(item), params, root, sets)
+                return
+            from mofi_core.config import load_params
+
+            try:
+                section = load_params(params, _parse_sets(sets)).section(spec.section)
+            except Exception as err:
+                _fail(err)
+            for each in getattr(section, spec.foreach):
+                run_one(spec.instance(str(each)), params, root, sets)
+
+        # an object, not a string: the help names this stage (annotations are strings here)
+        command.__annotations__["item"] = Annotated[str | None, typer.Argument(
+            help=f"which entry of {key} (DVC stage {spec.name}@<entry>); none: each in turn")]
+    else:
+        def command(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."),
+                    sets: SetsOpt = []) -> None:  # noqa: B006 - typer reads the default
+            run_one(spec, params, root, sets)
 
     command.__doc__ = spec.help
     app.command(spec.name, help=spec.help)(command)
@@ -263,17 +288,20 @@ def run(sets: Annotated[list[str], typer.Option(
 def _print_summary(summary: dict, root: Path) -> None:
     typer.echo("\nstage times:")
     for s in summary["stages"]:
-        typer.echo(f"  {s['stage']:<9} {s['status']:<8} {s['seconds']:>7.1f} s")
-    typer.echo("\nretrieval on the benchmark (GPR1200 protocol):")
-    for name in ("mofi", "baseline"):
-        m = summary.get(name) or {}
-        if m:
-            typer.echo(f"  {name:<9} mAP {m['gpr_map']:.4f}  R@1 {m['recall_at_1']:.4f}  "
-                       f"R@5 {m['recall_at_5']:.4f}")
+        typer.echo(f"  {s['stage']:<20} {s['status']:<8} {s['seconds']:>7.1f} s")
+    from mofi_core.recipes import model_label
+
+    typer.echo("\nevery model on the benchmark (GPR1200 protocol; zero-shot: text towers):")
+    for name, m in (summary.get("models") or {}).items():
+        zs = f"{m['zero_shot_top1']:.4f}" if "zero_shot_top1" in m else "  n/a "
+        lp = f"{m['probe_top1']:.4f}" if "probe_top1" in m else "n/a"
+        typer.echo(f"  {model_label(name):<24} mAP {m['gpr_map']:.4f}  R@1 "
+                   f"{m['recall_at_1']:.4f}  zero-shot {zs}  probe {lp}")
     model = summary.get("model") or {}
-    if model:
-        typer.echo(f"\nregistered {model['model_name']} version {model['version']}; "
-                   f"champion is version {model['champion']}")
+    if model.get("candidates"):
+        versions = ", ".join(f"{n} v{d['version']}" for n, d in model["candidates"].items())
+        typer.echo(f"\nregistered {model['model_name']}: {versions}; best this run: "
+                   f"{model['best']}; champion is version {model['champion']}")
     if summary.get("report"):
         typer.echo("\n" + summary["report"])
     typer.echo(f"\nMLflow UI: mofi ui --root {root}   (or plain `mlflow ui` there; then open "

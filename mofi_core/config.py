@@ -166,6 +166,10 @@ class TrainConfig(Section):
     num_workers: int = Field(1, ge=0)
     resampled: bool = Field(False, description=(
         "draw shards with replacement (multi-node); resume then re-seeds instead of replaying"))
+    data_in_memory: bool | Literal["auto"] = Field("auto", description=(
+        "decode the training set once into memory and augment batches as tensors (no "
+        "DataLoader worker) instead of streaming the shards; auto = when the data is local "
+        "and its decoded images fit in 2 GiB. A result key: the sample order differs"))
     # execution
     compile: bool = Field(False, description="torch.compile the network")
     grad_checkpointing: bool = False
@@ -206,7 +210,26 @@ class BaselineConfig(TrainConfig):
 
 
 class MofiTrainConfig(TrainConfig):
+    """The candidates: every recipe in ``recipes`` is trained with these keys (its own DVC
+    stage ``train@<recipe>``, model folder ``models/<recipe>``), then evaluated and registered.
+    ``recipe`` is set per stage instance from the list (by the stage runner), never in
+    params.yaml (:func:`parse_params` says so)."""
+
+    recipes: tuple[Literal[MOFI_RECIPES], ...] = Field(  # type: ignore[valid-type]
+        MOFI_RECIPES, min_length=1, description=(
+            "the MOFI recipes trained and compared with the control; multitask is the paper's "
+            "final model (reports call it MOFI)"))
     recipe: Literal[MOFI_RECIPES] = "supervised"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _unique(self) -> MofiTrainConfig:
+        if len(set(self.recipes)) != len(self.recipes):
+            raise ValueError(f"train.recipes lists a recipe twice: {list(self.recipes)}")
+        return self
+
+    def result_key(self) -> dict[str, Any]:
+        # the list says which instances exist, not what one of them computes
+        return {k: v for k, v in super().result_key().items() if k != "recipes"}
 
 
 class ScoreConfig(Section):
@@ -289,14 +312,16 @@ class EvaluateConfig(Section):
 
 class ReportConfig(Section):
     require_paper_direction: bool = Field(
-        False, description="fail the stage if filtering does not raise label precision or MOFI "
-                           "does not beat the CLIP control (a regression check for the demo world)")
+        False, description="fail the stage if any of the paper's directions this run can check "
+                           "does not hold (mofi_core/claims.py; a regression check for the demo "
+                           "world)")
 
 
 class RegisterConfig(Section):
     model_name: str = "mofi-encoder"
-    metric: str = Field("gpr_map", description="key of metrics/evaluate.json 'mofi' block; "
-                                                "higher is better")
+    metric: str = Field("gpr_map", description="key of each candidate's block of "
+                        "metrics/evaluate.json; higher is better; the best candidate of a run "
+                        "may become champion")
     margin: float = Field(0.0, ge=0, description=(
         "the challenger becomes champion only if it beats the champion by more than this"))
     serve_path_root: str = Field("", description=(
@@ -429,6 +454,11 @@ def _problems(source: str, lines: list[str]) -> str:
 
 def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
     merged, problems = _merge_runtime(raw or {})
+    train = merged.get("train")
+    if isinstance(train, dict) and "recipe" in train:
+        problems.append(f"  train.recipe: the candidates are a list now, train.recipes: "
+                        f"[{train['recipe']}] (or several: each is trained as stage "
+                        "train@<recipe>, evaluated and registered)")
     if problems:
         raise ParamsError(_problems(source, problems))
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from mofi_core import tracking
-from mofi_core.config import Section
+from mofi_core.config import Params, Section
 from mofi_core.io.layout import Layout
 from mofi_core.io.storage import StageStorage
 from mofi_core.stages import StageSpec
@@ -28,3 +28,4 @@ class StageContext(Generic[S]):
     tracker: tracking.Tracker
     artifacts: list[Path] = field(default_factory=list)  # logged to the run at the end
     storage: StageStorage | None = None  # set when a storage root (s3://) is configured
+    params: Params | None = None  # every section: for the keys in the row's ``also_params``

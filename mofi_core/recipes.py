@@ -60,6 +60,16 @@ MOFI_RECIPES = tuple(n for n, r in RECIPES.items() if r.data == "i2e")
 TEXT_TOWER_KINDS = tuple(sorted({r.model_kind for r in RECIPES.values() if r.text_tower}))
 
 
+PAPER_MODEL = "multitask"  # the paper's final model: reports call it MOFI
+CONTROL_MODEL = "baseline"  # the control's model folder and name in every report
+
+
+def model_label(name: str) -> str:
+    """How reports name a model: the paper's final recipe is MOFI, the others go by recipe."""
+    return {PAPER_MODEL: f"MOFI ({PAPER_MODEL})",
+            CONTROL_MODEL: "control CLIP (alt-text)"}.get(name, name)
+
+
 def recipe(name: str) -> RecipeSpec:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}: one of {', '.join(RECIPES)}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mofi_core import tracking
-from mofi_core.config import Section, load_params
+from mofi_core.config import Params, ParamsError, Section, load_params
 from mofi_core.context import StageContext
 from mofi_core.io.atomic import sweep_stale_temps, write_json
 from mofi_core.io.layout import Layout
@@ -98,8 +98,8 @@ def _link_or_copy(src: str | Path, dest: str | Path) -> None:
 def outputs_kept_on_failure(spec: StageSpec, root: Path) -> Iterator[None]:
     """On failure (an exception, Ctrl-C), put the stage's previous outputs back as they were and
     keep what the failed run wrote under ``.mofi/failed/<stage>/``."""
-    backup = root / ".mofi" / "backup" / spec.name
-    failed = root / ".mofi" / "failed" / spec.name
+    backup = root / ".mofi" / "backup" / spec.address
+    failed = root / ".mofi" / "failed" / spec.address
     shutil.rmtree(backup, ignore_errors=True)  # a killed run's: the outputs are resumed as is
     kept = [rel for rel in spec.writes() if (root / rel).exists()]
     for rel in kept:
@@ -117,20 +117,42 @@ def outputs_kept_on_failure(spec: StageSpec, root: Path) -> Iterator[None]:
         for rel in kept:
             os.replace(backup / rel, root / rel)
         if failed.exists():
-            print(f"{spec.name}: failed; its previous outputs are back in place, what this run "
+            print(f"{spec.address}: failed; its previous outputs are back in place, what this run "
                   f"wrote is in {failed}")
         raise
     finally:
         shutil.rmtree(backup, ignore_errors=True)
 
 
+def section_of(spec: StageSpec, params: Params) -> Section:
+    """The params section stage ``spec`` runs with; a foreach instance's with its item set."""
+    section = params.section(spec.section)
+    if not spec.foreach:
+        return section
+    items = [str(v) for v in getattr(section, spec.foreach)]
+    key = f"{spec.section}.{spec.foreach}"
+    if not spec.item:
+        raise ParamsError(f"stage {spec.name!r} runs once per entry of {key} {items}: name "
+                          f"one (mofi {spec.name} {items[0]}; DVC: {spec.name}@{items[0]})")
+    if spec.item not in items:
+        raise ParamsError(f"{spec.address}: {spec.item!r} is not in {key} {items}; add it "
+                          "there to train, evaluate and register it")
+    return section.model_copy(update={spec.item_key: spec.item})
+
+
+def write_stage_metrics(spec: StageSpec, root: Path, metrics: dict[str, Any]) -> None:
+    """``{"<stage>": metrics}`` (a foreach instance: ``{"<stage>": {"<item>": metrics}}``), so
+    DVC shows each key prefixed (``train.multitask.final_loss``)."""
+    write_json(root / spec.metrics, {spec.name: {spec.item: metrics} if spec.item else metrics})
+
+
 def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None = None,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run stage ``spec`` (its entry, or ``fn`` in tests) with ``params_file`` plus dotted
-    ``overrides`` (validated like the file); its metrics land in ``metrics/<name>.json``."""
-    name = spec.name
+    ``overrides`` (validated like the file); its metrics land in ``spec.metrics``."""
+    name = spec.address
     params = load_params(params_file, overrides)
-    section = params.section(spec.section)
+    section = section_of(spec, params)
     fn = fn or spec.load()
     layout = Layout(root.resolve())
     if tracking.is_main_process():
@@ -140,10 +162,12 @@ def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None =
             print(f"{name}: removed {len(stale)} temporary file(s) left by a killed run")
     root_url = storage_root(params.storage.root)
     store = StageStorage.open(root_url, layout.root, name, spec.streamed) if root_url else None
-    with tracking.run(name, layout.root, tags={"mofi.stage": name}) as tracker:
-        tracker.log_params({name: section.model_dump(mode="json")})
+    tags = {"mofi.stage": spec.name, **({f"mofi.{spec.item_key}": spec.item} if spec.item
+                                         else {})}
+    with tracking.run(name, layout.root, tags=tags) as tracker:
+        tracker.log_params({spec.name: section.model_dump(mode="json")})
         ctx: StageContext = StageContext(spec=spec, layout=layout, tracker=tracker,
-                                         storage=store)
+                                         storage=store, params=params)
         start = time.perf_counter()
         main = tracking.is_main_process()  # under torchrun every rank runs the stage
         try:
@@ -165,11 +189,11 @@ def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None =
                     metrics = fn(section, ctx)
                 except StageVerdict as verdict:
                     if main and verdict.metrics:  # the metrics of the result it judged
-                        write_json(layout.metrics(name), {name: verdict.metrics})
+                        write_stage_metrics(spec, layout.root, verdict.metrics)
                     raise
                 # timings go to the run, not the metrics file: byte-identical re-runs
                 if main:
-                    write_json(layout.metrics(name), {name: metrics})
+                    write_stage_metrics(spec, layout.root, metrics)
             if main and store is not None:
                 for out, stats in store.push().items():
                     print(f"{name}: output {out} to {store.storage.url(out)}: {stats}")

@@ -15,8 +15,9 @@ This module imports nothing from the project, so every layer may read it.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 
@@ -57,13 +58,41 @@ class StageSpec:
     # False: the metrics describe state outside the project (the MLflow registry), not the
     # commit; they are a git-ignored output, not DVC metrics, so a fresh clone runs the stage
     metrics_in_git: bool = True
+    # a DVC ``foreach`` stage: one instance per value of the list ``<section>.<foreach>`` (each
+    # its own DVC stage ``name@value``, Prefect task and MLflow run); the value sets the
+    # section's key ``item_key`` and ``{item}`` in paths. ``item``: set in an instance.
+    foreach: str = ""
+    item_key: str = ""
+    item: str = ""
+    # further params keys the stage reads (``train.recipes``), tracked by DVC beside its section
+    also_params: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        """The stage's DVC name: ``train@multitask`` for an instance, else the name."""
+        return f"{self.name}@{self.item}" if self.item else self.name
 
     @property
     def metrics(self) -> str:
-        return f"metrics/{self.name}.json"
+        """``metrics/<name>.json``; ``metrics/<name>_<item>.json`` for a foreach stage."""
+        return f"metrics/{self.name}_{self.item or '{item}'}.json" if self.foreach \
+            else f"metrics/{self.name}.json"
+
+    def instance(self, item: str) -> StageSpec:
+        """The row for one value of a ``foreach`` stage, with ``{item}`` filled in."""
+        if not self.foreach:
+            raise ValueError(f"stage {self.name!r} has no foreach list; it takes no item")
+        def sub(path: str) -> str:  # only "{item}" is filled: paths are not format strings
+            return path.replace("{item}", item)
+
+        return replace(self, item=item,
+                       inputs=tuple(sub(p) for p in self.inputs),
+                       outs=tuple(replace(o, path=sub(o.path)) for o in self.outs),
+                       plots=tuple(replace(p, path=sub(p.path)) for p in self.plots),
+                       untracked=tuple(sub(p) for p in self.untracked))
 
     def writes(self) -> tuple[str, ...]:
-        """Every path the stage writes (outside ``.mofi/``)."""
+        """Every path the stage writes (outside ``.mofi/``); ``{item}`` in a foreach row."""
         return (*(o.path for o in self.outs), self.metrics, *(p.path for p in self.plots),
                 *self.untracked)
 
@@ -91,6 +120,8 @@ class StageVerdict(RuntimeError):
 
 KB = "data/corpus/kb.parquet"
 MANIFEST = "data/ingest/manifest.parquet"
+MODELS = "models"  # the control (models/baseline) and the candidates (models/<recipe>)
+CANDIDATES = "train.recipes"  # the MOFI recipes trained, evaluated and registered
 
 STAGES: tuple[StageSpec, ...] = (
     StageSpec("corpus", "mofi_core.demo.world:run", "corpus",
@@ -126,18 +157,22 @@ STAGES: tuple[StageSpec, ...] = (
               # output (it would change dvc.lock on every run)
               untracked=("reports/data_docs",)),
     StageSpec("train", "mofi_core.train.run:run_train", "train",
-              "Train the MOFI encoder on the I2E dataset (train.recipe).",
+              "Train one MOFI candidate on the I2E dataset: a DVC foreach stage, one instance "
+              "(train@<recipe>, models/<recipe>) per recipe in train.recipes.",
               # reports/validate.json is the gate: train runs only after validate has passed
               inputs=("data/i2e", "reports/validate.json", KB),
-              outs=(Out("models/mofi"),),
-              plots=(Plot("plots/train_loss.csv", "step", "loss"), Plot("plots/train_loss.png")),
-              check="mofi_core.train.run:check_train"),
+              outs=(Out("models/{item}"),),
+              plots=(Plot("plots/train_{item}_loss.csv", "step", "loss"),
+                     Plot("plots/train_{item}_loss.png")),
+              check="mofi_core.train.run:check_train", foreach="recipes", item_key="recipe"),
     StageSpec("evaluate", "mofi_core.evaluate.run:run", "evaluate",
-              "GPR1200-protocol retrieval, zero-shot, linear probe: MOFI vs the baseline CLIP.",
-              inputs=("models/mofi", "models/baseline", "data/benchmark", KB),
+              "GPR1200-protocol retrieval, zero-shot, linear probe: every candidate and the "
+              "control CLIP on the same sets.",
+              # models/: the control and every train.recipes candidate (models/<recipe>)
+              inputs=(MODELS, "data/benchmark", KB),
               outs=(Out("reports/evaluate.md", cache=False),),
               plots=(Plot("reports/figures"),),
-              check="mofi_core.evaluate.run:check"),
+              check="mofi_core.evaluate.run:check", also_params=(CANDIDATES,)),
     StageSpec("report", "mofi_core.report:run", "report",
               "Label precision/recall vs the demo world's ground truth; MOFI vs CLIP report.",
               inputs=("data/truth", MANIFEST, "data/ner", "data/score", "data/i2e/labels.parquet",
@@ -145,26 +180,36 @@ STAGES: tuple[StageSpec, ...] = (
               outs=(Out("reports/quality.md", cache=False),
                     Out("reports/quality.json", cache=False))),
     StageSpec("register", "mofi_core.registry:run", "register",
-              "Log the encoder to MLflow, register it, promote to champion if better.",
-              inputs=("models/mofi", "metrics/evaluate.json"),
+              "Register every candidate in MLflow; the best becomes champion if it beats it.",
+              inputs=(MODELS, "metrics/evaluate.json"),
               outs=(Out("reports/register.json", cache=False),),
-              check="mofi_core.registry:check", metrics_in_git=False),
+              check="mofi_core.registry:check", metrics_in_git=False,
+              also_params=(CANDIDATES,)),
 )
 
 BY_NAME: dict[str, StageSpec] = {s.name: s for s in STAGES}
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in STAGES))
 
 
+def _holds(out: str, path: str) -> bool:
+    """``out`` (which may hold ``{item}``) is ``path``, inside it, or holds it."""
+    if out.startswith(path + "/"):
+        return True
+    pattern = re.escape(out).replace(re.escape("{item}"), "[^/]+")
+    return re.fullmatch(pattern + "(/.*)?", path) is not None
+
+
 def producer_of(path: str) -> StageSpec | None:
     """The stage whose output holds ``path`` (None for external data)."""
     for spec in STAGES:
-        for out in spec.writes():
-            if path == out or path.startswith(out + "/") or out.startswith(path + "/"):
-                return spec
+        if any(_holds(out, path) for out in spec.writes()):
+            return spec
     return None
 
 
 def get(name: str) -> StageSpec:
-    if name not in BY_NAME:
-        raise KeyError(f"no stage {name!r}; stages: {', '.join(BY_NAME)}")
-    return BY_NAME[name]
+    """A stage by DVC name: ``train@multitask`` is the ``multitask`` instance of ``train``."""
+    base, _, item = name.partition("@")
+    if base not in BY_NAME:
+        raise KeyError(f"no stage {base!r}; stages: {', '.join(BY_NAME)}")
+    return BY_NAME[base].instance(item) if item else BY_NAME[base]

@@ -25,6 +25,7 @@ import math
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,6 +51,8 @@ class Tracker(Protocol):
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None: ...
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
     def log_dataset(self, path: Path, name: str, context: str) -> None: ...
+    def log_child(self, name: str, metrics: Mapping[str, Any],
+                  tags: Mapping[str, str]) -> None: ...
 
 
 class NullTracker:
@@ -68,6 +71,10 @@ class NullTracker:
         pass
 
     def log_dataset(self, path: Path, name: str, context: str) -> None:
+        pass
+
+    def log_child(self, name: str, metrics: Mapping[str, Any],
+                  tags: Mapping[str, str]) -> None:
         pass
 
 
@@ -123,6 +130,26 @@ class MlflowTracker:
             source = resolve_dataset_source(str(path))
         dataset = MetaDataset(source, name=name, digest=dvc_hash_of_path(path))
         self._mlflow.log_input(dataset, context=context)
+
+    def log_child(self, name: str, metrics: Mapping[str, Any],
+                  tags: Mapping[str, str]) -> None:
+        """A finished run nested under this one holding ``metrics`` (one per compared model:
+        the UI's compare view and charts then line the models up)."""
+        client = self._mlflow.MlflowClient()
+        parent = client.get_run(self.run_id)
+        child = client.create_run(parent.info.experiment_id, run_name=name, tags={
+            "mlflow.parentRunId": self.run_id, **{k: v for k, v in parent.data.tags.items()
+                                                 if k.startswith(("mlflow.source.git",
+                                                                  "mofi.git"))},
+            **tags})
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        client.log_batch(child.info.run_id, metrics=[
+            Metric(k, float(v), now, 0) for k, v in flatten(metrics).items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+            and math.isfinite(float(v))])
+        client.set_terminated(child.info.run_id, "FINISHED")
 
 
 def is_main_process() -> bool:

@@ -22,6 +22,7 @@ TINY = {
     "runtime.corpus.workers": 2,
     "baseline.steps": 20, "baseline.batch_size": 32, "baseline.warmup_steps": 2,
     "runtime.baseline.log_every": 5, "baseline.num_workers": 0,
+    "train.recipes": ["supervised", "multitask"],  # two candidates: the best is registered
     "train.steps": 20, "train.batch_size": 16, "train.warmup_steps": 2,
     "runtime.train.log_every": 5, "train.num_workers": 0,
     # a 20-step CLIP scores poorly: keep every candidate so that the later stages get data

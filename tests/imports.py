@@ -146,9 +146,9 @@ def dvc_entry(spec) -> dict:
                 if v != (k == "cache")}
         return {o.path: opts} if opts else o.path
 
-    entry: dict = {"cmd": f"mofi {spec.name}",
+    entry: dict = {"cmd": f"mofi {spec.name}" + (" {item}" if spec.foreach else ""),
                    "deps": [*spec.inputs, *stage_code_deps(spec.entry, spec.check)],
-                   "params": [spec.section]}
+                   "params": [spec.section, *spec.also_params]}
     if spec.outs:
         entry["outs"] = [out(o) for o in spec.outs]
     if spec.metrics_in_git:
@@ -158,6 +158,11 @@ def dvc_entry(spec) -> dict:
     if spec.plots:
         entry["plots"] = [{p.path: {"cache": False, "x": p.x, "y": p.y} if p.x
                            else {"cache": False}} for p in spec.plots]
+    if spec.foreach:  # DVC's template: one stage <name>@<value> per value of the params list
+        import json
+
+        entry = json.loads(json.dumps(entry).replace("{item}", "${item}"))
+        return {"foreach": f"${{{spec.section}.{spec.foreach}}}", "do": entry}
     return entry
 
 
@@ -170,6 +175,7 @@ HEADER = """\
 # Params: each stage tracks its own section; the `runtime`, `executor` and `storage` sections
 # only say how and where stages run, so no stage tracks them and changing them re-runs nothing.
 # persist: true outputs keep finished shards across re-runs (skipped via .mofi/state).
+# train is a foreach stage: one stage train@<recipe> per entry of train.recipes in params.yaml.
 """
 
 

@@ -156,3 +156,27 @@ def loss_curve(rows: Sequence[dict], out_png: Path | str, title: str) -> Path:
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+COMPARED = ("gpr_map", "gpr_map_seen", "gpr_map_unseen", "zero_shot_top1", "probe_top1")
+
+
+def comparison_bars(results: dict[str, dict[str, float]], out_png: Path | str,
+                    labels: dict[str, str] | None = None) -> Path:
+    """One group of bars per metric of :data:`COMPARED`, one bar per model (a model without
+    the metric, e.g. zero-shot without a text tower, has no bar)."""
+    labels = labels or {}
+    metrics = [m for m in COMPARED if any(m in r for r in results.values())]
+    fig = Figure(figsize=(max(6.0, 1.6 * len(metrics) + 2), 4))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(results))
+    for i, (name, row) in enumerate(results.items()):
+        xs = [j + i * width for j, m in enumerate(metrics) if m in row]
+        ax.bar(xs, [row[m] for m in metrics if m in row], width, label=labels.get(name, name))
+    ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(metrics))], metrics)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score")
+    ax.legend(fontsize="small")
+    ax.set_title("every model on the same benchmark")
+    fig.tight_layout()
+    return _save(fig, out_png)

@@ -1,4 +1,4 @@
-"""evaluate: every model against the paper's control (CLIP on raw alt-text) on the same sets.
+"""evaluate: every candidate against the paper's control (CLIP on raw alt-text), same sets.
 
 Per model: GPR1200-protocol retrieval (mAP, per seen/unseen class and — on the real benchmark —
 per domain, Recall@1/5), zero-shot over entity names (models with a text tower) and a linear
@@ -30,11 +30,12 @@ from mofi_core.io.atomic import atomic_path
 from mofi_core.io.storage import dvc_hash_of_path
 from mofi_core.kb import KBEntity, KnowledgeBase
 from mofi_core.models.artifact import LoadedModel, check_model_folder
+from mofi_core.recipes import CONTROL_MODEL, model_label
 
 if TYPE_CHECKING:
     from mofi_core.context import StageContext
 
-CONTROL = "baseline"
+CONTROL = CONTROL_MODEL
 SETTINGS = {"probe_c"}  # chosen hyper-parameters, reported but not compared as ratios
 
 
@@ -130,13 +131,19 @@ def _pictures(out: Path, files: list[Path], labels: np.ndarray,
                     out / "pr_curves.png")
 
 
+def model_rows(results: dict) -> dict[str, dict]:
+    """The per-model blocks of ``results`` (not the benchmark, ratios or notes)."""
+    return {k: v for k, v in results.items()
+            if isinstance(v, dict) and k != "benchmark" and "_vs_" not in k}
+
+
 def comparison_table(results: dict) -> str:
     """One markdown table: a row per metric, a column per model, and the ratio to the control."""
-    models = [k for k, v in results.items()
-              if isinstance(v, dict) and k != "benchmark" and "_vs_" not in k]
+    models = list(model_rows(results))
     others = [m for m in models if m != CONTROL]
     metrics = list(dict.fromkeys(k for m in models for k in results[m]))
-    head = ["metric", *models, *(f"{m} / {CONTROL}" for m in others if CONTROL in models)]
+    head = ["metric", *(model_label(m) for m in models),
+            *(f"{m} / {CONTROL}" for m in others if CONTROL in models)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for k in metrics:
         cells = [f"{results[m][k]:.4f}" if k in results[m] else "n/a" for m in models]
@@ -148,7 +155,11 @@ def comparison_table(results: dict) -> str:
     b = results["benchmark"]
     notes = [f"- {n}" for n in results.get("notes", [])]
     return "\n".join([f"# Evaluation: {', '.join(models)} ({b['images']} retrieval images, "
-                      f"{b['classes']} classes)", "", *lines, "", *notes, ""])
+                      f"{b['classes']} classes)", "",
+                      "Candidates are the MOFI recipes of `train.recipes`, each trained for the "
+                      "control's steps and batch; MOFI is the multi-task recipe, the paper's "
+                      "final model. Zero-shot applies to models with a text tower.", "",
+                      *lines, "", *notes, ""])
 
 
 def _dir(value: str, default: Path) -> Path | None:
@@ -161,30 +172,55 @@ def _dir(value: str, default: Path) -> Path | None:
     return path
 
 
-def check(cfg: EvaluateConfig, ctx: StageContext) -> None:
-    """Before any embedding: both model folders load, the benchmark folders exist."""
+def candidates(ctx: StageContext) -> list[str]:
+    """The candidate models of this run: ``train.recipes``, each in ``models/<recipe>``."""
+    if ctx.params is None:
+        raise ValueError(f"{ctx.spec.address} reads train.recipes: run it through the stage "
+                         "runner (mofi evaluate)")
+    return list(ctx.params.train.recipes)
+
+
+def compared_models(ctx: StageContext) -> dict[str, Path]:
+    """Every candidate, then the control: ``{name: model folder}``."""
     lay = ctx.layout
-    check_model_folder(lay.mofi_model, f"the MOFI model ({lay.mofi_model})")
-    check_model_folder(lay.baseline_model, f"the control CLIP ({lay.baseline_model})")
+    return {**{r: lay.model(r) for r in candidates(ctx)}, CONTROL: lay.baseline_model}
+
+
+def check(cfg: EvaluateConfig, ctx: StageContext) -> None:
+    """Before any embedding: every model folder loads, the benchmark folders exist."""
+    lay = ctx.layout
+    for name, folder in compared_models(ctx).items():
+        what = "the control CLIP" if name == CONTROL else f"candidate {name}"
+        hint = "" if name == CONTROL else f" (stage train@{name})"
+        check_model_folder(folder, f"{what} ({folder}){hint}")
     _dir(cfg.gpr_dir, lay.gpr)
     _dir(cfg.labelled_dir, lay.benchmark / "labelled")
 
 
 def run(cfg: EvaluateConfig, ctx: StageContext) -> dict:
-    """Stage ``evaluate``: MOFI vs the baseline CLIP on retrieval, zero-shot and linear probe."""
+    """Stage ``evaluate``: every candidate and the control CLIP on retrieval, zero-shot and
+    linear probe; a child MLflow run per model and one comparison chart."""
     lay = ctx.layout
     figures = lay.reports / "figures"  # a DVC output: recreated, empty without pictures
     if figures.exists():
         shutil.rmtree(figures)
     figures.mkdir(parents=True)
     gpr = _dir(cfg.gpr_dir, lay.gpr)
-    results = evaluate({"mofi": lay.mofi_model, CONTROL: lay.baseline_model},
-                       gpr, cfg, lay.benchmark / "classes.json",
+    results = evaluate(compared_models(ctx), gpr, cfg, lay.benchmark / "classes.json",
                        _dir(cfg.labelled_dir, lay.benchmark / "labelled"), lay.kb,
                        figures if cfg.pictures else None)
     # which benchmark the numbers are on: the registry compares versions only on the same one
     results["benchmark"]["digest"] = dvc_hash_of_path(gpr)
     ctx.tracker.log_dataset(gpr, "benchmark", "evaluation")
+    rows = model_rows(results)
+    for name, row in rows.items():  # one run per model: MLflow's compare view lines them up
+        ctx.tracker.log_child(f"evaluate/{name}", row,
+                              {"mofi.model": name, "mofi.model_label": model_label(name)})
+    if cfg.pictures:
+        from mofi_core.evaluate.plots import comparison_bars
+
+        comparison_bars(rows, figures / "comparison.png",
+                        {n: model_label(n) for n in rows})
     table = lay.reports / "evaluate.md"
     with atomic_path(table) as tmp:
         tmp.write_text(comparison_table(results), encoding="utf-8")

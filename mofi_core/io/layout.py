@@ -61,9 +61,9 @@ class Layout:
     def baseline_model(self) -> Path:
         return self.root / "models" / "baseline"
 
-    @property
-    def mofi_model(self) -> Path:
-        return self.root / "models" / "mofi"
+    def model(self, name: str) -> Path:
+        """``models/<name>``: a candidate's folder (its recipe) or ``baseline``, the control."""
+        return self.root / "models" / name
 
     @property
     def reports(self) -> Path:
@@ -78,27 +78,35 @@ class Layout:
         partial is hashed or published."""
         return self.root / ".mofi" / "scratch" / stage
 
-    def metrics(self, stage: str) -> Path:
+    def metrics(self, stage: str, item: str = "") -> Path:
         """``metrics/<stage>.json``: ``{"<stage>": {...}}``, so DVC shows each key prefixed by
-        its stage (``train.final_loss``) in ``dvc metrics show/diff`` and ``dvc exp show``."""
-        return self.root / "metrics" / f"{stage}.json"
+        its stage (``evaluate.multitask.gpr_map``) in ``dvc metrics show/diff`` and ``dvc exp
+        show``; an instance of a foreach stage: ``metrics/<stage>_<item>.json`` holding
+        ``{"<stage>": {"<item>": {...}}}``."""
+        return self.root / "metrics" / (f"{stage}_{item}.json" if item else f"{stage}.json")
 
-    def read_metrics(self, stage: str) -> dict:
-        """The metrics ``stage`` wrote (its block of ``metrics/<stage>.json``). Raises
+    def read_metrics(self, stage: str, item: str = "") -> dict:
+        """The metrics ``stage`` (instance ``item``) wrote. Raises
         ``FileNotFoundError``/``ValueError`` naming the file and the stage to re-run."""
         import json
 
-        path = self.metrics(stage)
+        path = self.metrics(stage, item)
+        if item:
+            stage = f"{stage}@{item}"
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"{path} is missing; run stage {stage!r} first") from None
         except ValueError as err:
             raise ValueError(f"{path} is not JSON ({err}); run stage {stage!r} again") from None
-        if not isinstance(data, dict) or not isinstance(data.get(stage), dict):
+        base, _, item = stage.partition("@")
+        block = data.get(base) if isinstance(data, dict) else None
+        if item and isinstance(block, dict):
+            block = block.get(item)
+        if not isinstance(block, dict):
             raise ValueError(f"{path} holds no {stage!r} block (written by an older version?); "
                              f"run stage {stage!r} again")
-        return data[stage]
+        return block
 
     def plot(self, name: str) -> Path:
         return self.root / "plots" / name

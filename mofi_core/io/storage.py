@@ -119,24 +119,76 @@ class StageIO:
     stage: str
     inputs: tuple[tuple[str, str, str], ...]  # (dep path, output holding it, producing stage)
     outputs: tuple[str, ...]
+    owners: tuple[str, ...] = ()  # the DVC stage of each output (an instance of a foreach)
+
+    def owner(self, out: str) -> str:
+        return dict(zip(self.outputs, self.owners, strict=True)).get(out, self.stage) \
+            if self.owners else self.stage
+
+
+def _param(params: dict, dotted: str, dvc_yaml: Path, stage: str) -> list:
+    node: object = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise StorageError(f"{dvc_yaml}: stage {stage!r} loops over ${{{dotted}}}, which "
+                               "params.yaml lacks")
+        node = node[part]
+    if not isinstance(node, list):
+        raise StorageError(f"{dvc_yaml}: stage {stage!r} loops over ${{{dotted}}}, which is "
+                           f"not a list in params.yaml ({node!r})")
+    return node
+
+
+def expand_stages(dvc_yaml: Path) -> dict[str, dict]:
+    """``dvc.yaml``'s stages by DVC name, a ``foreach: ${<params key>}`` stage expanded to one
+    ``<name>@<value>`` per value of that params.yaml list (``${item}`` filled in), as DVC does."""
+    import json
+
+    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+    params: dict | None = None
+    out: dict[str, dict] = {}
+    for name, body in stages.items():
+        if "foreach" not in body:
+            out[name] = body
+            continue
+        ref = str(body["foreach"])
+        if not (ref.startswith("${") and ref.endswith("}")):
+            raise StorageError(f"{dvc_yaml}: stage {name!r}: only foreach over a params list "
+                               f"(${{section.key}}) is read here, not {ref!r}")
+        if params is None:
+            pfile = dvc_yaml.parent / "params.yaml"
+            params = yaml.safe_load(pfile.read_text(encoding="utf-8")) if pfile.is_file() \
+                else {}
+        template = json.dumps(body["do"])
+        for item in _param(params or {}, ref[2:-1], dvc_yaml, name):
+            out[f"{name}@{item}"] = json.loads(template.replace("${item}", str(item)))
+    return out
 
 
 def stage_io(dvc_yaml: Path, stage: str) -> StageIO:
     if not dvc_yaml.is_file():
         raise StorageError(f"storage.root is set but {dvc_yaml} is missing: the stage inputs and "
                            "outputs are read from it (run from the project root or pass --root)")
-    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
-    if stage not in stages:
+    stages = expand_stages(dvc_yaml)
+    # a foreach stage's name stands for all its instances (as in `dvc repro train`)
+    mine = [stage] if stage in stages else [n for n in stages if n.startswith(stage + "@")]
+    if not mine:
         raise StorageError(f"{dvc_yaml} has no stage {stage!r}")
     outs = {name: [p for key in ("outs", "metrics", "plots") for p in dvc_paths(s.get(key))]
             for name, s in stages.items()}
-    inputs = []
-    for dep in dvc_paths(stages[stage].get("deps")):
-        owners = [(out, name) for name, paths in outs.items() if name != stage
+    others = {name: paths for name, paths in outs.items() if name not in mine}
+    inputs: list[tuple[str, str, str]] = []
+    for dep in dict.fromkeys(d for m in mine for d in dvc_paths(stages[m].get("deps"))):
+        owners = [(out, name) for name, paths in others.items()
                   for out in paths if under(dep, out)]
         if owners:  # a data dependency (code deps are nobody's output)
             inputs.append((dep, *owners[0]))
-    return StageIO(stage, tuple(inputs), tuple(outs[stage]))
+            continue
+        # a folder holding outputs of several stages (models/: the control and candidates)
+        inputs.extend((out, out, name) for name, paths in others.items()
+                      for out in paths if under(out, dep))
+    return StageIO(stage, tuple(inputs), tuple(p for m in mine for p in outs[m]),
+                   tuple(m for m in mine for _ in outs[m]))
 
 
 def locked_hash(workspace: Path, stage: str, out: str) -> str | None:
@@ -518,4 +570,4 @@ class StageStorage:
 
     def push(self) -> dict[str, SyncStats]:
         """Publish every output of the stage; a store failure names the stage and output."""
-        return {out: self.storage.publish(out, self.io.stage) for out in self.io.outputs}
+        return {out: self.storage.publish(out, self.io.owner(out)) for out in self.io.outputs}

@@ -9,6 +9,9 @@ the stream a pure function of its position, and a checkpoint can store that posi
 (epoch + batches taken from each worker) and resume the exact same stream: the skipped samples
 are read but not decoded.
 
+A training set small enough to decode once is not streamed at all: see
+:mod:`mofi_core.train.memory` (``train.data_in_memory``).
+
 ``resampled=True`` draws shards with replacement forever (the usual choice for multi-node runs on
 corpora of uneven shards); its stream is re-seeded at the resume step instead of replayed.
 """
@@ -35,6 +38,7 @@ from mofi_core.recipes import RecipeSpec
 register_webdataset_scheme()  # s3:// shard URLs (train.data) stream through boto3
 
 SampleFn = Callable[[dict[str, Any], int], tuple[torch.Tensor, ...]]
+ALT_TEXT = ""  # SampleMaker.text_choice: the sample's own alt-text (entity ids are never empty)
 
 
 def _seed(*parts: object) -> int:
@@ -234,20 +238,32 @@ class SampleMaker:
         the recipe trains over the vocabulary, then the text tokens when it has a text side."""
         out = [seeded(self.transform)(decode_image(sample), seed)]
         labels = labels_of(sample) if self.spec.data == "i2e" else None
-        if self.spec.vocab:
-            out.extend(sparse_target(labels["entity_ids"], labels["scores"], self.class_index,
-                                     self.max_labels, self.weighting))
-        source = self.spec.text_from(self.text_source)
-        if source:
-            use_alt = source == "alt_text" or (
-                source == "mix" and _rng(seed, "text").random() < self.alt_text_prob)
-            out.append(self._alt_text(sample) if use_alt else self._entity_text(labels, seed))
+        out.extend(self.targets(labels))
+        choice = self.text_choice(labels, seed)
+        if choice is not None:
+            out.append(self._alt_text(sample) if choice == ALT_TEXT else self.entity_texts(choice))
         return tuple(out)
+
+    def targets(self, labels: dict[str, Any] | None) -> tuple[torch.Tensor, ...]:
+        """The soft target (class indices, weights) when the recipe trains over the vocabulary,
+        else nothing; the same for a sample in every epoch."""
+        if not self.spec.vocab:
+            return ()
+        return sparse_target(labels["entity_ids"], labels["scores"], self.class_index,
+                             self.max_labels, self.weighting)
+
+    def text_choice(self, labels: dict[str, Any] | None, seed: int) -> str | None:
+        """Which text the sample pairs with under ``seed``: ``None`` (the recipe has no text
+        side), :data:`ALT_TEXT` (its alt-text) or the id of the entity whose text it is."""
+        source = self.spec.text_from(self.text_source)
+        if not source:
+            return None
+        if source == "alt_text" or (
+                source == "mix" and _rng(seed, "text").random() < self.alt_text_prob):
+            return ALT_TEXT
+        ents = labels["entity_ids"]
+        return ents[_rng(seed, "entity").randrange(len(ents))]
 
     def _alt_text(self, sample: dict[str, Any]) -> torch.Tensor:
         raw = sample.get("txt", b"")
         return self.tokenizer([raw.decode("utf-8") if isinstance(raw, bytes) else raw])[0]
-
-    def _entity_text(self, labels: dict[str, Any], seed: int) -> torch.Tensor:
-        ents = labels["entity_ids"]
-        return self.entity_texts(ents[_rng(seed, "entity").randrange(len(ents))])

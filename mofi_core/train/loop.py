@@ -14,6 +14,7 @@ import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
@@ -24,6 +25,9 @@ from mofi_core.train import checkpoint
 from mofi_core.train.data import Batches
 from mofi_core.train.distributed import DistEnv
 from mofi_core.train.recipes import Recipe
+
+if TYPE_CHECKING:
+    from mofi_core.train.memory import MemoryBatches
 
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -121,7 +125,7 @@ def _micro_steps(recipe: Recipe, it: Iterator, cfg: TrainConfig, env: DistEnv
     return total, terms_sum, images
 
 
-def train_loop(recipe: Recipe, batches: Batches, cfg: TrainConfig, env: DistEnv,
+def train_loop(recipe: Recipe, batches: Batches | MemoryBatches, cfg: TrainConfig, env: DistEnv,
                on_log: LogFn, ckpt_root: Path | None = None, fingerprint: str = "",
                mirror: checkpoint.RemoteMirror | None = None) -> list[dict[str, float]]:
     """Run optimiser steps until ``cfg.steps``, resuming from the newest checkpoint under

@@ -132,10 +132,28 @@ def train_model(data_dir: Path | str, out_dir: Path, cfg: TrainConfig, on_log: L
         recipe = build_recipe(cfg, meta.arch_config, len(classes))
         needs_kb = cfg.spec.needs_kb(cfg.text_source)
         shards, data_identity = _shards_and_identity(data_dir, kb_path if needs_kb else None)
-        stream = ShardStream(shards, _sample_maker(cfg, meta, classes, kb_path),
-                             cfg.batch_size, cfg.shuffle_buffer, cfg.seed, env.rank, env.world,
-                             cfg.resampled)
-        fp = fingerprint("train", cfg.result_key(), env.world, data_identity)
+        from mofi_core.train import memory
+
+        maker = _sample_maker(cfg, meta, classes, kb_path)
+        # a small local set is decoded once and batched from memory; anything else streams
+        augment, why = memory.choose(cfg.data_in_memory, str(data_dir), shards, maker,
+                                     cfg.resampled)
+        held = memory.load(shards, maker, augment, None if cfg.data_in_memory is True
+                           else memory.AUTO_LIMIT_BYTES) if augment is not None else None
+        if held is not None:
+            batches = memory.MemoryBatches(held, maker, augment, cfg.batch_size, cfg.seed,
+                                           env.rank, env.world, env.device)
+            note = f"{len(held)} samples held in memory ({held.nbytes / 2**20:.0f} MB decoded)"
+        else:
+            batches = Batches(ShardStream(shards, maker, cfg.batch_size, cfg.shuffle_buffer,
+                                          cfg.seed, env.rank, env.world, cfg.resampled),
+                              cfg.num_workers)
+            note = f"streaming {len(shards)} shards ({why or 'decoded images over the limit'})"
+        if env.is_main:
+            print(f"train: {note}", flush=True)
+        # the loader is part of the run's identity: its checkpoints hold its kind of position
+        fp = fingerprint("train", cfg.result_key(), env.world, data_identity,
+                         *(["memory"] if held is not None else []))
         run_dir = mirror = None
         if ckpt_root is not None:
             run_dir = ckpt_root / fp
@@ -143,8 +161,7 @@ def train_model(data_dir: Path | str, out_dir: Path, cfg: TrainConfig, on_log: L
                 _forget_other_runs(ckpt_root, fp)
             if remote_ckpt:
                 mirror = RemoteMirror(f"{remote_ckpt.rstrip('/')}/{fp}", cfg.keep_checkpoints)
-        history = train_loop(recipe, Batches(stream, cfg.num_workers), cfg, env, on_log,
-                             run_dir, fp, mirror)
+        history = train_loop(recipe, batches, cfg, env, on_log, run_dir, fp, mirror)
         _export(recipe, cfg, meta, out_dir, env)
         env.barrier()
         return history
@@ -176,9 +193,12 @@ def _write_history(path: Path, history: list[dict]) -> None:
 MACHINE_DEPENDENT = ("images_per_s", "memory_mb")
 
 
-def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig,
-           ctx: StageContext) -> dict:
+def _stage(data_dir: Path, out_dir: Path, cfg: TrainConfig, ctx: StageContext) -> dict:
+    """``baseline`` or one ``train@<recipe>``: checkpoints under ``.mofi/state/<address>``,
+    the loss curve as ``plots/<stage>[_<recipe>]_loss.{csv,png}``."""
     lay = ctx.layout
+    name, spec = ctx.spec.address, ctx.spec
+    plot = f"{spec.name}_{spec.item}" if spec.item else spec.name
     remote = ""
     if cfg.checkpoint_dir.startswith("s3://"):  # local staging + a copy in S3
         remote = f"{cfg.checkpoint_dir.rstrip('/')}/{name}"
@@ -194,10 +214,10 @@ def _stage(name: str, data_dir: Path, out_dir: Path, cfg: TrainConfig,
 
         # speed and memory depend on the machine: keep them out of the (DVC-tracked) plot file
         rows = [{k: v for k, v in r.items() if k not in MACHINE_DEPENDENT} for r in history]
-        _write_history(lay.plot(f"{name}_loss.csv"), rows)
-        loss_curve(rows, lay.plot(f"{name}_loss.png"), f"{name}: {cfg.recipe} ({cfg.model})")
-        ctx.artifacts += [lay.plot(f"{name}_loss.csv"), lay.plot(f"{name}_loss.png")]
-        if name == "train" and ctx.tracker.run_id is not None:
+        _write_history(lay.plot(f"{plot}_loss.csv"), rows)
+        loss_curve(rows, lay.plot(f"{plot}_loss.png"), f"{name}: {cfg.recipe} ({cfg.model})")
+        ctx.artifacts += [lay.plot(f"{plot}_loss.csv"), lay.plot(f"{plot}_loss.png")]
+        if spec.name == "train" and ctx.tracker.run_id is not None:
             _log_lineage(Path(cfg.data) if cfg.data else data_dir, out_dir, ctx)
     return {"final_loss": history[-1]["loss"], "steps": cfg.steps}
 
@@ -226,9 +246,9 @@ def check_train(cfg: TrainConfig, ctx: StageContext) -> None:
 
 def run_baseline(cfg: TrainConfig, ctx: StageContext) -> dict:
     """Stage ``baseline``: CLIP on raw alt-text (the paper's control, and the default scorer)."""
-    return _stage("baseline", ctx.layout.ingest, ctx.layout.baseline_model, cfg, ctx)
+    return _stage(ctx.layout.ingest, ctx.layout.baseline_model, cfg, ctx)
 
 
 def run_train(cfg: TrainConfig, ctx: StageContext) -> dict:
-    """Stage ``train``: the MOFI recipe on the I2E dataset."""
-    return _stage("train", ctx.layout.i2e, ctx.layout.mofi_model, cfg, ctx)
+    """Stage ``train@<recipe>``: one candidate recipe on the I2E dataset -> models/<recipe>."""
+    return _stage(ctx.layout.i2e, ctx.layout.model(cfg.recipe), cfg, ctx)

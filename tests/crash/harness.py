@@ -65,7 +65,9 @@ class PointResult:
 
 
 def stage_outs(root: Path) -> dict[str, list[str]]:
-    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    from mofi_core.io.storage import expand_stages
+
+    stages = expand_stages(root / "dvc.yaml")  # train@<recipe>: one per listed recipe
     out = {}
     for name, s in stages.items():
         paths = []

@@ -91,8 +91,8 @@ def test_deployment_run_completes_against_a_real_server(project, prefect_api):
     assert project.run("prefect", "deployment", "inspect", "mofi/full",
                        check=False).returncode != 0
     # the run summary artifact: stage table, metrics and the registered version
-    for text in ("| train | ran |", "| corpus | skipped |", "Retrieval", "| mofi | 0.",
-                 "mofi-encoder"):
+    for text in ("| train@multitask | ran |", "| corpus | skipped |", "Every model",
+                 "| MOFI (multitask) | 0.", "| supervised | 0.", "mofi-encoder"):
         assert text in artifact, artifact[-3000:]
     # the run really happened: its override reached DVC and MLflow, and only the stages
     # downstream of train.steps ran under its pipeline run
@@ -105,7 +105,7 @@ def test_deployment_run_completes_against_a_real_server(project, prefect_api):
     assert json.loads(parent.data.tags["mofi.overrides"]) == {"train.steps": 14}
     children = {r.data.tags["mofi.stage"] for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert children == {"train", "evaluate", "report", "register"}
+    assert children == {"train", "evaluate", "report", "register"}  # train: one per recipe
     # ...and it is recorded as a DVC experiment named after the flow run
     name = parent.data.tags["mofi.dvc_experiment"]
     assert name == parent.data.tags["mofi.run_name"]
@@ -142,8 +142,9 @@ def test_prefect_deploy_from_infra_yaml_and_a_process_worker_run_the_flow(projec
     assert "Completed" in out.stdout, (out.stdout[-2000:]
                                        + (project.root / "worker.log").read_text()[-3000:])
     artifact = project.run("prefect", "artifact", "inspect", "mofi-run-summary").stdout
-    again = "ran" if "train" in stale else "skipped"
-    assert f"| train | {again} |" in artifact and f"| register | {again} |" in artifact
+    again = "ran" if "train@multitask" in stale else "skipped"
+    assert f"| train@multitask | {again} |" in artifact
+    assert f"| register | {again} |" in artifact
     assert "| corpus | skipped |" in artifact and "| validate | skipped |" in artifact
     assert "Data validation" in artifact  # the gate's summary is read from the last run
     assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}

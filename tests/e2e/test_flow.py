@@ -34,9 +34,10 @@ def _dvc_experiments(project):
             for rev in exp["revs"]}
 
 
-# what train.steps changes (dvc.yaml: evaluate <- models/mofi; report <- metrics/evaluate.json;
-# register <- models/mofi + metrics/evaluate.json)
-AFTER_TRAIN = {"train", "evaluate", "report", "register"}
+# what train.steps changes (dvc.yaml: each train@<recipe>; evaluate <- models; report <-
+# metrics/evaluate.json; register <- models + metrics/evaluate.json)
+TRAINS = {"train@supervised", "train@multitask"}  # tests/conftest.py TINY: train.recipes
+AFTER_TRAIN = {*TRAINS, "evaluate", "report", "register"}
 
 
 def test_first_run_runs_every_stage_and_writes_every_output(project, first_run):
@@ -46,10 +47,18 @@ def test_first_run_runs_every_stage_and_writes_every_output(project, first_run):
     assert missing == []
     ev = json.loads((project.root / "metrics" / "evaluate.json").read_text())
     ev = ev.get("evaluate", ev)  # metrics/<stage>.json: {"<stage>": {...}}
-    for model in ("mofi", "baseline"):
+    for model in ("supervised", "multitask", "baseline"):
         assert all(math.isfinite(v) for v in ev[model].values())
-    assert "registered mofi-encoder version 1" in first_run.stdout
+    # zero-shot for the models with a text tower only
+    assert "zero_shot_top1" in ev["multitask"] and "zero_shot_top1" not in ev["supervised"]
+    assert "registered mofi-encoder: supervised v1, multitask v2; best this run: " \
+        in first_run.stdout
     assert "mofi ui" in first_run.stdout
+
+
+def ev_multitask(project) -> float:
+    ev = json.loads((project.root / "metrics" / "evaluate.json").read_text())["evaluate"]
+    return ev["multitask"]["gpr_map"]
 
 
 def test_override_is_in_dvc_lock_a_dvc_experiment_and_mlflow_not_in_params(project,
@@ -58,7 +67,8 @@ def test_override_is_in_dvc_lock_a_dvc_experiment_and_mlflow_not_in_params(proje
     and an MLflow run with its override, and params.yaml is the checkout's again."""
     assert yaml.safe_load(first_run.params_text)["train"]["steps"] == 12
     lock = yaml.safe_load(first_run.lock_text)
-    assert lock["stages"]["train"]["params"]["params.yaml"]["train"]["steps"] == 12
+    for train in TRAINS:
+        assert lock["stages"][train]["params"]["params.yaml"]["train"]["steps"] == 12
     assert (project.root / "params.yaml").read_text() == first_run.params_before
     assert project.run("git", "status", "--porcelain", "params.yaml").stdout == ""
     mlflow.set_tracking_uri(f"sqlite:///{project.root / 'mlflow.db'}")
@@ -71,15 +81,25 @@ def test_override_is_in_dvc_lock_a_dvc_experiment_and_mlflow_not_in_params(proje
     assert f"recorded as DVC experiment '{name}'" in first_run.stdout
     exp = _dvc_experiments(project)[name]
     assert exp["params"]["params.yaml"]["data"]["train"]["steps"] == 12
-    assert exp["metrics"]["metrics/train.json"]["data"]  # the metrics it produced, too
+    assert exp["metrics"]["metrics/train_multitask.json"]["data"]  # its metrics, too
     evaluate = exp["metrics"]["metrics/evaluate.json"]["data"]
-    assert evaluate.get("evaluate", evaluate)["mofi"]["gpr_map"] > 0
+    assert evaluate.get("evaluate", evaluate)["multitask"]["gpr_map"] > 0
     # the run's page in the MLflow UI, printed by `mofi run`
     assert (f"http://127.0.0.1:5000/#/experiments/{first.info.experiment_id}/runs/"
             f"{first.info.run_id}") in first_run.stdout
     children = {r.data.tags.get("mofi.stage") for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == first.info.run_id}
-    assert children == set(stage_order(project.root / "dvc.yaml"))
+    assert children == {s.partition("@")[0] for s in stage_order(project.root / "dvc.yaml")}
+    recipes = {r.data.tags.get("mofi.recipe") for r in runs
+               if r.data.tags.get("mlflow.parentRunId") == first.info.run_id
+               and r.data.tags.get("mofi.stage") == "train"}
+    assert recipes == {"supervised", "multitask"}  # one run per candidate
+    evaluate_run = next(r for r in runs if r.data.tags.get("mofi.stage") == "evaluate"
+                        and r.data.tags.get("mlflow.parentRunId") == first.info.run_id)
+    per_model = {r.data.tags.get("mofi.model"): r.data.metrics for r in runs
+                 if r.data.tags.get("mlflow.parentRunId") == evaluate_run.info.run_id}
+    assert set(per_model) == {"supervised", "multitask", "baseline"}  # a run per model
+    assert per_model["multitask"]["gpr_map"] == pytest.approx(ev_multitask(project))
     # the gate's evidence travels with its run: JSON report and the Data Docs site
     validate = next(r for r in runs if r.data.tags.get("mofi.stage") == "validate"
                     and r.data.tags.get("mlflow.parentRunId") == first.info.run_id)
@@ -106,7 +126,7 @@ def test_a_plain_run_reruns_only_what_an_override_changed_then_nothing(project, 
     the next plain run re-runs the stages the override changed, with the checkout's params
     (unless a run since has done so already), and the one after it skips every stage."""
     stale = json.loads(project.run("dvc", "status", "--json").stdout or "{}")
-    assert set(stale) <= {"train"}
+    assert set(stale) <= TRAINS
     order = stage_order(project.root / "dvc.yaml")
     first = _statuses(project.run("mofi", "run").stdout)
     assert {s for s, status in first.items() if status == "ran"} == (
@@ -123,10 +143,11 @@ def test_changing_one_param_reruns_only_what_is_downstream(project, first_run):
 
     steps = load_params(project.root / "params.yaml").train.steps
     write_overrides(project.root / "params.yaml", {"train.steps": steps + 1})
-    assert json.loads(project.run("dvc", "status", "--json").stdout).keys() == {"train"}
+    assert json.loads(project.run("dvc", "status", "--json").stdout).keys() == TRAINS
     out = project.run("dvc", "repro").stdout
-    ran = re.findall(r"Running stage '(\w+)'", out)
-    assert ran[:2] == ["train", "evaluate"] and sorted(ran[2:]) == ["register", "report"]
+    ran = re.findall(r"Running stage '([\w@]+)'", out)
+    assert set(ran[:2]) == TRAINS and ran[2] == "evaluate"
+    assert sorted(ran[3:]) == ["register", "report"]
     assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
 
 

@@ -187,8 +187,10 @@ PARAMS_CASES = [
          r"runtime\.validate\.max_imbalance: a result key: set it under validate"),
         ("train", "out of range", params(train__lr=-1),
          r"train\.lr: Input should be greater than 0"),
-        ("train", "wrong recipe", params(train__recipe="clip"),
-         r"train\.recipe: Input should be 'supervised', 'contrastive' or 'multitask'"),
+        ("train", "wrong recipe", params(train__recipes=["supervised", "clip"]),
+         r"train\.recipes\.1: Input should be 'supervised', 'contrastive' or 'multitask'"),
+        ("train", "the old single recipe key", params(train__recipe="supervised"),
+         r"train\.recipe: the candidates are a list now, train\.recipes: \[supervised\]"),
         ("train", "no loss", params(train__loss_weights=[0, 0]),
          r"loss_weights .*both >= 0 and not both 0"),
         ("evaluate", "empty grid", params(evaluate__probe_c=[]),
@@ -267,17 +269,19 @@ FILE_CASES = [
          r"validate\.json validated other data than .*data/i2e holds now"),
         ("train", "vocabulary missing", remove("data/i2e/vocab.json"),
          r"validate\.json validated other data|vocab\.json is missing"),
-        ("evaluate", "model missing", remove("models/mofi"),
-         r"evaluate needs models/mofi, which is missing: run stage 'train'"),
-        ("evaluate", "model metadata garbage", text("models/mofi/model.json", "[]"),
-         r"the MOFI model .*model\.json"),
+        ("evaluate", "models missing", remove("models"),
+         r"evaluate needs models, which is missing: run stage 'baseline'"),
+        ("evaluate", "a candidate missing", remove("models/multitask"),
+         r"candidate multitask \(.*models/multitask\) \(stage train@multitask\): .*model\.json"),
+        ("evaluate", "model metadata garbage", text("models/multitask/model.json", "[]"),
+         r"candidate multitask .*model\.json"),
         ("evaluate", "benchmark missing", remove("data/benchmark"),
          r"evaluate needs data/benchmark, which is missing: run stage 'corpus'"),
         ("report", "truth missing", remove("data/truth"),
          r"report needs data/truth, which is missing: run stage 'corpus'"),
         ("register", "evaluation not JSON", text("metrics/evaluate.json", "{"),
          r"metrics/evaluate\.json is not JSON"),
-        ("register", "model weights missing", remove("models/mofi/model.safetensors"),
+        ("register", "model weights missing", remove("models/supervised/model.safetensors"),
          r"model\.safetensors is missing"),
     ]
 ]
@@ -371,7 +375,7 @@ def test_the_reject_limit_keeps_the_complete_ingest_and_names_its_table(built, t
 def test_debug_shows_the_traceback(built, tmp_path):
     root = tmp_path / "p"
     shutil.copytree(built, root, symlinks=True)
-    remove("models/mofi/model.safetensors")(root)
+    remove("models/multitask/model.safetensors")(root)
     quiet, loud = _run(root, "register"), CliRunner().invoke(
         app, ["--debug", "register", "--params", str(root / "params.yaml"), "--root", str(root)])
     assert "Traceback" not in quiet.output and "Traceback" in loud.output

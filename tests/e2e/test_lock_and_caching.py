@@ -19,9 +19,11 @@ pytestmark = pytest.mark.e2e
 RUNTIME_CHANGES = {"runtime.train.log_every": 7, "runtime.baseline.threads": 1,
                    "runtime.ner.workers": 1, "runtime.ingest.workers": 1,
                    "runtime.score.device": "cpu", "runtime.evaluate.batch_size": 64}
-# train's own result and what reads it (dvc.yaml: evaluate <- models/mofi; report <-
-# metrics/evaluate.json; register <- models/mofi + metrics/evaluate.json)
-AFTER_TRAIN = {"train", "evaluate", "report", "register"}
+# train's own results (one stage per recipe of TINY's train.recipes) and what reads them
+# (dvc.yaml: evaluate <- models; report <- metrics/evaluate.json; register <- models +
+# metrics/evaluate.json)
+TRAINS = {"train@supervised", "train@multitask"}
+AFTER_TRAIN = {*TRAINS, "evaluate", "report", "register"}
 
 
 def _to_run(project: Project) -> tuple[dict, list[str]]:
@@ -32,7 +34,7 @@ def _to_run(project: Project) -> tuple[dict, list[str]]:
     ``dvc repro`` runs them, their inputs having changed)."""
     status = json.loads(project.run("dvc", "status", "--json").stdout or "{}")
     out = project.run("dvc", "repro", "--dry", "--force-downstream").stdout
-    return status, re.findall(r"^Running stage '(\w+)'", out, flags=re.M)
+    return status, re.findall(r"^Running stage '([\w@]+)'", out, flags=re.M)
 
 
 def test_temporaries_left_in_output_folders_change_no_output_hash(project, first_run):
@@ -65,11 +67,11 @@ def test_runtime_keys_rerun_nothing_and_a_result_key_reruns_its_stage_and_after(
         lr = raw["train"]["lr"]
         write_overrides(params, {"train.lr": lr * 2})
         status, ran = _to_run(project)
-        assert status.keys() == {"train"}
+        assert status.keys() == TRAINS
         # exactly these, once each, train first and evaluate before what reads its metrics;
         # none of corpus, ingest, ner, baseline, score, build, validate
         assert sorted(ran) == sorted(AFTER_TRAIN)
-        assert ran[:2] == ["train", "evaluate"]
+        assert set(ran[:2]) == TRAINS and ran[2] == "evaluate"
     finally:
         params.write_bytes(original)
     assert params.read_bytes() == original
@@ -101,7 +103,9 @@ def _unified(a: str, b: str) -> list[str]:
 
 
 def _stages_not_held_by_git(repo: Project) -> list[str]:
-    stages = yaml.safe_load((repo.root / "dvc.yaml").read_text())["stages"]
+    from mofi_core.io.storage import expand_stages
+
+    stages = expand_stages(repo.root / "dvc.yaml")  # train@<recipe>: one per listed recipe
     held = set(repo.run("git", "ls-files").stdout.split())
 
     def paths(stage: dict) -> list[str]:
@@ -144,11 +148,11 @@ def test_a_clean_clone_reproduces_every_output_and_leaves_git_clean(project, fir
     head = repo.run("git", "rev-parse", "HEAD").stdout.strip()
 
     out = repro = repo.run("dvc", "repro", timeout=1200).stdout
-    ran = re.findall(r"^Running stage '(\w+)'", out, flags=re.M)
+    ran = re.findall(r"^Running stage '([\w@]+)'", out, flags=re.M)
     # no data in a clone: every stage with an output in DVC's cache (or git-ignored, like the
     # registry's decision) ran; stages whose outputs are all in git are reproduced by the clone
     assert sorted(ran) == sorted(_stages_not_held_by_git(repo)), repro[-3000:]
-    assert {"corpus", "train", "register"} <= set(ran)
+    assert {"corpus", *TRAINS, "register"} <= set(ran)
 
     lock = (clone / "dvc.lock").read_text()
     assert _lock_differences(first_run.lock_text, lock) == []

@@ -16,6 +16,7 @@ import sys
 import pytest
 import yaml
 
+from flows.pipeline import write_overrides
 from tests.e2e.conftest import Project, tiny_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.review]
@@ -29,6 +30,8 @@ def repo(tmp_path_factory) -> Project:
     """main: the tiny pipeline reproduced and committed (dvc.lock, metrics, plots, reports),
     then one ``dvc exp run -S train.steps=N`` per experiment."""
     project = tiny_project(tmp_path_factory.mktemp("review"))
+    # one candidate (MOFI): a version per run, so versions and runs map one to one
+    write_overrides(project.root / "params.yaml", {"train.recipes": ["multitask"]})
     project.run("dvc", "repro", timeout=1500)
     project.run("git", "add", "-A")
     project.run(*GIT, "commit", "-qm", "main: tiny pipeline")
@@ -65,7 +68,7 @@ def test_dvc_compares_main_and_the_experiments(repo):
             metrics = data.get("metrics", {}).get("metrics/evaluate.json", {}).get("data", {})
             params = data.get("params", {}).get("params.yaml", {}).get("data", {})
             seen[exp.get("name") or exp["rev"]] = (params["train"]["steps"],
-                                                   metrics["evaluate"]["mofi"]["gpr_map"])
+                                                   metrics["evaluate"]["multitask"]["gpr_map"])
     for name, steps in EXPERIMENTS.items():
         assert seen[name][0] == steps and 0 <= seen[name][1] <= 1, seen
     main = yaml.safe_load(repo.run("git", "show", "HEAD:params.yaml").stdout)["train"]["steps"]
@@ -73,11 +76,12 @@ def test_dvc_compares_main_and_the_experiments(repo):
 
     # the workspace holds the last experiment: metrics diff against main, stage-prefixed keys
     diff = json.loads(repo.run("dvc", "metrics", "diff", "--json").stdout)
-    keys = set(diff.get("metrics/train.json", {}))
-    assert "train.steps" in keys, diff
-    assert diff["metrics/train.json"]["train.steps"]["new"] == EXPERIMENTS["long-train"]
+    keys = set(diff.get("metrics/train_multitask.json", {}))
+    assert "train.multitask.steps" in keys, diff
+    assert diff["metrics/train_multitask.json"]["train.multitask.steps"]["new"] \
+        == EXPERIMENTS["long-train"]
     shown = repo.run("dvc", "metrics", "show", "--json").stdout
-    assert "evaluate.mofi.gpr_map" in json.dumps(_flat(json.loads(shown)))
+    assert "evaluate.multitask.gpr_map" in json.dumps(_flat(json.loads(shown)))
 
     # plots: PNG images of both revisions, readable offline (local files; only the loss CSVs'
     # interactive panes load DVC's vega renderer from the web)
@@ -85,7 +89,7 @@ def test_dvc_compares_main_and_the_experiments(repo):
     repo.run("dvc", "plots", "diff", "HEAD", "-o", str(out))
     page = (out / "index.html").read_text()
     images = re.findall(r"<img[^>]+src=[\"']([^\"']+)", page)
-    assert any("train_loss.png" in i for i in images), images
+    assert any("train_multitask_loss.png" in i for i in images), images
     assert any("pr_curves.png" in i for i in images), images
     assert not any(i.startswith(("http:", "https:")) for i in images)
     assert all((out / i).is_file() for i in images if not i.startswith("data:"))
@@ -111,7 +115,8 @@ def test_the_champion_never_moves_back_and_main_reregisters_nothing(repo):
         == champion
     assert len(client.search_model_versions("name = 'mofi-encoder'")) == 1 + len(EXPERIMENTS)
     report = json.loads((repo.root / "reports" / "register.json").read_text())
-    assert report["version"] == 1 and report["champion"] == champion
+    assert report["candidates"]["multitask"]["version"] == 1
+    assert report["champion"] == champion
 
 
 def test_each_version_says_which_data_params_and_code_made_it(repo):
@@ -120,7 +125,7 @@ def test_each_version_says_which_data_params_and_code_made_it(repo):
     # ran on top of main (params changed: "-dirty", and the changed params are tags)
     made_at, head = repo.run("git", "rev-parse", "HEAD~1", "HEAD").stdout.split()
     lock = yaml.safe_load(repo.run("git", "show", "HEAD:dvc.lock").stdout)["stages"]
-    i2e = next(d["md5"] for d in lock["train"]["deps"] if d["path"] == "data/i2e")
+    i2e = next(d["md5"] for d in lock["train@multitask"]["deps"] if d["path"] == "data/i2e")
     bench = next(d["md5"] for d in lock["evaluate"]["deps"] if d["path"] == "data/benchmark")
     versions = {int(v.version): v for v in client.search_model_versions(
         "name = 'mofi-encoder'")}
@@ -135,7 +140,7 @@ def test_each_version_says_which_data_params_and_code_made_it(repo):
         assert tags["param.train.steps"] == str(steps) and tags["git_commit"] == head + "-dirty"
         # registered from the train run that logged it, with its I2E set as an MLflow dataset
         train = client.get_run(versions[number].run_id)
-        assert train.info.run_name == "train"
+        assert train.info.run_name == "train@multitask"
         (dataset,) = [d.dataset for d in train.inputs.dataset_inputs if d.dataset.name == "i2e"]
         assert dataset.digest == i2e  # the experiments changed train, not the data
         # grouped under a parent run named for the experiment

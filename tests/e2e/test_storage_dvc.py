@@ -34,7 +34,8 @@ def test_a_model_dvc_restores_from_its_run_cache_is_the_one_evaluated_and_publis
     bucket = f"mofi-e2e-{uuid.uuid4().hex[:8]}"
     storage_root = f"s3://{bucket}/runs"
     root = copy_project(tmp_path_factory.mktemp("storage-dvc"))
-    write_overrides(root / "params.yaml", {**FAST, "train.steps": STEPS_A})
+    write_overrides(root / "params.yaml", {**FAST, "train.steps": STEPS_A,
+                                           "train.recipes": ["supervised"]})
     env = {k: v for k, v in os.environ.items()
            if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "MOFI_PARENT_RUN_ID",
                         "DVC_STAGE", "AWS_PROFILE")}
@@ -56,14 +57,14 @@ def test_a_model_dvc_restores_from_its_run_cache_is_the_one_evaluated_and_publis
     back, out = repro(STEPS_A)
     print(f"three dvc repro runs: {time.monotonic() - started:.0f} s")
 
-    assert re.search(r"Stage 'train' is cached - skipping run", out), out[-3000:]
+    assert re.search(r"Stage 'train@supervised' is cached - skipping run", out), out[-3000:]
     assert re.search(r"^Running stage 'evaluate'", out, flags=re.M), out[-3000:]
     assert back == first  # A's model was evaluated, not the B model the store held
     assert "re-publishing the working copy" in out
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    recorded = {o["path"]: o["md5"] for o in lock["train"]["outs"]}
+    recorded = {o["path"]: o["md5"] for o in lock["train@supervised"]["outs"]}
     for key, value in s3_server.env().items():  # this process reads the manifest too
         monkeypatch.setenv(key, value)
-    manifest = Storage(storage_root, root).read_manifest("models/mofi")
-    assert manifest.dvc_md5 == recorded["models/mofi"]
+    manifest = Storage(storage_root, root).read_manifest("models/supervised")
+    assert manifest.dvc_md5 == recorded["models/supervised"]

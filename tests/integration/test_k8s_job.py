@@ -32,7 +32,7 @@ from tests.ports import free_port
 JOB_FILE = ROOT / "infra" / "k8s" / "train-job.yaml"
 IMAGE_REPO = "/opt/mofi"  # where infra/Dockerfile copies the repository
 BEFORE_TRAIN = ("corpus", "ingest", "ner", "baseline", "score", "build", "validate")
-TRAIN = {"train.recipe": "multitask", "train.text_source": "mix", "train.steps": 4,
+TRAIN = {"train.recipes": ["multitask"], "train.text_source": "mix", "train.steps": 4,
          "train.batch_size": 8, "train.shard_head": True, "runtime.train.log_every": 2,
          "runtime.train.checkpoint_every": 4, "runtime.train.threads": 1,
          "train.num_workers": 0}
@@ -145,7 +145,7 @@ def test_the_training_job_runs_in_s3_mode(published_inputs, s3_server, tmp_path,
     for dep in BY_NAME["train"].inputs:  # pulled by the script before the launch
         assert f"train: pull {dep} " in out, out[-3000:]
         assert (folder / dep).exists(), dep
-    for published in ("models/mofi", "metrics/train.json"):
+    for published in ("models/multitask", "metrics/train_multitask.json"):
         manifest = storage.read_manifest(published)
         assert manifest is not None, f"{published} was not published"
         local = folder / published  # a manifest names a file output's only member ""
@@ -154,9 +154,11 @@ def test_the_training_job_runs_in_s3_mode(published_inputs, s3_server, tmp_path,
         assert {m: meta["sha256"] for m, meta in manifest.files.items()} == {
             m: file_sha256(p) for m, p in files.items()}, published
     # rank 0 alone writes the metrics, publishes and reports
-    assert out.count("train: output metrics/train.json to ") == 1, out[-3000:]
+    assert out.count("train@multitask: output metrics/train_multitask.json to ") == 1, \
+        out[-3000:]
     assert "dvc.lock not updated" in out and "not a DVC project" in out
-    assert len([ln for ln in out.splitlines() if ln.startswith("train: final_loss=")]) == 1, \
+    assert len([ln for ln in out.splitlines()
+                if ln.startswith("train@multitask: final_loss=")]) == 1, \
         out[-3000:]
 
 

@@ -128,16 +128,16 @@ def test_stages_of_a_dvc_experiment_nest_under_a_run_named_for_it(checkout, monk
     assert "params.yaml" in {f.path for f in client.list_artifacts(parent.info.run_id)}
 
 
-def test_version_inputs_are_every_data_dep_of_train_and_evaluate(tmp_path):
+def test_version_inputs_are_every_data_dep_of_its_train_instance_and_evaluate(tmp_path):
     lock = {"schema": "2.0", "stages": {
-        "train": {"deps": [{"path": "data/i2e", "md5": "a.dir"},
-                           {"path": "mofi_core/train", "md5": "code.dir"}]},
+        "train@multitask": {"deps": [{"path": "data/i2e", "md5": "a.dir"},
+                                     {"path": "mofi_core/train", "md5": "code.dir"}]},
+        "train@supervised": {"deps": [{"path": "data/other", "md5": "x.dir"}]},
         "evaluate": {"deps": [{"path": "data/benchmark", "md5": "b.dir"},
-                              {"path": "models/mofi", "md5": "m.dir"}]}}}
+                              {"path": "models", "md5": "m.dir"}]}}}
     (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
-    assert input_hashes(_lock(tmp_path)) == {"input.data/i2e": "a.dir",
-                                      "input.data/benchmark": "b.dir",
-                                      "input.models/mofi": "m.dir"}
+    assert input_hashes(_lock(tmp_path), ("train@multitask", "evaluate")) == {
+        "input.data/i2e": "a.dir", "input.data/benchmark": "b.dir", "input.models": "m.dir"}
 
 
 def test_datasets_carry_the_dvc_hash_as_digest(checkout, tmp_path):

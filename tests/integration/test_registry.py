@@ -42,7 +42,7 @@ def _variant(model_dir, root, tag):
 
 def _register(model_dir, root, value, **cfg):
     with tracking.run("register", root):
-        return register(model_dir, {"mofi": {"gpr_map": value}, "baseline": {"gpr_map": 0.3}},
+        return register(model_dir, {"multitask": {"gpr_map": value}, "baseline": {"gpr_map": 0.3}},
                         root, RegisterConfig(**cfg))
 
 
@@ -117,13 +117,13 @@ def test_mofi_embed_and_search_use_the_registered_model(store, model_dir, tiny_w
 
 def test_unknown_metric_is_a_clear_error(store, model_dir):
     with pytest.raises(KeyError, match=r"register\.metric"), tracking.run("register", store):
-        register(model_dir, {"mofi": {"gpr_map": 0.1}}, store, RegisterConfig(metric="nope"))
+        register(model_dir, {"multitask": {"gpr_map": 0.1}}, store, RegisterConfig(metric="nope"))
 
 
 def test_logged_model_contains_no_pickle(store, model_dir):
     first = _register(model_dir, store, 0.5)
     run_id = mlflow.MlflowClient().get_model_version("mofi-encoder", "1").run_id
-    card = mlflow.artifacts.load_text(f"runs:/{run_id}/model_card.md")
+    card = mlflow.artifacts.load_text(f"runs:/{run_id}/model_card_multitask.md")
     assert card.startswith("# mofi-encoder: mofi-tiny (supervised)")
     local = mlflow.artifacts.download_artifacts(f"models:/mofi-encoder/{first['version']}")
     from pathlib import Path
@@ -185,7 +185,7 @@ def test_the_served_model_reads_no_file_outside_its_allowed_root(store, model_di
 
 def _register_on(model_dir, root, value, benchmark="bench-a", **cfg):
     with tracking.run("register", root):
-        return register(model_dir, {"mofi": {"gpr_map": value}, "baseline": {"gpr_map": 0.3},
+        return register(model_dir, {"multitask": {"gpr_map": value}, "baseline": {"gpr_map": 0.3},
                                     "benchmark": {"digest": benchmark}},
                         root, RegisterConfig(**cfg))
 
@@ -258,4 +258,4 @@ def test_the_version_is_registered_from_the_train_run_that_logged_it(store, mode
     assert version.tags["logged_in"] == f"run {train_run.run_id}"
     assert version.source.endswith(info.model_id) or info.model_id in version.source
     linked = mlflow.get_logged_model(info.model_id).metrics
-    assert {m.key for m in linked} >= {"eval.mofi.gpr_map", "eval.baseline.gpr_map"}
+    assert {m.key for m in linked} >= {"eval.multitask.gpr_map", "eval.baseline.gpr_map"}

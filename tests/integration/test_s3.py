@@ -297,7 +297,9 @@ def test_training_streams_a_published_i2e_dataset_from_s3(s3_env, truth_i2e, tmp
     assert len(keys) == n and "vocab.json" in keys and any(k.startswith("shards/") for k in keys)
     cfg = params.train.model_copy(update={
         "recipe": "supervised", "steps": 4, "batch_size": 8, "warmup_steps": 1,
-        "log_every": 2, "num_workers": 1, "threads": 1})
+        "log_every": 2, "num_workers": 1, "threads": 1,
+        # the same stream both ways: a local set may otherwise be batched from memory
+        "data_in_memory": False})
     train_model(i2e, tmp_path / "local", cfg, lambda s, r: None)
     train_model(url, tmp_path / "s3", cfg, lambda s, r: None)
     want = load_file(str(tmp_path / "local" / "model.safetensors"))

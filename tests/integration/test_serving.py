@@ -57,7 +57,7 @@ def store(model_dir, tmp_path_factory):
         for k, v in env.items():
             mp.setenv(k, v)
         with tracking.run("register", root):
-            register(model_dir, {"mofi": {"gpr_map": 0.5}}, root, RegisterConfig())
+            register(model_dir, {"multitask": {"gpr_map": 0.5}}, root, RegisterConfig())
     return env
 
 

@@ -44,9 +44,11 @@ def chain(tiny_world, tmp_path_factory):
     out["build"] = build(layout.ingest, layout.score, layout.i2e, params.build)
     out["validate"] = validate(_inputs(layout, layout.i2e), layout.reports / "validate.json",
                                params.validate_, layout.reports / "data_docs")
-    out["train"] = train_model(layout.i2e, layout.mofi_model, params.train,
-                                    lambda s, r: None)
-    out["evaluate"] = evaluate({"mofi": layout.mofi_model, "baseline": layout.baseline_model},
+    out["train"] = train_model(layout.i2e, layout.model("supervised"),
+                               params.train.model_copy(update={"recipe": "supervised"}),
+                               lambda s, r: None)
+    out["evaluate"] = evaluate({"supervised": layout.model("supervised"),
+                   "baseline": layout.baseline_model},
                                layout.gpr, params.evaluate)
     return layout, params, out
 
@@ -206,10 +208,10 @@ def test_evaluate_compares_both_models_on_the_benchmark(chain):
     ev = out["evaluate"]
     c = params.corpus.benchmark
     assert ev["benchmark"]["classes"] == c.seen_classes + c.unseen_classes
-    for name in ("mofi", "baseline"):
+    for name in ("supervised", "baseline"):
         assert 0 < ev[name]["gpr_map"] <= 1 and math.isfinite(ev[name]["gpr_map"])
-    assert ev["mofi_vs_baseline"]["gpr_map"] == pytest.approx(
-        ev["mofi"]["gpr_map"] / ev["baseline"]["gpr_map"])
+    assert ev["supervised_vs_baseline"]["gpr_map"] == pytest.approx(
+        ev["supervised"]["gpr_map"] / ev["baseline"]["gpr_map"])
 
 
 def test_evaluate_with_zero_shot_probe_pictures_and_table(chain, tmp_path):
@@ -218,23 +220,24 @@ def test_evaluate_with_zero_shot_probe_pictures_and_table(chain, tmp_path):
     from mofi_core.evaluate.run import comparison_table, evaluate
 
     layout, params, _ = chain
-    ev = evaluate({"mofi": layout.mofi_model, "baseline": layout.baseline_model}, layout.gpr,
+    ev = evaluate({"supervised": layout.model("supervised"),
+                   "baseline": layout.baseline_model}, layout.gpr,
                   params.evaluate, layout.benchmark / "classes.json",
                   layout.benchmark / "labelled", layout.kb, tmp_path / "fig")
-    for name in ("mofi", "baseline"):
+    for name in ("supervised", "baseline"):
         assert {"gpr_map_seen", "gpr_map_unseen", "recall_at_5", "probe_top1"} <= set(ev[name])
     # the CLIP control has a text tower (zero-shot over entity names), the classifier has not
     assert 0 <= ev["baseline"]["zero_shot_top1"] <= ev["baseline"]["zero_shot_top5"] <= 1
-    assert "zero_shot_top1" not in ev["mofi"]
+    assert "zero_shot_top1" not in ev["supervised"]
     assert any("no text tower" in n for n in ev["notes"])
     pngs = sorted(p.name for p in (tmp_path / "fig").glob("*.png"))
-    assert pngs == ["pr_curves.png", "retrieval_grid_baseline.png", "retrieval_grid_mofi.png",
-                    "tsne_baseline.png", "tsne_mofi.png"]
+    assert pngs == ["pr_curves.png", "retrieval_grid_baseline.png",
+                    "retrieval_grid_supervised.png", "tsne_baseline.png", "tsne_supervised.png"]
     assert Image.open(tmp_path / "fig" / "pr_curves.png").size[0] > 200
     table = comparison_table(ev)
     row = next(line for line in table.splitlines() if line.startswith("| zero_shot_top1 |"))
     assert row.split("|")[1:3] == [" zero_shot_top1 ", " n/a "]
-    assert "| gpr_map |" in table and "mofi / baseline" in table
+    assert "| gpr_map |" in table and "supervised / baseline" in table
 
 
 def test_model_folder_round_trip_without_pickle(chain):
@@ -243,14 +246,14 @@ def test_model_folder_round_trip_without_pickle(chain):
     from mofi_core.serving.encoder import Encoder
 
     layout, _, _ = chain
-    with safe_open(str(layout.mofi_model / "model.safetensors"), "pt") as f:
+    with safe_open(str(layout.model("supervised") / "model.safetensors"), "pt") as f:
         assert len(list(f.keys())) > 0
     files = sorted(layout.gpr.glob("*.jpg"))[:3]
     from PIL import Image
 
-    emb = Encoder(layout.mofi_model).embed([Image.open(f).convert("RGB") for f in files])
+    emb = Encoder(layout.model("supervised")).embed([Image.open(f).convert("RGB") for f in files])
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    again = Encoder(layout.mofi_model).embed([Image.open(f).convert("RGB") for f in files])
+    again = Encoder(layout.model("supervised")).embed([Image.open(f).convert("RGB") for f in files])
     np.testing.assert_array_equal(emb, again)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mofi_core.config import apply_overrides, read_params_file
+from mofi_core.config import apply_overrides, load_params, read_params_file
 from mofi_core.io import s3
 from mofi_core.io.hashing import file_sha256
 from mofi_core.io.storage import (
@@ -49,7 +49,12 @@ def _project(folder: Path, storage_root: str = "") -> Path:
 
 
 def _run(stage: str, folder: Path) -> dict:
-    return execute(BY_NAME[stage], folder / "params.yaml", folder)
+    """Run ``stage`` there; a foreach stage (train): each instance its params list names."""
+    spec = BY_NAME[stage]
+    if not spec.foreach:
+        return execute(spec, folder / "params.yaml", folder)
+    items = getattr(load_params(folder / "params.yaml").section(spec.section), spec.foreach)
+    return {i: execute(spec.instance(i), folder / "params.yaml", folder) for i in items}
 
 
 def _tree(folder: Path) -> dict[str, str]:
@@ -96,7 +101,8 @@ def test_every_stage_runs_in_an_empty_folder_against_the_storage_root(
     # ingest streamed the corpus shards instead of downloading them
     assert not (tmp_path / "machines" / "ingest" / "data" / "corpus").exists()
     register = json.loads(s3.read_bytes(f"{root}/reports/register.json"))
-    assert register["version"] and register["model_name"] == "mofi-encoder"
+    assert register["model_name"] == "mofi-encoder"
+    assert set(register["candidates"]) == {"supervised", "multitask"}  # TINY's train.recipes
 
     # the same stages in one local folder give the same curated data
     local = _project(tmp_path / "local")

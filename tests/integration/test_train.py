@@ -281,6 +281,7 @@ def _project_for_train(truth_i2e, tmp_path, checkpoint_every, dvc=False):
     train = {**RESUME, "steps": 4, "checkpoint_every": checkpoint_every, "num_workers": 0,
              "log_every": 2, "shard_head": True}
     runtime = {k: train.pop(k) for k in list(train) if k in TrainConfig.RUNTIME}
+    train["recipes"] = [train.pop("recipe")]  # params.yaml lists the candidates
     # what the validate stage records when this data passed (train refuses data without it)
     write_json(root / "reports" / "validate.json",
                {"summary": {"success": True, "failed": 0},
@@ -296,8 +297,8 @@ def _project_for_train(truth_i2e, tmp_path, checkpoint_every, dvc=False):
     return root
 
 
-def final_loss_lines(output: str, stage: str = "train") -> list[str]:
-    """The stage command's summary line (``train: final_loss=..., steps=...``)."""
+def final_loss_lines(output: str, stage: str = "train@multitask") -> list[str]:
+    """The stage command's summary line (``train@multitask: final_loss=..., steps=...``)."""
     return [line for line in output.splitlines() if line.startswith(f"{stage}: final_loss=")]
 
 
@@ -313,11 +314,12 @@ def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
-    assert load_model(root / "models" / "mofi")[1].recipe == "multitask"
-    assert json.loads((root / "metrics" / "train.json").read_text())["train"]["steps"] == 4
-    lines = (root / "plots" / "train_loss.csv").read_text().splitlines()
+    assert load_model(root / "models" / "multitask")[1].recipe == "multitask"
+    metrics = json.loads((root / "metrics" / "train_multitask.json").read_text())
+    assert metrics["train"]["multitask"]["steps"] == 4
+    lines = (root / "plots" / "train_multitask_loss.csv").read_text().splitlines()
     assert lines[0].startswith("step,") and "loss" in lines[0].split(",") and len(lines) == 3
-    ckpt = checkpoint.latest_any(root / ".mofi" / "state" / "train" / "checkpoints")
+    ckpt = checkpoint.latest_any(root / ".mofi" / "state" / "train@multitask" / "checkpoints")
     assert ckpt.step == 4
     assert len(final_loss_lines(done.stdout)) == 1, done.stdout[-3000:]  # rank 0's only
 
@@ -338,11 +340,11 @@ def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
     outs = [n.communicate(timeout=600)[0] for n in nodes]
     assert [n.returncode for n in nodes] == [0, 0], "\n".join(o[-3000:] for o in outs)
     assert "node 1/2, 1 processes" in outs[1]
-    ckpt = checkpoint.latest_any(root / ".mofi" / "state" / "train" / "checkpoints")
+    ckpt = checkpoint.latest_any(root / ".mofi" / "state" / "train@multitask" / "checkpoints")
     assert ckpt.step == 4
     assert sorted(p.name for p in ckpt.path.glob("rank-*.safetensors")) == [
         "rank-00000.safetensors", "rank-00001.safetensors"]
-    assert load_model(root / "models" / "mofi")[1].recipe == "multitask"
+    assert load_model(root / "models" / "multitask")[1].recipe == "multitask"
     # global rank 0 runs on node 0: its final loss is the only one printed
     assert [len(final_loss_lines(o)) for o in outs] == [1, 0], outs[1][-2000:]
 
@@ -375,18 +377,19 @@ def test_launch_script_records_the_torchrun_model_in_dvc_lock(truth_i2e, tmp_pat
     assert "dvc commit --force train: dvc.lock now names the model" in done.stdout
     assert dvc_status() == {}  # nothing for `dvc repro` to redo or restore
     outs = {o["path"]: o for o in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-            ["train"]["outs"]}
+            ["train@multitask"]["outs"]}
 
     def md5(path: Path) -> str:
         return hashlib.md5(path.read_bytes()).hexdigest()
 
-    digest = outs["models/mofi"]["md5"]
+    digest = outs["models/multitask"]["md5"]
     listing = root / ".dvc" / "cache" / "files" / "md5" / digest[:2] / digest[2:]
     locked = {e["relpath"]: e["md5"] for e in json.loads(listing.read_text())}
-    model = root / "models" / "mofi"
+    model = root / "models" / "multitask"
     assert locked == {p.relative_to(model).as_posix(): md5(p)
                       for p in model.rglob("*") if p.is_file()}
-    assert outs["metrics/train.json"]["md5"] == md5(root / "metrics" / "train.json")
+    assert outs["metrics/train_multitask.json"]["md5"] == md5(
+        root / "metrics" / "train_multitask.json")
     assert len(final_loss_lines(done.stdout)) == 1, done.stdout[-3000:]  # rank 0's only
 
 
@@ -429,14 +432,14 @@ def test_two_nodes_without_a_shared_folder_checkpoint_to_s3_and_resume(truth_i2e
     assert step4 == ["rank-00000.json", "rank-00000.safetensors", "rank-00001.json",
                      "rank-00001.safetensors", "replicated.safetensors", "state.json"]
     # node 1 never held a complete checkpoint and keeps no partial one
-    assert checkpoint.latest_any(tmp_path / "first-node1" / ".mofi" / "state" / "train"
-                                 / "checkpoints") is None
+    assert checkpoint.latest_any(tmp_path / "first-node1" / ".mofi" / "state"
+                                 / "train@multitask" / "checkpoints") is None
     assert not list((tmp_path / "first-node1").rglob("step-*.tmp"))
 
     outs = launch("again")
     assert all("resuming from step 4 downloaded" in o for o in outs), outs[1][-2000:]
-    got = _weights(tmp_path / "again-node0" / "models" / "mofi")
-    want = _weights(tmp_path / "first-node0" / "models" / "mofi")
+    got = _weights(tmp_path / "again-node0" / "models" / "multitask")
+    want = _weights(tmp_path / "first-node0" / "models" / "multitask")
     assert got.keys() == want.keys()
     for k in want:
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)

@@ -129,10 +129,38 @@ def test_recipe_choices_are_the_recipe_tables_rows():
     from mofi_core.recipes import CONTROL_RECIPES, MOFI_RECIPES, RECIPES
 
     assert set(CONTROL_RECIPES) | set(MOFI_RECIPES) == set(RECIPES)
+    assert parse_params({}).train.recipes == MOFI_RECIPES  # every MOFI recipe is a candidate
     for name in MOFI_RECIPES:
-        assert parse_params({"train": {"recipe": name}}).train.spec is RECIPES[name]
-    with pytest.raises(ParamsError, match=r"train\.recipe"):
-        parse_params({"train": {"recipe": "clip"}})
+        assert parse_params({"train": {"recipes": [name]}}).train.recipes == (name,)
+    with pytest.raises(ParamsError, match=r"train\.recipes"):
+        parse_params({"train": {"recipes": ["clip"]}})
+    with pytest.raises(ParamsError, match=r"train\.recipes"):
+        parse_params({"train": {"recipes": []}})
+    with pytest.raises(ParamsError, match="twice"):
+        parse_params({"train": {"recipes": ["supervised", "supervised"]}})
+
+
+def test_the_old_single_recipe_key_says_what_replaced_it():
+    with pytest.raises(ParamsError, match=r"train\.recipe: .*train\.recipes: \[contrastive\]"):
+        parse_params({"train": {"recipe": "contrastive"}})
+
+
+def test_a_train_instance_runs_its_recipe_and_only_a_listed_one():
+    from mofi_core.config import Params
+    from mofi_core.stage import section_of
+    from mofi_core.stages import get
+
+    params = Params.model_validate({"train": {"recipes": ["supervised", "multitask"]}})
+    assert section_of(get("train@multitask"), params).recipe == "multitask"
+    assert section_of(get("train@multitask"), params).spec.text_tower
+    with pytest.raises(ParamsError, match=r"'contrastive' is not in train\.recipes"):
+        section_of(get("train@contrastive"), params)
+    with pytest.raises(ParamsError, match=r"mofi train supervised"):
+        section_of(get("train"), params)
+    # the list says which instances exist, not what one computes: checkpoints survive edits
+    one = section_of(get("train@multitask"), params)
+    other = section_of(get("train@multitask"), Params.model_validate({}))
+    assert one.result_key() == other.result_key()
 
 
 # no silent defaults ------------------------------------------------------------------------------

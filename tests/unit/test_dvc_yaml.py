@@ -12,6 +12,11 @@ from tests.imports import closure, dvc_entry, stage_code_deps
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 
 
+def body(name: str) -> dict:
+    """A stage's entry; a foreach stage's template (``do``)."""
+    return DVC[name].get("do", DVC[name])
+
+
 def _fix(name: str) -> str:
     return ("expected entry (python -m tests.imports " + name + "):\n"
             + yaml.safe_dump({name: dvc_entry(BY_NAME[name])}, sort_keys=False))
@@ -33,7 +38,7 @@ def test_code_deps_cover_every_module_the_stage_runs(name):
     spec = BY_NAME[name]
     modules = {ref.partition(":")[0] for ref in (spec.entry, spec.check) if ref}
     files = {p.relative_to(ROOT).as_posix() for p in closure(*modules, "mofi_core.stage")}
-    deps = [d for d in DVC[name]["deps"] if d.startswith("mofi_core")]
+    deps = [d for d in body(name)["deps"] if d.startswith("mofi_core")]
 
     def under(path: str, dep: str) -> bool:
         return path == dep or path.startswith(dep.rstrip("/") + "/")
@@ -54,9 +59,25 @@ def test_the_closure_follows_lazy_imports_and_package_data():
 
 
 def test_only_result_sections_are_tracked():
-    tracked = {p for s in DVC.values() for p in s["params"]}
-    assert tracked == {s.section for s in STAGES}
-    assert not tracked & {RUNTIME, "executor", "storage"}
+    tracked = {p for name in DVC for p in body(name)["params"]}
+    assert tracked == {s.section for s in STAGES} | {"train.recipes"}
+    assert not {p.partition(".")[0] for p in tracked} & {RUNTIME, "executor", "storage"}
+
+
+def test_train_is_one_dvc_stage_per_listed_recipe_with_its_own_folders():
+    assert DVC["train"]["foreach"] == "${train.recipes}"
+    do = DVC["train"]["do"]
+    assert do["cmd"] == "mofi train ${item}"
+    assert do["outs"] == ["models/${item}"]
+    assert do["metrics"] == [{"metrics/train_${item}.json": {"cache": False}}]
+    one = BY_NAME["train"].instance("contrastive")
+    assert one.address == "train@contrastive"
+    assert one.metrics == "metrics/train_contrastive.json"
+    assert [o.path for o in one.outs] == ["models/contrastive"]
+    assert "plots/train_contrastive_loss.csv" in one.writes()
+    # evaluate and register read every model folder and the list itself
+    assert "models" in DVC["evaluate"]["deps"] and "train.recipes" in DVC["evaluate"]["params"]
+    assert "models" in DVC["register"]["deps"] and "train.recipes" in DVC["register"]["params"]
 
 
 def test_runtime_keys_are_not_in_the_sections_params_yaml_gives_dvc():

@@ -59,7 +59,8 @@ def test_the_projects_order_is_a_topological_order_of_dvcs_graph():
     order = stage_order(ROOT / "dvc.yaml")
     assert order == stage_order(ROOT)
     assert order == ["corpus", "ingest", "ner", "baseline", "score", "build", "validate",
-                     "train", "evaluate", "report", "register"]
+                     "train@supervised", "train@contrastive", "train@multitask", "evaluate",
+                     "report", "register"]
     edges = _dvc_edges(ROOT)
     assert edges and all(order.index(dep) < order.index(stage) for stage, dep in edges)
 

@@ -37,7 +37,32 @@ def test_linking_accuracy_counts_ambiguous_mentions_with_a_right_candidate():
 
 def test_paper_direction_verdicts():
     q = {"raw_ner": {"precision": 0.5}, "filtered": {"precision": 0.8}}
-    ev = {"mofi": {"gpr_map": 0.3}, "baseline": {"gpr_map": 0.4}}
-    assert paper_direction(q, ev) == [("filtering raises label precision", True),
-                                      ("entity supervision beats the alt-text CLIP on retrieval "
-                                       "mAP", False)]
+    ev = {"supervised": {"gpr_map": 0.5}, "multitask": {"gpr_map": 0.3, "probe_top1": 0.7},
+          "baseline": {"gpr_map": 0.4, "probe_top1": 0.6, "zero_shot_top1": 0.2}}
+    # zero-shot: the multitask block lacks it, so that claim is not applicable (absent)
+    assert paper_direction(q, ev) == [("filtering_raises_precision", True),
+                                      ("supervised_beats_control_retrieval", True),
+                                      ("multitask_ge_supervised_retrieval", False),
+                                      ("mofi_beats_control_retrieval", False),
+                                      ("mofi_beats_control_linear_probe", True)]
+
+
+def test_a_tie_holds_only_the_at_least_as_good_claim():
+    ev = {"supervised": {"gpr_map": 0.5}, "multitask": {"gpr_map": 0.5},
+          "baseline": {"gpr_map": 0.5}}
+    assert dict(paper_direction({}, ev)) == {"supervised_beats_control_retrieval": False,
+                                             "multitask_ge_supervised_retrieval": True,
+                                             "mofi_beats_control_retrieval": False}
+
+
+def test_the_report_names_mofi_and_prints_each_claim_with_its_numbers():
+    from mofi_core.report import report_markdown
+
+    ev = {"multitask": {"gpr_map": 0.61, "recall_at_1": 0.9, "zero_shot_top1": 0.3},
+          "baseline": {"gpr_map": 0.42, "recall_at_1": 0.8, "zero_shot_top1": 0.35}}
+    md = report_markdown({}, ev)
+    assert "| MOFI (multitask) | 0.6100 | n/a | n/a | 0.9000 | 0.3000 | n/a |" in md
+    assert ("MOFI beats the alt-text CLIP on retrieval mAP: **held** (gpr_map 0.6100 vs "
+            "0.4200)") in md
+    assert ("MOFI beats the alt-text CLIP on zero-shot top-1: **not held** (zero_shot_top1 "
+            "0.3000 vs 0.3500)") in md
