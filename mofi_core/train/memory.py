@@ -120,17 +120,20 @@ class TensorAugment:
         w = w * inside[:, None, :]
         return w / w.sum(-1, keepdim=True)
 
-    def _axis(self, start: int, length: int, size: int) -> torch.Tensor:
-        """One (out, size) matrix of :meth:`weights`, cached: crops of a set of equal-sized
-        images take only a few hundred distinct (start, length) pairs per axis."""
+    def _axis(self, start: int, length: int, size: int, transposed: bool = False
+              ) -> torch.Tensor:
+        """One (out, size) matrix of :meth:`weights` (or its contiguous transpose), cached:
+        crops of a set of equal-sized images take only a few hundred distinct (start, length)
+        pairs per axis."""
         cache = self.__dict__.setdefault("_cache", {})
-        key = (start, length, size)
+        key = (start, length, size, transposed)
         got = cache.get(key)
         if got is None:
             if len(cache) >= max(256, 2**26 // (4 * self.size * size)):  # <= ~64 MB
                 cache.clear()
-            got = cache[key] = self.weights(torch.tensor([float(start)]),
-                                            torch.tensor([float(length)]), size)[0]
+            got = self.weights(torch.tensor([float(start)]), torch.tensor([float(length)]),
+                               size)[0]
+            got = cache[key] = got.t().contiguous() if transposed else got
         return got
 
     def __call__(self, images: torch.Tensor, boxes: Sequence[tuple[int, int, int, int]]
@@ -143,17 +146,27 @@ class TensorAugment:
         top, left, h, w = zip(*boxes, strict=True) if boxes else ((),) * 4
         dev = images.device
         rows = torch.stack([self._axis(a, k, height) for a, k in zip(top, h, strict=True)])
-        cols = torch.stack([self._axis(a, k, width) for a, k in zip(left, w, strict=True)])
-        rows, cols = rows.to(dev, non_blocking=True), cols.to(dev, non_blocking=True)
+        cols_t = torch.stack([self._axis(a, k, width, transposed=True)
+                              for a, k in zip(left, w, strict=True)])  # (B, W, size)
+        rows, cols_t = rows.to(dev, non_blocking=True), cols_t.to(dev, non_blocking=True)
         x = torch.bmm(rows, images.view(n, height, 3 * width).float())  # (B, size, 3 W)
-        x = torch.bmm(x.view(n, self.size * 3, width), cols.transpose(1, 2))  # (B, size 3, size)
+        x = torch.bmm(x.view(n, self.size * 3, width), cols_t)  # (B, size 3, size)
         out = torch.empty(n, 3, self.size, self.size, device=dev)
         # bicubic overshoots: clamp to the pixel range (with the copy into the channels-first
         # layout), then (x / 255 - mean) / std
         torch.clamp(x.view(n, self.size, 3, self.size).transpose(1, 2), 0, 255, out=out)
-        std = torch.tensor(self.std, device=dev).view(1, 3, 1, 1)
-        mean = torch.tensor(self.mean, device=dev).view(1, 3, 1, 1)
-        return out.mul_(1 / (255 * std)).sub_(mean / std)
+        scale, shift = self._normalise(dev)
+        return out.mul_(scale).add_(shift)
+
+    def _normalise(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1 / (255 std), -mean / std) per channel, made once per device."""
+        key = ("normalise", str(device))
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+            mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+            cache[key] = (1 / (255 * std), -mean / std)
+        return cache[key]
 
 
 @dataclass
