@@ -67,6 +67,7 @@ from flows.pipeline import (
     topological,
 )
 from mofi_core import tracking
+from mofi_core.claims import model_rows
 from mofi_core.io.layout import Layout
 from mofi_core.recipes import model_label
 
@@ -195,10 +196,8 @@ def summarise(layout: Layout, stages: list[dict], links: dict[str, str] | None =
     report = layout.reports / "quality.md"
     links = links or {}
     docs = layout.reports / "data_docs" / "index.html"
-    models = {k: v for k, v in evaluation.items()
-              if isinstance(v, dict) and k != "benchmark" and "_vs_" not in k}
     return {"stages": stages,
-            "models": models,  # every candidate, then the control: {name: metrics}
+            "models": model_rows(evaluation),  # every candidate, then the control: {name: metrics}
             "model": registry,
             "validation": _read_json(layout.reports / "validate.json").get("summary", {}),
             "mlflow_run": links.get("run", ""),

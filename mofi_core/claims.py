@@ -56,6 +56,12 @@ CLAIMS: tuple[Claim, ...] = (
 )
 
 
+def model_rows(evaluation: dict) -> dict[str, dict]:
+    """The per-model blocks of an evaluation (not the benchmark, the ratios or the notes)."""
+    return {k: v for k, v in evaluation.items()
+            if isinstance(v, dict) and k != "benchmark" and "_vs_" not in k}
+
+
 def verdicts(evaluation: dict) -> list[tuple[Claim, float, float, bool]]:
     """Every applicable claim with both numbers and whether it held on ``evaluation``."""
     out = []

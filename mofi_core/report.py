@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mofi_core.claims import verdicts
+from mofi_core.claims import model_rows, verdicts
 from mofi_core.config import ReportConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import write_bytes, write_json
@@ -155,7 +155,7 @@ def report_markdown(quality: dict, evaluation: dict) -> str:
     lines += ["", "## Every model on the benchmark (GPR1200 protocol)", "",
               "| model | mAP all | seen classes | unseen classes | R@1 | zero-shot top-1 | "
               "linear probe top-1 |", "|---|---|---|---|---|---|---|"]
-    for name, m in _models(evaluation).items():
+    for name, m in model_rows(evaluation).items():
         cells = [m.get(k) for k in ("gpr_map", "gpr_map_seen", "gpr_map_unseen", "recall_at_1",
                                     "zero_shot_top1", "probe_top1")]
         lines.append(f"| {model_label(name)} | " + " | ".join(
@@ -172,11 +172,6 @@ def report_markdown(quality: dict, evaluation: dict) -> str:
 
 
 FILTER_CLAIM = "filtering raises label precision"
-
-
-def _models(evaluation: dict) -> dict[str, dict]:
-    return {k: v for k, v in evaluation.items()
-            if isinstance(v, dict) and k != "benchmark" and "_vs_" not in k}
 
 
 def paper_direction(quality: dict, evaluation: dict) -> list[tuple[str, bool]]:

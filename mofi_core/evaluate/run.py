@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mofi_core.claims import model_rows
 from mofi_core.config import EvaluateConfig
 from mofi_core.device import resolve_device
 from mofi_core.evaluate.embed import embed_files
@@ -129,12 +130,6 @@ def _pictures(out: Path, files: list[Path], labels: np.ndarray,
         plots.tsne_plot(f, labels, out / f"tsne_{name}.png", groups=groups)
     plots.pr_curves({n: precision_recall_curve(f, labels) for n, f in feats.items()},
                     out / "pr_curves.png")
-
-
-def model_rows(results: dict) -> dict[str, dict]:
-    """The per-model blocks of ``results`` (not the benchmark, ratios or notes)."""
-    return {k: v for k, v in results.items()
-            if isinstance(v, dict) and k != "benchmark" and "_vs_" not in k}
 
 
 def comparison_table(results: dict) -> str:
