@@ -24,7 +24,7 @@ def _declared_outputs(root):
 
 
 def _statuses(stdout):
-    return dict(re.findall(r"^  (\w+)\s+(ran|skipped)\s", stdout, flags=re.M))
+    return dict(re.findall(r"^  ([\w@]+)\s+(ran|skipped)\s", stdout, flags=re.M))
 
 
 def _dvc_experiments(project):

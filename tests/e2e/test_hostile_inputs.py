@@ -298,7 +298,10 @@ def _blocker(folder: str) -> Mutation:
 
 
 def _blocked_folder(spec) -> str:
-    """The stage's first folder output, else the folder of its first output file."""
+    """The stage's first folder output, else the folder of its first output file; for a foreach
+    stage (``train``), that of its first instance in the tiny world (``train@supervised``)."""
+    if spec.foreach:
+        spec = spec.instance("supervised")
     folders = [w for w in spec.writes() if not Path(w).suffix]
     return folders[0] if folders else str(Path(spec.writes()[0]).parent)
 

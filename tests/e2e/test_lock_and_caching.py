@@ -167,8 +167,12 @@ def test_a_clean_clone_reproduces_every_output_and_leaves_git_clean(project, fir
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     name = yaml.safe_load(first_run.params_text)["register"]["model_name"]
     versions = client.search_model_versions(f"name = '{name}'")
-    assert [str(v.version) for v in versions] == ["1"]  # the sqlite store returns an int
-    tag = versions[0].tags["git_commit"]
-    assert not tag.endswith("-dirty")
-    assert tag == head
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    recipes = yaml.safe_load(first_run.params_text)["train"]["recipes"]
+    # one version per candidate, all from this clone's clean commit (the store returns ints)
+    assert sorted(str(v.version) for v in versions) == [str(i + 1) for i in range(len(recipes))]
+    assert {v.tags["recipe"] for v in versions} == set(recipes)
+    for v in versions:
+        assert not v.tags["git_commit"].endswith("-dirty")
+        assert v.tags["git_commit"] == head
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.tags["challenger"] == "true", champion.tags  # the run's best only
