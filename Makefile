@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 demo: setup
 	$(RUN) $(BIN)/mofi run
+	$(BIN)/python -m mofi_core.readme
 
 # the kill -9 harness (about 5 min here), the README's scale-out walkthrough and the review of
 # DVC experiments + registry + lineage run in CI after make test, as make test-crash,

@@ -246,6 +246,42 @@ def import_wikidata(
                f"skipped {dict(stats.skipped)}")
 
 
+@app.command()
+def calibrate(
+        seed: Annotated[int, typer.Option(help="corpus.seed of the calibration world (must "
+                                               "differ from the one the project reports on)")],
+        params: Annotated[Path, typer.Option(help="the project's params file")] = Path(
+            "params.yaml"),
+        target_precision: Annotated[float, typer.Option(
+            min=0.0, max=1.0, help="label precision the threshold must reach there")] = 0.95,
+        work: Annotated[Path | None, typer.Option(
+            help="scratch folder for the calibration world (default .mofi/calibrate/seed<S>)")]
+        = None,
+        write: Annotated[bool, typer.Option(
+            help="put the chosen build.threshold and build.calibration_seed into params.yaml")]
+        = False,
+        sets: SetsOpt = []) -> None:  # noqa: B006 - typer reads the default
+    """Choose build.threshold on another world's truth (corpus.seed = --seed): held out from
+    the world the report scores. Writes reports/calibration.{md,json}."""
+    from mofi_core.calibrate import calibrate as run_calibration
+    from mofi_core.calibrate import write_choice, write_report
+
+    root = params.resolve().parent
+    try:
+        record = run_calibration(params, seed, work or root / ".mofi" / "calibrate" /
+                                 f"seed{seed}", target_precision, _parse_sets(sets))
+        write_report(record, root / "reports" / "calibration")
+        chosen = record["chosen"]
+        if write:
+            write_choice(params, chosen["threshold"], seed)
+    except Exception as err:
+        _fail(err)
+    typer.echo(f"calibrate: threshold {chosen['threshold']:.2f} (precision "
+               f"{chosen['precision']:.3f}, filter recall {chosen['filter_recall']:.3f} on world "
+               f"seed {seed}); " + (f"written to {params}" if write else
+                                    "params.yaml unchanged (pass --write to set it)"))
+
+
 def _parse_sets(values: list[str]) -> dict:
     import yaml
 

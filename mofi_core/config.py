@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mofi_core.recipes import CONTROL_RECIPES, MOFI_RECIPES, RECIPES, RecipeSpec
 from mofi_core.stages import SECTIONS
@@ -73,6 +73,9 @@ class CorpusConfig(Section):
     num_entities: int = Field(200, ge=2)
     images_per_entity: int = Field(30, ge=1, description="size knob: images = entities x this")
     image_size: int = Field(64, ge=16, le=1024)
+    planted_duplicates: int = Field(40, ge=0, description=(
+        "near-copies of evaluation images hidden in the corpus (resized, re-encoded, cropped, "
+        "colour-shifted; data/truth/planted.json), for the decontam stage to find"))
     samples_per_shard: int = Field(1000, ge=1)
     shared_alias_rate: float = Field(0.08, ge=0, le=1, description="entities reusing a root")
     workers: int = Field(0, ge=0, description="generator processes; 0 = all cores")
@@ -110,6 +113,27 @@ class IngestConfig(Section):
             raise ValueError(f"ingest.min_side ({self.min_side}) > "
                              f"ingest.max_side ({self.max_side})")
         return self
+
+
+class DecontamConfig(Section):
+    """Near-duplicates of evaluation images are kept out of every training set (I2E and the
+    control's alt-text data), as DataComp does against its evaluation sets."""
+
+    method: Literal["phash", "none"] = Field("phash", description=(
+        "phash: 64-bit perceptual hash of every corpus image vs every evaluation image and its "
+        "centre crops; none: check nothing (the report then says so)"))
+    max_distance: int = Field(6, ge=0, le=64, description=(
+        "a corpus image within this many bits of an evaluation image is dropped (6: chosen on "
+        "one demo seed, checked on another; tests/unit/test_decontam.py)"))
+    crops: tuple[float, ...] = Field((1.0, 0.9, 0.8), min_length=1, description=(
+        "centre crops (side fraction) of each evaluation image also indexed: cropped copies"))
+
+    @field_validator("crops")
+    @classmethod
+    def _crops_in_range(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < c <= 1 for c in v):
+            raise ValueError("every crop is a side fraction in (0, 1]")
+        return v
 
 
 class NerConfig(Section):
@@ -269,7 +293,11 @@ class BuildConfig(Section):
 
     rules: tuple[Literal["threshold", "top_k", "null_quantile"], ...] = Field(
         ("threshold", "top_k"), min_length=1, description="which filters apply (all must pass)")
-    threshold: float = Field(0.43, ge=-1, le=1, description="min cosine(image, entity text)")
+    threshold: float = Field(0.48, ge=-1, le=1, description=(
+        "min cosine(image, entity text); 0.48 = mofi calibrate --seed 1 on the demo world"))
+    calibration_seed: int | None = Field(1, description=(
+        "corpus.seed of the world whose truth chose the threshold (mofi calibrate writes it); "
+        "null = set by hand. The report says whether its label numbers are held out"))
     publish: str = Field("", description=(
         "s3://bucket/prefix: also copy the I2E dataset there (vocab.json last), for training "
         "clusters that stream from S3 (train.data)"))
@@ -354,6 +382,7 @@ class StorageConfig(Section):
 class Params(Section):
     corpus: CorpusConfig = CorpusConfig()
     ingest: IngestConfig = IngestConfig()
+    decontam: DecontamConfig = DecontamConfig()
     ner: NerConfig = NerConfig()
     baseline: BaselineConfig = BaselineConfig()
     score: ScoreConfig = ScoreConfig()

@@ -122,13 +122,73 @@ def rule_variants(rule: dict, score_dir: Path, truth_pairs: Pairs) -> dict[str, 
     return out
 
 
+def threshold_choice(rule: dict, report_seed: int) -> dict:
+    """Where the filter threshold came from, relative to the world the labels are scored on."""
+    seed = rule.get("calibration_seed")
+    kind = "by hand" if seed is None else ("in-sample" if seed == report_seed else "held out")
+    return {"threshold": rule.get("threshold"), "calibration_seed": seed,
+            "report_seed": report_seed, "kind": kind}
+
+
+def _choice_line(choice: dict) -> str:
+    t, seed, here = choice["threshold"], choice["calibration_seed"], choice["report_seed"]
+    if choice["kind"] == "held out":
+        return (f"Threshold {t}: chosen by `mofi calibrate` on world seed {seed}; the numbers "
+                f"above are on world seed {here}, which did not choose it (**held out**).")
+    if choice["kind"] == "in-sample":
+        return (f"Threshold {t}: chosen on this world's own truth (seed {here}): the label "
+                "numbers above are **in-sample**, not a result; run `mofi calibrate --seed "
+                "<another> --write`.")
+    return (f"Threshold {t}: set by hand (build.calibration_seed is null); run `mofi calibrate "
+            "--seed <another seed> --write` to choose it on a held-out world.")
+
+
+def decontam_quality(dropped: pa.Table, metrics: dict, truth_dir: Path) -> dict:
+    """What decontam dropped and, where the demo world planted near-copies of evaluation images
+    (``data/truth/planted.json``), how many of each kind it caught and how many clean images it
+    dropped with them."""
+    from mofi_core.demo.world import PLANTED
+
+    keys = set(dropped["key"].to_pylist())
+    out: dict = {"method": metrics.get("method"), "checked": metrics.get("checked", 0),
+                 "dropped": len(keys)}
+    planted_file = truth_dir / PLANTED
+    if planted_file.is_file():
+        planted = json.loads(planted_file.read_text(encoding="utf-8"))
+        kinds: dict[str, dict[str, int]] = {}
+        for p in planted:
+            k = kinds.setdefault(p["kind"], {"planted": 0, "caught": 0})
+            k["planted"] += 1
+            k["caught"] += p["key"] in keys
+        out["planted"] = {"planted": len(planted),
+                          "caught": sum(k["caught"] for k in kinds.values()),
+                          "clean_dropped": len(keys - {p["key"] for p in planted}),
+                          "by_kind": kinds}
+    return out
+
+
+def _decontam_lines(d: dict) -> list[str]:
+    if d["method"] == "none":
+        return ["", "Decontamination: **off** (decontam.method: none): training data was not "
+                "checked against the evaluation images."]
+    lines = ["", f"Decontamination ({d['method']}): {d['dropped']} of {d['checked']} corpus "
+             "images dropped as near-copies of evaluation images; neither the control nor any "
+             "MOFI candidate trained on them."]
+    p = d.get("planted")
+    if p:
+        kinds = ", ".join(f"{k} {v['caught']}/{v['planted']}" for k, v in p["by_kind"].items())
+        lines.append(f"Planted near-copies caught: {p['caught']}/{p['planted']} ({kinds}); "
+                     f"clean images dropped with them: {p['clean_dropped']}.")
+    return lines
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
 def report_markdown(quality: dict, evaluation: dict) -> str:
     lines = ["# MOFI demo-world report", ""]
-    if quality:
+    if "raw_ner" in quality:
         lines += ["## Entity labels vs ground truth ((image, entity) pairs)", "",
                   "Recall counts every true pair; *filter recall* only those NER + linking "
                   "found (what the CLIP filter could keep: alt-texts naming nothing cap the "
@@ -152,6 +212,10 @@ def report_markdown(quality: dict, evaluation: dict) -> str:
         lines += ["", f"Goal (precision >= {_pct(GOAL_PRECISION)} at filter recall >= "
                   f"{_pct(GOAL_FILTER_RECALL)}): **{'met' if met else 'not met'}** "
                   f"({_pct(f['precision'])} at {_pct(f['filter_recall'])})."]
+        if "threshold_choice" in quality:
+            lines += ["", _choice_line(quality["threshold_choice"])]
+    if quality.get("decontam"):
+        lines += _decontam_lines(quality["decontam"])
     lines += ["", "## Every model on the benchmark (GPR1200 protocol)", "",
               "| model | mAP all | seen classes | unseen classes | R@1 | zero-shot top-1 | "
               "linear probe top-1 |", "|---|---|---|---|---|---|---|"]
@@ -161,7 +225,7 @@ def report_markdown(quality: dict, evaluation: dict) -> str:
         lines.append(f"| {model_label(name)} | " + " | ".join(
             "n/a" if v is None else f"{v:.4f}" for v in cells) + " |")
     lines += ["", "## Does the paper's direction hold? (this run: one seed)", ""]
-    if quality:
+    if "raw_ner" in quality:
         ok = quality["filtered"]["precision"] > quality["raw_ner"]["precision"]
         lines.append(f"- {FILTER_CLAIM}: **{'held' if ok else 'not held'}** "
                      f"({_pct(quality['filtered']['precision'])} vs "
@@ -177,7 +241,7 @@ FILTER_CLAIM = "filtering raises label precision"
 def paper_direction(quality: dict, evaluation: dict) -> list[tuple[str, bool]]:
     """``(claim key, held)`` for every claim this run can check."""
     out = []
-    if quality:
+    if "raw_ner" in quality:
         out.append(("filtering_raises_precision",
                     quality["filtered"]["precision"] > quality["raw_ner"]["precision"]))
     out += [(c.key, ok) for c, _, _, ok in verdicts(evaluation)]
@@ -189,13 +253,20 @@ def run(cfg: ReportConfig, ctx: StageContext) -> dict:
     lay = ctx.layout
     evaluation = lay.read_metrics("evaluate")
     quality = {}
+    from mofi_core.curate.decontam import DROPPED, DROPPED_SCHEMA
+
+    dropped = tables.read_table(lay.decontam / DROPPED, DROPPED_SCHEMA)
     if lay.truth.is_dir():
         manifest = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST)
-        truth, kept_keys = read_truth(lay.truth), set(manifest["key"].to_pylist())
+        # only keys that reach curation count: not ingest's rejects, not decontam's drops
+        truth = read_truth(lay.truth)
+        kept_keys = set(manifest["key"].to_pylist()) - set(dropped["key"].to_pylist())
         quality = label_quality(truth, kept_keys, pq.read_table(lay.ner / "mentions.parquet"),
                                 pq.read_table(lay.i2e / "labels.parquet"))
         rule = json.loads((lay.i2e / "stats.json").read_text(encoding="utf-8"))["rule"]
         quality["rules"] = rule_variants(rule, lay.score, truth_pairs(truth, kept_keys))
+        quality["threshold_choice"] = threshold_choice(rule, ctx.params.corpus.seed)
+    quality["decontam"] = decontam_quality(dropped, lay.read_metrics("decontam"), lay.truth)
     markdown = report_markdown(quality, evaluation)
     write_bytes(lay.reports / "quality.md", markdown.encode("utf-8"))
     ctx.artifacts.append(lay.reports / "quality.md")

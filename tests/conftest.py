@@ -19,7 +19,7 @@ TINY = {
     "corpus.benchmark.seen_classes": 6, "corpus.benchmark.unseen_classes": 2,
     "corpus.benchmark.images_per_class": 4, "corpus.benchmark.labelled_train": 2,
     "corpus.benchmark.labelled_val": 1, "corpus.benchmark.labelled_test": 2,
-    "runtime.corpus.workers": 2,
+    "runtime.corpus.workers": 2, "corpus.planted_duplicates": 8,  # two of each kind
     "baseline.steps": 20, "baseline.batch_size": 32, "baseline.warmup_steps": 2,
     "runtime.baseline.log_every": 5, "baseline.num_workers": 0,
     "train.recipes": ["supervised", "multitask"],  # two candidates: the best is registered

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from mofi_core.config import BuildConfig
 from mofi_core.curate import rules
+from mofi_core.curate.decontam import read_dropped
 from mofi_core.curate.rules import Labels
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
@@ -68,12 +69,18 @@ def _shards(ingest_dir: Path, score_dir: Path) -> list[tuple[str, Path, Path, Pa
     return out
 
 
-def rules_shard(job: ShardJob, score_dir: Path, spill: Path, cfg: BuildConfig
-                ) -> tuple[list[Path], dict]:
+def rules_shard(job: ShardJob, score_dir: Path, spill: Path, cfg: BuildConfig,
+                exclude: frozenset[str] = frozenset()) -> tuple[list[Path], dict]:
     """Pass 1 for one shard: the per-image rules; kept pairs spilled to ``spill/<name>``.
-    Returns per-entity counts (and, with a cap, each entity's best ``cap`` (score, key))."""
+    Returns per-entity counts (and, with a cap, each entity's best ``cap`` (score, key)).
+    Candidates of ``exclude`` keys (decontam's near-copies) never become labels."""
     scores = tables.read_table(score_dir / "parts" / f"{job.name}.scores.parquet",
                                tables.SCORES)
+    if exclude:
+        import pyarrow.compute as pc
+
+        scores = scores.filter(pc.invert(pc.is_in(scores["key"],
+                                                  pa.array(sorted(exclude), pa.string()))))
     cut = rules.null_cutoffs(score_dir / "parts" / f"{job.name}.null.parquet", cfg.null_quantile) \
         if "null_quantile" in cfg.rules else {}
     kept = rules.passes_rules(scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
@@ -135,7 +142,8 @@ def write_shard_job(job: ShardJob, spill: Path, shards_dir: Path, cut_file: Path
     return [out], acc.summary()
 
 
-def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) -> dict:
+def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig,
+          exclude: frozenset[str] = frozenset()) -> dict:
     """Two streaming passes over the per-shard scores (memory: one shard plus per-entity
     counters, never the corpus): 1) the per-image rules, spilled per shard; 2) the vocabulary
     and cap cut, I2E shards and labels. Same result as :func:`rules.select_labels` on
@@ -156,7 +164,8 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig) ->
         # the jobs ran, and only one shard's per-entity counts at a time
         progress = Progress("build pass 1/2", len(jobs), "shard")  # the rules
         for _, s, _ in iter_shards(partial(rules_shard, score_dir=score_dir, spill=spill,
-                                           cfg=cfg), jobs, lambda j: [], None):
+                                           cfg=cfg, exclude=exclude), jobs, lambda j: [],
+                                   None):
             pairs_in += s["pairs"]
             progress.advance(pairs=pairs_in)
             hist_all += np.asarray(s["hist"], dtype=np.int64)
@@ -298,7 +307,7 @@ def _plots(out: Path, acc: _Accumulator) -> None:
 def run(cfg: BuildConfig, ctx: StageContext) -> dict:
     """Stage ``build``: filter rules -> I2E shards, labels, vocabulary."""
     lay = ctx.layout
-    stats = build(lay.ingest, lay.score, lay.i2e, cfg)
+    stats = build(lay.ingest, lay.score, lay.i2e, cfg, read_dropped(lay.decontam))
     ctx.artifacts += [lay.i2e / "stats.json", lay.i2e / "stats.png"]
     if cfg.publish:
         n = publish(lay.i2e, cfg.publish)

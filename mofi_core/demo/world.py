@@ -121,7 +121,7 @@ def _pool(cfg: CorpusConfig, init_args: tuple) -> ProcessPoolExecutor:
 
 
 def write_corpus(cfg: CorpusConfig, entities: list[Entity], corpus_dir: Path, truth_dir: Path,
-                 plan: np.ndarray) -> int:
+                 plan: np.ndarray, planted: list[Planted] | None = None) -> int:
     with atomic_dir(corpus_dir) as out, atomic_dir(truth_dir) as truth_out:
         tables.write_table(out / "kb.parquet", tables.from_rows([e.kb_row() for e in entities],
                                                                   tables.KB), tables.KB)
@@ -129,7 +129,74 @@ def write_corpus(cfg: CorpusConfig, entities: list[Entity], corpus_dir: Path, tr
         n = cfg.samples_per_shard
         jobs = [(i, s, plan[s:s + n]) for i, s in enumerate(range(0, len(plan), n))]
         with _pool(cfg, (cfg, entities, out / "shards", truth_out)) as pool:
-            return sum(pool.map(_write_shard, jobs))
+            samples = sum(pool.map(_write_shard, jobs))
+        if planted:
+            samples += _write_planted(cfg, planted, len(jobs), len(plan), out / "shards",
+                                      truth_out, {e.entity_id for e in entities})
+        return samples
+
+
+@dataclass(frozen=True)
+class Planted:
+    """A near-copy of an evaluation image hidden in the corpus (``corpus.planted_duplicates``)."""
+    source: str        # the evaluation image, relative to data/benchmark
+    kind: str          # mofi_core.demo.contaminate.KINDS
+    entity: Entity
+    jpg: bytes
+
+
+def _write_planted(cfg: CorpusConfig, planted: list[Planted], index: int, start: int,
+                   shards: Path, truth_dir: Path, kb_ids: set[str]) -> int:
+    """One extra shard of near-copies captioned with their entity's name, as a scraped copy of
+    a benchmark photo would be; ``truth/planted.json`` says which keys they are. Their true
+    labels count only for entities in the KB (a copy of an unseen class has none to find)."""
+    rng = np.random.default_rng([cfg.seed, 3_000_017])
+    meta, truth, record = [], [], []
+    with ShardWriter(shards / shard_name(index)) as writer:
+        for offset, p in enumerate(planted):
+            key = f"{start + offset:09d}"
+            text = alt_text([p.entity], [], "name", rng)
+            row = {"key": key, "caption": text, "url": f"demo://{key}.jpg", "status": "success",
+                   "width": cfg.image_size, "height": cfg.image_size}
+            writer.write(key, {"jpg": p.jpg, "txt": text, "json": row})
+            meta.append(row)
+            truth.append({"key": key, "entity_ids": [p.entity.entity_id]
+                          if p.entity.entity_id in kb_ids else []})
+            record.append({"key": key, "source": p.source, "kind": p.kind})
+    stem = shard_name(index).removesuffix(".tar")
+    tables.write_table(shards / f"{stem}.parquet", pa.Table.from_pylist(meta, schema=SHARD_META),
+                       SHARD_META)
+    tables.write_table(truth_dir / f"{stem}.parquet", tables.from_rows(truth, tables.TRUTH),
+                       tables.TRUTH)
+    (truth_dir / PLANTED).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    return len(planted)
+
+
+PLANTED = "planted.json"  # in data/truth: the near-copies of evaluation images in the corpus
+
+
+def plant(cfg: CorpusConfig, classes: list[Entity], benchmark_dir: Path) -> list[Planted]:
+    """``corpus.planted_duplicates`` near-copies of evaluation images (GPR1200 set and labelled
+    splits), the kinds in turn, drawn from their own seeded stream."""
+    from mofi_core.demo.contaminate import KINDS, near_copy
+
+    if not cfg.planted_duplicates:
+        return []
+    by_id = {e.entity_id: e for e in classes}
+    files = sorted(p.relative_to(benchmark_dir).as_posix()
+                   for p in benchmark_dir.rglob("*.jpg"))
+    rng = np.random.default_rng([cfg.seed, 2_000_003])
+    picks = rng.choice(len(files), min(cfg.planted_duplicates, len(files)), replace=False)
+    out = []
+    for i, pick in enumerate(sorted(int(x) for x in picks)):
+        rel = files[pick]
+        # gpr1200/{class}_{entity}_{i}.jpg or labelled/{split}/{entity}/{i}.jpg
+        entity = by_id[rel.split("/")[2]] if rel.startswith("labelled/") else \
+            classes[int(rel.split("/")[1].split("_")[0])]
+        kind = KINDS[i % len(KINDS)]
+        out.append(Planted(rel, kind, entity,
+                           near_copy((benchmark_dir / rel).read_bytes(), kind, rng)))
+    return out
 
 
 def _benchmark_image(e: Entity, rng: np.random.Generator, size: int) -> bytes:
@@ -178,11 +245,14 @@ def generate_world(cfg: CorpusConfig, corpus_dir: Path, truth_dir: Path,
     # which entity each image mainly shows: exactly images_per_entity each, shuffled
     plan = rng.permutation(np.repeat(np.arange(cfg.num_entities, dtype=np.int32),
                                      cfg.images_per_entity))
-    samples = write_corpus(cfg, corpus_entities, corpus_dir, truth_dir, plan)
-    n_gpr, n_lab = write_benchmark(cfg, [corpus_entities[i] for i in seen_idx], unseen,
-                                   benchmark_dir)
+    # the benchmark first: the corpus may hold near-copies of it (corpus.planted_duplicates)
+    classes = [corpus_entities[i] for i in seen_idx] + unseen
+    n_gpr, n_lab = write_benchmark(cfg, classes[:len(seen_idx)], unseen, benchmark_dir)
+    planted = plant(cfg, classes, benchmark_dir)
+    samples = write_corpus(cfg, corpus_entities, corpus_dir, truth_dir, plan, planted)
     return WorldStats(entities=len(corpus_entities), samples=samples,
-                      shards=-(-samples // cfg.samples_per_shard), benchmark_images=n_gpr,
+                      shards=-(-len(plan) // cfg.samples_per_shard) + bool(planted),
+                      benchmark_images=n_gpr,
                       benchmark_classes=len(seen_idx) + len(unseen), labelled_images=n_lab)
 
 

@@ -45,6 +45,10 @@ class Layout:
         return self.root / "data" / "ingest"
 
     @property
+    def decontam(self) -> Path:
+        return self.root / "data" / "decontam"
+
+    @property
     def ner(self) -> Path:
         return self.root / "data" / "ner"
 

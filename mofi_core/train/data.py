@@ -65,6 +65,7 @@ class ShardStream(IterableDataset):
     resampled: bool = False
     epoch: int = 0
     skip: dict[int, int] = field(default_factory=dict)  # worker -> batches already taken
+    exclude: frozenset[str] = frozenset()  # keys never trained on (decontam's near-duplicates)
 
     def __post_init__(self) -> None:
         if not self.shards:
@@ -103,7 +104,8 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         urls = ({"url": u} for u in self._my_shards(worker, workers))
-        samples = self._shuffled(wds.tarfile_samples(urls), worker)
+        samples = self._shuffled((s for s in wds.tarfile_samples(urls)
+                                  if s["__key__"] not in self.exclude), worker)
         skip = self.skip.get(worker, 0) * self.batch_size
         batch: list[tuple] = []
         for i, s in enumerate(samples):

@@ -218,14 +218,16 @@ def _samples(shards: list[str]) -> Iterator[dict[str, Any]]:
 
 
 def load(shards: list[str], maker: SampleMaker, augment: TensorAugment,
-         limit_bytes: int | None) -> MemorySet | None:
-    """Decode all of ``shards`` (in sorted order, local or ``s3://``); ``None`` as soon as the
-    decoded images pass ``limit_bytes`` (``None``: no limit)."""
+         limit_bytes: int | None, exclude: frozenset[str] = frozenset()) -> MemorySet | None:
+    """Decode all of ``shards`` (in sorted order, local or ``s3://``) but the ``exclude``
+    keys; ``None`` as soon as the decoded images pass ``limit_bytes`` (``None``: no limit)."""
     keys, arrays, labels, fixed_rows, alt = [], [], [], [], []
     total = 0
     uses_text = maker.spec.text_from(maker.text_source)
     wants_alt = uses_text in ("alt_text", "mix")
     for sample in _samples(shards):
+        if sample["__key__"] in exclude:
+            continue
         arr = _image_array(sample, augment.size)
         total += arr.size
         if limit_bytes is not None and total > limit_bytes:

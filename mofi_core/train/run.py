@@ -17,6 +17,7 @@ import torch
 
 from mofi_core import tracking
 from mofi_core.config import TrainConfig
+from mofi_core.curate.decontam import read_dropped
 from mofi_core.gate import require_passed
 from mofi_core.io import s3
 from mofi_core.io.hashing import file_sha256, fingerprint
@@ -119,7 +120,7 @@ def _data_identity(shards: list[Path], extra: list[Path]) -> list:
 
 def train_model(data_dir: Path | str, out_dir: Path, cfg: TrainConfig, on_log: LogFn,
                 kb_path: Path | None = None, ckpt_root: Path | None = None,
-                remote_ckpt: str = "") -> list[dict]:
+                remote_ckpt: str = "", exclude: frozenset[str] = frozenset()) -> list[dict]:
     """Train ``cfg.recipe`` on the shards in ``data_dir/shards`` (ingest shards for ``clip``,
     I2E shards otherwise) and publish the model to ``out_dir``. With ``ckpt_root``, resume
     from the newest checkpoint written with the same params and data; with ``remote_ckpt``
@@ -134,19 +135,23 @@ def train_model(data_dir: Path | str, out_dir: Path, cfg: TrainConfig, on_log: L
         shards, data_identity = _shards_and_identity(data_dir, kb_path if needs_kb else None)
         from mofi_core.train import memory
 
+        if exclude:  # another training set: another identity for its checkpoints
+            data_identity = fingerprint(data_identity, "exclude", *sorted(exclude))
         maker = _sample_maker(cfg, meta, classes, kb_path)
         # a small local set is decoded once and batched from memory; anything else streams
         augment, why = memory.choose(cfg.data_in_memory, str(data_dir), shards, maker,
                                      cfg.resampled)
         held = memory.load(shards, maker, augment, None if cfg.data_in_memory is True
-                           else memory.AUTO_LIMIT_BYTES) if augment is not None else None
+                           else memory.AUTO_LIMIT_BYTES, exclude) \
+            if augment is not None else None
         if held is not None:
             batches = memory.MemoryBatches(held, maker, augment, cfg.batch_size, cfg.seed,
                                            env.rank, env.world, env.device)
             note = f"{len(held)} samples held in memory ({held.nbytes / 2**20:.0f} MB decoded)"
         else:
             batches = Batches(ShardStream(shards, maker, cfg.batch_size, cfg.shuffle_buffer,
-                                          cfg.seed, env.rank, env.world, cfg.resampled),
+                                          cfg.seed, env.rank, env.world, cfg.resampled,
+                                          exclude=exclude),
                               cfg.num_workers)
             note = f"streaming {len(shards)} shards ({why or 'decoded images over the limit'})"
         if env.is_main:
@@ -205,10 +210,13 @@ def _stage(data_dir: Path, out_dir: Path, cfg: TrainConfig, ctx: StageContext) -
         ckpt = lay.state(name) / "checkpoints"
     else:
         ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else lay.state(name) / "checkpoints"
+    # the control trains on the ingested corpus less decontam's near-copies of evaluation
+    # images (build already left them out of the I2E set the candidates train on)
+    exclude = read_dropped(lay.decontam) if spec.name == "baseline" else frozenset()
     history = train_model(cfg.data or data_dir, out_dir, cfg,
                           lambda step, row: ctx.tracker.log_metrics(
         {k: v for k, v in row.items() if k != "step"}, step=step), kb_path=lay.kb,
-        ckpt_root=ckpt, remote_ckpt=remote)
+        ckpt_root=ckpt, remote_ckpt=remote, exclude=exclude)
     if tracking.is_main_process():
         from mofi_core.evaluate.plots import loss_curve
 

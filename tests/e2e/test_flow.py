@@ -45,6 +45,17 @@ def test_first_run_runs_every_stage_and_writes_every_output(project, first_run):
     assert _statuses(first_run.stdout) == {s: "ran" for s in order}
     missing = [p for p in _declared_outputs(project.root) if not (project.root / p).exists()]
     assert missing == []
+    # decontam found the world's planted near-copies and no candidate's I2E set holds them
+    import pyarrow.parquet as pq
+
+    dropped = set(pq.read_table(project.root / "data/decontam/dropped.parquet")["key"]
+                  .to_pylist())
+    planted = json.loads((project.root / "data/truth/planted.json").read_text())
+    assert len(dropped & {p["key"] for p in planted}) >= 6
+    labelled = set(pq.read_table(project.root / "data/i2e/labels.parquet")["key"].to_pylist())
+    assert labelled and not dropped & labelled
+    assert "planted near-copies caught: " in (project.root / "reports/quality.md").read_text(
+        ).lower()
     ev = json.loads((project.root / "metrics" / "evaluate.json").read_text())
     ev = ev.get("evaluate", ev)  # metrics/<stage>.json: {"<stage>": {...}}
     for model in ("supervised", "multitask", "baseline"):

@@ -26,7 +26,7 @@ def _digest(folder):
 def test_world_layout_counts_and_ground_truth_kept_apart(tiny_world):
     layout, params, stats = tiny_world
     c = params.corpus
-    assert stats.samples == c.num_entities * c.images_per_entity
+    assert stats.samples == c.num_entities * c.images_per_entity + c.planted_duplicates
     keys = [s["__key__"] for shard in sorted(layout.corpus_shards.glob("*.tar"))
             for s in iter_samples(shard)]
     assert len(keys) == len(set(keys)) == stats.samples

@@ -58,7 +58,8 @@ def _dvc_edges(root):
 def test_the_projects_order_is_a_topological_order_of_dvcs_graph():
     order = stage_order(ROOT / "dvc.yaml")
     assert order == stage_order(ROOT)
-    assert order == ["corpus", "ingest", "ner", "baseline", "score", "build", "validate",
+    assert order == ["corpus", "ingest", "decontam", "ner", "baseline", "score", "build",
+                     "validate",
                      "train@supervised", "train@contrastive", "train@multitask", "evaluate",
                      "report", "register"]
     edges = _dvc_edges(ROOT)
@@ -67,8 +68,10 @@ def test_the_projects_order_is_a_topological_order_of_dvcs_graph():
 
 def test_stages_dvc_allows_in_parallel_are_ready_together():
     needs = stage_needs(ROOT)
-    assert ready_stages(needs, {"corpus", "ingest"}, {"corpus", "ingest"}) == ["ner",
-                                                                                "baseline"]
+    assert ready_stages(needs, {"corpus", "ingest"}, {"corpus", "ingest"}) == ["decontam",
+                                                                                "ner"]
+    done = {"corpus", "ingest", "decontam"}
+    assert ready_stages(needs, done, done) == ["ner", "baseline"]
     before = set(topological(needs)[:topological(needs).index("evaluate") + 1])
     assert ready_stages(needs, before, before) == ["report", "register"]
     # ...and nothing waits for what it does not read
