@@ -41,8 +41,9 @@ def make_world(root: Path, samples: int, recipe: str) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mofi_core.config import BuildConfig, IngestConfig
+    from mofi_core.config import BuildConfig, DecontamConfig, IngestConfig
     from mofi_core.curate.build import build
+    from mofi_core.curate.decontam import decontaminate
     from mofi_core.curate.ingest import ingest
     from mofi_core.gate import i2e_identity
     from mofi_core.io import tables
@@ -56,6 +57,8 @@ def make_world(root: Path, samples: int, recipe: str) -> Path:
     lay.corpus.mkdir(parents=True)
     shutil.copy(world / "corpus" / "kb.parquet", lay.kb)
     ingest(expand_sources(str(world / "corpus" / "shards"), root), lay.ingest, IngestConfig())
+    # the control reads decontam's list (nothing dropped here: the world plants no copies)
+    decontaminate([], lay.benchmark, lay.decontam, DecontamConfig(method="none"))
     if recipe == "clip":
         return lay.root
     truth = read_truth(world / "truth").to_pylist()

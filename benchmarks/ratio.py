@@ -55,6 +55,7 @@ def corpus_world(root: Path, samples: int, **corpus) -> Path:
     cfg = CorpusConfig(num_entities=200, images_per_entity=max(1, samples // 200),
                        benchmark=BenchmarkConfig(seen_classes=1, unseen_classes=0,
                                                  images_per_class=2, labelled_train=0,
-                                                 labelled_val=0, labelled_test=0), **corpus)
+                                                 labelled_val=0, labelled_test=0),
+                       **{"planted_duplicates": 0, **corpus})  # no near-copies: pure speed
     generate_world(cfg, root / "corpus", root / "truth", root / "bench")
     return root

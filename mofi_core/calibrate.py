@@ -115,29 +115,41 @@ def calibration_params(params_file: Path, seed: int, overrides: dict[str, Any] |
     return load_params(params_file, {**(overrides or {}), "corpus.seed": seed})
 
 
+def run_stages(params_file: Path, overrides: dict[str, Any], work: Path,
+               stages: tuple[str, ...], label: str) -> None:
+    """Run ``stages`` (DVC addresses, e.g. ``train@multitask``) with ``params_file`` +
+    ``overrides`` in the scratch project ``work``. A stage whose metrics file is there is
+    skipped; a folder made with other params for these stages is refused, never mixed."""
+    from mofi_core.stage import execute
+    from mofi_core.stages import get
+
+    params = load_params(params_file, overrides)
+    work.mkdir(parents=True, exist_ok=True)
+    stamp = work / f"{label}-params.json"
+    # every result-deciding param of the stages run: another value is another world
+    wanted = {name: params.section(get(name).section).result_key() for name in stages}
+    if stamp.is_file():
+        held = json.loads(stamp.read_text(encoding="utf-8"))
+        if any(held.get(k, v) != v for k, v in wanted.items()):
+            raise CalibrationError(f"{work} holds results made with other params ({stamp}); "
+                                   "delete that folder or pass another --work")
+        wanted = {**held, **wanted}
+    write_json(stamp, wanted)
+    for name in stages:
+        spec = get(name)
+        if (work / spec.metrics).is_file():
+            print(f"{label}: {name} already done in {work}")
+            continue
+        print(f"{label}: {name} ({work.name})")
+        execute(spec, Path(params_file), work, overrides=overrides)
+
+
 def run_world(params_file: Path, seed: int, work: Path,
               overrides: dict[str, Any] | None = None) -> None:
-    """Run :data:`STAGES` for the calibration world in ``work`` (a finished stage is skipped:
-    its metrics file is there and the world's seed matches)."""
-    from mofi_core.stage import execute
-    from mofi_core.stages import BY_NAME
-
-    params = calibration_params(params_file, seed, overrides)  # refuse before any work
-    work.mkdir(parents=True, exist_ok=True)
-    stamp = work / "calibration-world.json"
-    # every result-deciding param of the stages run: another value is another world
-    wanted = {"seed": seed, **{name: params.section(name).result_key() for name in STAGES}}
-    if stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) != wanted:
-        raise CalibrationError(f"{work} holds a calibration world made with other params "
-                               f"({stamp}); delete that folder or pass another --work")
-    write_json(stamp, wanted)
-    for name in STAGES:
-        spec = BY_NAME[name]
-        if (work / spec.metrics).is_file():
-            print(f"calibrate: {name} already done in {work}")
-            continue
-        print(f"calibrate: {name} (world seed {seed})")
-        execute(spec, Path(params_file), work, overrides={**(overrides or {}), "corpus.seed": seed})
+    """Run :data:`STAGES` for the calibration world (``corpus.seed`` = ``seed``) in ``work``."""
+    calibration_params(params_file, seed, overrides)  # refuse before any work
+    run_stages(params_file, {**(overrides or {}), "corpus.seed": seed}, work, STAGES,
+               "calibrate")
 
 
 def calibrate(params_file: Path, seed: int, work: Path, target_precision: float = 0.95,

@@ -1,9 +1,11 @@
-"""The README's results block is generated from a run's output, never typed by hand.
+"""The README's results blocks are generated from runs' outputs, never typed by hand.
 
-``python -m mofi_core.readme`` (``make demo`` runs it last) copies the body of
-``reports/quality.md`` (what the report stage wrote for the committed demo run) between the
-``<!-- results:begin -->`` and ``<!-- results:end -->`` markers of ``README.md``;
-``--check`` only says whether the README is in step (a test runs it on the committed files).
+``python -m mofi_core.readme`` (``make demo`` and ``make paper`` run it last) copies the body of
+``reports/quality.md`` (the report stage's output for the committed demo run) between the
+``<!-- results:begin ... -->`` and ``<!-- results:end -->`` markers of ``README.md``, and that of
+``reports/paper.md`` (``make paper``'s output) between the ``paper`` markers; a report that does
+not exist leaves its block as it is. ``--check`` only says whether the README is in step (a
+test runs it on the committed files).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 
 BEGIN = "<!-- results:begin (generated from reports/quality.md by python -m mofi_core.readme) -->"
 END = "<!-- results:end -->"
+PAPER_BEGIN = "<!-- paper:begin (generated from reports/paper.md by python -m mofi_core.readme) -->"
+PAPER_END = "<!-- paper:end -->"
+BLOCKS = (("quality.md", BEGIN, END), ("paper.md", PAPER_BEGIN, PAPER_END))
 
 
 def results_block(quality_md: str) -> str:
@@ -26,13 +31,13 @@ def results_block(quality_md: str) -> str:
     return "\n".join(body).strip() + "\n"
 
 
-def synced(readme: str, quality_md: str) -> str:
+def synced(readme: str, report_md: str, begin: str = BEGIN, end_marker: str = END) -> str:
     """``readme`` with the block between the markers replaced by :func:`results_block`."""
-    start, end = readme.find(BEGIN), readme.find(END)
+    start, end = readme.find(begin), readme.find(end_marker)
     if start < 0 or end < start:
-        raise ValueError(f"README.md has no results markers: put {BEGIN!r} and {END!r} where "
-                         "the results go")
-    return readme[:start + len(BEGIN)] + "\n" + results_block(quality_md) + readme[end:]
+        raise ValueError(f"README.md has no results markers: put {begin!r} and {end_marker!r} "
+                         "where the results go")
+    return readme[:start + len(begin)] + "\n" + results_block(report_md) + readme[end:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,18 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--root", type=Path, default=Path("."))
     ap.add_argument("--check", action="store_true", help="fail if README.md is out of step")
     args = ap.parse_args(argv)
-    readme, report = args.root / "README.md", args.root / "reports" / "quality.md"
-    text = readme.read_text(encoding="utf-8")
-    new = synced(text, report.read_text(encoding="utf-8"))
+    readme = args.root / "README.md"
+    text = new = readme.read_text(encoding="utf-8")
+    sources = []
+    for name, begin, end in BLOCKS:
+        report = args.root / "reports" / name
+        if report.is_file():
+            new = synced(new, report.read_text(encoding="utf-8"), begin, end)
+            sources.append(str(report))
     if args.check:
         if new != text:
-            print(f"{readme}: results block differs from {report}; run python -m "
+            print(f"{readme}: a results block differs from {', '.join(sources)}; run python -m "
                   "mofi_core.readme", file=sys.stderr)
             return 1
         return 0
     if new != text:
         readme.write_text(new, encoding="utf-8")
-        print(f"{readme}: results block updated from {report}")
+        print(f"{readme}: results blocks updated from {', '.join(sources)}")
     return 0
 
 

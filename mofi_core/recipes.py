@@ -62,12 +62,18 @@ TEXT_TOWER_KINDS = tuple(sorted({r.model_kind for r in RECIPES.values() if r.tex
 
 PAPER_MODEL = "multitask"  # the paper's final model: reports call it MOFI
 CONTROL_MODEL = "baseline"  # the control's model folder and name in every report
+# make paper only: the contrastive ablation on entity names alone, and the control trained for
+# the MOFI line's total steps (its scorer CLIP + its own training: "same total compute")
+NAME_ONLY_MODEL = "contrastive_name"
+COMPUTE_CONTROL_MODEL = "baseline_compute"
 
 
 def model_label(name: str) -> str:
     """How reports name a model: the paper's final recipe is MOFI, the others go by recipe."""
     return {PAPER_MODEL: f"MOFI ({PAPER_MODEL})",
-            CONTROL_MODEL: "control CLIP (alt-text)"}.get(name, name)
+            CONTROL_MODEL: "control CLIP (alt-text)",
+            NAME_ONLY_MODEL: "contrastive, entity names only",
+            COMPUTE_CONTROL_MODEL: "control CLIP, same total compute"}.get(name, name)
 
 
 def recipe(name: str) -> RecipeSpec:

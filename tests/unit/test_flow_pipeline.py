@@ -60,7 +60,7 @@ def test_the_projects_order_is_a_topological_order_of_dvcs_graph():
     assert order == stage_order(ROOT)
     assert order == ["corpus", "ingest", "decontam", "ner", "baseline", "score", "build",
                      "validate",
-                     "train@supervised", "train@contrastive", "train@multitask", "evaluate",
+                     "train@supervised", "train@multitask", "evaluate",
                      "report", "register"]
     edges = _dvc_edges(ROOT)
     assert edges and all(order.index(dep) < order.index(stage) for stage, dep in edges)
