@@ -34,7 +34,12 @@ def targets(results: dict) -> list[dict]:
            _ratio_target(results, "score", 0.85, "score >= 0.85x bare encode"),
            _ratio_target(results, "score_vit_b32", 0.85,
                          "score (ViT-B-32 scorer) >= 0.85x bare encode"),
-           _ratio_target(results, "train", 0.90, "train loop >= 0.90x bare fwd/bwd/step")]
+           _ratio_target(results, "train", 0.90, "train loop >= 0.90x bare fwd/bwd/step"),
+           # ratio = (1.25 x bare + 10 s) / stage wall: >= 1 when the stage is within budget
+           _ratio_target(results, "train_stage", 1.0,
+                         "train stage (supervised) <= 1.25x bare fwd/bwd/step + 10 s"),
+           _ratio_target(results, "train_stage_clip", 1.0,
+                         "baseline stage (clip) <= 1.25x bare fwd/bwd/step + 10 s")]
     r = (results.get("ratios") or {}).get("retrieval") or {}
     if "ratio" in r:
         equal = r["max_ap_diff_official"] <= r["ap_tolerance"]

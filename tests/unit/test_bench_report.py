@@ -37,6 +37,8 @@ RESULTS = {
                 "python": "3.11", "torch": "2.14.1"},
     "ratios": {"ner": _ratio("ner", 0.95, 0.9), "score": _ratio("score", 0.2, 0.85),
                "train": _ratio("train", 0.99, 0.9),
+               "train_stage": _ratio("train_stage", 1.1, 1.0),
+               "train_stage_clip": _ratio("train_stage_clip", 0.9, 1.0),
                "retrieval": _ratio("retrieval", 18.0, 3.0, max_ap_diff_official=0.0,
                                    ap_tolerance=1e-6),
                "ingest": {"bench": "ingest", "error": "exited 1"}},
@@ -58,6 +60,8 @@ def test_targets_are_judged_from_the_numbers():
     assert got["ingest: peak memory at 1M <= 1.2x at 10k"] is False  # 200 / 150
     assert got["generate: peak memory at 1M <= 1.2x at 10k"] is True
     assert got["make demo <= 10 min"] is True
+    assert got["train stage (supervised) <= 1.25x bare fwd/bwd/step + 10 s"] is True
+    assert got["baseline stage (clip) <= 1.25x bare fwd/bwd/step + 10 s"] is False
     unequal = json.loads(json.dumps(RESULTS))
     unequal["ratios"]["retrieval"]["max_ap_diff_official"] = 1e-3  # fast but wrong
     assert {t["target"]: t["met"] for t in report.targets(unequal)}[
