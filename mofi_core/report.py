@@ -266,7 +266,11 @@ def run(cfg: ReportConfig, ctx: StageContext) -> dict:
         rule = json.loads((lay.i2e / "stats.json").read_text(encoding="utf-8"))["rule"]
         quality["rules"] = rule_variants(rule, lay.score, truth_pairs(truth, kept_keys))
         quality["threshold_choice"] = threshold_choice(rule, ctx.params.corpus.seed)
-    quality["decontam"] = decontam_quality(dropped, lay.read_metrics("decontam"), lay.truth)
+    # what decontam checked: every ingested image, with the method its params name (a DVC
+    # input of this stage is its list, not its metrics file)
+    checked = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST).num_rows
+    quality["decontam"] = decontam_quality(
+        dropped, {"method": ctx.params.decontam.method, "checked": checked}, lay.truth)
     markdown = report_markdown(quality, evaluation)
     write_bytes(lay.reports / "quality.md", markdown.encode("utf-8"))
     ctx.artifacts.append(lay.reports / "quality.md")

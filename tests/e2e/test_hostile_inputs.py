@@ -32,7 +32,8 @@ OUTPUT_DIRS = ("data", "models", "metrics", "reports", "plots")
 KB = "data/corpus/kb.parquet"
 
 
-pytestmark = pytest.mark.e2e
+# minutes of stage runs: make test-hostile (CI runs it after make test, which stays < 20 min)
+pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from mofi_core.config import apply_overrides, load_params
 from mofi_core.report import report_markdown, threshold_choice
 from tests.conftest import ROOT, TINY
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# a calibration world end to end (minutes): make test-paper, with make paper's own test
+pytestmark = [pytest.mark.paper, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def _tiny_params(folder: Path) -> Path:

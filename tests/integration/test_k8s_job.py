@@ -31,7 +31,7 @@ from tests.ports import free_port
 
 JOB_FILE = ROOT / "infra" / "k8s" / "train-job.yaml"
 IMAGE_REPO = "/opt/mofi"  # where infra/Dockerfile copies the repository
-BEFORE_TRAIN = ("corpus", "ingest", "ner", "baseline", "score", "build", "validate")
+BEFORE_TRAIN = ("corpus", "ingest", "decontam", "ner", "baseline", "score", "build", "validate")
 TRAIN = {"train.recipes": ["multitask"], "train.text_source": "mix", "train.steps": 4,
          "train.batch_size": 8, "train.shard_head": True, "runtime.train.log_every": 2,
          "runtime.train.checkpoint_every": 4, "runtime.train.threads": 1,

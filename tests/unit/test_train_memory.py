@@ -237,3 +237,23 @@ def test_data_in_memory_is_a_result_key_taking_auto_or_a_bool():
     assert TrainConfig(recipe="supervised", data_in_memory="true").data_in_memory is True
     with pytest.raises(ValueError):
         TrainConfig(recipe="supervised", data_in_memory="sometimes")
+
+
+def test_excluded_keys_are_never_trained_on_in_memory_or_streamed(held, tmp_path):
+    """decontam's near-copies: the held set and the shard stream both leave them out."""
+    from mofi_core.train.data import ShardStream
+
+    data, maker, augment = held
+    shards = _shards(tmp_path / "shards")
+    drop = frozenset({"000000003", "000000017", "000000031"})
+    kept = memory.load(shards, maker, augment, None, exclude=drop)
+    assert sorted(kept.keys) == sorted(set(data.keys) - drop) and len(kept.keys) == 37
+    seen: list[str] = []
+
+    def record(sample, seed):
+        seen.append(sample["__key__"])
+        return (torch.zeros(1),)
+
+    stream = ShardStream(shards, record, batch_size=1, shuffle_buffer=4, seed=0, exclude=drop)
+    assert len(list(stream)) == 37
+    assert set(seen) == set(data.keys) - drop
