@@ -148,10 +148,11 @@ def summarise(records: list[dict]) -> dict:
                          "mean_difference": statistics.fmean(diffs),
                          "verdict": "held" if held == len(records) else
                          ("not held" if held == 0 else "mixed")}
-    precision = mean_std([r["labels"]["filtered"]["precision"] for r in records])
-    recall = mean_std([r["labels"]["filtered"]["filter_recall"] for r in records])
-    return {"models": models, "claims": claims,
-            "labels": {"precision": precision, "filter_recall": recall}}
+    labels = {}
+    for key in ("precision", "filter_recall"):
+        mean, std = mean_std([r["labels"]["filtered"][key] for r in records])
+        labels[key] = {"mean": mean, "std": std}
+    return {"models": models, "claims": claims, "labels": labels}
 
 
 def paper_markdown(study: dict) -> str:
@@ -173,8 +174,9 @@ def paper_markdown(study: dict) -> str:
     p, r = s["labels"]["precision"], s["labels"]["filter_recall"]
     thresholds = ", ".join(f"seed {x['seed']}: {x['threshold']:.2f} (chosen on seed "
                            f"{x['calibration_seed']})" for x in study["records"])
-    lines += ["", f"Label precision {100 * p[0]:.1f} ± {100 * p[1]:.1f}% at filter recall "
-              f"{100 * r[0]:.1f} ± {100 * r[1]:.1f}%, each seed held out from the world that "
+    lines += ["", f"Label precision {100 * p['mean']:.1f} ± {100 * p['std']:.1f}% at filter "
+              f"recall {100 * r['mean']:.1f} ± {100 * r['std']:.1f}%, each seed held out from "
+              "the world that "
               f"chose its threshold ({thresholds}).", "",
               "## The paper's claims", ""]
     for c in s["claims"].values():

@@ -32,6 +32,8 @@ def repo(tmp_path_factory) -> Project:
     project = tiny_project(tmp_path_factory.mktemp("review"))
     # one candidate (MOFI): a version per run, so versions and runs map one to one
     write_overrides(project.root / "params.yaml", {"train.recipes": ["multitask"]})
+    # committed before the run: the model is then made at a clean commit (not "-dirty")
+    project.run(*GIT, "commit", "-qam", "one candidate: multitask")
     project.run("dvc", "repro", timeout=1500)
     project.run("git", "add", "-A")
     project.run(*GIT, "commit", "-qm", "main: tiny pipeline")
