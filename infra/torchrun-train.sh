@@ -39,15 +39,22 @@ if [[ -n "${RDZV_ENDPOINT:-}" ]]; then
          "every node (the Kubernetes Job uses its uid)" >&2
     exit 2
   fi
-  rendezvous=(--rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="$RDZV_ID"
-              --max-restarts="${MAX_RESTARTS:-0}")
   where="c10d rendezvous ${RDZV_ENDPOINT} (id ${RDZV_ID})"
 else
   MASTER_ADDR="${MASTER_ADDR:-127.0.0.1}"
   MASTER_PORT="${MASTER_PORT:-29500}"
-  rendezvous=(--master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT")
   where="rendezvous ${MASTER_ADDR}:${MASTER_PORT}"
 fi
+# one launch per unit of work: a process group is set up once per process, so `train` runs one
+# torchrun per entry of train.recipes (each a fresh group; a c10d id per recipe)
+rendezvous_for() {
+  if [[ -n "${RDZV_ENDPOINT:-}" ]]; then
+    rendezvous=(--rdzv-backend=c10d --rdzv-endpoint="$RDZV_ENDPOINT" --rdzv-id="$RDZV_ID$1"
+                --max-restarts="${MAX_RESTARTS:-0}")
+  else
+    rendezvous=(--master-addr="$MASTER_ADDR" --master-port="$MASTER_PORT")
+  fi
+}
 
 # the project folder, the params the stage reads (mofi: --params, default ./params.yaml) and
 # the options `mofi storage pull` takes too
@@ -69,9 +76,27 @@ done
 # with a storage root (storage.root / MOFI_STORAGE_ROOT), this node fetches the stage inputs
 # once, before the launch; rank 0 publishes the outputs at the end
 mofi storage pull "$stage" --if-configured "${pull_args[@]}"
-echo "torchrun: node ${NODE_RANK}/${NNODES}, ${NPROC_PER_NODE} processes, ${where}" >&2
-torchrun --nnodes="$NNODES" --node-rank="$NODE_RANK" --nproc-per-node="$NPROC_PER_NODE" \
-  "${rendezvous[@]}" --no-python mofi "$stage" "$@"
+# the DVC stages to launch: baseline, or train@<recipe> for the recipe given as the first
+# argument, else for every entry of train.recipes in the params file
+units=("$stage")
+if [[ "$stage" == train ]]; then
+  if [[ $# -gt 0 && "$1" != -* ]]; then
+    units=("train@$1")
+    shift
+  else
+    mapfile -t units < <(python -c 'import sys
+from mofi_core.config import load_params
+print("\n".join(f"train@{r}" for r in load_params(sys.argv[1]).train.recipes))' "$params")
+  fi
+fi
+for unit in "${units[@]}"; do
+  item="${unit#*@}"
+  [[ "$unit" == *@* ]] || item=""
+  rendezvous_for "${item:+-$item}"
+  echo "torchrun: ${unit}: node ${NODE_RANK}/${NNODES}, ${NPROC_PER_NODE} processes, ${where}" >&2
+  torchrun --nnodes="$NNODES" --node-rank="$NODE_RANK" --nproc-per-node="$NPROC_PER_NODE" \
+    "${rendezvous[@]}" --no-python mofi "$stage" ${item:+"$item"} "$@"
+done
 
 # torchrun succeeded: record the result in dvc.lock (node 0 only, one line either way)
 project="$(realpath -m "$root")"
@@ -94,9 +119,9 @@ if [[ -n "$skip" ]]; then
   echo "torchrun-train: dvc.lock not updated: $skip" >&2
   exit 0
 fi
-if ! (cd "$project" && dvc commit --force --quiet "$stage"); then
-  echo "torchrun-train: dvc commit --force $stage failed (see above): the model is in place;" \
-       "run that command in $project" >&2
+if ! (cd "$project" && dvc commit --force --quiet "${units[@]}"); then
+  echo "torchrun-train: dvc commit --force ${units[*]} failed (see above): the models are in" \
+       "place; run that command in $project" >&2
   exit 1
 fi
-echo "torchrun-train: dvc commit --force $stage: dvc.lock now names the model torchrun wrote" >&2
+echo "torchrun-train: dvc commit --force ${units[*]}: dvc.lock now names what torchrun wrote" >&2

@@ -80,12 +80,18 @@ def _stage_command(spec) -> None:
                 run_one(spec.instance(item), params, root, sets)
                 return
             from mofi_core.config import load_params
+            from mofi_core.stage import distributed_launch
 
             try:
                 section = load_params(params, _parse_sets(sets)).section(spec.section)
+                items = getattr(section, spec.foreach)
+                if distributed_launch() and len(items) > 1:  # one process group per process
+                    raise ValueError(
+                        f"under torchrun, launch one {key} entry at a time (mofi {spec.name} "
+                        f"<entry>); infra/torchrun-train.sh does one launch per entry")
             except Exception as err:
                 _fail(err)
-            for each in getattr(section, spec.foreach):
+            for each in items:
                 run_one(spec.instance(str(each)), params, root, sets)
 
         # an object, not a string: the help names this stage (annotations are strings here)
