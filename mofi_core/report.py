@@ -256,8 +256,8 @@ def run(cfg: ReportConfig, ctx: StageContext) -> dict:
     from mofi_core.curate.decontam import DROPPED, DROPPED_SCHEMA
 
     dropped = tables.read_table(lay.decontam / DROPPED, DROPPED_SCHEMA)
+    manifest = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST)
     if lay.truth.is_dir():
-        manifest = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST)
         # only keys that reach curation count: not ingest's rejects, not decontam's drops
         truth = read_truth(lay.truth)
         kept_keys = set(manifest["key"].to_pylist()) - set(dropped["key"].to_pylist())
@@ -268,9 +268,9 @@ def run(cfg: ReportConfig, ctx: StageContext) -> dict:
         quality["threshold_choice"] = threshold_choice(rule, ctx.params.corpus.seed)
     # what decontam checked: every ingested image, with the method its params name (a DVC
     # input of this stage is its list, not its metrics file)
-    checked = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST).num_rows
     quality["decontam"] = decontam_quality(
-        dropped, {"method": ctx.params.decontam.method, "checked": checked}, lay.truth)
+        dropped, {"method": ctx.params.decontam.method, "checked": manifest.num_rows},
+        lay.truth)
     markdown = report_markdown(quality, evaluation)
     write_bytes(lay.reports / "quality.md", markdown.encode("utf-8"))
     ctx.artifacts.append(lay.reports / "quality.md")
