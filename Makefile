@@ -10,7 +10,7 @@ RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTI
        GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
-.PHONY: setup demo test test-crash test-scale test-review test-paper test-hostile paper test-fast crash bench bench-quick profile lint lock ui clean
+.PHONY: setup demo test test-crash test-scale test-review test-paper test-hostile test-pipeline paper test-fast crash bench bench-quick profile lint lock ui clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,7 @@ demo: setup
 # make test-scale and make test-review (each several minutes; make test stays under 20)
 test: setup
 	$(BIN)/ruff check mofi_core flows tests benchmarks
-	$(RUN) $(BIN)/pytest -q -m "not crash and not scale and not review and not paper and not hostile"
+	$(RUN) $(BIN)/pytest -q -m "not crash and not scale and not review and not paper and not hostile and not pipeline"
 
 # the paper's comparison over 3 seeds (README "Results over seeds"): reports/paper.{md,json}
 # and the README block generated from it; a scratch project per seed in .mofi/paper
@@ -46,6 +46,9 @@ test-paper: setup
 test-hostile: setup
 	$(RUN) $(BIN)/pytest -q -m hostile
 
+test-pipeline: setup
+	$(RUN) $(BIN)/pytest -q -m "pipeline and not review"
+
 test-crash: setup
 	$(RUN) $(BIN)/pytest -q -m crash
 
@@ -56,7 +59,7 @@ test-review: setup
 	$(RUN) $(BIN)/pytest -q -m review
 
 test-fast: setup
-	$(RUN) $(BIN)/pytest -q -m "not e2e and not crash and not scale and not review and not paper and not hostile"
+	$(RUN) $(BIN)/pytest -q -m "not e2e and not crash and not scale and not review and not paper and not hostile and not pipeline"
 
 # kill -9 at 3 points of every stage of a tiny project; the report lands in reports/crash.json
 crash: setup

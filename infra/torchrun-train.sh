@@ -73,22 +73,24 @@ for ((i = 0; i < ${#args[@]}; i++)); do
   esac
 done
 
+# the DVC stages to launch: baseline, or train@<recipe> for the recipe given as the first
+# argument, else for every entry of train.recipes (mofi reads the params and refuses an entry
+# they lack, before anything is pulled or launched)
+units=("$stage")
+if [[ "$stage" == train ]]; then
+  listed="$(mofi train --list "$@")"
+  mapfile -t units <<< "$listed"
+  if [[ $# -gt 0 && "$1" != -* ]]; then
+    shift
+  fi
+  if [[ -z "${units[0]:-}" ]]; then
+    echo "$0: train.recipes in $params is empty: nothing to launch" >&2
+    exit 2
+  fi
+fi
 # with a storage root (storage.root / MOFI_STORAGE_ROOT), this node fetches the stage inputs
 # once, before the launch; rank 0 publishes the outputs at the end
 mofi storage pull "$stage" --if-configured "${pull_args[@]}"
-# the DVC stages to launch: baseline, or train@<recipe> for the recipe given as the first
-# argument, else for every entry of train.recipes in the params file
-units=("$stage")
-if [[ "$stage" == train ]]; then
-  if [[ $# -gt 0 && "$1" != -* ]]; then
-    units=("train@$1")
-    shift
-  else
-    mapfile -t units < <(python -c 'import sys
-from mofi_core.config import load_params
-print("\n".join(f"train@{r}" for r in load_params(sys.argv[1]).train.recipes))' "$params")
-  fi
-fi
 for unit in "${units[@]}"; do
   item="${unit#*@}"
   [[ "$unit" == *@* ]] || item=""

@@ -75,16 +75,24 @@ def _stage_command(spec) -> None:
 
         def command(item=None, params: ParamsOpt = Path("params.yaml"),
                     root: RootOpt = Path("."),
-                    sets: SetsOpt = []) -> None:  # noqa: B006 - typer reads the default
-            if item is not None:
+                    sets: SetsOpt = [],  # noqa: B006 - typer reads the default
+                    list_=False) -> None:
+            if item is not None and not list_:
                 run_one(spec.instance(item), params, root, sets)
                 return
             from mofi_core.config import load_params
-            from mofi_core.stage import distributed_launch
+            from mofi_core.stage import distributed_launch, section_of
 
             try:
-                section = load_params(params, _parse_sets(sets)).section(spec.section)
-                items = getattr(section, spec.foreach)
+                loaded = load_params(params, _parse_sets(sets))
+                section = loaded.section(spec.section)
+                items = [str(v) for v in getattr(section, spec.foreach)]
+                if list_:
+                    if item is not None:  # refuses an entry the list does not hold
+                        section_of(spec.instance(item), loaded)
+                    for each in [item] if item is not None else items:
+                        typer.echo(spec.instance(each).address)
+                    return
                 if distributed_launch() and len(items) > 1:  # one process group per process
                     raise ValueError(
                         f"under torchrun, launch one {key} entry at a time (mofi {spec.name} "
@@ -97,6 +105,9 @@ def _stage_command(spec) -> None:
         # an object, not a string: the help names this stage (annotations are strings here)
         command.__annotations__["item"] = Annotated[str | None, typer.Argument(
             help=f"which entry of {key} (DVC stage {spec.name}@<entry>); none: each in turn")]
+        command.__annotations__["list_"] = Annotated[bool, typer.Option(
+            "--list", help=f"print the DVC stage of the entry, or of each {key} entry, one per "
+                           "line, and run nothing (infra/torchrun-train.sh reads it)")]
     else:
         def command(params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path("."),
                     sets: SetsOpt = []) -> None:  # noqa: B006 - typer reads the default

@@ -15,7 +15,7 @@ import pytest
 from tests.ports import free_port
 from tests.servers import healthy
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.pipeline]
 
 
 @contextmanager

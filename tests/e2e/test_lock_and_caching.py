@@ -117,6 +117,7 @@ def _stages_not_held_by_git(repo: Project) -> list[str]:
                        for p in paths(stage))]
 
 
+@pytest.mark.pipeline
 def test_a_clean_clone_reproduces_every_output_and_leaves_git_clean(project, first_run,
                                                                      tmp_path_factory):
     """Clone the project, commit the first run's params.yaml and dvc.lock there (as its user

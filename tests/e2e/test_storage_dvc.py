@@ -21,7 +21,7 @@ from mofi_core.io.storage import Storage
 from tests.conftest import BIN, TINY, copy_project
 from tests.e2e.conftest import Project
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.pipeline]
 
 STEPS_A, STEPS_B = 3, 6
 FAST = {**TINY, "baseline.steps": 3, "runtime.corpus.workers": 1, "runtime.ingest.workers": 1,

@@ -351,9 +351,9 @@ def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
 
 def test_launch_script_records_the_torchrun_model_in_dvc_lock(truth_i2e, tmp_path):
     """`infra/torchrun-train.sh train` in a DVC project, as the README runs it: 2 gloo processes
-    train, only rank 0 prints the final loss, then node 0 runs `dvc commit --force train`, so
-    dvc.lock names the model on disk and `dvc repro` has nothing to redo (it would otherwise
-    restore the model of the lock)."""
+    train each train.recipes entry (one here), only rank 0 prints the final loss, then node 0
+    runs `dvc commit --force train@<recipe>`, so dvc.lock names the model on disk and
+    `dvc repro` has nothing to redo (it would otherwise restore the model of the lock)."""
     import hashlib
 
     import yaml
@@ -374,7 +374,7 @@ def test_launch_script_records_the_torchrun_model_in_dvc_lock(truth_i2e, tmp_pat
     done = subprocess.run(["bash", str(script), "train"], cwd=root, env=env, timeout=600,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert done.returncode == 0, done.stdout[-4000:]
-    assert "dvc commit --force train: dvc.lock now names the model" in done.stdout
+    assert "dvc commit --force train@multitask: dvc.lock now names what" in done.stdout
     assert dvc_status() == {}  # nothing for `dvc repro` to redo or restore
     outs = {o["path"]: o for o in yaml.safe_load((root / "dvc.lock").read_text())["stages"]
             ["train@multitask"]["outs"]}
