@@ -26,6 +26,10 @@ OFFLINE_DEFAULTS = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+# `mofi run` without PREFECT_API_URL starts a temporary Prefect server and waits for it 20 s
+# by default; a busy 2-core machine can take longer, and the run then fails before any stage
+# ("Timed out while attempting to connect to ephemeral Prefect API server")
+PATIENT_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
 
 app = typer.Typer(help="MOFI pipeline: noisy image/alt-text pairs -> Image-to-Entities dataset "
                        "-> image encoders, evaluated against a CLIP trained on raw alt-text.",
@@ -551,7 +555,7 @@ def ui(root: RootOpt = Path("."),
 
 
 def main() -> None:
-    for key, value in OFFLINE_DEFAULTS.items():
+    for key, value in {**OFFLINE_DEFAULTS, **PATIENT_DEFAULTS}.items():
         os.environ.setdefault(key, value)
     app()
 

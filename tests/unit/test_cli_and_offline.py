@@ -70,3 +70,24 @@ def test_prompt_templates_are_checked():
     with pytest.raises(ValueError, match="may only use"):
         ScoreConfig(prompts=("{name} {colour}",))
     assert ScoreConfig(prompts=("{name}: {description}",)).prompts
+
+
+def test_mofi_waits_long_enough_for_its_temporary_prefect_server(monkeypatch):
+    """Prefect's 20 s default timed out on a busy 2-core machine before any stage ran; mofi
+    sets a longer one unless the environment sets its own."""
+    from prefect.settings import Settings
+
+    from mofi_core import cli
+
+    def timeout() -> int:  # what Prefect reads from the environment `mofi run` leaves
+        return Settings().server.ephemeral.startup_timeout_seconds
+
+    monkeypatch.setattr(cli, "app", lambda: None)
+    for key in {**cli.OFFLINE_DEFAULTS, **cli.PATIENT_DEFAULTS}:  # put back after the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    cli.main()
+    assert timeout() == 120
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "45")
+    cli.main()
+    assert timeout() == 45
