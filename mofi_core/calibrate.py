@@ -22,6 +22,8 @@ A corpus without ground truth cannot be calibrated this way (a label-free rule i
 from __future__ import annotations
 
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -141,7 +143,30 @@ def run_stages(params_file: Path, overrides: dict[str, Any], work: Path,
             print(f"{label}: {name} already done in {work}")
             continue
         print(f"{label}: {name} ({work.name})")
-        execute(spec, Path(params_file), work, overrides=overrides)
+        with timed(work, name):
+            execute(spec, Path(params_file), work, overrides=overrides)
+
+
+TIMES = "stage-seconds.json"
+
+
+@contextmanager
+def timed(work: Path, name: str):
+    """Add the wall time of the ``with`` body to ``work/stage-seconds.json`` under ``name``
+    when it succeeds: a study resumed over several invocations still sums the time its work
+    took, and a pause between invocations counts nowhere."""
+    start = time.perf_counter()
+    yield
+    record = work / TIMES
+    held = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    held[name] = time.perf_counter() - start
+    write_json(record, held)
+
+
+def stage_seconds(work: Path) -> dict[str, float]:
+    """What :func:`timed` recorded in ``work`` (empty when nothing ran there yet)."""
+    record = work / TIMES
+    return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
 
 
 def run_world(params_file: Path, seed: int, work: Path,

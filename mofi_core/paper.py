@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mofi_core.calibrate import STAGES as WORLD_STAGES
-from mofi_core.calibrate import choose, run_stages, sweep
+from mofi_core.calibrate import choose, run_stages, stage_seconds, sweep, timed
 from mofi_core.claims import CLAIMS, model_rows
 from mofi_core.config import load_params
 from mofi_core.io.atomic import write_json
@@ -74,8 +74,9 @@ def _train_extra(root: Path, params, label: str) -> tuple[dict[str, Path], dict[
             print(f"{label}: {name} already trained in {root.name}")
             continue
         print(f"{label}: {name} ({cfg.recipe}, {cfg.steps} steps, {root.name})")
-        history = train_model(data, out[name], cfg, lambda step, row: None, kb_path=lay.kb,
-                              exclude=exclude)
+        with timed(root, name):
+            history = train_model(data, out[name], cfg, lambda step, row: None,
+                                  kb_path=lay.kb, exclude=exclude)
         steps[name] = int(history[-1]["step"])
         write_json(record, steps)
     return out, steps
@@ -103,8 +104,9 @@ def run_seed(params_file: Path, seed: int, calibration_root: Path, work: Path,
     models.update(extra)
     lay = Layout(work)
     models[CONTROL_MODEL] = lay.baseline_model
-    results = evaluate(models, lay.gpr, params.evaluate, lay.benchmark / "classes.json",
-                       lay.benchmark / "labelled", lay.kb)
+    with timed(work, "evaluate (every model)"):
+        results = evaluate(models, lay.gpr, params.evaluate, lay.benchmark / "classes.json",
+                           lay.benchmark / "labelled", lay.kb)
     import pyarrow.parquet as pq
 
     from mofi_core.curate.decontam import read_dropped
@@ -118,6 +120,7 @@ def run_seed(params_file: Path, seed: int, calibration_root: Path, work: Path,
             "calibration_seed": calibration.corpus.seed,
             "labels": {k: labels[k] for k in ("raw_ner", "filtered")},
             "extra_steps": extra_steps,
+            "stage_seconds": stage_seconds(work),
             "models": model_rows(results)}
 
 
@@ -155,13 +158,25 @@ def summarise(records: list[dict]) -> dict:
     return {"models": models, "claims": claims, "labels": labels}
 
 
+def _time_line(study: dict) -> str:
+    """The study's time: its stages' summed wall time (resumed runs included, pauses between
+    them not), and this invocation's wall time when it differs."""
+    total, wall = study.get("stage_seconds"), study["seconds"]
+    if total is None:  # a study written before stage times were recorded
+        return f"{wall:.0f} s on this machine"
+    line = f"{total / 60:.0f} min of stage time on this machine"
+    if abs(wall - total) > max(60.0, 0.1 * total):  # resumed, or a long non-stage part
+        line += f" (this invocation's wall time: {wall / 60:.0f} min)"
+    return line
+
+
 def paper_markdown(study: dict) -> str:
     s, seeds = study["summary"], [r["seed"] for r in study["records"]]
     b = study["budget"]
     lines = ["# MOFI paper comparison over seeds", "",
              f"Seeds {', '.join(map(str, seeds))} (world, scorer and training seed together); "
              f"every model {b['steps']} steps × {b['batch_size']} images, the same-compute "
-             f"control {b['compute_steps']} steps; {study['seconds']:.0f} s on this machine. "
+             f"control {b['compute_steps']} steps; {_time_line(study)}. "
              "Mean ± sample std over the seeds; a claim *held* only when every seed agrees.", "",
              "## Every model", "",
              "| model | mAP all | mAP unseen | R@1 | zero-shot top-1 | linear probe top-1 |",
@@ -202,7 +217,8 @@ def run_paper(params_file: Path, seeds: list[int], work: Path, out: Path,
     study = {"records": records, "summary": summarise(records),
              "budget": {"steps": params.train.steps, "batch_size": params.train.batch_size,
                         "compute_steps": params.baseline.steps + params.train.steps},
-             "overrides": overrides, "seconds": time.perf_counter() - start}
+             "overrides": overrides, "seconds": time.perf_counter() - start,
+             "stage_seconds": sum(sum(r["stage_seconds"].values()) for r in records)}
     write_json(out.with_suffix(".json"), study)
     out.with_suffix(".md").write_text(paper_markdown(study), encoding="utf-8")
     return study

@@ -72,6 +72,31 @@ def test_the_readme_block_is_generated_from_the_markdown(study):
     assert "### The paper's claims" in readme and "/2 seeds" in readme
 
 
+def test_stage_times_are_summed_over_invocations(study):
+    """A resumed study (every stage already done) re-reports the time its stages took when they
+    ran, not the seconds of the resuming invocation."""
+    folder, s = study
+    for r in s["records"]:
+        names = set(r["stage_seconds"])
+        assert {"corpus", "baseline", "train@multitask", "contrastive_name", "baseline_compute",
+                "evaluate (every model)"} <= names, names
+        assert all(t > 0 for t in r["stage_seconds"].values())
+    total = sum(sum(r["stage_seconds"].values()) for r in s["records"])
+    assert s["stage_seconds"] == pytest.approx(total)
+    assert s["stage_seconds"] <= s["seconds"]
+    params = _tiny_params(folder)
+    sets = ["-S", "train.recipes=[contrastive, multitask]", "-S", "evaluate.pictures=false"]
+    code = main(["--params", str(params), "--seeds", "3", "4", "--work",
+                 str(folder / ".mofi/paper"), "--out", str(folder / "reports/again"),
+                 "--target-precision", "0", *sets])
+    again = json.loads((folder / "reports/again.json").read_text())
+    assert code == 0 and again["summary"] == s["summary"]
+    # only the evaluation runs again; everything else keeps the time of its first run
+    for before, after in zip(s["records"], again["records"], strict=True):
+        assert {k: v for k, v in after["stage_seconds"].items() if k != "evaluate (every model)"} \
+            == {k: v for k, v in before["stage_seconds"].items() if k != "evaluate (every model)"}
+
+
 def test_one_seed_is_refused(tmp_path):
     params = _tiny_params(tmp_path)
     with pytest.raises(ValueError, match="at least two different seeds"):
