@@ -157,10 +157,7 @@ def timed(work: Path, name: str):
     took, and a pause between invocations counts nowhere."""
     start = time.perf_counter()
     yield
-    record = work / TIMES
-    held = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
-    held[name] = time.perf_counter() - start
-    write_json(record, held)
+    write_json(work / TIMES, {**stage_seconds(work), name: time.perf_counter() - start})
 
 
 def stage_seconds(work: Path) -> dict[str, float]:

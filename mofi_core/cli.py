@@ -104,7 +104,7 @@ def _stage_command(spec) -> None:
             except Exception as err:
                 _fail(err)
             for each in items:
-                run_one(spec.instance(str(each)), params, root, sets)
+                run_one(spec.instance(each), params, root, sets)
 
         # an object, not a string: the help names this stage (annotations are strings here)
         command.__annotations__["item"] = Annotated[str | None, typer.Argument(
