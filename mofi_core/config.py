@@ -343,8 +343,9 @@ class ValidateConfig(Section):
 class EvaluateConfig(Section):
     RUNTIME = ("device", "batch_size")
     gpr_dir: str = Field("", description=(
-        "folder in the GPR1200 layout ({category}_{name}.jpg); empty = the demo benchmark. "
-        "The real GPR1200 (12,000 images) also gets its six per-domain mAPs"))
+        "folder in the GPR1200 layout ({category}_{name}.jpg, or the unpacked download "
+        "holding them in images/); empty = the demo benchmark. The real GPR1200 (categories "
+        "0-1199) also gets its six per-domain mAPs"))
     labelled_dir: str = Field("", description=(
         "ImageFolder-layout folder with train/ val/ test/ (class sub-folders) for zero-shot and "
         "the linear probe; empty = the demo benchmark's; 'none' = skip"))

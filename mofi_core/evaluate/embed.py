@@ -32,11 +32,18 @@ def embed_files(loaded: LoadedModel, files: list[Path], batch_size: int = 256,
     dev = loaded.device
     loader = DataLoader(ImageFiles(files, loaded.transform), batch_size=batch_size,
                         num_workers=num_workers)
-    out = []
+    out, done = [], 0
     with Progress(label, len(files), "image") as progress:
         for images in loader:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                feats = loaded.model.encode_image(images.to(dev))
-            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+                feats = loaded.model.encode_image(images.to(dev)).float()
+            norms = feats.norm(dim=-1)
+            bad = torch.nonzero(~torch.isfinite(norms) | (norms == 0)).flatten().tolist()
+            if bad:
+                raise ValueError(f"{label}: the encoder gave a zero or non-finite embedding for "
+                                 f"{files[done + bad[0]]}; check the model's weights")
+            # normalised once, here: retrieval ranks by the dot product of what it is given
+            out.append((feats / norms[:, None]).cpu().numpy())
+            done += len(images)
             progress.advance(len(images))
     return np.concatenate(out)

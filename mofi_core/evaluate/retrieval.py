@@ -8,13 +8,15 @@ The protocol (Visual-Computing/GPR1200, ``eval/utils.py`` and ``eval/GPR1200.py`
 * ranking = ``np.argsort(similarities, axis=1)[:, ::-1]`` on ``features @ features.T``;
 * ``AP = sum over relevant positions i (0-based) of (relevant seen so far / (i + 1))``, divided by
   ``n_positive``; mAP is the mean AP; on the real benchmark the six domain mAPs are the means over
-  the query blocks of 2,000 images listed in ``GPR1200_DOMAINS`` order.
+  the query blocks of 2,000 images listed in ``GPR1200_DOMAINS`` order, i.e. categories
+  0-199, 200-399, ... (here taken from the categories, so row order does not matter).
 
 How this module stays bit-for-bit on the official rankings while never holding the N x N matrix:
 
-* similarities are float32 products of the L2-normalised embeddings (the official code multiplies
-  the features as given; normalising first makes the product the cosine), one block of query
-  rows at a time. BLAS picks its kernel by problem shape, and kernels may sum in different
+* similarities are products of the features exactly as given, in their own dtype, as the
+  official code forms them (no normalisation or cast: the project's own embeddings are
+  L2-normalised float32 once, where ``embed_files`` makes them), one block of query rows at a
+  time. BLAS picks its kernel by problem shape, and kernels may sum in different
   orders: numpy hands a one-row product to gemv, and OpenBLAS treats very thin products apart,
   so blocks of fewer than ``MIN_BLOCK_ROWS`` rows are computed padded to that height. Up to
   ~4,700 images the default block is the whole set, i.e. the official call itself. With numpy
@@ -37,6 +39,7 @@ How this module stays bit-for-bit on the official rankings while never holding t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,18 +57,39 @@ _LEVEL_TOLERANCE = 1e-9
 
 
 def gpr_files(folder: Path | str) -> tuple[list[Path], np.ndarray]:
-    """Image files and integer categories, ordered as GPR1200 orders them (by category)."""
-    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    """Image files and integer categories, ordered as GPR1200 orders them (by category).
+
+    ``folder`` holds the images named ``{category}_{anything}.jpg`` as the official loader
+    expects them, or is the unpacked download whose ``images/`` folder holds them. The order is
+    the official loader's: a stable sort of the directory listing by category, so within a
+    category the files keep the listing's order (the file system's, the same on every read).
+    Only near-ties between a relevant and an irrelevant image can depend on it; following it
+    keeps every AP equal to the official code's on the same machine."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder of GPR1200-layout images")
+    files = _images_in(folder)
+    if not files and (folder / "images").is_dir():
+        folder = folder / "images"
+        files = _images_in(folder)
     if not files:
         raise FileNotFoundError(f"no images in {folder}; expected GPR1200 layout "
-                                "'{category}_{name}.jpg'")
-    try:
-        cats = [int(p.name.split("_", 1)[0]) for p in files]
-    except ValueError as err:
-        raise ValueError(f"{folder}: file names must start with an integer category and '_' "
-                         f"({err})") from None
-    order = sorted(range(len(files)), key=lambda i: (cats[i], files[i].name))
+                                "'{category}_{name}.jpg' (or an images/ folder holding them)")
+    cats = []
+    for p in files:
+        head = p.name.split("_", 1)[0]
+        if "_" not in p.name or not head.isdigit():
+            raise ValueError(f"{p}: GPR1200 file names start with an integer category and '_' "
+                             "(e.g. 17_a3f.jpg); move other files out of the folder")
+        cats.append(int(head))
+    order = sorted(range(len(files)), key=lambda i: cats[i])  # stable: listing order within
     return [files[i] for i in order], np.asarray([cats[i] for i in order])
+
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files in ``os.listdir`` order (what the official loader sorts)."""
+    return [folder / n for n in os.listdir(folder)
+            if n.lower().endswith((".jpg", ".jpeg", ".png")) and (folder / n).is_file()]
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -97,16 +121,24 @@ class RankingScan:
 
 def _prepare(features: np.ndarray, labels: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised float32 embeddings, int32 class codes, and each query's class size."""
+    """The embeddings as given, int32 class codes, and each query's class size.
+
+    The official evaluation ranks by ``features @ features.T`` on what it is handed, so the
+    features are neither normalised nor cast here: pass L2-normalised rows for cosine
+    similarity (``embed_files`` makes them so once, where embeddings are made)."""
     feats, labels = np.asarray(features), np.asarray(labels)
     if feats.ndim != 2 or len(feats) == 0:
         raise ValueError(f"features must be a non-empty (images, dim) array, got {feats.shape}")
+    if not np.issubdtype(feats.dtype, np.floating):
+        raise ValueError(f"features must be floating point, got {feats.dtype}")
+    if not np.all(np.isfinite(feats)):
+        raise ValueError("an embedding holds NaN or infinite values; check the encoder output")
     if labels.shape != (len(feats),):
         raise ValueError(f"labels have shape {labels.shape}; expected ({len(feats)},), one "
                          "label per embedding row")
     _, codes, counts = np.unique(labels, return_inverse=True, return_counts=True)
     codes = codes.reshape(-1).astype(np.int32)
-    return l2_normalise(feats.astype(np.float32)), codes, counts[codes]
+    return feats, codes, counts[codes]
 
 
 def _block_similarities(block: np.ndarray, feats: np.ndarray) -> np.ndarray:
@@ -299,17 +331,17 @@ def precision_recall_curve(features: np.ndarray, labels: np.ndarray, levels: int
 
 
 def gpr1200_domains(labels: np.ndarray) -> dict[str, np.ndarray] | None:
-    """Query masks of GPR1200's six domains, or None unless ``labels`` has the real benchmark
-    layout in ``gpr_files`` order: 12,000 labels in 1,200 runs of 10, categories ascending."""
+    """Query masks of GPR1200's six domains, or None unless ``labels`` are the real benchmark's
+    categories (exactly 0..1199). The domain comes from the category itself, 200 categories a
+    domain in ``GPR1200_DOMAINS`` order (the official code's blocks of 2,000 rows of its
+    category-sorted list), so rows may come in any order."""
     labels = np.asarray(labels)
-    if labels.shape != (GPR1200_CLASSES * GPR1200_PER_CLASS,):
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         return None
-    runs = labels.reshape(GPR1200_CLASSES, GPR1200_PER_CLASS)
-    heads = runs[:, 0]
-    if not (runs == heads[:, None]).all() or not (heads[1:] > heads[:-1]).all():
+    if not np.array_equal(np.unique(labels), np.arange(GPR1200_CLASSES)):
         return None
-    block = np.arange(len(labels)) // (len(labels) // len(GPR1200_DOMAINS))
-    return {name: block == i for i, name in enumerate(GPR1200_DOMAINS)}
+    domain = labels // (GPR1200_CLASSES // len(GPR1200_DOMAINS))
+    return {name: domain == i for i, name in enumerate(GPR1200_DOMAINS)}
 
 
 def _partition_maps(aps: np.ndarray, partitions: dict[str, np.ndarray]) -> dict[str, float]:

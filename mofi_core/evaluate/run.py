@@ -53,7 +53,9 @@ def class_partitions(rows: list[dict], labels: np.ndarray) -> dict[str, np.ndarr
     split = {int(r["class"]): r["split"] for r in rows}
     missing = sorted(set(labels.tolist()) - set(split))
     if missing:
-        raise ValueError(f"classes.json has no entry for benchmark classes {missing[:5]}")
+        raise ValueError(f"classes.json has no entry for benchmark classes {missing[:5]} "
+                         f"({len(missing)} in all): it must list every category of the "
+                         "benchmark folder it sits beside")
     names = np.array([split[int(c)] for c in labels])
     return {part: names == part for part in sorted(set(names))}
 
@@ -157,14 +159,27 @@ def comparison_table(results: dict) -> str:
                       *lines, "", *notes, ""])
 
 
-def _dir(value: str, default: Path) -> Path | None:
+def _dir(value: str, default: Path, key: str) -> Path | None:
     if value.lower() == "none":
         return None
     path = Path(value) if value else default
     if not path.exists():
-        raise FileNotFoundError(f"evaluate: {path} does not exist (evaluate.gpr_dir / "
-                                "labelled_dir in params.yaml)")
+        hint = " (the demo benchmark: run the corpus stage, or set it to your folder)" \
+            if not value else ""
+        skip = " or 'none' to skip zero-shot and the probe" if key == "labelled_dir" else ""
+        raise FileNotFoundError(f"evaluate: {path} does not exist{hint}; set evaluate.{key} "
+                                f"in params.yaml to an existing folder{skip}")
     return path
+
+
+def classes_file(gpr: Path, demo_gpr: Path, demo_classes: Path) -> Path | None:
+    """The seen/unseen class list that belongs to this benchmark: the demo world's for the
+    demo benchmark, else a ``classes.json`` inside the benchmark folder itself, else none --
+    never the demo's list against another folder's categories."""
+    if gpr.resolve() == demo_gpr.resolve():
+        return demo_classes
+    own = gpr / "classes.json"
+    return own if own.is_file() else None
 
 
 def candidates(ctx: StageContext) -> list[str]:
@@ -188,8 +203,8 @@ def check(cfg: EvaluateConfig, ctx: StageContext) -> None:
         what = "the control CLIP" if name == CONTROL else f"candidate {name}"
         hint = "" if name == CONTROL else f" (stage train@{name})"
         check_model_folder(folder, f"{what} ({folder}){hint}")
-    _dir(cfg.gpr_dir, lay.gpr)
-    _dir(cfg.labelled_dir, lay.benchmark / "labelled")
+    gpr_files(_dir(cfg.gpr_dir, lay.gpr, "gpr_dir"))  # names checked before any embedding
+    _dir(cfg.labelled_dir, lay.benchmark / "labelled", "labelled_dir")
 
 
 def run(cfg: EvaluateConfig, ctx: StageContext) -> dict:
@@ -200,10 +215,11 @@ def run(cfg: EvaluateConfig, ctx: StageContext) -> dict:
     if figures.exists():
         shutil.rmtree(figures)
     figures.mkdir(parents=True)
-    gpr = _dir(cfg.gpr_dir, lay.gpr)
-    results = evaluate(compared_models(ctx), gpr, cfg, lay.benchmark / "classes.json",
-                       _dir(cfg.labelled_dir, lay.benchmark / "labelled"), lay.kb,
-                       figures if cfg.pictures else None)
+    gpr = _dir(cfg.gpr_dir, lay.gpr, "gpr_dir")
+    results = evaluate(compared_models(ctx), gpr, cfg,
+                       classes_file(gpr, lay.gpr, lay.benchmark / "classes.json"),
+                       _dir(cfg.labelled_dir, lay.benchmark / "labelled", "labelled_dir"),
+                       lay.kb, figures if cfg.pictures else None)
     # which benchmark the numbers are on: the registry compares versions only on the same one
     results["benchmark"]["digest"] = dvc_hash_of_path(gpr)
     ctx.tracker.log_dataset(gpr, "benchmark", "evaluation")

@@ -203,7 +203,7 @@ PARAMS_CASES = [
         ("evaluate", "empty grid", params(evaluate__probe_c=[]),
          r"evaluate\.probe_c: .*at least 1 item"),
         ("evaluate", "missing folder", params(evaluate__gpr_dir="/nonexistent/gpr1200"),
-         r"/nonexistent/gpr1200 does not exist \(evaluate\.gpr_dir"),
+         r"/nonexistent/gpr1200 does not exist; set evaluate\.gpr_dir"),
         ("report", "wrong type", params(report__require_paper_direction="perhaps"),
          r"report\.require_paper_direction: Input should be a valid boolean"),
         ("register", "out of range", params(register__margin=-1),

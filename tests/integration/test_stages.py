@@ -332,3 +332,39 @@ def test_score_batches_span_shards_without_changing_results(chain, tmp_path):
     assert (got.key.tolist(), got.entity_id.tolist()) == (want.key.tolist(),
                                                           want.entity_id.tolist())
     np.testing.assert_allclose(got.score, want.score, atol=1e-5)
+
+
+def test_evaluate_stage_on_a_benchmark_folder_of_its_own(chain, tmp_path):
+    """The stage on a GPR1200-layout download (images/ inside, categories the demo's
+    classes.json has never heard of): no seen/unseen split borrowed from the demo, no crash."""
+    import shutil
+
+    import yaml
+
+    from mofi_core.config import apply_overrides, read_params_file
+    from mofi_core.stage import execute
+    from mofi_core.stages import BY_NAME
+    from tests.conftest import ROOT, TINY
+
+    layout, _, _ = chain
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    for part in ("benchmark", "corpus"):
+        (project / "data" / part).symlink_to(layout.root / "data" / part)
+    (project / "models").symlink_to(layout.root / "models")
+    gpr = tmp_path / "GPR1200" / "images"
+    gpr.mkdir(parents=True)
+    sources = sorted(layout.gpr.glob("*.jpg"))
+    for i, src in enumerate(sources):
+        cat = 900 + int(src.name.split("_")[0])
+        shutil.copy(src, gpr / f"{cat}_{i:05x}ab.jpg")
+    raw = apply_overrides(read_params_file(ROOT / "params.yaml"), {
+        **TINY, "train.recipes": ["supervised"], "evaluate.gpr_dir": str(gpr.parent),
+        "evaluate.labelled_dir": "none", "evaluate.pictures": False})
+    (project / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    metrics = execute(BY_NAME["evaluate"], project / "params.yaml", project)
+    assert metrics["benchmark"]["images"] == len(sources)
+    assert metrics["benchmark"]["classes"] == len({s.name.split("_")[0] for s in sources})
+    assert set(metrics["supervised"]) == {"gpr_map", "recall_at_1", "recall_at_5"}
+    table = (project / "reports" / "evaluate.md").read_text(encoding="utf-8")
+    assert f"({len(sources)} retrieval images" in table and "gpr_map_seen" not in table

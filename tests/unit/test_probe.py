@@ -245,3 +245,27 @@ def test_evaluate_loads_each_model_folder_once(tiny_world, clip_dir, classifier_
     assert loads == [classifier_dir, clip_dir]
     assert "zero_shot_top1" in results["baseline"] and "zero_shot_top1" not in results["mofi"]
     assert "probe_top1" in results["mofi"]
+
+
+def test_embeddings_are_normalised_once_where_they_are_made(clip_dir, tmp_path):
+    from mofi_core.evaluate.embed import embed_files
+
+    rng = np.random.default_rng(0)
+    files = [_image(tmp_path / f"{i}.png", rng) for i in range(5)]
+    loaded = _loaded(clip_dir)
+    feats = embed_files(loaded, files, batch_size=2)
+    assert feats.dtype == np.float32 and feats.shape[0] == 5
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, atol=1e-6)
+    real = loaded.model.encode_image
+
+    def one_zero_row(images):  # the fourth image (second batch, second row) embeds to zeros
+        out = real(images)
+        if len(images) == 2 and not getattr(one_zero_row, "seen", False):
+            one_zero_row.seen = True
+            return out
+        out[1:2] = 0
+        return out
+
+    loaded.model.encode_image = one_zero_row
+    with pytest.raises(ValueError, match=r"zero or non-finite embedding for .*3\.png"):
+        embed_files(loaded, files, batch_size=2)

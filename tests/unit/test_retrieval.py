@@ -1,6 +1,8 @@
 """GPR1200-protocol retrieval metrics: hand-worked cases, and the vectorised pass against a plain
 per-query loop that follows the official evaluation code path."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,11 @@ def _unit_rows(features):
     return feats / np.linalg.norm(feats, axis=1, keepdims=True)
 
 
+def _as_given(features):
+    """The official code multiplies the features it is handed: no normalisation, no cast."""
+    return np.asarray(features)
+
+
 def _official_order(feats, q):
     """One query's ranking as the official code makes it: ascending argsort, reversed."""
     return np.argsort(feats @ feats[q])[::-1]
@@ -31,7 +38,7 @@ def _official_order(feats, q):
 
 def loop_aps(features, labels):
     """Per query: rank everything (itself included), walk the relevant positions."""
-    feats = _unit_rows(features)
+    feats = _as_given(features)
     out = []
     for q in range(len(feats)):
         is_rel = labels[_official_order(feats, q)] == labels[q]
@@ -44,7 +51,7 @@ def loop_aps(features, labels):
 
 
 def loop_recall_hits(features, labels, k):
-    feats = _unit_rows(features)
+    feats = _as_given(features)
     hits = []
     for q in range(len(feats)):
         others = [j for j in _official_order(feats, q) if j != q][:k]
@@ -53,7 +60,7 @@ def loop_recall_hits(features, labels, k):
 
 
 def loop_interpolated_precision(features, labels, levels):
-    feats = _unit_rows(features)
+    feats = _as_given(features)
     rows = []
     for q in range(len(feats)):
         where = np.where(labels[_official_order(feats, q)] == labels[q])[0]
@@ -268,7 +275,8 @@ def test_gpr1200_domains_match_block_means(monkeypatch):
     block = np.arange(12_000) // 2000
     centres = rng.normal(size=(1200, 8))
     # noise grows by domain so that the six domain mAPs differ
-    feats = centres[labels] + rng.normal(size=(12_000, 8)) * (0.3 + 0.2 * block)[:, None]
+    feats = retrieval.l2_normalise(
+        centres[labels] + rng.normal(size=(12_000, 8)) * (0.3 + 0.2 * block)[:, None])
     scans = []
 
     def recording_scan(*args, **kwargs):
@@ -285,14 +293,32 @@ def test_gpr1200_domains_match_block_means(monkeypatch):
     assert metrics["gpr_map"] == pytest.approx(np.mean(domain_maps))
 
 
-def test_other_layouts_have_no_domains():
+def test_domains_come_from_the_categories_not_the_row_order():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(1200), 10)
+    centres = rng.normal(size=(1200, 8))
+    feats = retrieval.l2_normalise(centres[labels] + rng.normal(size=(12_000, 8))
+                                   * (0.3 + 0.1 * (labels // 200))[:, None])
+    canonical = retrieval_metrics(feats, labels)
+    shuffle = rng.permutation(12_000)
+    shuffled = retrieval_metrics(feats[shuffle], labels[shuffle])
+    assert set(shuffled) == set(canonical)
+    for name in GPR1200_DOMAINS:  # each query keeps its AP: only near-ties could move
+        assert shuffled[f"gpr_map_{name}"] == pytest.approx(canonical[f"gpr_map_{name}"],
+                                                             abs=1e-9)
+    masks = gpr1200_domains(labels[shuffle])
+    assert list(masks) == list(GPR1200_DOMAINS)  # the official order
+    assert all(m.sum() == 2000 for m in masks.values())
+    assert np.array_equal(masks["sketch"], (labels[shuffle] >= 400) & (labels[shuffle] < 600))
+
+
+def test_other_category_sets_have_no_domains():
     gpr = np.repeat(np.arange(1200), 10)
-    assert set(gpr1200_domains(gpr)) == set(GPR1200_DOMAINS)
-    assert all(m.sum() == 2000 for m in gpr1200_domains(gpr).values())
-    assert gpr1200_domains(gpr[:-10]) is None  # 1,199 classes
-    assert gpr1200_domains(np.repeat(np.arange(1000), 12)) is None  # 12,000 images, 12 a class
-    assert gpr1200_domains(gpr[::-1]) is None  # not in gpr_files order
-    assert gpr1200_domains(np.roll(gpr, 1)) is None  # runs of 10 broken
+    assert gpr1200_domains(gpr[:-10]) is None  # 1,199 categories
+    assert gpr1200_domains(gpr + 1) is None  # 1..1200: not the benchmark's ids
+    assert gpr1200_domains(np.repeat(np.arange(1000), 12)) is None  # 12,000 images, 1,000 ids
+    assert gpr1200_domains(gpr.astype(str)) is None
+    assert set(gpr1200_domains(np.arange(1200))) == set(GPR1200_DOMAINS)  # one image each
     metrics = retrieval_metrics(angles(UNEVEN_ANGLES), UNEVEN_LABELS)
     assert not any(key.startswith(f"gpr_map_{d}") for d in GPR1200_DOMAINS for key in metrics)
 
@@ -310,9 +336,32 @@ def test_partitions():
 # ------------------------------------------------------------------------------ input checks
 
 
-def test_zero_embedding_is_an_error():
-    with pytest.raises(ValueError, match="all zeros"):
-        average_precisions(np.zeros((2, 3)), np.array([0, 1]))
+def test_features_are_ranked_as_given_not_normalised():
+    # by dot product the long irrelevant vector b outranks a's classmate c; by cosine it would
+    # not: the official code multiplies what it is handed, and so does this module
+    feats = np.array([[1.0, 0.0], [3.0, 3.0], [1.0, 0.1]])
+    labels = np.array([0, 1, 0])
+    # a itself and c both score 1 < 3: the two relevant images sit at ranks 2 and 3
+    assert average_precisions(feats, labels)[0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert average_precisions(retrieval.l2_normalise(feats), labels)[0] == 1.0
+    np.testing.assert_array_equal(average_precisions(feats, labels), loop_aps(feats, labels))
+
+
+def test_float64_features_are_not_cast_to_float32():
+    # r beats i by 1e-12 in float64; cast to float32 the two would tie, and the official sort
+    # would put i (the higher index) first
+    feats = np.array([[1.0, 0.0], [0.5 + 1e-12, 0.0], [0.5, 0.0]])
+    labels = np.array([0, 0, 1])
+    assert average_precisions(feats, labels)[0] == 1.0
+    as_float32 = average_precisions(feats.astype(np.float32), labels)[0]
+    assert as_float32 == pytest.approx((1 + 2 / 3) / 2)
+    assert retrieval._prepare(feats, labels)[0] is feats  # the caller's array itself
+
+
+def test_a_zero_embedding_ranks_like_the_official_code():
+    feats = np.array([[0.0, 0.0], [1.0, 0.0], [0.9, 0.1]])
+    labels = np.array([0, 1, 1])
+    np.testing.assert_array_equal(average_precisions(feats, labels), loop_aps(feats, labels))
 
 
 def test_bad_inputs_are_errors():
@@ -322,6 +371,8 @@ def test_bad_inputs_are_errors():
         average_precisions(np.eye(3), np.array([0, 1]))
     with pytest.raises(ValueError, match="chunk"):
         average_precisions(np.eye(3), np.array([0, 1, 1]), chunk=0)
+    with pytest.raises(ValueError, match="floating point"):
+        average_precisions(np.eye(3, dtype=int), np.array([0, 1, 1]))
 
 
 def test_default_chunk_respects_the_budget():
@@ -334,11 +385,32 @@ def test_gpr_layout_is_read_in_category_order(tmp_path):
     for name in ["10_b.jpg", "2_a.jpg", "2_c.jpg", "notes.txt"]:
         (tmp_path / name).write_bytes(b"")
     files, cats = gpr_files(tmp_path)
-    assert [f.name for f in files] == ["2_a.jpg", "2_c.jpg", "10_b.jpg"]
+    # the official loader's order: the listing, stably sorted by category
+    listing = [n for n in os.listdir(tmp_path) if n.endswith(".jpg")]
+    assert [f.name for f in files] == sorted(listing, key=lambda n: int(n.split("_")[0]))
+    assert {f.name for f in files[:2]} == {"2_a.jpg", "2_c.jpg"} and files[2].name == "10_b.jpg"
     assert cats.tolist() == [2, 2, 10]
     (tmp_path / "x_bad.jpg").write_bytes(b"")
-    with pytest.raises(ValueError, match="integer category"):
+    with pytest.raises(ValueError, match=r"x_bad\.jpg: GPR1200 file names start with an integer"):
         gpr_files(tmp_path)
+    (tmp_path / "x_bad.jpg").unlink()
+    (tmp_path / "7.jpg").write_bytes(b"")  # no '_'
+    with pytest.raises(ValueError, match=r"7\.jpg: GPR1200 file names"):
+        gpr_files(tmp_path)
+
+
+def test_gpr_download_folder_with_images_inside(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "README.md").write_text("GPR1200")
+    for name in ["1_x.jpg", "0_y.jpg"]:
+        (tmp_path / "images" / name).write_bytes(b"")
+    files, cats = gpr_files(tmp_path)
+    assert [f.parent.name for f in files] == ["images", "images"] and cats.tolist() == [0, 1]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no images in .*empty"):
+        gpr_files(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="missing is not a folder"):
+        gpr_files(tmp_path / "missing")
 
 
 @pytest.mark.parametrize("data", ["tied", "real"])
