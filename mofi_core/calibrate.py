@@ -71,7 +71,7 @@ def sweep(root: Path, build: BuildConfig, thresholds: tuple[float, ...] = THRESH
     cols = (scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
             scores["score"].to_pylist())
     reachable = set(zip(cols[0], cols[1], strict=True)) & true
-    rules = tuple(dict.fromkeys((*build.rules, "threshold")))
+    rules = tuple(dict.fromkeys((*(r for r in build.rules if r != "fdr"), "threshold")))
     cut = null_cutoffs(lay.score / "null.parquet", build.null_quantile) \
         if "null_quantile" in rules else None
     points = []

@@ -1,8 +1,9 @@
 """report: does the demo world show the paper's effects? Label quality against the ground truth
 at each curation step, and retrieval of the trained encoder against the CLIP control.
 
-This is the only stage that reads ``data/truth``. On a real corpus there is no truth: the stage
-then reports retrieval only.
+This is the only stage that reads ``data/truth``, and only when the ingested corpus is the demo
+world that truth belongs to (``demo_truth``: the same ``world.json`` in both). On any other corpus
+the stage reports the label-free precision estimate and retrieval.
 """
 
 from __future__ import annotations
@@ -28,6 +29,37 @@ Pairs = set[tuple[str, str]]
 
 class PaperDirectionError(RuntimeError):
     """The demo world no longer shows the paper's effects (report.require_paper_direction)."""
+
+
+class TruthMismatchError(RuntimeError):
+    """``data/truth`` and the ingested demo corpus are not the same world."""
+
+
+def demo_truth(lay, ingest_input: str) -> tuple[Path | None, str]:
+    """``(data/truth or None, why)``: the demo world's truth counts only for the corpus it was
+    generated with -- ``ingest.input`` is the demo's shard folder and both folders carry the
+    same ``world.json``. Another input gets no truth (said); the demo folder with a missing or
+    different identity is an error, never a silent score."""
+    from mofi_core.demo.world import WORLD_FILE
+
+    if not lay.truth.is_dir():
+        return None, "no ground truth (only the demo world has one)"
+    src = Path(ingest_input)
+    src = src if src.is_absolute() else lay.root / src
+    if "://" in ingest_input or src.resolve() != lay.corpus_shards.resolve():
+        return None, (f"{lay.truth} belongs to the demo world; this run ingested "
+                      f"{ingest_input}, so its labels are not scored against it")
+    ids = {}
+    for name, folder in (("truth", lay.truth), ("corpus", lay.corpus)):
+        f = folder / WORLD_FILE
+        ids[name] = json.loads(f.read_text(encoding="utf-8")).get("world") \
+            if f.is_file() else None
+    if ids["truth"] is None or ids["truth"] != ids["corpus"]:
+        raise TruthMismatchError(
+            f"{lay.truth} (world {ids['truth']}) is not the truth of the corpus in "
+            f"{lay.corpus} (world {ids['corpus']}): regenerate both with the corpus stage "
+            f"(dvc repro corpus), or remove {lay.truth} if the shards are not the demo's")
+    return lay.truth, f"the demo world {ids['truth']}"
 
 
 def read_truth(truth_dir: Path) -> pa.Table:
@@ -122,6 +154,125 @@ def rule_variants(rule: dict, score_dir: Path, truth_pairs: Pairs) -> dict[str, 
     return out
 
 
+USEFUL_IMAGE_SHARE = (0.2, 0.95)  # thresholds keeping 20-95 % of the images with candidates
+
+
+def label_free_quality(label_free: dict, score_dir: Path, dropped: frozenset[str],
+                       true: Pairs | None, rule: dict) -> dict:
+    """The label-free estimate as build made it; with the world's truth, each threshold's true
+    precision and filter recall beside it (same candidates, same per-image rules), the error
+    over the useful range (thresholds keeping 20-95 % of the images with candidates: chosen
+    without truth) and what rule ``fdr`` at ``target_fdr`` gives on the truth."""
+    if not label_free.get("available"):
+        return {"available": False, "reason": label_free.get("reason", "")}
+    out = {"available": True, "model": label_free["model"],
+           "estimated_precision": label_free.get("estimated_precision"),
+           "target_fdr": label_free["target_fdr"], "chosen": label_free["chosen"],
+           "curve": [dict(p) for p in label_free["curve"]]}
+    if true is None:
+        return out
+    import numpy as np
+
+    from mofi_core.config import BuildConfig
+    from mofi_core.curate import fdr
+
+    cfg = BuildConfig(**{k: v for k, v in rule.items() if k in BuildConfig.model_fields})
+    cands, _ = fdr.read_candidates(score_dir, dropped, label_free.get("sample", 1.0))
+    hit = np.zeros(cands.scores.shape, dtype=bool)
+    for i, (k, ents) in enumerate(zip(cands.keys, cands.entities, strict=True)):
+        hit[i, :len(ents)] = [(k, e) in true for e in ents]
+    reachable = max(int(hit.sum()), 1)
+    rank = fdr.ranks(cands)
+    errors = []
+    for p in out["curve"]:
+        keep = fdr.per_image_keep(cands, cfg, p["threshold"], rank)
+        n = int(keep.sum())
+        p["true_precision"] = float(hit[keep].mean()) if n else None
+        p["filter_recall"] = float(hit[keep].sum() / reachable)
+        lo, hi = USEFUL_IMAGE_SHARE
+        if n and p["estimated_precision"] is not None and lo <= p["image_share"] <= hi:
+            errors.append(p["estimated_precision"] - p["true_precision"])
+    if errors:
+        out["useful_range"] = {"thresholds": len(errors),
+                               "max_abs_error": float(np.max(np.abs(errors))),
+                               "mean_error": float(np.mean(errors))}
+    if out["chosen"] is not None:
+        at = next(p for p in out["curve"] if p["threshold"] == out["chosen"]["threshold"])
+        out["chosen"] = {**out["chosen"], "true_precision": at["true_precision"],
+                         "filter_recall": at["filter_recall"]}
+    return out
+
+
+def _label_free_lines(q: dict) -> list[str]:
+    lines = ["", "## Label precision without ground truth (decoy estimate)", ""]
+    if not q.get("available"):
+        return [*lines, f"Not estimated: {q.get('reason', '')}"]
+    m = q["model"]
+    lines.append(f"Each image's candidates are scored beside {m['decoys'] // max(m['images'], 1)}"
+                 f" random entities it never named (decoys, the null); an image shows at most "
+                 f"one candidate. Storey's rule (lambda {m['storey_lambda']}) puts "
+                 f"{_pct(m['pi_none'])} of the {m['images']} images at none shown; EM fits the "
+                 "rest (mofi_core/curate/fdr.py).")
+    est = q.get("estimated_precision")
+    if est is not None:
+        lines.append(f"- I2E labels: estimated precision **{_pct(est)}**"
+                     + (f" (true {_pct(q['labels_true_precision'])})"
+                        if "labels_true_precision" in q else "") + ".")
+    r = q.get("useful_range")
+    if r:
+        lines.append(f"- Over the useful thresholds ({r['thresholds']} thresholds keeping "
+                     f"{int(100 * USEFUL_IMAGE_SHARE[0])}-{int(100 * USEFUL_IMAGE_SHARE[1])}% "
+                     f"of the images): largest |estimate - true| "
+                     f"**{100 * r['max_abs_error']:.1f} points**, mean error "
+                     f"{100 * r['mean_error']:+.1f} points (goal: within 3).")
+    c = q.get("chosen")
+    if c is None:
+        lines.append(f"- No threshold reaches estimated FDR <= {q['target_fdr']}.")
+    else:
+        line = (f"- Rule `fdr` at target {q['target_fdr']}: threshold {c['threshold']:.2f}, "
+                f"estimated precision {_pct(c['estimated_precision'])}")
+        if c.get("true_precision") is not None:
+            met = c["true_precision"] >= 0.93 and c["filter_recall"] >= 0.80
+            line += (f"; on the truth {_pct(c['true_precision'])} at filter recall "
+                     f"{_pct(c['filter_recall'])} (goal >= 93.0% at >= 80.0%: "
+                     f"**{'met' if met else 'not met'}**)")
+        lines.append(line + ".")
+    lines.append("- Per threshold, estimated vs true: `reports/quality.json` (labels.label_free)"
+                 " and `reports/label_free.png`.")
+    return lines
+
+
+def label_free_plot(q: dict, path: Path) -> None:
+    """Estimated (and, on the demo, true) precision of the kept labels across thresholds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    if q.get("available"):
+        pts = [p for p in q["curve"] if p["estimated_precision"] is not None]
+        t = [p["threshold"] for p in pts]
+        ax.plot(t, [p["estimated_precision"] for p in pts], label="estimated (decoys, no truth)")
+        if pts and "true_precision" in pts[0]:
+            ax.plot(t, [p["true_precision"] for p in pts], label="true (demo world)")
+            ax.plot(t, [p["filter_recall"] for p in pts], ":", label="filter recall (true)")
+        if q.get("chosen"):
+            ax.axvline(q["chosen"]["threshold"], color="grey", lw=0.8,
+                       label=f"fdr rule, target {q['target_fdr']}")
+        ax.set(xlabel="threshold (cosine)", ylabel="share", ylim=(0, 1.02),
+               title="Kept labels: precision across thresholds")
+        ax.legend(loc="lower left", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no label-free estimate:\n{q.get('reason', '')}", ha="center",
+                va="center", wrap=True)
+        ax.set_axis_off()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def threshold_choice(rule: dict, report_seed: int) -> dict:
     """Where the filter threshold came from, relative to the world the labels are scored on."""
     seed = rule.get("calibration_seed")
@@ -143,7 +294,7 @@ def _choice_line(choice: dict) -> str:
             "--seed <another seed> --write` to choose it on a held-out world.")
 
 
-def decontam_quality(dropped: pa.Table, metrics: dict, truth_dir: Path) -> dict:
+def decontam_quality(dropped: pa.Table, metrics: dict, truth_dir: Path | None) -> dict:
     """What decontam dropped and, where the demo world planted near-copies of evaluation images
     (``data/truth/planted.json``), how many of each kind it caught and how many clean images it
     dropped with them."""
@@ -152,8 +303,8 @@ def decontam_quality(dropped: pa.Table, metrics: dict, truth_dir: Path) -> dict:
     keys = set(dropped["key"].to_pylist())
     out: dict = {"method": metrics.get("method"), "checked": metrics.get("checked", 0),
                  "dropped": len(keys)}
-    planted_file = truth_dir / PLANTED
-    if planted_file.is_file():
+    planted_file = truth_dir / PLANTED if truth_dir is not None else None
+    if planted_file is not None and planted_file.is_file():
         planted = json.loads(planted_file.read_text(encoding="utf-8"))
         kinds: dict[str, dict[str, int]] = {}
         for p in planted:
@@ -188,6 +339,8 @@ def _pct(x: float) -> str:
 
 def report_markdown(quality: dict, evaluation: dict) -> str:
     lines = ["# MOFI demo-world report", ""]
+    if "raw_ner" not in quality and quality.get("truth"):
+        lines += [f"Label quality against ground truth: not scored ({quality['truth']}).", ""]
     if "raw_ner" in quality:
         lines += ["## Entity labels vs ground truth ((image, entity) pairs)", "",
                   "Recall counts every true pair; *filter recall* only those NER + linking "
@@ -214,6 +367,8 @@ def report_markdown(quality: dict, evaluation: dict) -> str:
                   f"({_pct(f['precision'])} at {_pct(f['filter_recall'])})."]
         if "threshold_choice" in quality:
             lines += ["", _choice_line(quality["threshold_choice"])]
+    if "label_free" in quality:
+        lines += _label_free_lines(quality["label_free"])
     if quality.get("decontam"):
         lines += _decontam_lines(quality["decontam"])
     lines += ["", "## Every model on the benchmark (GPR1200 protocol)", "",
@@ -257,20 +412,33 @@ def run(cfg: ReportConfig, ctx: StageContext) -> dict:
 
     dropped = tables.read_table(lay.decontam / DROPPED, DROPPED_SCHEMA)
     manifest = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST)
-    if lay.truth.is_dir():
+    truth_dir, truth_note = demo_truth(lay, ctx.params.ingest.input)
+    quality["truth"] = truth_note
+    if truth_dir is not None:
         # only keys that reach curation count: not ingest's rejects, not decontam's drops
-        truth = read_truth(lay.truth)
+        truth = read_truth(truth_dir)
         kept_keys = set(manifest["key"].to_pylist()) - set(dropped["key"].to_pylist())
         quality = label_quality(truth, kept_keys, pq.read_table(lay.ner / "mentions.parquet"),
                                 pq.read_table(lay.i2e / "labels.parquet"))
         rule = json.loads((lay.i2e / "stats.json").read_text(encoding="utf-8"))["rule"]
-        quality["rules"] = rule_variants(rule, lay.score, truth_pairs(truth, kept_keys))
+        true = truth_pairs(truth, kept_keys)
+        quality["rules"] = rule_variants(rule, lay.score, true)
         quality["threshold_choice"] = threshold_choice(rule, ctx.params.corpus.seed)
+    else:
+        true = None
+        rule = json.loads((lay.i2e / "stats.json").read_text(encoding="utf-8"))["rule"]
+    label_free = json.loads((lay.i2e / "label_free.json").read_text(encoding="utf-8"))
+    quality["label_free"] = label_free_quality(label_free, lay.score,
+                                               frozenset(dropped["key"].to_pylist()), true, rule)
+    if true is not None and quality["label_free"].get("estimated_precision") is not None:
+        quality["label_free"]["labels_true_precision"] = quality["filtered"]["precision"]
+    label_free_plot(quality["label_free"], lay.reports / "label_free.png")
+    ctx.artifacts.append(lay.reports / "label_free.png")
     # what decontam checked: every ingested image, with the method its params name (a DVC
     # input of this stage is its list, not its metrics file)
     quality["decontam"] = decontam_quality(
         dropped, {"method": ctx.params.decontam.method, "checked": manifest.num_rows},
-        lay.truth)
+        truth_dir)
     markdown = report_markdown(quality, evaluation)
     write_bytes(lay.reports / "quality.md", markdown.encode("utf-8"))
     ctx.artifacts.append(lay.reports / "quality.md")

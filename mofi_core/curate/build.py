@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mofi_core.config import BuildConfig
-from mofi_core.curate import rules
+from mofi_core.curate import fdr, rules
 from mofi_core.curate.decontam import read_dropped
 from mofi_core.curate.rules import Labels
 from mofi_core.io import tables
@@ -153,6 +153,10 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig,
     cluster when an executor address is set (the workers must see this folder)."""
     shards = _shards(ingest_dir, score_dir)
     jobs = [ShardJob(name, str(tar), None) for name, _, _, tar in shards]
+    label_free = _label_free(score_dir, cfg, exclude)
+    source = {}
+    if "fdr" in cfg.rules:
+        cfg, source = _fdr_rule(cfg, label_free["chosen"]), {"threshold_source": "fdr"}
     counts: Counter[str] = Counter()
     heaps: dict[str, list[_Worst]] = defaultdict(list)
     hist_all = np.zeros(len(HIST_BINS) - 1, dtype=np.int64)
@@ -206,10 +210,52 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig,
         classes = sorted(acc.per_entity)
         write_json(out / "vocab.json", {"classes": classes})
         stats = acc.stats(classes, pairs_in)
+        if label_free["available"]:
+            stats["estimated_precision"] = fdr.labels_precision(
+                tables.read_table(out / "labels.parquet", tables.LABELS), label_free.pop("pairs"))
+            label_free["estimated_precision"] = stats["estimated_precision"]
+        write_json(out / "label_free.json", label_free)
         # the rule travels with the data so that validate checks what build actually applied
-        write_json(out / "stats.json", {**stats, "rule": rules.rule_summary(cfg)})
+        write_json(out / "stats.json", {**stats, "rule": {**rules.rule_summary(cfg), **source}})
         _plots(out, acc)
     return stats
+
+
+def _label_free(score_dir: Path, cfg: BuildConfig, exclude: frozenset[str]) -> dict:
+    """The decoy-calibrated precision estimate of this run's scores (``fdr``): the model, the
+    curve over thresholds, the threshold rule ``fdr`` would pick, every candidate's posterior.
+    ``available`` false (and why) when the scores carry no decoys, unless rule ``fdr`` needs
+    them (an error)."""
+    try:
+        model, cands, post = fdr.estimate(score_dir, cfg, exclude)
+    except fdr.LabelFreeError as err:
+        if "fdr" in cfg.rules:
+            raise
+        print(f"build: no label-free precision estimate: {err}")
+        return {"available": False, "reason": str(err)}
+    points = fdr.curve(cands, post, cfg)
+    chosen = None
+    if "fdr" in cfg.rules:
+        chosen = fdr.choose_threshold(points, cfg.target_fdr)
+    else:
+        try:
+            chosen = fdr.choose_threshold(points, cfg.target_fdr)
+        except fdr.LabelFreeError as err:
+            print(f"build: label-free estimate: {err}")
+    print(f"build: label-free estimate from {model.decoys} decoy scores of {model.images} "
+          f"images: {100 * model.pi_none:.1f}% of images show none of their candidates"
+          + (f"; estimated FDR <= {cfg.target_fdr} from threshold {chosen['threshold']:.2f}"
+             if chosen else ""))
+    return {"available": True, "model": model.summary(), "target_fdr": cfg.target_fdr,
+            "sample": cfg.fdr_sample, "chosen": chosen, "curve": points,
+            "pairs": fdr.pairs_posterior(cands, post)}
+
+
+def _fdr_rule(cfg: BuildConfig, chosen: dict) -> BuildConfig:
+    """Rule ``fdr`` as the threshold it chose: what pass 1 applies and stats.json records."""
+    applied = tuple("threshold" if r == "fdr" else r for r in cfg.rules)
+    return cfg.model_copy(update={"rules": applied, "threshold": chosen["threshold"],
+                                  "calibration_seed": None})
 
 
 def _final_labels(spilled, vocab: set[str], cutoff: dict[str, _Worst]) -> Labels:

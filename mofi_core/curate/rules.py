@@ -20,6 +20,9 @@ Labels = dict[str, list[tuple[str, float]]]  # image key -> [(entity id, score)]
 
 def passes_rules(keys: list[str], entities: list[str], scores: list[float], cfg: BuildConfig,
                   null_cut: dict[str, float]) -> Labels:
+    if "fdr" in cfg.rules:
+        raise ValueError("build.rules fdr must be resolved to a threshold first (build does it "
+                         "from the decoy estimate, mofi_core.curate.fdr)")
     by_key: Labels = defaultdict(list)
     for key, ent, sc in zip(keys, entities, scores, strict=True):
         by_key[key].append((ent, sc))

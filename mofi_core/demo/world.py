@@ -16,6 +16,7 @@ sample (the plan of which entity each image shows).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -133,7 +134,22 @@ def write_corpus(cfg: CorpusConfig, entities: list[Entity], corpus_dir: Path, tr
         if planted:
             samples += _write_planted(cfg, planted, len(jobs), len(plan), out / "shards",
                                       truth_out, {e.entity_id for e in entities})
+        # the same identity in both: the report scores a corpus against this truth only when
+        # the two carry it (mofi_core.report.demo_truth)
+        ident = world_identity(cfg)
+        for folder in (out, truth_out):
+            (folder / WORLD_FILE).write_text(json.dumps(ident, indent=1) + "\n",
+                                             encoding="utf-8")
         return samples
+
+
+WORLD_FILE = "world.json"
+
+
+def world_identity(cfg: CorpusConfig) -> dict:
+    """``{"world": id, "seed": corpus.seed}``; the id is a digest of every corpus param."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return {"world": hashlib.sha256(blob).hexdigest()[:16], "seed": cfg.seed}
 
 
 @dataclass(frozen=True)

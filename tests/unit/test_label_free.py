@@ -1,0 +1,185 @@
+"""The label-free precision estimate (decoy-calibrated mixture) and the build rule ``fdr``, on
+synthetic scores whose truth is known: every image shows at most one of its candidates."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mofi_core.config import BuildConfig
+from mofi_core.curate import fdr
+from mofi_core.curate.build import build
+from mofi_core.curate.rules import select_labels
+from mofi_core.io import tables
+from mofi_core.io.shards import ShardWriter
+
+
+def synthetic(seed=0, images=3000, pi_none=0.12, decoys_per_image=16):
+    """Scores as the demo world makes them: a wrong candidate and a decoy are both 'an entity
+    the image does not show' (one distribution); the depicted one scores higher."""
+    rng = np.random.default_rng(seed)
+
+    def wrong(n):
+        return np.clip(rng.normal(0.28, 0.16, n), -1, 1)
+
+    keys, ents, scores, truth, null = [], [], [], set(), {}
+    for i in range(images):
+        key = f"{i:09d}"
+        c = int(rng.integers(1, 4))
+        shown = None if rng.random() < pi_none else int(rng.integers(c))
+        for j in range(c):
+            ent = f"Q{rng.integers(10_000):05d}"
+            s = float(np.clip(rng.normal(0.68, 0.1), -1, 1)) if j == shown else float(wrong(1)[0])
+            keys.append(key), ents.append(ent), scores.append(s)
+            if j == shown:
+                truth.add((key, ent))
+        null[key] = wrong(decoys_per_image)
+    return keys, ents, scores, truth, null
+
+
+def true_precision(cands, keep, truth):
+    hits = [(cands.keys[i], cands.entities[i][j]) in truth for i, j in zip(*np.nonzero(keep))]
+    return float(np.mean(hits))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_estimate_tracks_the_true_precision_across_thresholds(seed):
+    keys, ents, scores, truth, null = synthetic(seed)
+    cands = fdr.Candidates.from_rows(keys, ents, scores)
+    model = fdr.fit(cands, np.concatenate(list(null.values())))
+    assert 0.08 < model.pi_none < 0.2  # drawn with 0.12; Storey's estimate leans high
+    post = model.posteriors(cands)
+    assert np.all(np.nansum(post, axis=1) <= 1 + 1e-12)  # at most one depicted per image
+    cfg = BuildConfig(rules=("threshold", "top_k"))
+    rank = fdr.ranks(cands)
+    errors = []
+    for t in np.arange(0.3, 0.81, 0.05):
+        keep = fdr.per_image_keep(cands, cfg, t, rank)
+        errors.append(post[keep].mean() - true_precision(cands, keep, truth))
+    assert max(abs(e) for e in errors) < 0.03, np.round(errors, 3)
+
+
+def test_without_the_storey_step_the_fit_would_drift():
+    """The reason pi_none is not fitted by EM: a free depicted density absorbs null images."""
+    keys, ents, scores, _, null = synthetic(2)
+    cands = fdr.Candidates.from_rows(keys, ents, scores)
+    p = fdr.image_pvalues(cands, np.concatenate(list(null.values())))
+    assert p.min() >= 0 and p.max() <= 1
+    pi, lam = fdr.storey_pi_none(p)
+    assert lam in fdr.LAMBDAS and pi == pytest.approx(
+        min(1.0, (p > lam).mean() / (1 - lam)))
+    assert fdr.storey_pi_none(p) == (pi, lam)  # seeded bootstrap: the same every time
+    uniform = np.random.default_rng(0).random(20_000)  # all null: pi_none about 1
+    assert fdr.storey_pi_none(uniform)[0] == pytest.approx(1.0, abs=0.05)
+
+
+def test_choose_threshold_is_a_q_value_cut():
+    pts = [{"threshold": 0.1, "estimated_precision": 0.90},
+           {"threshold": 0.2, "estimated_precision": 0.96},  # a dip above comes later
+           {"threshold": 0.3, "estimated_precision": 0.94},
+           {"threshold": 0.4, "estimated_precision": 0.97},
+           {"threshold": 0.5, "estimated_precision": None}]
+    assert fdr.choose_threshold(pts, 0.05)["threshold"] == 0.4  # not 0.2: 0.3 breaks it
+    assert fdr.choose_threshold(pts, 0.06)["threshold"] == 0.2
+    assert fdr.choose_threshold(pts, 0.10)["threshold"] == 0.1  # exactly at the target
+    with pytest.raises(fdr.LabelFreeError, match=r"best estimated precision 0\.970 at "
+                                                 r"threshold 0\.40"):
+        fdr.choose_threshold(pts, 0.01)
+
+
+def test_rules_fdr_and_threshold_exclude_each_other():
+    with pytest.raises(ValueError, match="both threshold and fdr"):
+        BuildConfig(rules=("threshold", "fdr"))
+    with pytest.raises(ValueError, match="must be resolved to a threshold"):
+        select_labels(["a"], ["X"], [0.9], BuildConfig(rules=("fdr",), min_images_per_entity=1))
+
+
+def _write(tmp_path, keys, ents, scores, null, with_null=True):
+    rows = [{"key": k, "entity_id": e, "score": s} for k, e, s in zip(keys, ents, scores)]
+    with ShardWriter(tmp_path / "ingest" / "shards" / "00000.tar") as w:
+        for k in sorted(set(keys)):
+            w.write(k, {"jpg": b"x", "txt": "t"})
+    tables.write_table(tmp_path / "score" / "parts" / "00000.scores.parquet",
+                       pa.Table.from_pylist(rows), tables.SCORES)
+    if with_null:
+        tables.write_table(tmp_path / "score" / "parts" / "00000.null.parquet",
+                           pa.table({"key": list(null), "scores": [v.tolist() for v in
+                                                                   null.values()]}),
+                           tables.NULL_SCORES)
+
+
+def test_build_rule_fdr_picks_its_threshold_and_reports_the_estimate(tmp_path):
+    keys, ents, scores, truth, null = synthetic(3, images=1500)
+    _write(tmp_path, keys, ents, scores, null)
+    cfg = BuildConfig(rules=("fdr", "top_k"), target_fdr=0.05, min_images_per_entity=1)
+    stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg)
+    import json
+
+    free = json.loads((tmp_path / "i2e" / "label_free.json").read_text())
+    rule = json.loads((tmp_path / "i2e" / "stats.json").read_text())["rule"]
+    chosen = free["chosen"]["threshold"]
+    assert rule["rules"] == ["threshold", "top_k"] and rule["threshold"] == chosen
+    assert rule["threshold_source"] == "fdr" and rule["calibration_seed"] is None
+    assert 1 - free["chosen"]["estimated_precision"] <= 0.05
+    labels = pq.read_table(tmp_path / "i2e" / "labels.parquet").to_pylist()
+    assert min(s for r in labels for s in r["scores"]) >= chosen - 1e-6
+    kept = {(r["key"], e) for r in labels for e in r["entity_ids"]}
+    assert stats["estimated_precision"] == pytest.approx(free["estimated_precision"])
+    assert abs(stats["estimated_precision"] - len(kept & truth) / len(kept)) < 0.03
+    assert len(kept & truth) / len(kept) >= 0.93  # the target met on the truth, too
+
+
+def test_build_without_decoys(tmp_path):
+    keys, ents, scores, _, null = synthetic(4, images=200)
+    _write(tmp_path, keys, ents, scores, null, with_null=False)
+    with pytest.raises(fdr.LabelFreeError, match=r"score\.null_samples > 0"):
+        build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e",
+              BuildConfig(rules=("fdr", "top_k"), min_images_per_entity=1))
+    stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e",
+                  BuildConfig(threshold=0.5, min_images_per_entity=1))
+    assert "estimated_precision" not in stats  # nothing to estimate from: left out, said
+    import json
+
+    free = json.loads((tmp_path / "i2e" / "label_free.json").read_text())
+    assert free == {"available": False, "reason": free["reason"]}
+    assert "score.null_samples > 0" in free["reason"]
+
+
+def test_report_sets_the_estimate_beside_the_truth(tmp_path):
+    import json
+
+    from mofi_core.report import _label_free_lines, label_free_plot, label_free_quality
+
+    keys, ents, scores, truth, null = synthetic(5, images=1500)
+    _write(tmp_path, keys, ents, scores, null)
+    build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e",
+          BuildConfig(rules=("fdr", "top_k"), target_fdr=0.05, min_images_per_entity=1))
+    free = json.loads((tmp_path / "i2e" / "label_free.json").read_text())
+    rule = json.loads((tmp_path / "i2e" / "stats.json").read_text())["rule"]
+    q = label_free_quality(free, tmp_path / "score", frozenset(), truth, rule)
+    useful = q["useful_range"]
+    assert useful["thresholds"] >= 10 and useful["max_abs_error"] < 0.03
+    chosen = q["chosen"]
+    at = next(p for p in q["curve"] if p["threshold"] == chosen["threshold"])
+    assert chosen["true_precision"] == at["true_precision"] >= 0.93
+    # the truth at the lowest threshold: every top-1 candidate kept
+    low = q["curve"][0]
+    top1 = {}
+    for k, e, s in zip(keys, ents, scores, strict=True):
+        if k not in top1 or (-s, e) < (-top1[k][1], top1[k][0]):
+            top1[k] = (e, s)
+    kept = {(k, e) for k, (e, s) in top1.items() if s >= low["threshold"]}
+    assert low["true_precision"] == pytest.approx(len(kept & truth) / len(kept))
+    assert low["filter_recall"] == pytest.approx(len(kept & truth) / len(truth))
+    text = "\n".join(_label_free_lines(q))
+    assert "Rule `fdr` at target 0.05" in text and "points" in text
+    label_free_plot(q, tmp_path / "lf.png")
+    assert (tmp_path / "lf.png").stat().st_size > 5000
+    # a corpus without truth: the estimate alone; without decoys: said, and still a plot
+    alone = label_free_quality(free, tmp_path / "score", frozenset(), None, rule)
+    assert "true_precision" not in alone["curve"][0] and "useful_range" not in alone
+    none = label_free_quality({"available": False, "reason": "no decoys"}, tmp_path, frozenset(),
+                              None, rule)
+    assert "Not estimated: no decoys" in "\n".join(_label_free_lines(none))
+    label_free_plot(none, tmp_path / "none.png")
+    assert (tmp_path / "none.png").is_file()
