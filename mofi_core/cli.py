@@ -263,6 +263,39 @@ def serve_model(model: ModelOpt = "models:/mofi-encoder@champion",
         _fail(_registry_error(err, model, root))
 
 
+model_app = typer.Typer(help="Model folders from weights you bring.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("import")
+def model_import(
+        arch: Annotated[str, typer.Argument(
+            help="open_clip architecture the weights were trained with (ViT-B-32...) or a "
+                 "mofi one (mofi-tiny)")],
+        weights: Annotated[Path, typer.Argument(
+            help="local open_clip-format checkpoint: .safetensors or a torch state dict "
+                 "(read with weights_only=True)")],
+        out: Annotated[Path, typer.Option(
+            help="model folder to write; under models/ and named in evaluate.extra_models, "
+                 "evaluate compares it beside MOFI and the control")],
+        mean: Annotated[str, typer.Option(
+            help="image normalisation mean, e.g. 0.5,0.5,0.5 (default: OpenAI CLIP's)")] = "",
+        std: Annotated[str, typer.Option(help="image normalisation std (default: OpenAI's)")]
+        = "") -> None:
+    """An open_clip architecture + local weights as a mofi model folder (kind clip): no
+    download, no unpickling; keys or shapes that do not fit are one error line."""
+    from mofi_core.models.pretrained import import_clip
+
+    def floats(text: str) -> tuple[float, ...] | None:
+        return tuple(float(x) for x in text.split(",")) if text else None
+
+    try:
+        folder = import_clip(arch, weights, out, floats(mean), floats(std))
+    except Exception as err:
+        _fail(err)
+    typer.echo(f"wrote {folder}: {arch} from {weights}")
+
+
 kb_app = typer.Typer(help="Knowledge-base tools.", no_args_is_help=True)
 app.add_typer(kb_app, name="kb")
 

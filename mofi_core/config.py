@@ -179,6 +179,9 @@ class TrainConfig(Section):
 
     recipe: Literal[tuple(RECIPES)]  # type: ignore[valid-type]  # rows of mofi_core/recipes.py
     model: str = Field("mofi-tiny", description="mofi or open_clip architecture (ViT-B-16...)")
+    pretrained: str = Field("", description=(
+        "local open_clip-format checkpoint of `model` the towers start from (.safetensors, or "
+        "a state dict read with weights_only=True); empty = random init"))
     steps: int = Field(600, ge=1)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
@@ -361,6 +364,9 @@ class EvaluateConfig(Section):
         "folder in the GPR1200 layout ({category}_{name}.jpg, or the unpacked download "
         "holding them in images/); empty = the demo benchmark. The real GPR1200 (categories "
         "0-1199) also gets its six per-domain mAPs"))
+    extra_models: tuple[str, ...] = Field((), description=(
+        "more model folders under models/ to compare beside the candidates and the control "
+        "(e.g. one made by `mofi model import` from open_clip weights)"))
     labelled_dir: str = Field("", description=(
         "ImageFolder-layout folder with train/ val/ test/ (class sub-folders) for zero-shot and "
         "the linear probe; empty = the demo benchmark's; 'none' = skip"))

@@ -126,7 +126,16 @@ def check_pretrained(model: str, pretrained: str | None) -> None:
 def _load_open_clip(cfg: ScoreConfig):
     import open_clip
 
+    from mofi_core.models.pretrained import load_into, read_checkpoint, register_local_configs
+
     check_pretrained(cfg.model, cfg.pretrained)
+    register_local_configs()  # mofi's own architectures (mofi-tiny...) by name too
+    if Path(cfg.pretrained).is_file():
+        # a local file: built without weights, then filled strictly (names and shapes), read
+        # without unpickling; a wrong file is one line naming it
+        model, _, preprocess = open_clip.create_model_and_transforms(cfg.model)
+        load_into(model, read_checkpoint(cfg.pretrained), cfg.pretrained)
+        return model.eval(), preprocess, open_clip.get_tokenizer(cfg.model)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             cfg.model, pretrained=cfg.pretrained)

@@ -191,17 +191,29 @@ def candidates(ctx: StageContext) -> list[str]:
 
 
 def compared_models(ctx: StageContext) -> dict[str, Path]:
-    """Every candidate, then the control: ``{name: model folder}``."""
+    """Every candidate, the extra models (``evaluate.extra_models``), then the control:
+    ``{name: model folder}``."""
     lay = ctx.layout
-    return {**{r: lay.model(r) for r in candidates(ctx)}, CONTROL: lay.baseline_model}
+    names = candidates(ctx)
+    extra = list(ctx.params.evaluate.extra_models)
+    clash = sorted(set(extra) & {*names, CONTROL})
+    if clash:
+        raise ValueError(f"evaluate.extra_models {clash} clash with a candidate or the control; "
+                         "give the extra model folders other names")
+    return {**{r: lay.model(r) for r in names}, **{m: lay.model(m) for m in extra},
+            CONTROL: lay.baseline_model}
 
 
 def check(cfg: EvaluateConfig, ctx: StageContext) -> None:
     """Before any embedding: every model folder loads, the benchmark folders exist."""
     lay = ctx.layout
     for name, folder in compared_models(ctx).items():
-        what = "the control CLIP" if name == CONTROL else f"candidate {name}"
-        hint = "" if name == CONTROL else f" (stage train@{name})"
+        extra = name in cfg.extra_models
+        what = "the control CLIP" if name == CONTROL else (
+            f"extra model {name}" if extra else f"candidate {name}")
+        hint = "" if name == CONTROL else (
+            " (evaluate.extra_models: make it with `mofi model import`)" if extra
+            else f" (stage train@{name})")
         check_model_folder(folder, f"{what} ({folder}){hint}")
     gpr_files(_dir(cfg.gpr_dir, lay.gpr, "gpr_dir"))  # names checked before any embedding
     _dir(cfg.labelled_dir, lay.benchmark / "labelled", "labelled_dir")

@@ -172,6 +172,10 @@ def build_recipe(cfg: TrainConfig, arch: dict, num_classes: int) -> Recipe:
     and no text -> supervised; both -> multi-task."""
     spec = cfg.spec
     clip = build_clip(arch)
+    if cfg.pretrained:  # the towers start from the file's weights; a head starts fresh
+        from mofi_core.models.pretrained import load_into, read_checkpoint
+
+        load_into(clip, read_checkpoint(cfg.pretrained), cfg.pretrained)
     if not spec.vocab:
         return ClipRecipe(clip, name=spec.name)
     sharded = cfg.shard_head and spec.shardable_head

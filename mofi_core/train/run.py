@@ -137,6 +137,8 @@ def train_model(data_dir: Path | str, out_dir: Path, cfg: TrainConfig, on_log: L
 
         if exclude:  # another training set: another identity for its checkpoints
             data_identity = fingerprint(data_identity, "exclude", *sorted(exclude))
+        if cfg.pretrained:  # other starting weights under the same path: another run
+            data_identity = fingerprint(data_identity, "init", file_sha256(Path(cfg.pretrained)))
         maker = _sample_maker(cfg, meta, classes, kb_path)
         # a small local set is decoded once and batched from memory; anything else streams
         augment, why = memory.choose(cfg.data_in_memory, str(data_dir), shards, maker,

@@ -342,6 +342,7 @@ def test_evaluate_stage_on_a_benchmark_folder_of_its_own(chain, tmp_path):
     import yaml
 
     from mofi_core.config import apply_overrides, read_params_file
+    from mofi_core.models.pretrained import import_clip
     from mofi_core.stage import execute
     from mofi_core.stages import BY_NAME
     from tests.conftest import ROOT, TINY
@@ -351,7 +352,19 @@ def test_evaluate_stage_on_a_benchmark_folder_of_its_own(chain, tmp_path):
     (project / "data").mkdir(parents=True)
     for part in ("benchmark", "corpus"):
         (project / "data" / part).symlink_to(layout.root / "data" / part)
-    (project / "models").symlink_to(layout.root / "models")
+    (project / "models").mkdir()
+    for model in ("supervised", "baseline"):
+        (project / "models" / model).symlink_to(layout.root / "models" / model)
+    # weights brought in from a file: compared beside the candidate and the control
+    from safetensors.torch import save_file
+
+    from mofi_core.models.artifact import load_model
+
+    clip, _ = load_model(layout.baseline_model)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()},
+              str(tmp_path / "w.safetensors"))
+    import_clip("mofi-tiny", tmp_path / "w.safetensors", project / "models" / "mine")
+
     gpr = tmp_path / "GPR1200" / "images"
     gpr.mkdir(parents=True)
     sources = sorted(layout.gpr.glob("*.jpg"))
@@ -360,11 +373,15 @@ def test_evaluate_stage_on_a_benchmark_folder_of_its_own(chain, tmp_path):
         shutil.copy(src, gpr / f"{cat}_{i:05x}ab.jpg")
     raw = apply_overrides(read_params_file(ROOT / "params.yaml"), {
         **TINY, "train.recipes": ["supervised"], "evaluate.gpr_dir": str(gpr.parent),
+        "evaluate.extra_models": ["mine"],
         "evaluate.labelled_dir": "none", "evaluate.pictures": False})
     (project / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     metrics = execute(BY_NAME["evaluate"], project / "params.yaml", project)
     assert metrics["benchmark"]["images"] == len(sources)
     assert metrics["benchmark"]["classes"] == len({s.name.split("_")[0] for s in sources})
     assert set(metrics["supervised"]) == {"gpr_map", "recall_at_1", "recall_at_5"}
+    # the imported copy of the control's weights ranks exactly as the control
+    assert metrics["mine"] == metrics["baseline"]
+    assert metrics["mine_vs_baseline"]["gpr_map"] == 1.0
     table = (project / "reports" / "evaluate.md").read_text(encoding="utf-8")
     assert f"({len(sources)} retrieval images" in table and "gpr_map_seen" not in table
