@@ -60,10 +60,63 @@ SetsOpt = Annotated[list[str], typer.Option(
                         "(repeatable; params.yaml is not changed, so DVC does not see it)")]
 
 
+def node_processes(spec, params: Path, sets: list[str]) -> int:
+    """How many processes this stage command should run on this node: its section's
+    ``nproc_per_node`` (``auto`` = the visible GPUs), 1 for stages without one or when already
+    inside a torchrun launch."""
+    from mofi_core.config import load_params
+    from mofi_core.stage import distributed_launch
+
+    if distributed_launch() or os.environ.get("TORCHELASTIC_RUN_ID"):
+        return 1
+    section = load_params(params, _parse_sets(sets)).section(spec.section)
+    wanted = getattr(section, "nproc_per_node", 1)
+    if wanted == "auto":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    return int(wanted)
+
+
+def launch_command(spec, n: int, params: Path, root: Path, sets: list[str]) -> list[str]:
+    """This stage command again, as ``n`` processes of torch.distributed.run on this node."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc-per-node", str(n), "-m", "mofi_core.cli", spec.name]
+    if spec.item:
+        cmd.append(spec.item)
+    cmd += ["--params", str(params), "--root", str(root)]
+    for s in sets:
+        cmd += ["-S", s]
+    return cmd
+
+
+def _launch_on_node(one, n: int, params: Path, root: Path, sets: list[str]) -> None:
+    """Fetch the inputs once for the node, then run the stage as ``n`` torchrun processes
+    (rank 0 tracks, writes the model and metrics, publishes): dvc.lock records what they wrote."""
+    import subprocess
+
+    _storage_sync("pull", one.address, params, root, if_configured=True)
+    cmd = launch_command(one, n, params, root, sets)
+    typer.echo(f"{one.address}: {n} processes on this node (torch.distributed.run --standalone)")
+    sys.stdout.flush()
+    code = subprocess.call(cmd)
+    if code:
+        typer.echo(f"error: {one.address}: the {n} torchrun processes failed (exit {code}); "
+                   "their output above names the cause", err=True)
+        raise typer.Exit(code)
+
+
 def _stage_command(spec) -> None:
     def run_one(one, params: Path, root: Path, sets: list[str]) -> None:
         from mofi_core.stage import execute
 
+        try:
+            n = node_processes(one, params, sets)
+        except Exception as err:
+            _fail(err)
+        if n > 1:
+            _launch_on_node(one, n, params, root, sets)
+            return
         try:
             metrics = execute(one, params, root, overrides=_parse_sets(sets))
         except Exception as err:  # every failure is reported with its message and exit code 1

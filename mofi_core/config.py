@@ -182,6 +182,10 @@ class TrainConfig(Section):
     pretrained: str = Field("", description=(
         "local open_clip-format checkpoint of `model` the towers start from (.safetensors, or "
         "a state dict read with weights_only=True); empty = random init"))
+    nproc_per_node: int | Literal["auto"] = Field(1, description=(
+        "processes the stage command launches on this node through torch.distributed.run "
+        "(elastic, standalone rendezvous), so dvc repro and the Prefect flow train on the whole "
+        "node; auto = one per visible GPU (1 without a GPU). batch_size is per process"))
     steps: int = Field(600, ge=1)
     batch_size: int = Field(64, ge=1)
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step")
@@ -237,6 +241,8 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _checks(self) -> TrainConfig:
+        if isinstance(self.nproc_per_node, int) and self.nproc_per_node < 1:
+            raise ValueError(f"nproc_per_node {self.nproc_per_node}: at least 1, or auto")
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
         if min(self.loss_weights) < 0 or sum(self.loss_weights) == 0:

@@ -324,6 +324,33 @@ def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
     assert len(final_loss_lines(done.stdout)) == 1, done.stdout[-3000:]  # rank 0's only
 
 
+def test_train_nproc_per_node_launches_torchrun_itself(truth_i2e, tmp_path):
+    """`train.nproc_per_node: 2` and a plain `mofi train` (as dvc repro and the Prefect flow run
+    it): the command relaunches itself as 2 gloo processes and ends with the very weights of
+    an explicit `torchrun --nproc-per-node 2 mofi train`."""
+    mofi = Path(sys.executable).with_name("mofi")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    explicit = _project_for_train(truth_i2e, tmp_path / "explicit", checkpoint_every=2)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1",
+           "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", str(free_port()), "--no-python", str(mofi), "train",
+           "--root", str(explicit), "--params", str(explicit / "params.yaml")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    itself = _project_for_train(truth_i2e, tmp_path / "itself", checkpoint_every=2)
+    done = subprocess.run([str(mofi), "train", "--root", str(itself), "--params",
+                           str(itself / "params.yaml"), "-S", "train.nproc_per_node=2"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "train@multitask: 2 processes on this node" in done.stdout
+    assert len(final_loss_lines(done.stdout)) == 1, done.stdout[-3000:]  # rank 0's only
+    a = load_file(str(explicit / "models" / "multitask" / "model.safetensors"))
+    b = load_file(str(itself / "models" / "multitask" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = json.loads((itself / "metrics" / "train_multitask.json").read_text())
+    assert metrics["train"]["multitask"]["steps"] == 4
+
+
 def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
     """infra/torchrun-train.sh on two "nodes" (two launches on loopback, node ranks 0 and 1):
     one world of 2 ranks; the sharded head leaves one checkpoint file per rank."""
