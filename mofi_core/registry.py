@@ -332,11 +332,15 @@ def promote(version: int, reason: str, root: Path, cfg: RegisterConfig) -> dict:
 
 
 def candidate_models(ctx: StageContext) -> dict[str, Path]:
-    """``train.recipes`` -> ``models/<recipe>``: the models this run registers."""
+    """``train.recipes`` -> ``models/<recipe>``: the models this run registers, and with
+    ``register.extra_models`` the imported ones ``evaluate`` compared."""
     if ctx.params is None:
         raise ValueError("register reads train.recipes: run it through the stage runner "
                          "(mofi register)")
-    return {r: ctx.layout.model(r) for r in ctx.params.train.recipes}
+    names = list(ctx.params.train.recipes)
+    if ctx.params.register.extra_models:
+        names += [m for m in ctx.params.evaluate.extra_models if m not in names]
+    return {r: ctx.layout.model(r) for r in names}
 
 
 def check(cfg: RegisterConfig, ctx: StageContext) -> None:

@@ -259,3 +259,39 @@ def test_the_version_is_registered_from_the_train_run_that_logged_it(store, mode
     assert version.source.endswith(info.model_id) or info.model_id in version.source
     linked = mlflow.get_logged_model(info.model_id).metrics
     assert {m.key for m in linked} >= {"eval.multitask.gpr_map", "eval.baseline.gpr_map"}
+
+
+def test_an_imported_model_can_be_registered_as_a_candidate(store, tmp_path):
+    """Weights brought in with `mofi model import` join register's candidates when
+    register.extra_models is on; the version carries recipe 'imported'."""
+    from types import SimpleNamespace
+
+    from safetensors.torch import save_file
+
+    from mofi_core.config import EvaluateConfig
+    from mofi_core.io.layout import Layout
+    from mofi_core.models.factory import arch_config, build_clip
+    from mofi_core.models.pretrained import import_clip
+    from mofi_core.registry import candidate_models
+
+    torch.manual_seed(5)
+    clip = build_clip(arch_config("mofi-tiny"))
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()},
+              str(tmp_path / "w.safetensors"))
+    folder = import_clip("mofi-tiny", tmp_path / "w.safetensors", tmp_path / "models" / "mine")
+
+    def ctx(on):
+        params = SimpleNamespace(train=SimpleNamespace(recipes=("multitask",)),
+                                 evaluate=EvaluateConfig(extra_models=("mine",)),
+                                 register=RegisterConfig(extra_models=on))
+        return SimpleNamespace(layout=Layout(tmp_path), params=params)
+
+    assert list(candidate_models(ctx(False))) == ["multitask"]
+    assert candidate_models(ctx(True)) == {"multitask": Layout(tmp_path).model("multitask"),
+                                           "mine": folder}
+    with tracking.run("register", store):
+        decided = register(folder, {"mine": {"gpr_map": 0.42}, "baseline": {"gpr_map": 0.3}},
+                           store, RegisterConfig(), name="mine")
+    version = mlflow.MlflowClient().get_model_version("mofi-encoder", str(decided["version"]))
+    assert version.tags["recipe"] == "imported" and version.tags["candidate"] == "mine"
+    assert decided["promoted"]  # the first version of the model always becomes champion
