@@ -56,15 +56,14 @@ def sweep(root: Path, build: BuildConfig, thresholds: tuple[float, ...] = THRESH
           ) -> list[Point]:
     """Label quality at each threshold on the scored world in ``root`` (its ``data/score``,
     ``data/truth`` and ingest manifest), the other build rules as ``build`` sets them."""
-    from mofi_core.curate.decontam import read_dropped
+    from mofi_core.curate.decontam import curated_keys, read_dropped
     from mofi_core.curate.rules import null_cutoffs, select_labels
     from mofi_core.io.layout import Layout
     from mofi_core.report import precision_recall, read_truth, truth_pairs
 
     lay = Layout(root)
-    manifest = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST)
     dropped = read_dropped(lay.decontam)  # as build and report: near-copies never count
-    true = truth_pairs(read_truth(lay.truth), set(manifest["key"].to_pylist()) - dropped)
+    true = truth_pairs(read_truth(lay.truth), curated_keys(lay.ingest, lay.decontam))
     scores = tables.read_table(lay.score / "scores.parquet", tables.SCORES)
     keep = [k not in dropped for k in scores["key"].to_pylist()]
     scores = scores.filter(pa.array(keep, pa.bool_()))

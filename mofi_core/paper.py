@@ -86,7 +86,6 @@ def run_seed(params_file: Path, seed: int, calibration_root: Path, work: Path,
              overrides: dict[str, Any], target_precision: float) -> dict:
     """Steps 2-5 for one seed (its world already run); returns its record."""
     from mofi_core.evaluate.run import evaluate
-    from mofi_core.io import tables
     from mofi_core.io.layout import Layout
     from mofi_core.report import label_quality, read_truth
 
@@ -109,11 +108,9 @@ def run_seed(params_file: Path, seed: int, calibration_root: Path, work: Path,
                            lay.benchmark / "labelled", lay.kb)
     import pyarrow.parquet as pq
 
-    from mofi_core.curate.decontam import read_dropped
+    from mofi_core.curate.decontam import curated_keys
 
-    manifest = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST)
-    labels = label_quality(read_truth(lay.truth),
-                           set(manifest["key"].to_pylist()) - read_dropped(lay.decontam),
+    labels = label_quality(read_truth(lay.truth), curated_keys(lay.ingest, lay.decontam),
                            pq.read_table(lay.ner / "mentions.parquet"),
                            pq.read_table(lay.i2e / "labels.parquet"))
     return {"seed": seed, "threshold": chosen.threshold,

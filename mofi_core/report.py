@@ -408,7 +408,7 @@ def run(cfg: ReportConfig, ctx: StageContext) -> dict:
     lay = ctx.layout
     evaluation = lay.read_metrics("evaluate")
     quality = {}
-    from mofi_core.curate.decontam import DROPPED, DROPPED_SCHEMA
+    from mofi_core.curate.decontam import DROPPED, DROPPED_SCHEMA, curated_keys
 
     dropped = tables.read_table(lay.decontam / DROPPED, DROPPED_SCHEMA)
     manifest = tables.read_table(lay.ingest / "manifest.parquet", tables.MANIFEST)
@@ -417,7 +417,7 @@ def run(cfg: ReportConfig, ctx: StageContext) -> dict:
     if truth_dir is not None:
         # only keys that reach curation count: not ingest's rejects, not decontam's drops
         truth = read_truth(truth_dir)
-        kept_keys = set(manifest["key"].to_pylist()) - set(dropped["key"].to_pylist())
+        kept_keys = curated_keys(lay.ingest, lay.decontam)
         quality = label_quality(truth, kept_keys, pq.read_table(lay.ner / "mentions.parquet"),
                                 pq.read_table(lay.i2e / "labels.parquet"))
         rule = json.loads((lay.i2e / "stats.json").read_text(encoding="utf-8"))["rule"]

@@ -584,6 +584,13 @@ def read_dropped(folder: Path) -> frozenset[str]:
     return frozenset(table["key"].to_pylist())
 
 
+def curated_keys(ingest_dir: Path, decontam_dir: Path) -> set[str]:
+    """The keys that reach curation: what ingest kept, less decontam's near-copies (label
+    numbers count these and only these, wherever they are computed)."""
+    manifest = tables.read_table(Path(ingest_dir) / "manifest.parquet", tables.MANIFEST)
+    return set(manifest["key"].to_pylist()) - read_dropped(decontam_dir)
+
+
 def decontaminate(shards: list[Path], benchmark: Path, out_dir: Path, cfg: DecontamConfig
                   ) -> dict:
     """Hash ``shards`` and ``benchmark``'s images; write the near-duplicates to ``out_dir``."""
