@@ -338,7 +338,7 @@ def candidate_models(ctx: StageContext) -> dict[str, Path]:
         raise ValueError("register reads train.recipes: run it through the stage runner "
                          "(mofi register)")
     names = list(ctx.params.train.recipes)
-    if ctx.params.register.extra_models:
+    if ctx.params.register_.extra_models:
         names += [m for m in ctx.params.evaluate.extra_models if m not in names]
     return {r: ctx.layout.model(r) for r in names}
 

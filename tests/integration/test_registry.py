@@ -268,7 +268,7 @@ def test_an_imported_model_can_be_registered_as_a_candidate(store, tmp_path):
 
     from safetensors.torch import save_file
 
-    from mofi_core.config import EvaluateConfig
+    from mofi_core.config import apply_overrides, parse_params
     from mofi_core.io.layout import Layout
     from mofi_core.models.factory import arch_config, build_clip
     from mofi_core.models.pretrained import import_clip
@@ -280,10 +280,10 @@ def test_an_imported_model_can_be_registered_as_a_candidate(store, tmp_path):
               str(tmp_path / "w.safetensors"))
     folder = import_clip("mofi-tiny", tmp_path / "w.safetensors", tmp_path / "models" / "mine")
 
-    def ctx(on):
-        params = SimpleNamespace(train=SimpleNamespace(recipes=("multitask",)),
-                                 evaluate=EvaluateConfig(extra_models=("mine",)),
-                                 register=RegisterConfig(extra_models=on))
+    def ctx(on):  # the real params object, as the stage runner passes it
+        params = parse_params(apply_overrides({}, {
+            "train.recipes": ["multitask"], "evaluate.extra_models": ["mine"],
+            "register.extra_models": on}))
         return SimpleNamespace(layout=Layout(tmp_path), params=params)
 
     assert list(candidate_models(ctx(False))) == ["multitask"]

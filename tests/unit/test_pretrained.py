@@ -134,13 +134,13 @@ def test_score_loads_a_local_checkpoint_file(clip_and_files):
 def test_extra_models_join_the_comparison_by_name(tmp_path):
     from types import SimpleNamespace
 
-    from mofi_core.config import EvaluateConfig
+    from mofi_core.config import apply_overrides, parse_params
     from mofi_core.evaluate.run import compared_models
     from mofi_core.io.layout import Layout
 
-    def ctx(extra):
-        params = SimpleNamespace(train=SimpleNamespace(recipes=("supervised", "multitask")),
-                                 evaluate=EvaluateConfig(extra_models=extra))
+    def ctx(extra):  # the real params object, as the stage runner passes it
+        params = parse_params(apply_overrides({}, {
+            "train.recipes": ["supervised", "multitask"], "evaluate.extra_models": list(extra)}))
         return SimpleNamespace(layout=Layout(tmp_path), params=params)
 
     models = compared_models(ctx(("openai-b32",)))
