@@ -147,8 +147,9 @@ WORLD_FILE = "world.json"
 
 
 def world_identity(cfg: CorpusConfig) -> dict:
-    """``{"world": id, "seed": corpus.seed}``; the id is a digest of every corpus param."""
-    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    """``{"world": id, "seed": corpus.seed}``; the id is a digest of every corpus param that
+    shapes the world (not the worker count: the same world whatever it is)."""
+    blob = json.dumps(cfg.result_key(), sort_keys=True).encode()
     return {"world": hashlib.sha256(blob).hexdigest()[:16], "seed": cfg.seed}
 
 
