@@ -256,24 +256,20 @@ def curve(cands: Candidates, post: np.ndarray, cfg: BuildConfig,
 
 
 def choose_threshold(points: list[dict], target_fdr: float) -> dict:
-    """The lowest threshold from which on every estimate keeps the FDR at or under the target
-    (a q-value cut: a noisy dip further up cannot pull the choice down)."""
-    ok_from = None
-    for p in reversed(points):  # from the highest threshold down
+    """The lowest threshold whose kept labels have an estimated FDR at or under the target --
+    the q-value cut: a label is kept when some threshold at or below its score meets the
+    target. (Requiring every higher threshold to meet it too would let the noisy estimates of
+    the few labels at the top pull the choice up to almost nothing kept.)"""
+    for p in points:  # ascending thresholds
         est = p["estimated_precision"]
-        if est is None:
-            continue
-        if 1.0 - est > target_fdr + 1e-12:  # 1 - 0.94 is 0.06000000000000005
-            break
-        ok_from = p
-    if ok_from is None:
-        best = max((p for p in points if p["estimated_precision"] is not None),
-                   key=lambda p: p["estimated_precision"], default=None)
-        where = (f"best estimated precision {best['estimated_precision']:.3f} at threshold "
-                 f"{best['threshold']:.2f}") if best else "no threshold keeps any label"
-        raise LabelFreeError(f"build.target_fdr {target_fdr}: no threshold reaches it ({where}); "
-                             "raise build.target_fdr or use rule threshold")
-    return ok_from
+        if est is not None and 1.0 - est <= target_fdr + 1e-12:  # 1 - 0.94 = 0.0600...05
+            return p
+    best = max((p for p in points if p["estimated_precision"] is not None),
+               key=lambda p: p["estimated_precision"], default=None)
+    where = (f"best estimated precision {best['estimated_precision']:.3f} at threshold "
+             f"{best['threshold']:.2f}") if best else "no threshold keeps any label"
+    raise LabelFreeError(f"build.target_fdr {target_fdr}: no threshold reaches it ({where}); "
+                         "raise build.target_fdr or use rule threshold")
 
 
 def pairs_posterior(cands: Candidates, post: np.ndarray) -> dict[tuple[str, str], float]:
