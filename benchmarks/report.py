@@ -21,11 +21,21 @@ QUADRATIC_SLOPE = 2.15  # evaluate ranks all pairs
 DEMO_LIMIT_S = 600
 
 
+def _elsewhen(results: dict, r: dict) -> str:
+    """' (measured <date> on <cpu>)' for an entry re-run apart from the suite's own run."""
+    m = r.get("measured")
+    if not m:
+        return ""
+    here = f"{results.get('date', '?')} on {(results.get('machine') or {}).get('cpu', '?')}"
+    return "" if m == here else f" (measured {m})"
+
+
 def _ratio_target(results: dict, name: str, target: float, label: str) -> dict:
     r = (results.get("ratios") or {}).get(name) or {}
     if "ratio" not in r:
         return {"target": label, "value": r.get("error", "not measured"), "met": None}
-    return {"target": label, "value": f"{r['ratio']:.2f}x", "met": r["ratio"] >= target}
+    return {"target": label, "value": f"{r['ratio']:.2f}x{_elsewhen(results, r)}",
+            "met": r["ratio"] >= target}
 
 
 def targets(results: dict) -> list[dict]:
@@ -113,7 +123,8 @@ def markdown(results: dict) -> str:
                 continue
             per_image = f" (per image {r['ratio_per_image']:.2f})" \
                 if "ratio_per_image" in r else ""
-            lines.append(f"| {name} (vs {r['baseline']}) | {r['stage_per_s']:,.1f} "
+            lines.append(f"| {name} (vs {r['baseline']}){_elsewhen(results, r)} | "
+                         f"{r['stage_per_s']:,.1f} "
                          f"{r['unit']} | {r['baseline_per_s']:,.1f} {r['unit']} | "
                          f"{r['ratio']:.2f}{per_image} | {r['repeats']} |")
     demo = results.get("demo") or {}

@@ -107,3 +107,21 @@ def test_readme_table_matches_the_committed_results():
     assert report.readme_block(BENCH.parent / "README.md") == block, \
         "README's performance table is stale: run python benchmarks/report.py"
     assert (BENCH / "results.md").read_text(encoding="utf-8") == block
+
+
+def test_a_ratio_re_run_apart_says_when_and_where():
+    from benchmarks.report import markdown, targets
+
+    results = {"date": "2026-11-29 19:55 UTC", "machine": {"cpu": "AMD EPYC"},
+               "ratios": {"train_stage": {"bench": "train_stage", "unit": "step/s",
+                                          "stage_per_s": 4.0, "baseline_per_s": 5.0,
+                                          "ratio": 1.02, "repeats": 2, "baseline": "bare",
+                                          "measured": "2026-12-01 18:40 UTC on Intel Xeon"},
+                          "train": {"bench": "train", "unit": "step/s", "stage_per_s": 5.0,
+                                    "baseline_per_s": 5.2, "ratio": 0.96, "repeats": 5,
+                                    "baseline": "bare"}}}
+    row = next(t for t in targets(results) if t["target"].startswith("train stage"))
+    assert row["value"] == "1.02x (measured 2026-12-01 18:40 UTC on Intel Xeon)"
+    text = markdown(results)
+    assert "| train_stage (vs bare) (measured 2026-12-01 18:40 UTC on Intel Xeon) |" in text
+    assert "| train (vs bare) | 5.0" in text  # measured with the suite: no note
