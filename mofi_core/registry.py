@@ -136,17 +136,22 @@ def _champion_now(client, cfg: RegisterConfig) -> int | None:
     return int(champ.version) if champ else None
 
 
-def _recorded(client, version, cfg: RegisterConfig) -> dict:
-    """The decision stored on a version's tags (see :func:`register`), with today's champion."""
+def _recorded(version, cfg: RegisterConfig) -> dict:
+    """The decision stored on a version's tags (see :func:`register`), exactly as
+    :func:`register` returned it when it decided: ``champion`` is the champion right after
+    that decision, never today's (which later runs or ``mofi promote`` may have moved), so a
+    re-run, or a run completing a killed one, writes the same record."""
     t = version.tags
     before = t["champion_before"]
     before_value = t[f"champion_before_{cfg.metric}"]
+    promoted = t["promoted"] == "true"
+    previous = None if before == "none" else int(before)
     return {"model_name": cfg.model_name, "version": int(version.version),
-            cfg.metric: float(t[cfg.metric]), "promoted": t["promoted"] == "true",
+            cfg.metric: float(t[cfg.metric]), "promoted": promoted,
             "decision": t["decision"],
-            "previous_champion": None if before == "none" else int(before),
+            "previous_champion": previous,
             "previous_champion_metric": None if before_value == "none" else float(before_value),
-            "champion": _champion_now(client, cfg)}
+            "champion": int(version.version) if promoted else previous}
 
 
 def _apply_aliases(client, cfg: RegisterConfig, version: str, promoted: bool,
@@ -249,10 +254,10 @@ def register(model_dir: Path, metrics: dict, root: Path, cfg: RegisterConfig,
         if existing.tags.get(ALIASES_DONE) != "true":  # killed before the aliases moved
             _apply_aliases(client, cfg, existing.version, existing.tags["promoted"] == "true",
                            existing.tags.get("challenger") == "true")
-        decision = _recorded(client, existing, cfg)
+        decision = _recorded(existing, cfg)
         print(f"register: {name}: these model bytes are already version {existing.version} of "
               f"{cfg.model_name} (decided then: {decision['decision']}); aliases unchanged, "
-              f"champion is version {decision['champion']}")
+              f"champion is version {_champion_now(client, cfg)}")
         return decision
     if existing is None:
         uri, where, model_id = _source(model_dir, sha, cfg)

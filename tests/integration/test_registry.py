@@ -203,8 +203,7 @@ def test_reregistering_old_bytes_never_moves_the_champion_back(store, model_dir)
     v2 = _register_on(_variant(model_dir, store, "exp"), store, 0.50)
     assert (v2["version"], v2["promoted"], _champion()) == (2, True, 2)
     again = _register_on(model_dir, store, 0.40)
-    assert again["version"] == 1 and again["champion"] == 2 and _champion() == 2
-    assert again["decision"] == v1["decision"]  # history, reported as it was
+    assert again == v1 and _champion() == 2  # v1's decision is history, reported as it was
     client = mlflow.MlflowClient()
     assert len(client.search_model_versions("name = 'mofi-encoder'")) == 2
     # an equal number is not better: the champion moves only to a strictly better version
@@ -295,3 +294,23 @@ def test_an_imported_model_can_be_registered_as_a_candidate(store, tmp_path):
     version = mlflow.MlflowClient().get_model_version("mofi-encoder", str(decided["version"]))
     assert version.tags["recipe"] == "imported" and version.tags["candidate"] == "mine"
     assert decided["promoted"]  # the first version of the model always becomes champion
+
+
+def test_a_run_completing_a_killed_one_writes_the_same_candidate_records(store, model_dir):
+    """Two candidates, the second the best: a run killed after the best one became champion
+    (before register.json was written) is re-run. The first candidate's record must still
+    say what was decided for it (no champion yet), not today's champion."""
+    from mofi_core.registry import register_candidates
+
+    models = {"supervised": _variant(model_dir, store, "sup"), "multitask": model_dir}
+    metrics = {"supervised": {"gpr_map": 0.40}, "multitask": {"gpr_map": 0.45},
+               "baseline": {"gpr_map": 0.3}, "benchmark": {"digest": "bench-a"}}
+    with tracking.run("register", store):
+        first = register_candidates(models, metrics, store, RegisterConfig())
+    assert first["best"] == "multitask" and first["champion"] == 2 and _champion() == 2
+    sup = first["candidates"]["supervised"]
+    assert (sup["version"], sup["promoted"], sup["champion"]) == (1, False, None)
+    assert "not this run's best" in sup["decision"]
+    with tracking.run("register", store):
+        again = register_candidates(models, metrics, store, RegisterConfig())
+    assert again == first
