@@ -4,7 +4,7 @@
 the demo world's ground truth and then reporting label precision on that same truth would be an
 in-sample number. ``mofi calibrate --seed S`` instead:
 
-1. runs the curation stages up to ``score`` (corpus, ingest, ner, baseline, score) on a
+1. runs the curation stages up to ``score`` (corpus, kb, ingest, ner, baseline, score) on a
    *calibration world*: the same params with ``corpus.seed: S``, in a scratch folder
    (``.mofi/calibrate/seed<S>``), with its own control CLIP as the scorer;
 2. sweeps the threshold over that world's scores with every other build rule as configured,
@@ -35,7 +35,7 @@ from mofi_core.config import BuildConfig, Params, load_params
 from mofi_core.io import tables
 from mofi_core.io.atomic import write_json
 
-STAGES = ("corpus", "ingest", "decontam", "ner", "baseline", "score")
+STAGES = ("corpus", "kb", "ingest", "decontam", "ner", "baseline", "score")
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.10, 0.801, 0.01), 2))
 
 

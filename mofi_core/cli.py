@@ -349,11 +349,7 @@ def model_import(
     typer.echo(f"wrote {folder}: {arch} from {weights}")
 
 
-kb_app = typer.Typer(help="Knowledge-base tools.", no_args_is_help=True)
-app.add_typer(kb_app, name="kb")
-
-
-@kb_app.command("import-wikidata")
+@app.command("import-wikidata")
 def import_wikidata(
         dump: Annotated[Path, typer.Argument(help="Wikidata JSON dump (.json, .json.bz2, .gz)")],
         out: Annotated[Path, typer.Option(help="KB parquet to write")] = Path("kb.parquet"),
@@ -362,7 +358,8 @@ def import_wikidata(
         language: Annotated[str, typer.Option(help="label/alias/description language")] = "en",
         min_sitelinks: Annotated[int, typer.Option(help="keep entities with at least this "
                                                         "many sitelinks")] = 1) -> None:
-    """Stream a Wikidata JSON dump into the KB format (entity_id, name, aliases, ...)."""
+    """Stream a Wikidata JSON dump into the KB format (entity_id, name, aliases, ...), outside
+    the DAG (in the DAG: kb.source wikidata and the kb stage)."""
     import yaml
 
     from mofi_core.wikidata import import_wikidata as run_import

@@ -68,7 +68,10 @@ class BenchmarkConfig(Section):
 
 class CorpusConfig(Section):
     RUNTIME = ("workers",)  # the world is a function of the seed, whatever the process count
-    source: Literal["demo"] = "demo"
+    source: Literal["demo", "none"] = Field("demo", description=(
+        "demo: generate the embedded demo world (corpus shards, KB, ground truth, benchmark); "
+        "none: no generator and no ground truth: ingest reads your shards (ingest.input), the "
+        "KB comes from the kb section and the benchmark from evaluate.gpr_dir"))
     seed: int = 0
     num_entities: int = Field(200, ge=2)
     images_per_entity: int = Field(30, ge=1, description="size knob: images = entities x this")
@@ -81,6 +84,41 @@ class CorpusConfig(Section):
     workers: int = Field(0, ge=0, description="generator processes; 0 = all cores")
     noise: NoiseConfig = NoiseConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+
+
+DEMO_KB = "data/corpus/kb.parquet"  # where the corpus stage writes the demo world's KB
+
+
+class KBConfig(Section):
+    """The knowledge base mentions are linked to. The ``kb`` stage reads it from ``path``,
+    checks its schema once and writes ``data/kb/kb.parquet``, which every later stage reads;
+    ``path`` is the stage's DVC dependency, so a changed file re-runs it."""
+
+    source: Literal["demo", "parquet", "wikidata"] = Field("demo", description=(
+        "demo: the corpus stage's KB (data/corpus/kb.parquet); parquet: your KB file (parquet "
+        "with entity_id, name, aliases, description, type, or the same as JSON Lines); "
+        "wikidata: a Wikidata JSON dump (.json, .json.gz, .json.bz2), streamed"))
+    path: str = Field(DEMO_KB, min_length=1, description=(
+        "the file the source reads, relative to the project root (source demo: "
+        f"{DEMO_KB})"))
+    language: str = Field("en", min_length=1, description=(
+        "wikidata: language of labels, aliases and descriptions"))
+    min_sitelinks: int = Field(1, ge=0, description=(
+        "wikidata: keep items with at least this many sitelinks (a popularity filter)"))
+    type_map: dict[str, str] = Field(default_factory=dict, description=(
+        "wikidata: P31 (instance of) id -> KB type, e.g. {Q5: person}; empty: the built-in "
+        "map (mofi_core/wikidata.py)"))
+
+    @model_validator(mode="after")
+    def _path_fits_source(self) -> KBConfig:
+        if self.source == "demo" and self.path != DEMO_KB:
+            raise ValueError(f"kb.source demo reads the corpus stage's {DEMO_KB}, not "
+                             f"{self.path!r}: for your own file set kb.source to parquet or "
+                             "wikidata")
+        if self.source != "demo" and self.path == DEMO_KB:
+            raise ValueError(f"kb.source {self.source} needs kb.path: the KB file or the dump "
+                             f"to read (it is still the demo's {DEMO_KB})")
+        return self
 
 
 class IngestConfig(Section):
@@ -119,6 +157,9 @@ class DecontamConfig(Section):
     """Near-duplicates of evaluation images are kept out of every training set (I2E and the
     control's alt-text data), as DataComp does against its evaluation sets."""
 
+    against: str = Field("", description=(
+        "the folder of evaluation images to protect, searched recursively (your GPR1200 "
+        "download and labelled splits); empty: data/benchmark, the demo world's"))
     method: Literal["phash", "none"] = Field("phash", description=(
         "phash: 64-bit perceptual hash of every corpus image vs every evaluation image, its "
         "centre crops and its offset-crop grid, each candidate pair then verified on pixels "
@@ -432,6 +473,7 @@ class StorageConfig(Section):
 
 class Params(Section):
     corpus: CorpusConfig = CorpusConfig()
+    kb: KBConfig = KBConfig()
     ingest: IngestConfig = IngestConfig()
     decontam: DecontamConfig = DecontamConfig()
     ner: NerConfig = NerConfig()
@@ -448,6 +490,18 @@ class Params(Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
                               allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _sources_agree(self) -> Params:
+        """Without the demo world there is no demo KB nor demo shards to read."""
+        if self.corpus.source == "none":
+            if self.kb.source == "demo":
+                raise ValueError("corpus.source none writes no demo KB: set kb.source to "
+                                 "parquet or wikidata and kb.path to your file")
+            if self.ingest.input.startswith("data/corpus"):
+                raise ValueError(f"corpus.source none writes no demo shards: set ingest.input "
+                                 f"to your shards (it is {self.ingest.input!r})")
+        return self
 
     def section(self, name: str) -> Section:
         field = f"{name}_" if name in ("validate", "register") else name

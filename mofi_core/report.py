@@ -44,6 +44,10 @@ def demo_truth(lay, ingest_input: str) -> tuple[Path | None, str]:
 
     if not lay.truth.is_dir():
         return None, "no ground truth (only the demo world has one)"
+    marker = lay.truth / WORLD_FILE
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("source") \
+            == "none":
+        return None, "no ground truth: corpus.source is none (your own corpus)"
     src = Path(ingest_input)
     src = src if src.is_absolute() else lay.root / src
     if "://" in ingest_input or src.resolve() != lay.corpus_shards.resolve():

@@ -66,6 +66,9 @@ class StageSpec:
     item: str = ""
     # further params keys the stage reads (``train.recipes``), tracked by DVC beside its section
     also_params: tuple[str, ...] = ()
+    # params keys whose value is a path the stage reads (``kb.path``): a DVC dependency written
+    # ``${kb.path}`` in dvc.yaml, so DVC hashes whatever file the params name
+    param_inputs: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -118,7 +121,7 @@ class StageVerdict(RuntimeError):
         self.metrics = metrics or {}
 
 
-KB = "data/corpus/kb.parquet"
+KB = "data/kb/kb.parquet"
 MANIFEST = "data/ingest/manifest.parquet"
 MODELS = "models"  # the control (models/baseline) and the candidates (models/<recipe>)
 CANDIDATES = "train.recipes"  # the MOFI recipes trained, evaluated and registered
@@ -127,6 +130,11 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("corpus", "mofi_core.demo.world:run", "corpus",
               "Materialise the embedded demo world: KB, corpus shards, ground truth, benchmark.",
               outs=(Out("data/corpus"), Out("data/truth"), Out("data/benchmark"))),
+    StageSpec("kb", "mofi_core.curate.knowledge:run", "kb",
+              "Read the knowledge base (demo, parquet/JSON Lines file, or a Wikidata dump), "
+              "check its schema once, write data/kb/kb.parquet.",
+              param_inputs=("kb.path",), outs=(Out("data/kb"),),
+              check="mofi_core.curate.knowledge:check"),
     StageSpec("ingest", "mofi_core.curate.ingest:run", "ingest",
               "Decode-check and normalise every sample; clean shards + manifest + rejects.",
               inputs=("data/corpus/shards",), outs=(Out("data/ingest", persist=True),),

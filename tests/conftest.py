@@ -65,6 +65,10 @@ def tiny_world(tmp_path_factory):
     params = parse_params(apply_overrides({}, TINY))
     layout = Layout(root)
     stats = generate_world(params.corpus, layout.corpus, layout.truth, layout.benchmark)
+    from mofi_core.curate.knowledge import materialise  # what the kb stage does (source demo)
+
+    layout.kb.parent.mkdir(parents=True)
+    materialise(params.kb, layout.corpus_kb, layout.kb)
     return layout, params, stats
 
 

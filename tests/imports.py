@@ -147,7 +147,8 @@ def dvc_entry(spec) -> dict:
         return {o.path: opts} if opts else o.path
 
     entry: dict = {"cmd": f"mofi {spec.name}" + (" {item}" if spec.foreach else ""),
-                   "deps": [*spec.inputs, *stage_code_deps(spec.entry, spec.check)],
+                   "deps": [*(f"${{{k}}}" for k in spec.param_inputs), *spec.inputs,
+                            *stage_code_deps(spec.entry, spec.check)],
                    "params": [spec.section, *spec.also_params]}
     if spec.outs:
         entry["outs"] = [out(o) for o in spec.outs]

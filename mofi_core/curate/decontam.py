@@ -600,7 +600,8 @@ def decontaminate(shards: list[Path], benchmark: Path, out_dir: Path, cfg: Decon
         named = list(evaluation_images(benchmark))
         if not named:
             raise FileNotFoundError(f"no evaluation images under {benchmark}; decontam needs "
-                                    "the benchmark it protects (or decontam.method: none)")
+                                    "the benchmark it protects: set decontam.against to your "
+                                    "GPR1200 folder (or decontam.method: none)")
         index = build_index(named, cfg.crops, cfg.offset_scales, cfg.offset_steps)
         eval_count = len(named)
         offset_rows = int(index.offset.sum())
@@ -626,10 +627,24 @@ def decontaminate(shards: list[Path], benchmark: Path, out_dir: Path, cfg: Decon
             "offset_rows": offset_rows}
 
 
+def against(cfg: DecontamConfig, lay) -> Path:
+    """The evaluation images to protect: ``decontam.against`` (relative to the project root),
+    else the demo world's ``data/benchmark``."""
+    if not cfg.against:
+        return lay.benchmark
+    path = Path(cfg.against)
+    path = path if path.is_absolute() else lay.root / path
+    if not path.is_dir():
+        raise FileNotFoundError(f"decontam.against: {path} is not a folder; give the folder "
+                                "of evaluation images to protect (your GPR1200 download)")
+    return path
+
+
 def run(cfg: DecontamConfig, ctx: StageContext) -> dict:
     """Stage ``decontam``: near-duplicates of evaluation images -> ``data/decontam``."""
     lay = ctx.layout
-    stats = decontaminate(list_shards(lay.ingest / "shards"), lay.benchmark, lay.decontam, cfg)
+    stats = decontaminate(list_shards(lay.ingest / "shards"), against(cfg, lay), lay.decontam,
+                          cfg)
     print(f"decontam: {stats['dropped']} of {stats['checked']} images are near-copies of "
           f"evaluation images (method {cfg.method}, max distance {cfg.max_distance}); "
           "baseline and build leave them out")

@@ -273,7 +273,33 @@ def generate_world(cfg: CorpusConfig, corpus_dir: Path, truth_dir: Path,
                       benchmark_classes=len(seen_idx) + len(unseen), labelled_images=n_lab)
 
 
+NO_WORLD = {"world": "none", "source": "none"}
+NO_WORLD_NOTE = ("corpus.source is none: no demo world, no ground truth, no demo benchmark. "
+                 "ingest reads ingest.input, the KB comes from the kb section, evaluate reads "
+                 "evaluate.gpr_dir.\n")
+
+
+def write_no_world(corpus_dir: Path, truth_dir: Path, benchmark_dir: Path) -> None:
+    """``corpus.source: none``: the stage's three outputs hold only ``world.json`` saying there
+    is no world (so ``report`` knows there is no truth) and a note on where the data comes
+    from (``shards/`` too, with the note and no shard); the previous demo world, if any, is
+    replaced as a whole."""
+    with atomic_dir(corpus_dir) as c, atomic_dir(truth_dir) as t, \
+            atomic_dir(benchmark_dir) as b:
+        for folder in (c, t, b):
+            (folder / WORLD_FILE).write_text(json.dumps(NO_WORLD, indent=1) + "\n",
+                                             encoding="utf-8")
+            (folder / "README.txt").write_text(NO_WORLD_NOTE, encoding="utf-8")
+        # ingest's DVC dependency (the demo's shard folder) exists, holding no shard
+        (c / "shards").mkdir()
+        (c / "shards" / "README.txt").write_text(NO_WORLD_NOTE, encoding="utf-8")
+
+
 def run(cfg: CorpusConfig, ctx: StageContext) -> dict:
-    """Stage ``corpus``: materialise the demo world under ``data/``."""
+    """Stage ``corpus``: materialise the demo world under ``data/`` (``source: none``: no
+    world, see :func:`write_no_world`)."""
     lay = ctx.layout
+    if cfg.source == "none":
+        write_no_world(lay.corpus, lay.truth, lay.benchmark)
+        return {"samples": 0, "entities": 0}
     return generate_world(cfg, lay.corpus, lay.truth, lay.benchmark).as_metrics()

@@ -19,8 +19,14 @@ class Layout:
         return self.root / "data" / "corpus"
 
     @property
-    def kb(self) -> Path:
+    def corpus_kb(self) -> Path:
+        """The demo world's KB, as the corpus stage writes it (the kb stage's demo source)."""
         return self.corpus / "kb.parquet"
+
+    @property
+    def kb(self) -> Path:
+        """The knowledge base every stage after ``kb`` reads, whatever its source."""
+        return self.root / "data" / "kb" / "kb.parquet"
 
     @property
     def corpus_shards(self) -> Path:

@@ -126,16 +126,21 @@ class StageIO:
             if self.owners else self.stage
 
 
-def _param(params: dict, dotted: str, dvc_yaml: Path, stage: str) -> list:
+def _param(params: dict, dotted: str, dvc_yaml: Path, stage: str, listed: bool = True):
+    """The params.yaml value ``${dotted}`` stands for: a list a foreach stage loops over, or
+    (``listed=False``) a scalar such as a dependency's path."""
     node: object = params
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise StorageError(f"{dvc_yaml}: stage {stage!r} loops over ${{{dotted}}}, which "
-                               "params.yaml lacks")
+            raise StorageError(f"{dvc_yaml}: stage {stage!r} uses ${{{dotted}}}, which "
+                               "params.yaml lacks (DVC reads it from there: write it out)")
         node = node[part]
-    if not isinstance(node, list):
+    if listed and not isinstance(node, list):
         raise StorageError(f"{dvc_yaml}: stage {stage!r} loops over ${{{dotted}}}, which is "
                            f"not a list in params.yaml ({node!r})")
+    if not listed and isinstance(node, (list, dict)):
+        raise StorageError(f"{dvc_yaml}: stage {stage!r} uses ${{{dotted}}} as a path, but "
+                           f"params.yaml holds {node!r}")
     return node
 
 
@@ -143,24 +148,30 @@ def expand_stages(dvc_yaml: Path) -> dict[str, dict]:
     """``dvc.yaml``'s stages by DVC name, a ``foreach: ${<params key>}`` stage expanded to one
     ``<name>@<value>`` per value of that params.yaml list (``${item}`` filled in), as DVC does."""
     import json
+    import re
 
     stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
-    params: dict | None = None
+    pfile = dvc_yaml.parent / "params.yaml"
+    params = (yaml.safe_load(pfile.read_text(encoding="utf-8")) if pfile.is_file() else {}) \
+        or {}
     out: dict[str, dict] = {}
+
+    def fill(name: str, text: str) -> str:  # ${section.key} -> its params value (a path)
+        return re.sub(r"\$\{([A-Za-z_][\w.]*)\}",
+                      lambda m: m.group(0) if m.group(1) == "item"
+                      else str(_param(params, m.group(1), dvc_yaml, name, listed=False)),
+                      text)
+
     for name, body in stages.items():
         if "foreach" not in body:
-            out[name] = body
+            out[name] = json.loads(fill(name, json.dumps(body)))
             continue
         ref = str(body["foreach"])
         if not (ref.startswith("${") and ref.endswith("}")):
             raise StorageError(f"{dvc_yaml}: stage {name!r}: only foreach over a params list "
                                f"(${{section.key}}) is read here, not {ref!r}")
-        if params is None:
-            pfile = dvc_yaml.parent / "params.yaml"
-            params = yaml.safe_load(pfile.read_text(encoding="utf-8")) if pfile.is_file() \
-                else {}
-        template = json.dumps(body["do"])
-        for item in _param(params or {}, ref[2:-1], dvc_yaml, name):
+        template = fill(name, json.dumps(body["do"]))
+        for item in _param(params, ref[2:-1], dvc_yaml, name):
             out[f"{name}@{item}"] = json.loads(template.replace("${item}", str(item)))
     return out
 

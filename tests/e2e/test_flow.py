@@ -129,6 +129,7 @@ def test_registered_champion_loads_and_embeds_to_unit_vectors(project, first_run
     assert any(k.startswith("dvc.build.") for k in version.tags)
 
 
+@pytest.mark.pipeline  # minutes of re-runs: make test-pipeline
 def test_a_plain_run_reruns_only_what_an_override_changed_then_nothing(project, first_run):
     """After a run with overrides, dvc.lock describes it while params.yaml is the checkout's:
     the next plain run re-runs the stages the override changed, with the checkout's params
@@ -144,6 +145,7 @@ def test_a_plain_run_reruns_only_what_an_override_changed_then_nothing(project, 
     assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
 
 
+@pytest.mark.pipeline  # minutes of re-runs: make test-pipeline
 def test_changing_one_param_reruns_only_what_is_downstream(project, first_run):
     assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
     from flows.pipeline import write_overrides

@@ -29,7 +29,8 @@ from mofi_core.stages import BY_NAME, STAGES
 from tests.conftest import ROOT
 
 OUTPUT_DIRS = ("data", "models", "metrics", "reports", "plots")
-KB = "data/corpus/kb.parquet"
+KB_SOURCE = "data/corpus/kb.parquet"  # what the kb stage reads (kb.source demo)
+KB = "data/kb/kb.parquet"  # what it writes, and every later stage reads
 
 
 # minutes of stage runs: make test-hostile (CI runs it after make test, which stays < 20 min)
@@ -99,6 +100,13 @@ def table(rel: str, change: Callable[[pa.Table], pa.Table]) -> Mutation:
     def apply(root: Path) -> None:
         path = root / rel
         pq.write_table(change(pq.read_table(path)), path)
+    return apply
+
+
+def both(*mutations: Mutation) -> Mutation:
+    def apply(root: Path) -> None:
+        for m in mutations:
+            m(root)
     return apply
 
 
@@ -228,20 +236,36 @@ FILE_CASES = [
          r"ingest\.input: .*data/empty does not exist"),
         ("ingest", "only missing shards", params(ingest__input="data/corpus/nope-{0..2}.tar"),
          r"ingest\.input .*none of its 3 shard\(s\) exists"),
-        ("ner", "KB missing", remove(KB), r"ner needs data/corpus/kb\.parquet, which is missing"),
-        ("ner", "KB garbage", text(KB, GARBAGE), r"kb\.parquet: not a readable parquet file"),
-        ("ner", "KB is CSV", text(KB, CSV), r"kb\.parquet: not a readable parquet file"),
-        ("ner", "KB column missing", table(KB, lambda t: t.drop_columns(["name"])),
+        ("kb", "KB missing", remove(KB_SOURCE),
+         r"kb\.source demo reads .*data/corpus/kb\.parquet, which the corpus stage writes: run "
+         r"it first"),
+        ("kb", "KB garbage", text(KB_SOURCE, GARBAGE),
+         r"data/corpus/kb\.parquet: not a readable parquet file"),
+        ("kb", "KB is CSV", text(KB_SOURCE, CSV), r"kb\.parquet: not a readable parquet file"),
+        ("kb", "KB column missing", table(KB_SOURCE, lambda t: t.drop_columns(["name"])),
          r"kb\.parquet: missing columns \['name'\]"),
-        ("ner", "KB column mistyped",
-         table(KB, lambda t: t.set_column(0, "entity_id", pa.array(range(len(t)), pa.int64()))),
+        ("kb", "KB column mistyped",
+         table(KB_SOURCE,
+               lambda t: t.set_column(0, "entity_id", pa.array(range(len(t)), pa.int64()))),
          r"kb\.parquet: column 'entity_id' is int64, expected string"),
-        ("ner", "KB duplicate ids", table(KB, _kb_rows(_dupe)),
+        ("kb", "KB duplicate ids", table(KB_SOURCE, _kb_rows(_dupe)),
          r"kb\.parquet: column 'entity_id' repeats 1 ids \(first: '\w+'"),
-        ("ner", "KB null name", table(KB, _kb_rows(_null_name)),
+        ("kb", "KB null name", table(KB_SOURCE, _kb_rows(_null_name)),
          r"kb\.parquet: column 'name' is empty or null in 1 rows"),
-        ("ner", "KB empty", table(KB, lambda t: t.slice(0, 0)),
+        ("kb", "KB empty", table(KB_SOURCE, lambda t: t.slice(0, 0)),
          r"kb\.parquet holds no entities"),
+        ("kb", "Wikidata dump missing",
+         params(kb__source="wikidata", kb__path="data/latest-all.json.bz2"),
+         r"kb\.path: the Wikidata dump .*latest-all\.json\.bz2 does not exist"),
+        ("kb", "Wikidata dump not JSON",
+         both(text("data/dump.json", "[\n<rdf:RDF>\n]\n"),
+              params(kb__source="wikidata", kb__path="data/dump.json")), r"not JSON"),
+        ("kb", "own KB with the demo's path", params(kb__source="parquet"),
+         r"kb\.source parquet needs kb\.path"),
+        ("corpus", "no world, demo KB", params(corpus__source="none"),
+         r"corpus\.source none writes no demo KB"),
+        ("ner", "KB missing", remove(KB),
+         r"ner needs data/kb/kb\.parquet, which is missing: run stage 'kb' first"),
         ("ner", "KB of another corpus", table(KB, _kb_rows(_unrelated)),
          r"no mention in \d+ alt-texts links to an entity of the KB .*kb\.parquet"),
         ("ner", "spaCy pipeline missing", params(ner__spacy_model="xx_nope_sm"),

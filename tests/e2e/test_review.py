@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from flows.pipeline import write_overrides
+from mofi_core.tracking import flatten
 from tests.e2e.conftest import Project, tiny_project
 
 pytestmark = [pytest.mark.e2e, pytest.mark.review]
@@ -51,16 +52,6 @@ def _client(project: Project):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def test_dvc_compares_main_and_the_experiments(repo):
     rows = json.loads(repo.run("dvc", "exp", "show", "--json").stdout)
     seen = {}
@@ -83,7 +74,7 @@ def test_dvc_compares_main_and_the_experiments(repo):
     assert diff["metrics/train_multitask.json"]["train.multitask.steps"]["new"] \
         == EXPERIMENTS["long-train"]
     shown = repo.run("dvc", "metrics", "show", "--json").stdout
-    assert "evaluate.multitask.gpr_map" in json.dumps(_flat(json.loads(shown)))
+    assert "evaluate.multitask.gpr_map" in json.dumps(flatten(json.loads(shown)))
 
     # plots: PNG images of both revisions, readable offline (local files; only the loss CSVs'
     # interactive panes load DVC's vega renderer from the web)

@@ -30,6 +30,7 @@ def _files(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.scale  # Dask: make test-scale
 def test_ingest_and_ner_on_dask_equal_the_local_pool(cluster, tiny_world, tmp_path):
     from distributed import Client
 
@@ -47,6 +48,7 @@ def test_ingest_and_ner_on_dask_equal_the_local_pool(cluster, tiny_world, tmp_pa
     assert pq.read_table(tmp_path / "dask" / "ner" / "mentions.parquet").num_rows > 0
 
 
+@pytest.mark.scale  # Dask: make test-scale
 def test_score_and_build_on_dask_equal_the_local_path(cluster, tiny_world, tmp_path):
     layout, params, _ = tiny_world
     ingest(layout.corpus_shards, tmp_path / "ingest", params.ingest)

@@ -31,7 +31,8 @@ from tests.ports import free_port
 
 JOB_FILE = ROOT / "infra" / "k8s" / "train-job.yaml"
 IMAGE_REPO = "/opt/mofi"  # where infra/Dockerfile copies the repository
-BEFORE_TRAIN = ("corpus", "ingest", "decontam", "ner", "baseline", "score", "build", "validate")
+BEFORE_TRAIN = ("corpus", "kb", "ingest", "decontam", "ner", "baseline", "score", "build",
+                "validate")
 TRAIN = {"train.recipes": ["multitask"], "train.text_source": "mix", "train.steps": 4,
          "train.batch_size": 8, "train.shard_head": True, "runtime.train.log_every": 2,
          "runtime.train.checkpoint_every": 4, "runtime.train.threads": 1,
@@ -109,6 +110,7 @@ def job_environment(container: dict, docs: list[dict], cluster: dict[str, str],
     return env
 
 
+@pytest.mark.scale  # make test-scale
 def test_the_training_job_runs_in_s3_mode(published_inputs, s3_server, tmp_path, monkeypatch):
     container, docs = _job_container()
     work = Path(container["workingDir"])

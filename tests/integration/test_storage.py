@@ -72,13 +72,17 @@ def shared_mlflow(tmp_path, monkeypatch):
 def test_stage_io_comes_from_dvc_yaml():
     io = stage_io(ROOT / "dvc.yaml", "ner")
     assert io.inputs == (("data/ingest/parts", "data/ingest", "ingest"),
-                         ("data/corpus/kb.parquet", "data/corpus", "corpus"))
+                         ("data/kb/kb.parquet", "data/kb", "kb"))
     assert io.outputs == ("data/ner", "metrics/ner.json")
     assert stage_io(ROOT / "dvc.yaml", "corpus").inputs == ()
+    # ${kb.path} is read from params.yaml, as DVC reads it: the demo KB, made by corpus
+    assert stage_io(ROOT / "dvc.yaml", "kb").inputs == (
+        ("data/corpus/kb.parquet", "data/corpus", "corpus"),)
     with pytest.raises(StorageError, match="no stage 'nope'"):
         stage_io(ROOT / "dvc.yaml", "nope")
 
 
+@pytest.mark.scale  # every stage on S3: make test-scale
 def test_every_stage_runs_in_an_empty_folder_against_the_storage_root(
         s3_env, shared_mlflow, tmp_path):
     """Also the check that each stage's declared outputs cover what it writes: a folder that
@@ -106,7 +110,7 @@ def test_every_stage_runs_in_an_empty_folder_against_the_storage_root(
 
     # the same stages in one local folder give the same curated data
     local = _project(tmp_path / "local")
-    for stage in ("corpus", "ingest", "ner"):
+    for stage in ("corpus", "kb", "ingest", "ner"):
         _run(stage, local)
     for stage, out in (("ingest", "data/ingest"), ("ner", "data/ner")):
         assert _tree(tmp_path / "machines" / stage / out) == _tree(local / out)

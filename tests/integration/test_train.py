@@ -132,6 +132,7 @@ def test_killed_training_resumes_and_ends_with_the_uninterrupted_weights(truth_i
         torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=k)
 
 
+@pytest.mark.scale  # multi-process: make test-scale
 def test_torchrun_two_processes_sharded_head_checkpoint_and_export(truth_i2e, tmp_path):
     layout, _, i2e = truth_i2e
     over = {**RESUME, "steps": 6, "checkpoint_every": 3, "num_workers": 0,
@@ -276,8 +277,8 @@ def _project_for_train(truth_i2e, tmp_path, checkpoint_every, dvc=False):
     layout, _, i2e = truth_i2e
     root = copy_project(tmp_path / "proj") if dvc else tmp_path / "proj"
     shutil.copytree(i2e, root / "data" / "i2e")
-    (root / "data" / "corpus").mkdir(exist_ok=True)
-    shutil.copy(layout.kb, root / "data" / "corpus" / "kb.parquet")
+    (root / "data" / "kb").mkdir(exist_ok=True)
+    shutil.copy(layout.kb, root / "data" / "kb" / "kb.parquet")
     train = {**RESUME, "steps": 4, "checkpoint_every": checkpoint_every, "num_workers": 0,
              "log_every": 2, "shard_head": True}
     runtime = {k: train.pop(k) for k in list(train) if k in TrainConfig.RUNTIME}
@@ -302,6 +303,7 @@ def final_loss_lines(output: str, stage: str = "train@multitask") -> list[str]:
     return [line for line in output.splitlines() if line.startswith(f"{stage}: final_loss=")]
 
 
+@pytest.mark.scale  # multi-process: make test-scale
 def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
     """``torchrun --no-python mofi train``: two ranks train, rank 0 alone writes the model,
     the metrics file and the loss plot."""
@@ -324,6 +326,7 @@ def test_mofi_train_command_under_torchrun(truth_i2e, tmp_path):
     assert len(final_loss_lines(done.stdout)) == 1, done.stdout[-3000:]  # rank 0's only
 
 
+@pytest.mark.scale  # multi-process: make test-scale
 def test_train_nproc_per_node_launches_torchrun_itself(truth_i2e, tmp_path):
     """`train.nproc_per_node: 2` and a plain `mofi train` (as dvc repro and the Prefect flow run
     it): the command relaunches itself as 2 gloo processes and ends with the very weights of
@@ -351,6 +354,7 @@ def test_train_nproc_per_node_launches_torchrun_itself(truth_i2e, tmp_path):
     assert metrics["train"]["multitask"]["steps"] == 4
 
 
+@pytest.mark.scale  # multi-process: make test-scale
 def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
     """infra/torchrun-train.sh on two "nodes" (two launches on loopback, node ranks 0 and 1):
     one world of 2 ranks; the sharded head leaves one checkpoint file per rank."""
@@ -376,6 +380,7 @@ def test_two_nodes_rendezvous_through_the_launch_script(truth_i2e, tmp_path):
     assert [len(final_loss_lines(o)) for o in outs] == [1, 0], outs[1][-2000:]
 
 
+@pytest.mark.scale  # multi-process: make test-scale
 def test_launch_script_records_the_torchrun_model_in_dvc_lock(truth_i2e, tmp_path):
     """`infra/torchrun-train.sh train` in a DVC project, as the README runs it: 2 gloo processes
     train each train.recipes entry (one here), only rank 0 prints the final loss, then node 0
@@ -420,6 +425,7 @@ def test_launch_script_records_the_torchrun_model_in_dvc_lock(truth_i2e, tmp_pat
     assert len(final_loss_lines(done.stdout)) == 1, done.stdout[-3000:]  # rank 0's only
 
 
+@pytest.mark.scale  # multi-process: make test-scale
 def test_two_nodes_without_a_shared_folder_checkpoint_to_s3_and_resume(truth_i2e, tmp_path,
                                                                        s3_env):
     """Two "nodes" with separate project folders and runtime.train.checkpoint_dir in S3: each rank

@@ -58,7 +58,7 @@ def _dvc_edges(root):
 def test_the_projects_order_is_a_topological_order_of_dvcs_graph():
     order = stage_order(ROOT / "dvc.yaml")
     assert order == stage_order(ROOT)
-    assert order == ["corpus", "ingest", "decontam", "ner", "baseline", "score", "build",
+    assert order == ["corpus", "kb", "ingest", "decontam", "ner", "baseline", "score", "build",
                      "validate",
                      "train@supervised", "train@multitask", "evaluate",
                      "report", "register"]
@@ -68,9 +68,12 @@ def test_the_projects_order_is_a_topological_order_of_dvcs_graph():
 
 def test_stages_dvc_allows_in_parallel_are_ready_together():
     needs = stage_needs(ROOT)
-    assert ready_stages(needs, {"corpus", "ingest"}, {"corpus", "ingest"}) == ["decontam",
-                                                                                "ner"]
-    done = {"corpus", "ingest", "decontam"}
+    assert ready_stages(needs, {"corpus"}, {"corpus"}) == ["kb", "ingest"]
+    assert ready_stages(needs, {"corpus", "ingest"}, {"corpus", "ingest"}) == ["kb",
+                                                                                "decontam"]
+    first = {"corpus", "kb", "ingest"}
+    assert ready_stages(needs, first, first) == ["decontam", "ner"]
+    done = {"corpus", "kb", "ingest", "decontam"}
     assert ready_stages(needs, done, done) == ["ner", "baseline"]
     before = set(topological(needs)[:topological(needs).index("evaluate") + 1])
     assert ready_stages(needs, before, before) == ["report", "register"]

@@ -1,7 +1,4 @@
-"""`mofi kb import-wikidata` on a small dump written here in Wikidata's real JSON shape."""
-
-import bz2
-import json
+"""`mofi import-wikidata` on a small dump written here in Wikidata's real JSON shape."""
 
 import pyarrow.parquet as pq
 import pytest
@@ -9,35 +6,8 @@ from typer.testing import CliRunner
 
 from mofi_core.cli import app
 from mofi_core.kb import KnowledgeBase
-
-
-def _claim(pid, qid):
-    return {"mainsnak": {"snaktype": "value", "property": pid, "datatype": "wikibase-item",
-                         "datavalue": {"type": "wikibase-entityid",
-                                       "value": {"entity-type": "item", "numeric-id": int(qid[1:]),
-                                                 "id": qid}}},
-            "type": "statement", "rank": "normal"}
-
-
-def _entity(qid, label, p31, sitelinks=3, aliases=(), desc="", kind="item"):
-    e = {"type": kind, "id": qid, "labels": {}, "descriptions": {}, "aliases": {},
-         "claims": {"P31": [_claim("P31", q) for q in p31]},
-         "sitelinks": {f"wiki{i}": {"site": f"wiki{i}", "title": label, "badges": []}
-                       for i in range(sitelinks)}}
-    if label:
-        e["labels"]["en"] = {"language": "en", "value": label}
-        e["labels"]["de"] = {"language": "de", "value": label + " (de)"}
-    if desc:
-        e["descriptions"]["en"] = {"language": "en", "value": desc}
-    if aliases:
-        e["aliases"]["en"] = [{"language": "en", "value": a} for a in aliases]
-    return e
-
-
-def _write_dump(path, entities):
-    lines = ["["] + [json.dumps(e) + "," for e in entities[:-1]] + [json.dumps(entities[-1]), "]"]
-    with bz2.open(path, "wt", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+from tests.wikidata_dump import entity as _entity
+from tests.wikidata_dump import write_dump as _write_dump
 
 
 @pytest.fixture()
@@ -57,7 +27,7 @@ def dump(tmp_path):
 
 def test_dump_streams_into_the_kb_format_with_counted_skips(dump, tmp_path):
     out = tmp_path / "kb.parquet"
-    result = CliRunner().invoke(app, ["kb", "import-wikidata", str(dump), "--out", str(out),
+    result = CliRunner().invoke(app, ["import-wikidata", str(dump), "--out", str(out),
                                       "--min-sitelinks", "1"])
     assert result.exit_code == 0, result.output
     rows = pq.read_table(out).to_pylist()
@@ -74,7 +44,7 @@ def test_custom_type_map_and_language(dump, tmp_path):
     types = tmp_path / "types.yaml"
     types.write_text("Q318: galaxy\n")
     out = tmp_path / "kb.parquet"
-    result = CliRunner().invoke(app, ["kb", "import-wikidata", str(dump), "--out", str(out),
+    result = CliRunner().invoke(app, ["import-wikidata", str(dump), "--out", str(out),
                                       "--type-map", str(types), "--language", "de"])
     assert result.exit_code == 0, result.output
     assert pq.read_table(out).to_pylist()[0]["name"] == "Some galaxy (de)"
@@ -83,7 +53,7 @@ def test_custom_type_map_and_language(dump, tmp_path):
 def test_not_a_json_dump_is_a_clear_error(tmp_path):
     bad = tmp_path / "dump.json"
     bad.write_text("[\n<rdf:RDF>\n]\n")
-    result = CliRunner().invoke(app, ["kb", "import-wikidata", str(bad), "--out",
+    result = CliRunner().invoke(app, ["import-wikidata", str(bad), "--out",
                                       str(tmp_path / "kb.parquet")])
     assert result.exit_code == 1 and "not JSON" in result.output
     assert not (tmp_path / "kb.parquet").exists()

@@ -1,0 +1,96 @@
+"""kb: the knowledge base every later stage links to, from the source ``params.yaml`` names.
+
+``kb.source``:
+
+- ``demo``: the demo world's KB, written by the ``corpus`` stage (``data/corpus/kb.parquet``);
+- ``parquet``: your file (parquet with the columns of ``tables.KB``, or the same rows as JSON
+  Lines);
+- ``wikidata``: a Wikidata JSON dump, streamed through :mod:`mofi_core.wikidata` (bz2/gz read
+  as they come, memory flat).
+
+The schema is checked here, once, with errors naming the file, the column and the problem;
+the result is ``data/kb/kb.parquet`` in the project's own schema. ``kb.path`` is the stage's
+DVC dependency (``${kb.path}`` in dvc.yaml), so DVC re-runs the stage when the file changes
+and caches the import of a large dump like any other output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+from mofi_core.config import KBConfig
+from mofi_core.context import StageContext
+from mofi_core.io import tables
+from mofi_core.kb import KnowledgeBase
+
+TYPES_SHOWN = 8  # entity types listed in the metrics (the most common)
+
+
+def source_path(cfg: KBConfig, root: Path) -> Path:
+    path = Path(cfg.path)
+    return path if path.is_absolute() else root / path
+
+
+def check(cfg: KBConfig, ctx: StageContext) -> None:
+    """Before any work: the source file exists (a demo KB is made by the corpus stage)."""
+    src = source_path(cfg, ctx.layout.root)
+    if src.is_file():
+        return
+    if cfg.source == "demo":
+        raise FileNotFoundError(f"kb.source demo reads {src}, which the corpus stage writes: "
+                                "run it first (dvc repro corpus), or set kb.source to parquet "
+                                "or wikidata with kb.path")
+    what = "KB file" if cfg.source == "parquet" else "Wikidata dump"
+    raise FileNotFoundError(f"kb.path: the {what} {src} does not exist; check the path "
+                            "(relative paths start at the project root)")
+
+
+def _wikidata(src: Path, out: Path, cfg: KBConfig) -> dict:
+    from mofi_core.wikidata import import_wikidata
+
+    stats = import_wikidata(src, out, dict(cfg.type_map) or None, cfg.language,
+                            cfg.min_sitelinks)
+    if stats.kept == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in stats.skipped.most_common()) or "none read"
+        raise ValueError(f"kb.path: the Wikidata dump {src} gave no entity ({stats.lines} lines; "
+                         f"skipped {reasons}): check kb.language, kb.min_sitelinks and "
+                         "kb.type_map")
+    return {"dump_lines": stats.lines,
+            **{f"skipped.{k.replace(' ', '_')}": v for k, v in stats.skipped.items()}}
+
+
+def materialise(cfg: KBConfig, src: Path, out: Path) -> dict:
+    """Write ``out`` (``tables.KB`` parquet) from the source; returns the stage's metrics."""
+    more: dict = {}
+    if cfg.source == "wikidata":
+        more = _wikidata(src, out, cfg)
+        kb = KnowledgeBase.load(out)  # the importer's output goes through the same checks
+    else:
+        kb = KnowledgeBase.load(src)  # missing columns, wrong types, empty ids, duplicates
+        rows = [{"entity_id": e.entity_id, "name": e.name, "aliases": list(e.aliases),
+                 "description": e.description, "type": e.type} for e in kb.entities.values()]
+        tables.write_table(out, tables.from_rows(rows, tables.KB), tables.KB)
+    # MLflow metric names take letters, digits and _-. /: a user's type names may hold more
+    types = Counter(re.sub(r"[^\w\-. /]", "_", e.type) or "untyped"
+                    for e in kb.entities.values())
+    described = sum(bool(e.description) for e in kb.entities.values())
+    return {"entities": len(kb), "surface_forms": len(kb.alias_index),
+            "with_description": described,
+            **{f"type.{t}": n for t, n in types.most_common(TYPES_SHOWN)}, **more}
+
+
+def run(cfg: KBConfig, ctx: StageContext) -> dict:
+    """Stage ``kb``: ``kb.path`` (per ``kb.source``) -> ``data/kb/kb.parquet``."""
+    from mofi_core.io.atomic import atomic_dir
+
+    lay = ctx.layout
+    src = source_path(cfg, lay.root)
+    with atomic_dir(lay.kb.parent) as out:
+        metrics = materialise(cfg, src, out / lay.kb.name)
+        (out / "source.json").write_text(json.dumps(
+            {"source": cfg.source, "path": cfg.path}, indent=1) + "\n", encoding="utf-8")
+    print(f"kb: {metrics['entities']} entities from {cfg.source} {cfg.path}")
+    return metrics
