@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from flows.pipeline import write_overrides
-from tests.e2e.conftest import Project
+from tests.e2e.conftest import FIRST_OVERRIDES, Project
 
 pytestmark = pytest.mark.e2e
 
@@ -37,9 +37,24 @@ def _to_run(project: Project) -> tuple[dict, list[str]]:
     return status, re.findall(r"^Running stage '([\w@]+)'", out, flags=re.M)
 
 
-def test_temporaries_left_in_output_folders_change_no_output_hash(project, first_run):
+@pytest.fixture()
+def as_run(project, first_run):
+    """The project as its first run left it, params.yaml holding the values that run used (its
+    -S override applied to that run only, so dvc.lock records them): DVC sees nothing to do.
+    params.yaml is put back after the test."""
+    params = project.root / "params.yaml"
+    original = params.read_bytes()
+    write_overrides(params, FIRST_OVERRIDES)
+    try:
+        yield project
+    finally:
+        params.write_bytes(original)
+
+
+def test_temporaries_left_in_output_folders_change_no_output_hash(as_run):
     """What a killed run can leave inside an output folder (an atomic write's temporary, a
     download, a write probe) is covered by .dvcignore: DVC sees every output unchanged."""
+    project = as_run
     left = [project.root / "data" / "ingest" / "shards" / ".00000.tar.tmp-123-deadbeef",
             project.root / "data" / "ingest" / ".fetch-abc123.tar",
             project.root / "data" / "ner" / ".mofi-probe-x1y2"]
@@ -52,8 +67,8 @@ def test_temporaries_left_in_output_folders_change_no_output_hash(project, first
             path.unlink(missing_ok=True)
 
 
-def test_runtime_keys_rerun_nothing_and_a_result_key_reruns_its_stage_and_after(project,
-                                                                                first_run):
+def test_runtime_keys_rerun_nothing_and_a_result_key_reruns_its_stage_and_after(as_run):
+    project = as_run
     params = project.root / "params.yaml"
     original = params.read_bytes()
     try:

@@ -42,7 +42,8 @@ P31 = {"person": "Q5", "landmark": "Q570116", "organization": "Q43229", "product
        "species": "Q16521", "place": "Q515"}
 # the tiny budget, on top of the README's params (no corpus.* key: there is no demo world)
 BUDGET = {k: v for k, v in TINY.items() if not k.startswith(("corpus.", "runtime.corpus"))}
-BUDGET.update({"build.rules": ["threshold", "top_k"], "build.threshold": -1.0})
+BUDGET.update({"build.rules": ["threshold", "top_k"], "build.threshold": -1.0,
+               "train.recipes": ["multitask"]})  # MOFI; one candidate keeps the test short
 
 
 def blocks() -> tuple[dict, str]:
@@ -128,7 +129,9 @@ def test_the_readme_walkthrough_runs_on_your_own_data(tiny_world, tmp_path):
         pq.write_table(pa.Table.from_pylist(
             [{"url": f"{base}/{r['file']}", "caption": r["caption"]} for r in want["urls"]]),
             data / "urls.parquet")
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=root, env=env,
+        script = tmp_path / "walkthrough.sh"  # the README's block, as a user would paste it
+        script.write_text(commands, encoding="utf-8")
+        done = subprocess.run(["bash", "-euo", "pipefail", str(script)], cwd=root, env=env,
                               capture_output=True, text=True, timeout=1500)
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     lay = Layout(root)
@@ -162,6 +165,9 @@ def test_the_readme_walkthrough_runs_on_your_own_data(tiny_world, tmp_path):
     evaluate = json.loads((root / "metrics" / "evaluate.json").read_text())["evaluate"]
     assert evaluate["benchmark"]["images"] == want["gpr_images"]
     assert {"clip-reference", "baseline", "multitask"} <= set(evaluate)
+    # registered: the candidate (imported weights join only with register.extra_models)
+    register = json.loads((root / "reports" / "register.json").read_text())
+    assert set(register["candidates"]) == {"multitask"} and register["champion"] == 1
     assert 0 < evaluate["clip-reference"]["gpr_map"] <= 1
     header = next(line for line in (root / "reports" / "evaluate.md").read_text().splitlines()
                   if line.startswith("| metric |"))

@@ -350,7 +350,7 @@ def test_evaluate_stage_on_a_benchmark_folder_of_its_own(chain, tmp_path):
     layout, _, _ = chain
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)
-    for part in ("benchmark", "corpus"):
+    for part in ("benchmark", "corpus", "kb"):
         (project / "data" / part).symlink_to(layout.root / "data" / part)
     (project / "models").mkdir()
     for model in ("supervised", "baseline"):
