@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
@@ -39,6 +41,7 @@ def test_retrieval_size_benchmark_runs_small(tmp_path):
     assert row["images"] == 200 and 0 < row["gpr_map"] <= 1
 
 
+@pytest.mark.scale  # every step of the GPU check, on CPU: make test-scale
 def test_the_whole_gpu_check_runs_as_a_cpu_smoke_run(tmp_path):
     """Every step's command line, the failure log and the merged results file, at toy size."""
     out = tmp_path / "gpu"
@@ -54,6 +57,7 @@ def test_the_whole_gpu_check_runs_as_a_cpu_smoke_run(tmp_path):
     assert "gpu check done:" in done.stdout
 
 
+@pytest.mark.scale  # every step of the GPU check, on CPU: make test-scale
 def test_a_failing_gpu_check_step_is_logged_and_the_others_still_run(tmp_path):
     fake = tmp_path / "python"  # fails the training step only, runs everything else
     fake.write_text(f'#!/usr/bin/env bash\nif [[ "$1" == gpu_train.py ]]; then echo boom >&2; '
