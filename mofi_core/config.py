@@ -574,6 +574,8 @@ def _format_error(err: ValidationError, source: str) -> str:
         key = _key_name(e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key — remove it or fix its spelling")
+        elif not key and e["type"] == "value_error":  # across sections: the message names keys
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  {key or '(top level)'}: {e['msg']}")
     return _problems(source, lines)
