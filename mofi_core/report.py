@@ -48,8 +48,7 @@ def demo_truth(lay, ingest_input: str) -> tuple[Path | None, str]:
     if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")).get("source") \
             == "none":
         return None, "no ground truth: corpus.source is none (your own corpus)"
-    src = Path(ingest_input)
-    src = src if src.is_absolute() else lay.root / src
+    src = lay.under_root(ingest_input)
     if "://" in ingest_input or src.resolve() != lay.corpus_shards.resolve():
         return None, (f"{lay.truth} belongs to the demo world; this run ingested "
                       f"{ingest_input}, so its labels are not scored against it")

@@ -632,8 +632,7 @@ def against(cfg: DecontamConfig, lay) -> Path:
     else the demo world's ``data/benchmark``."""
     if not cfg.against:
         return lay.benchmark
-    path = Path(cfg.against)
-    path = path if path.is_absolute() else lay.root / path
+    path = lay.under_root(cfg.against)
     if not path.is_dir():
         raise FileNotFoundError(f"decontam.against: {path} is not a folder; give the folder "
                                 "of evaluation images to protect (your GPR1200 download)")

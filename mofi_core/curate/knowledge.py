@@ -29,14 +29,9 @@ from mofi_core.kb import KnowledgeBase
 TYPES_SHOWN = 8  # entity types listed in the metrics (the most common)
 
 
-def source_path(cfg: KBConfig, root: Path) -> Path:
-    path = Path(cfg.path)
-    return path if path.is_absolute() else root / path
-
-
 def check(cfg: KBConfig, ctx: StageContext) -> None:
     """Before any work: the source file exists (a demo KB is made by the corpus stage)."""
-    src = source_path(cfg, ctx.layout.root)
+    src = ctx.layout.under_root(cfg.path)
     if src.is_file():
         return
     if cfg.source == "demo":
@@ -87,7 +82,7 @@ def run(cfg: KBConfig, ctx: StageContext) -> dict:
     from mofi_core.io.atomic import atomic_dir
 
     lay = ctx.layout
-    src = source_path(cfg, lay.root)
+    src = lay.under_root(cfg.path)
     with atomic_dir(lay.kb.parent) as out:
         metrics = materialise(cfg, src, out / lay.kb.name)
         (out / "source.json").write_text(json.dumps(

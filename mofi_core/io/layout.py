@@ -13,6 +13,12 @@ from pathlib import Path
 class Layout:
     root: Path
 
+    def under_root(self, path: str | Path) -> Path:
+        """A path given in params.yaml: as it is when absolute, else under the project root
+        (where DVC runs every stage)."""
+        path = Path(path)
+        return path if path.is_absolute() else self.root / path
+
     # corpus ---------------------------------------------------------------------------------
     @property
     def corpus(self) -> Path:

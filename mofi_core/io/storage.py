@@ -146,7 +146,9 @@ def _param(params: dict, dotted: str, dvc_yaml: Path, stage: str, listed: bool =
 
 def expand_stages(dvc_yaml: Path) -> dict[str, dict]:
     """``dvc.yaml``'s stages by DVC name, a ``foreach: ${<params key>}`` stage expanded to one
-    ``<name>@<value>`` per value of that params.yaml list (``${item}`` filled in), as DVC does."""
+    ``<name>@<value>`` per value of that params.yaml list (``${item}`` filled in), and any other
+    ``${<params key>}`` (a dependency's path, ``${kb.path}``) replaced by its value, as DVC
+    does."""
     import json
     import re
 
