@@ -3,8 +3,9 @@
 ``python -m mofi_core.readme`` (``make demo`` and ``make paper`` run it last) copies the body of
 ``reports/quality.md`` (the report stage's output for the committed demo run) between the
 ``<!-- results:begin ... -->`` and ``<!-- results:end -->`` markers of ``README.md``, and that of
-``reports/paper.md`` (``make paper``'s output) between the ``paper`` markers; a report that does
-not exist leaves its block as it is. ``--check`` only says whether the README is in step (a
+``reports/paper.md`` (``make paper``'s output) between the ``paper`` markers and that of
+``reports/mutation.md`` (``make mutation``'s) between the ``mutation`` markers; a report that
+does not exist leaves its block as it is. ``--check`` only says whether the README is in step (a
 test runs it on the committed files).
 """
 
@@ -18,15 +19,19 @@ BEGIN = "<!-- results:begin (generated from reports/quality.md by python -m mofi
 END = "<!-- results:end -->"
 PAPER_BEGIN = "<!-- paper:begin (generated from reports/paper.md by python -m mofi_core.readme) -->"
 PAPER_END = "<!-- paper:end -->"
-BLOCKS = (("quality.md", BEGIN, END), ("paper.md", PAPER_BEGIN, PAPER_END))
+MUTATION_BEGIN = ("<!-- mutation:begin (generated from reports/mutation.md by python -m "
+                  "mofi_core.readme) -->")
+MUTATION_END = "<!-- mutation:end -->"
+BLOCKS = (("quality.md", BEGIN, END), ("paper.md", PAPER_BEGIN, PAPER_END),
+          ("mutation.md", MUTATION_BEGIN, MUTATION_END))
 
 
 def results_block(quality_md: str) -> str:
     """The report without its title, headings one level down (they sit under a README ##)."""
     lines = quality_md.strip().splitlines()
     if not lines or not lines[0].startswith("# "):
-        raise ValueError("reports/quality.md does not start with the report's title; re-run "
-                         "the report stage (mofi report)")
+        raise ValueError("the report does not start with its title (a '# ' line); re-run what "
+                         "writes it (mofi report, make paper, make mutation)")
     body = [("#" + ln) if ln.startswith("## ") else ln for ln in lines[1:]]
     return "\n".join(body).strip() + "\n"
 

@@ -143,3 +143,33 @@ def s3_env(s3_server, monkeypatch):
     boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1"
                  ).create_bucket(Bucket=bucket)
     return f"s3://{bucket}"
+
+
+def pytest_configure(config):
+    """Under make mutation: one torch thread per process (two mutants run at once on two cores,
+    and no thread pool is left running in a process mutmut forks), and shard jobs in this
+    process instead of a spawn pool -- mutmut sees which test calls which function only in its
+    own process, and a stage's outputs are the same for any number of workers."""
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        import torch
+
+        from mofi_core import parallel
+
+        torch.set_num_threads(1)
+        parallel.resolve_workers = lambda requested, jobs: 1
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``make mutation`` (mutmut names the mutant in MUTANT_UNDER_TEST) run the fastest
+    tests first: mutmut stops at the first failure, so a mutant a quick test kills costs that
+    test only. The times are those of mutmut's own first run (mutmut-stats.json)."""
+    if os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "list_all_tests",
+                                                    "mutant_generation"):
+        return
+    stats = Path("mutmut-stats.json")
+    if not stats.is_file():
+        return
+    import json
+
+    took = json.loads(stats.read_text(encoding="utf-8")).get("duration_by_test", {})
+    items.sort(key=lambda item: took.get(item.nodeid, 0.0))

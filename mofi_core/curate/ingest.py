@@ -129,7 +129,8 @@ def _to_rgb_jpeg(img: Image.Image, quality: int) -> bytes:
         rgb = Image.new("RGB", rgba.size, (255, 255, 255))
         rgb.paste(rgba, mask=rgba.getchannel("A"))
     elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        rgb = img.point(lambda v: v / 256).convert("L").convert("RGB")
+        # via 32-bit "I": Pillow's point() refuses the byte-ordered 16-bit modes
+        rgb = img.convert("I").point(lambda v: v / 256).convert("L").convert("RGB")
     else:
         rgb = img.convert("RGB")
     buf = io.BytesIO()

@@ -10,6 +10,9 @@ import yaml
 from flows.mofi_flow import StageFailed, mofi
 from tests.conftest import ROOT
 
+# about 100 s on a real Prefect server: run by make test-pipeline, beside the other flow runs
+pytestmark = pytest.mark.pipeline
+
 DVC_YAML = """
 stages:
   second:

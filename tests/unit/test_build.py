@@ -98,3 +98,59 @@ def test_streaming_build_over_shards_equals_select_labels_on_everything(tmp_path
         {k: [e for e, _ in v] for k, v in want.items()}
     assert stats["images"] == len(want) and stats["max_images_per_entity"] <= 15
     assert not (tmp_path / "i2e" / ".pass1").exists()
+
+
+def test_rule_edges_ties_and_equalities():
+    # a score equal to the threshold passes; equal to the image's null cut-off does not
+    assert select_labels(["a"], ["X"], [0.3], _cfg(rules=("threshold",), threshold=0.3)) == {
+        "a": [("X", 0.3)]}
+    assert select_labels(["a"], ["X"], [0.5], _cfg(rules=("null_quantile",)),
+                         null_cut={"a": 0.5}) == {}
+    # top_k: equal scores go to the smaller entity id
+    out = select_labels(["a", "a", "a"], ["Z", "X", "Y"], [0.5, 0.5, 0.5],
+                        _cfg(rules=("top_k",), top_k=2))
+    assert out == {"a": [("X", 0.5), ("Y", 0.5)]}
+    # the cap per entity: equal scores go to the smaller key
+    out = select_labels(["c", "a", "b"], ["X", "X", "X"], [0.5, 0.5, 0.5],
+                        _cfg(rules=("top_k",), max_images_per_entity=2))
+    assert out == {"a": [("X", 0.5)], "b": [("X", 0.5)]}
+
+
+def test_an_entity_with_exactly_min_images_is_kept_one_fewer_is_dropped():
+    keys = ["a", "b", "c", "d", "e"]
+    ents = ["X", "X", "Y", "Y", "Y"]
+    out = select_labels(keys, ents, [0.9] * 5, BuildConfig(rules=("threshold",), threshold=0.0,
+                                                           min_images_per_entity=3))
+    assert out == {"c": [("Y", 0.9)], "d": [("Y", 0.9)], "e": [("Y", 0.9)]}
+    out = select_labels(keys, ents, [0.9] * 5, BuildConfig(rules=("threshold",), threshold=0.0,
+                                                           min_images_per_entity=2))
+    assert set(out) == set(keys)
+
+
+def test_min_images_counts_across_shards(tmp_path):
+    """Y has exactly min_images_per_entity images, one in each shard: kept; X has one fewer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mofi_core.curate.build import build
+    from mofi_core.io import tables
+    from mofi_core.io.shards import ShardWriter
+
+    per_shard = [[("a", "Y"), ("b", "X")], [("c", "Y"), ("d", "Z")], [("e", "Y"), ("f", "X")]]
+    for shard, rows in enumerate(per_shard):
+        with ShardWriter(tmp_path / "ingest" / "shards" / f"{shard:05d}.tar") as w:
+            for key, _ in rows:
+                w.write(key, {"jpg": b"x", "txt": "t"})
+        tables.write_table(tmp_path / "score" / "parts" / f"{shard:05d}.scores.parquet",
+                           pa.Table.from_pylist([{"key": k, "entity_id": e, "score": 0.8}
+                                                 for k, e in rows]), tables.SCORES)
+    cfg = BuildConfig(rules=("threshold",), threshold=0.5, min_images_per_entity=3)
+    stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg)
+    labels = pq.read_table(tmp_path / "i2e" / "labels.parquet").to_pylist()
+    assert [(r["key"], r["entity_ids"]) for r in labels] == [("a", ["Y"]), ("c", ["Y"]),
+                                                             ("e", ["Y"])]
+    assert {k: stats[k] for k in ("images", "entities", "labels", "pairs_scored",
+                                  "labels_per_image", "min_images_per_entity",
+                                  "max_images_per_entity")} == {
+        "images": 3, "entities": 1, "labels": 3, "pairs_scored": 6, "labels_per_image": 1.0,
+        "min_images_per_entity": 3, "max_images_per_entity": 3}

@@ -288,6 +288,7 @@ def test_sharded_head_rejects_margin_on_linear_and_unknown_kind() -> None:
 # --------------------------------------------------------------------------- sharded, 2 ranks
 
 
+@pytest.mark.slow_setup
 @pytest.mark.parametrize("kind", KINDS)
 def test_sharded_loss_and_metric_equal_full_head(ranks: list[dict], kind: str) -> None:
     full = _full_run(kind)
@@ -298,6 +299,7 @@ def test_sharded_loss_and_metric_equal_full_head(ranks: list[dict], kind: str) -
     assert float(full["top1"]) > 0
 
 
+@pytest.mark.slow_setup
 @pytest.mark.parametrize("kind", KINDS)
 def test_sharded_grads_are_slices_of_full_grads(ranks: list[dict], kind: str) -> None:
     full = _full_run(kind)
@@ -311,6 +313,7 @@ def test_sharded_grads_are_slices_of_full_grads(ranks: list[dict], kind: str) ->
                                    **TOL)
 
 
+@pytest.mark.slow_setup
 @pytest.mark.parametrize("kind", KINDS)
 def test_full_state_dict_round_trip_and_trained_export(ranks: list[dict], kind: str) -> None:
     full = _full_run(kind)
@@ -323,6 +326,7 @@ def test_full_state_dict_round_trip_and_trained_export(ranks: list[dict], kind: 
             torch.testing.assert_close(r[kind]["trained"][key], stepped, **TOL)
 
 
+@pytest.mark.slow_setup
 @pytest.mark.parametrize("kind", KINDS)
 def test_ddp_tower_grads_equal_single_process_full_batch(ranks: list[dict], kind: str) -> None:
     p = _problem(kind)
@@ -335,6 +339,7 @@ def test_ddp_tower_grads_equal_single_process_full_batch(ranks: list[dict], kind
         torch.testing.assert_close(r[f"ddp_{kind}"]["bias"], tower.bias.grad, **TOL)
 
 
+@pytest.mark.slow_setup
 def test_unequal_local_batches_raise_on_every_rank(ranks: list[dict]) -> None:
     for r in ranks:
         assert "equal local batch sizes" in r["uneven_error"]

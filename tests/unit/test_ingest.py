@@ -7,7 +7,13 @@ import pytest
 from PIL import Image
 
 from mofi_core.config import IngestConfig
-from mofi_core.curate.ingest import RejectRateError, clean_text, ingest, normalise_image
+from mofi_core.curate.ingest import (
+    RejectRateError,
+    _to_rgb_jpeg,
+    clean_text,
+    ingest,
+    normalise_image,
+)
 from mofi_core.io.shards import ShardWriter, iter_samples
 from mofi_core.io.sources import SourceError
 
@@ -192,3 +198,114 @@ def test_a_sample_cut_by_truncation_says_so(tmp_path):
     assert rejects["*"].startswith("unreadable shard")
     kept = pq.read_table(tmp_path / "out" / "manifest.parquet")["key"].to_pylist()
     assert kept == ["a"]
+
+
+def _pixel(data: bytes) -> tuple[int, int, int]:
+    img = Image.open(io.BytesIO(data))
+    assert (img.format, img.mode) == ("JPEG", "RGB")
+    return img.getpixel((8, 8))
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _palette(transparent: bool) -> Image.Image:
+    img = Image.new("P", (16, 16), 1)
+    img.putpalette([0, 0, 0, 200, 40, 40] + [0] * 762)
+    if transparent:
+        img.info["transparency"] = 1  # index 1 (the red) is see-through
+    return img
+
+
+@pytest.mark.parametrize(("image", "want"), [
+    (Image.new("RGBA", (16, 16), (200, 40, 40, 0)), (255, 255, 255)),  # clear: white, not red
+    (Image.new("RGBA", (16, 16), (0, 0, 0, 255)), (0, 0, 0)),
+    (Image.new("RGBA", (16, 16), (0, 0, 0, 128)), (127, 127, 127)),  # half over white
+    (Image.new("LA", (16, 16), (0, 0)), (255, 255, 255)),
+    (Image.new("RGBA", (16, 16), (0, 0, 0, 0)).convert("PA"), (255, 255, 255)),
+    (_palette(True), (255, 255, 255)),
+    (_palette(False), (200, 40, 40)),
+    (Image.new("I;16", (16, 16), 51200), (200, 200, 200)),  # 16-bit scaled by 1/256
+    (Image.new("I;16B", (16, 16), 25600), (100, 100, 100)),
+    (Image.new("I;16L", (16, 16), 12800), (50, 50, 50)),
+    (Image.new("I", (16, 16), 38400), (150, 150, 150)),
+    (Image.new("L", (16, 16), 90), (90, 90, 90)),
+    (Image.new("RGB", (16, 16), (10, 200, 30)), (10, 200, 30)),
+])
+def test_conversion_composites_alpha_on_white_and_scales_16_bit(image, want):
+    cfg = IngestConfig(jpeg_quality=100, min_side=8)
+    if image.mode in ("PA", "I;16L", "I"):  # PNG cannot hold these: convert as decoded
+        data = _to_rgb_jpeg(image, cfg.jpeg_quality)
+    else:
+        data = normalise_image(_png(image), cfg)[0]
+    got = _pixel(data)
+    assert all(abs(g - w) <= 2 for g, w in zip(got, want, strict=True)), (image.mode, got, want)
+
+
+def test_conversion_uses_the_configured_jpeg_quality():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 255, (64, 64, 4), dtype="uint8"), "RGBA")
+    low = normalise_image(_png(noisy), IngestConfig(jpeg_quality=10))[0]
+    high = normalise_image(_png(noisy), IngestConfig(jpeg_quality=95))[0]
+    assert len(low) < len(high) / 2
+
+
+def _sample(key="k1", **members):
+    from mofi_core.curate.ingest import check_sample
+
+    sample = {"__key__": key, **members}
+    return check_sample(sample, IngestConfig(max_text_bytes=20, max_text_chars=8, min_side=8))
+
+
+UNSAFE = ("unsafe key {!r}: must be 1-256 printable characters without '/' and not start "
+          "with '.'")
+
+
+@pytest.mark.parametrize("key", ["", "a/b", ".hidden", "tab\there", "x" * 257])
+def test_every_unsafe_key_is_rejected_with_the_rule(key):
+    with pytest.raises(ValueError) as err:
+        _sample(key, jpg=_img(fmt="JPEG"), txt=b"a")
+    assert str(err.value) == UNSAFE.format(key)
+
+
+@pytest.mark.parametrize("key", ["x" * 256, "a.b", "k-1_2 3"])
+def test_keys_at_the_rule_edges_are_kept(key):
+    assert _sample(key, jpg=_img(fmt="JPEG"), txt=b"a").key == key
+
+
+@pytest.mark.parametrize(("members", "reason"), [
+    ({"__errors__": ["bad header", "short read"], "jpg": b"", "txt": b"a"},
+     "bad header; short read"),
+    ({"txt": b"a", "json": b"{}"}, "no image member (.jpg/.png/.webp/.gif)"),
+    ({"jpg": "IMG"}, "no .txt alt-text member"),
+    ({"jpg": "IMG", "txt": b"x" * 21}, "alt-text of 21 bytes (> ingest.max_text_bytes 20)"),
+    ({"jpg": "IMG", "txt": b" \x00\t "}, "empty alt-text"),
+    ({"jpg": "IMG", "txt": b"a", "json": b"[1]"},
+     "malformed .json metadata: a list, not an object"),
+    ({"jpg": "IMG", "txt": b"a", "json": b"\xff"},
+     "malformed .json metadata: 'utf-8' codec can't decode byte 0xff in position 0: invalid "
+     "start byte"),
+])
+def test_each_member_fault_names_its_reason(members, reason):
+    members = {k: (_img(fmt="JPEG") if v == "IMG" else v) for k, v in members.items()}
+    with pytest.raises(ValueError) as err:
+        _sample(**members)
+    assert str(err.value) == reason
+
+
+def test_a_good_sample_at_the_limits():
+    import hashlib
+
+    png = _img("RGB", size=(8, 9))
+    got = _sample("k", png=png, txt=b"x" * 20, json=b'{"url": "u"}')  # exactly 20 bytes
+    assert (got.key, got.text, got.width, got.height) == ("k", "x" * 8, 8, 9)  # cut to 8 chars
+    assert got.sha256 == hashlib.sha256(got.jpg).hexdigest()
+    assert Image.open(io.BytesIO(got.jpg)).format == "JPEG"
+    # the first image member in the order jpg, jpeg, png, webp, gif is the one used
+    jpg = _img("RGB", size=(10, 10), fmt="JPEG")
+    assert _sample("k", png=png, jpg=jpg, txt=b"a").jpg == jpg

@@ -190,6 +190,7 @@ def test_zero_shot_rejects_a_model_without_text_tower(classifier_dir, tmp_path):
 
 # evaluate_labelled -------------------------------------------------------------------------------
 
+@pytest.mark.slow_setup
 def test_evaluate_labelled_on_tiny_world(tiny_world, clip_dir):
     layout, _, _ = tiny_world
     metrics, notes = evaluate_labelled(_loaded(clip_dir), layout.benchmark / "labelled",
@@ -203,6 +204,7 @@ def test_evaluate_labelled_on_tiny_world(tiny_world, clip_dir):
     assert any("not KB entities" in n for n in notes)
 
 
+@pytest.mark.slow_setup
 def test_evaluate_labelled_without_text_tower_omits_zero_shot(tiny_world, classifier_dir):
     layout, _, _ = tiny_world
     metrics, notes = evaluate_labelled(_loaded(classifier_dir), layout.benchmark / "labelled",
@@ -222,6 +224,7 @@ def test_a_loaded_model_carries_what_each_kind_needs(clip_dir, classifier_dir):
     assert next(clip.model.parameters()).device == clip.device
 
 
+@pytest.mark.slow_setup
 def test_evaluate_loads_each_model_folder_once(tiny_world, clip_dir, classifier_dir,
                                                monkeypatch):
     """Retrieval, linear probe and zero-shot share one load per model (they loaded the folder
@@ -269,3 +272,59 @@ def test_embeddings_are_normalised_once_where_they_are_made(clip_dir, tmp_path):
     loaded.model.encode_image = one_zero_row
     with pytest.raises(ValueError, match=r"zero or non-finite embedding for .*3\.png"):
         embed_files(loaded, files, batch_size=2)
+
+
+def _labelled(root, rng, layout):
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            for i in range(n):
+                _image(root / split / cls / f"{i}.png", rng)
+    return root
+
+
+def test_evaluate_labelled_equals_its_parts_with_labels_in_the_train_index(clip_dir, tmp_path):
+    """The metrics are exactly those of embedding every split, probing on train/val/test and
+    zero-shot on test -- with a test split that lacks a class, so its labels must be mapped to
+    the train split's class indices, not its own."""
+    from mofi_core.evaluate.embed import embed_files
+    from mofi_core.evaluate.probe import text_classifier, zero_shot_scores
+
+    root = _labelled(tmp_path / "lab", np.random.default_rng(1), {
+        "train": {"Q1": 3, "Q2": 3, "Q3": 3}, "val": {"Q1": 2, "Q2": 1, "Q3": 2},
+        "test": {"Q1": 2, "Q3": 3}})
+    kb = KnowledgeBase([KBEntity("Q1", "Alpha", (), "a person", "person"),
+                        KBEntity("Q2", "Beta", (), "a place", "place")])
+    loaded = _loaded(clip_dir)
+    prompts = ("a photo of {name}.", "{name}")
+    metrics, notes = evaluate_labelled(loaded, root, kb, prompts, batch_size=4, cs=(0.1, 10))
+
+    names = ["Q1", "Q2", "Q3"]
+    files = {s: image_folder(root / s)[0] for s in ("train", "val", "test")}
+    ys = {"train": [0, 0, 0, 1, 1, 1, 2, 2, 2], "val": [0, 0, 1, 2, 2],
+          "test": [0, 0, 2, 2, 2]}  # test's Q3 is class 2 of train, not its own 1
+    feats = {s: embed_files(loaded, files[s], 4) for s in files}
+    probe = linear_probe(feats["train"], np.array(ys["train"]), feats["val"],
+                         np.array(ys["val"]), feats["test"], np.array(ys["test"]), cs=(0.1, 10))
+    weights = text_classifier(loaded, names, class_texts(kb, names, prompts), 4)
+    zs = zero_shot_scores(feats["test"], np.array(ys["test"]), weights)
+    assert metrics == {"probe_top1": probe["probe_top1"], "probe_c": probe["C"],
+                       "zero_shot_top1": zs["top1"], "zero_shot_top5": zs["top5"]}
+    assert notes[0] == f"linear probe: C={probe['C']:g} chosen on val, model fitted on train only"
+    assert ("zero-shot: 1 of 3 classes are not KB entities; their folder names were used as "
+            "class names (first: Q3)") in notes
+
+
+def test_evaluate_labelled_refuses_a_class_without_train_images(clip_dir, tmp_path):
+    root = _labelled(tmp_path / "lab", np.random.default_rng(2), {
+        "train": {"Q1": 2, "Q2": 2}, "val": {"Q1": 1, "Q2": 1}, "test": {"Q1": 1, "Q9": 1}})
+    with pytest.raises(ValueError, match=r"test: classes \['Q9'\] have no train images"):
+        evaluate_labelled(_loaded(clip_dir), root, None, batch_size=4)
+
+
+def test_evaluate_labelled_without_text_tower_on_a_small_folder(classifier_dir, tmp_path):
+    root = _labelled(tmp_path / "lab", np.random.default_rng(3), {
+        "train": {"a": 2, "b": 2}, "val": {"a": 1, "b": 1}, "test": {"a": 1, "b": 1}})
+    metrics, notes = evaluate_labelled(_loaded(classifier_dir), root, None, batch_size=4,
+                                       cs=(1,))
+    assert set(metrics) == {"probe_top1", "probe_c"} and metrics["probe_c"] == 1.0
+    assert notes[-1] == "zero-shot: n/a (classifier model has no text tower)"

@@ -443,3 +443,21 @@ def test_counting_positions_equal_the_official_sort_bit_for_bit(data, monkeypatc
     for k in (1, 5):
         assert np.array_equal(fast.recall_hits[k], official.recall_hits[k])
     assert np.array_equal(fast.interpolated_precision, official.interpolated_precision)
+
+
+def test_the_wrappers_pass_chunk_and_ask_only_for_what_they_read(monkeypatch):
+    """recall_at_k and the PR curve hand the caller's chunk (the memory bound) to the scan and
+    ask it for their own k only / no recall counters at all."""
+    seen = []
+    real = retrieval.scan_rankings
+
+    def spy(*args, **kwargs):
+        seen.append({k: v for k, v in kwargs.items() if k in ("ks", "chunk", "pr_levels")})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "scan_rankings", spy)
+    feats = np.eye(4)[[0, 0, 1, 1, 2, 2]] + 0.01 * np.arange(6)[:, None]
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    assert retrieval.recall_at_k(feats, labels, 3, chunk=2) == 1.0
+    retrieval.precision_recall_curve(feats, labels, levels=5, chunk=4)
+    assert seen == [{"ks": (3,), "chunk": 2}, {"ks": (), "pr_levels": 5, "chunk": 4}]

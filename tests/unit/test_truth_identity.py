@@ -54,8 +54,23 @@ def test_the_identity_follows_every_corpus_param():
     assert world_identity(CorpusConfig(images_per_entity=13))["world"] != a["world"]
 
 
+@pytest.mark.slow_setup
 def test_the_generator_writes_it_into_both(tiny_world):
     layout, params, _ = tiny_world
     both = [json.loads((f / WORLD_FILE).read_text()) for f in (layout.truth, layout.corpus)]
     assert both[0] == both[1] == world_identity(params.corpus)
     assert demo_truth(layout, "data/corpus/shards")[0] == layout.truth
+
+
+def test_no_truth_says_exactly_why(tmp_path):
+    assert demo_truth(Layout(tmp_path), "data/corpus/shards") == (
+        None, "no ground truth (only the demo world has one)")
+
+
+def test_a_world_of_source_none_has_no_truth_even_for_the_demo_folder(tmp_path):
+    lay = _project(tmp_path)
+    (lay.truth / WORLD_FILE).write_text(json.dumps({"world": "none", "source": "none"}))
+    assert demo_truth(lay, "data/corpus/shards") == (
+        None, "no ground truth: corpus.source is none (your own corpus)")
+    (lay.truth / WORLD_FILE).write_text(json.dumps({"world": "w1", "source": "demo"}))
+    assert demo_truth(lay, "data/corpus/shards") == (lay.truth, "the demo world w1")

@@ -1,0 +1,140 @@
+"""``python -m tests.mutation``: run mutmut afresh, then score it per module.
+
+Writes ``reports/mutation.json`` (every module's counts and every mutant no test kills, with
+what it changes) and ``reports/mutation.md`` (the table the README shows; ``python -m
+mofi_core.readme`` copies it there). Exits 1 when a module is under the goal or an entry of the
+equivalent list is stale, after writing both. ``--score-only`` scores the last run again (after
+editing the equivalent list) without re-running mutmut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+
+from tests.mutation.score import (
+    EQUIVALENT,
+    GOAL,
+    KILLED,
+    NOT_KILLED,
+    SCOPE,
+    config,
+    in_scope,
+    load_equivalents,
+    load_scope,
+    load_slow_tests,
+    markdown,
+    module_of,
+    patterns,
+    score,
+    statuses,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_mutmut(root: Path, log: Path, names: list[str]) -> float:
+    """``mutmut run NAMES`` in a fresh ``mutants/``; its progress goes to ``log``. Returns
+    minutes."""
+    shutil.rmtree(root / "mutants", ignore_errors=True)
+    mutmut = Path(sys.executable).with_name("mutmut")
+    start = time.monotonic()
+    print(f"mutmut run (progress in {log}) ...", flush=True)
+    with log.open("w", encoding="utf-8") as out:
+        done = subprocess.run([str(mutmut), "run", *names], cwd=root, stdout=out,
+                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": ""})
+    minutes = (time.monotonic() - start) / 60
+    if done.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
+        raise SystemExit(f"mutmut run failed ({done.returncode}) after {minutes:.1f} min; the "
+                         f"end of {log}:\n{tail}")
+    return minutes
+
+
+def slow_pass(root: Path, found: dict[str, str], scope: dict, slow: dict[str, list[str]]
+              ) -> dict[str, str]:
+    """The mutants no fast test killed, run once more, one process each, against their
+    module's ``slow_tests`` (tests marked slow_setup: a demo world or gloo processes). Results
+    are kept in ``mutants/slow-pass.json``: a second call runs only what is new."""
+    record = root / "mutants" / "slow-pass.json"
+    done = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    todo = [n for n, st in sorted(found.items()) if st in NOT_KILLED and n not in done
+            and module_of(n) in slow and in_scope(n, scope)]
+    for i, name in enumerate(todo, 1):
+        tests = slow[module_of(name)]
+        try:
+            ran = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
+                                  "no:cacheprovider", *tests], cwd=root / "mutants",
+                                 capture_output=True, text=True, timeout=900,
+                                 env={**os.environ, "MUTANT_UNDER_TEST": name,
+                                      "PYTHONPATH": str(root / "mutants")})
+        except subprocess.TimeoutExpired:
+            done[name] = "timeout"
+        else:
+            if ran.returncode not in (0, 1):
+                raise SystemExit(f"slow pass: pytest exited {ran.returncode} on {name} (tests "
+                                 f"{tests}); its output ends:\n{ran.stdout[-2000:]}")
+            done[name] = "killed" if ran.returncode == 1 else "survived"
+        print(f"slow pass {i}/{len(todo)}: {name}: {done[name]}", flush=True)
+        record.write_text(json.dumps(done, indent=1) + "\n", encoding="utf-8")
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--score-only", action="store_true",
+                    help="score the mutants/ of the last run again; do not run mutmut")
+    args = ap.parse_args(argv)
+    os.chdir(ROOT)  # mutmut reads pyproject.toml and mutants/ from the working directory
+    reports = ROOT / "reports"
+    reports.mkdir(exist_ok=True)
+    previous = reports / "mutation.json"
+    cfg = config(ROOT)
+    scope = load_scope(ROOT / SCOPE, cfg["only_mutate"])
+    if args.score_only:
+        if not (ROOT / "mutants").is_dir() or not previous.is_file():
+            raise SystemExit("no mutants/ or reports/mutation.json: run make mutation first")
+        minutes = json.loads(previous.read_text())["minutes"]
+    else:
+        minutes = run_mutmut(ROOT, ROOT / "mutants.log", patterns(scope))
+
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.stats import status_by_exit_code
+
+    found = statuses(ROOT / "mutants", status_by_exit_code.__getitem__)
+    slow = slow_pass(ROOT, found, scope, load_slow_tests(ROOT / SCOPE))
+    found.update(slow)
+    equivalents = load_equivalents(ROOT / EQUIVALENT)
+    scores, stale = score(scope, found, get_diff_for_mutant, equivalents)
+    meta = {"mutmut": version("mutmut"), "minutes": round(minutes, 1),
+            "machine": f"{os.cpu_count()} cores, {platform.machine()}",
+            "tests": len(cfg["pytest_add_cli_args_test_selection"]),
+            "slow_pass": {"rerun": len(slow),
+                          "killed": sum(v in KILLED for v in slow.values())}}
+    previous.write_text(json.dumps({**meta, "goal": GOAL, "modules": [s.as_dict() for s in scores],
+                                    "stale_equivalents": [vars(e) for e in stale]}, indent=2)
+                        + "\n", encoding="utf-8")
+    text = markdown(scores, stale, meta)
+    (reports / "mutation.md").write_text(text, encoding="utf-8")
+    print(text)
+    for s in scores:
+        for v in s.survivors:
+            print(f"not killed: {v['mutant']} ({v['status']}): {v['from']!r} -> {v['to']!r}")
+    under = [s.module for s in scores if s.score < GOAL]
+    if under or stale:
+        print(f"goal {GOAL:.0%} not met by {under}; stale equivalents: {len(stale)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""tests/mutation/score.py: how mutmut's results become the score per module."""
+
+import json
+
+import pytest
+
+from tests.mutation.score import (
+    Equivalent,
+    change,
+    function_of,
+    in_scope,
+    load_equivalents,
+    load_scope,
+    markdown,
+    module_of,
+    patterns,
+    score,
+    statuses,
+)
+
+MOD = "mofi_core/evaluate/retrieval.py"
+DIFFS = {
+    "mofi_core.evaluate.retrieval.x_recall_at_k__mutmut_1":
+        "--- a\n+++ b\n@@ -1,2 +1,2 @@\n def f():\n-    return hits >= k\n+    return hits > k",
+    "mofi_core.evaluate.retrieval.x_recall_at_k__mutmut_2":
+        "--- a\n+++ b\n@@ -1,2 +1,2 @@\n def f():\n-    k = 1\n+    k = 2",
+    "mofi_core.evaluate.retrieval.xǁScanǁmean__mutmut_1":
+        "--- a\n+++ b\n@@ -1 +1 @@\n-    return a + b\n+    return a - b",
+}
+
+
+def test_names_map_to_module_and_function():
+    assert module_of("mofi_core.evaluate.retrieval.x_recall_at_k__mutmut_12") == MOD
+    assert function_of("mofi_core.evaluate.retrieval.x_recall_at_k__mutmut_12") == "recall_at_k"
+    assert function_of("mofi_core.evaluate.retrieval.x__prepare__mutmut_1") == "_prepare"
+    assert function_of("mofi_core.evaluate.retrieval.xǁScanǁmean__mutmut_1") == "Scan.mean"
+
+
+def test_change_is_the_removed_and_added_lines():
+    assert change(DIFFS["mofi_core.evaluate.retrieval.x_recall_at_k__mutmut_1"]) == (
+        "return hits >= k", "return hits > k")
+    assert change("--- a\n+++ b\n-    x = 1\n-    y = 2\n+    x = 2") == ("x = 1 / y = 2", "x = 2")
+
+
+def _found(**status):
+    names = sorted(DIFFS)
+    return {names[0]: status.get("a", "killed"), names[1]: status.get("b", "survived"),
+            names[2]: status.get("c", "timeout")}
+
+
+def test_score_counts_killed_timeouts_and_equivalents_and_lists_the_rest():
+    eq = Equivalent(MOD, "recall_at_k", "k = 1", "k = 2", "k is overwritten below")
+    (s,), stale = score({MOD: None}, _found(a="survived"), DIFFS.get, [eq])
+    assert (s.mutants, s.killed, s.equivalent) == (3, 1, 1) and stale == []
+    assert s.survivors == [{"mutant": sorted(DIFFS)[0], "status": "survived",
+                            "from": "return hits >= k", "to": "return hits > k"}]
+    assert s.score == pytest.approx(1 / 2)  # the equivalent one is left out of the count
+    (s,), _ = score({MOD: None}, _found(a="killed", b="no tests"), DIFFS.get, [])
+    assert s.score == pytest.approx(2 / 3) and s.survivors[0]["status"] == "no tests"
+
+
+def test_an_equivalent_entry_that_matches_nothing_is_stale():
+    moved = Equivalent(MOD, "recall_at_k", "k = 1", "k = 3", "no longer the mutant")
+    killed_now = Equivalent(MOD, "recall_at_k", "return hits >= k", "return hits > k", "was")
+    (s,), stale = score({MOD: None}, _found(), DIFFS.get, [moved, killed_now])
+    assert stale == [moved, killed_now] and s.equivalent == 0
+
+
+def test_an_unfinished_run_or_a_module_without_mutants_is_an_error():
+    with pytest.raises(RuntimeError, match="did not finish"):
+        score({MOD: None}, _found(b="not checked"), DIFFS.get, [])
+    with pytest.raises(RuntimeError, match=r"no mutants in scope for .*probe\.py"):
+        score({MOD: None, "mofi_core/evaluate/probe.py": None}, _found(), DIFFS.get, [])
+
+
+def test_statuses_read_every_meta_file(tmp_path):
+    (tmp_path / "mofi_core" / "curate").mkdir(parents=True)
+    (tmp_path / "mofi_core" / "curate" / "rules.py.meta").write_text(
+        json.dumps({"exit_code_by_key": {"m.x_f__mutmut_1": 1, "m.x_f__mutmut_2": 0}}))
+    codes = {1: "killed", 0: "survived"}
+    assert statuses(tmp_path, codes.__getitem__) == {"m.x_f__mutmut_1": "killed",
+                                                     "m.x_f__mutmut_2": "survived"}
+
+
+def test_equivalent_list_needs_every_key_and_a_one_line_reason(tmp_path):
+    f = tmp_path / "eq.yaml"
+    f.write_text("- {module: m.py, function: f, from: a, to: b}\n")
+    with pytest.raises(ValueError, match="entry 1 must have exactly the keys"):
+        load_equivalents(f)
+    f.write_text("- {module: m.py, function: f, from: a, to: b, why: ''}\n")
+    with pytest.raises(ValueError, match="one-line reason"):
+        load_equivalents(f)
+    f.write_text("- {module: m.py, function: f, from: 1, to: 2, why: ' same '}\n")
+    assert load_equivalents(f) == [Equivalent("m.py", "f", "1", "2", "same")]
+
+
+def test_markdown_marks_modules_under_the_goal_and_lists_stale_entries():
+    (s,), _ = score({MOD: None}, _found(a="survived"), DIFFS.get, [])
+    stale = [Equivalent(MOD, "f", "a", "b", "why")]
+    text = markdown([s], stale, {"mutmut": "3.8.1", "minutes": 12.0, "machine": "2 cores",
+                                 "tests": 4})
+    assert f"| `{MOD}` | 3 | 1 | 0 | 2 | 33.3% | NOT met |" in text
+    assert "| all | 3 | 1 | 0 | 2 | 33.3% | |" in text
+    assert "Stale entries" in text and "`f`: `a` -> `b`" in text
+    assert "run again" not in text
+    meta = {"mutmut": "3.8.1", "minutes": 12.0, "machine": "2 cores", "tests": 4,
+            "slow_pass": {"rerun": 7, "killed": 5}}
+    assert ("7 mutants no fast test killed were run again against their module's "
+            "`slow_tests` (tests marked slow_setup): 5 killed.") in markdown([s], [], meta)
+
+
+def test_slow_tests_per_module(tmp_path):
+    from tests.mutation.score import load_slow_tests
+
+    f = tmp_path / "scope.yaml"
+    f.write_text("a.py: {functions: all, slow_tests: [t.py::x, t.py::y]}\nb.py: {functions: all}\n")
+    assert load_slow_tests(f) == {"a.py": ["t.py::x", "t.py::y"]}
+
+
+def test_the_tracked_equivalent_list_loads():
+    from tests.conftest import ROOT
+    from tests.mutation.score import EQUIVALENT
+
+    for e in load_equivalents(ROOT / EQUIVALENT):
+        assert e.module == "*" or (ROOT / e.module).is_file(), e
+        assert e.function == "*" or f"def {e.function.rpartition('.')[2]}(" in (
+            ROOT / e.module).read_text(encoding="utf-8"), e
+
+
+def test_scope_selects_functions_methods_and_whole_modules(tmp_path):
+    f = tmp_path / "scope.yaml"
+    f.write_text("a/m.py: {functions: all}\nb/n.py: {functions: [f, C.*, D.g], others: x}\n")
+    scope = load_scope(f, ["b/n.py", "a/m.py"])
+    assert scope == {"a/m.py": None, "b/n.py": ["f", "C.*", "D.g"]}
+    assert patterns(scope) == ["a.m.*", "b.n.x_f__mutmut_*", "b.n.xǁCǁ*", "b.n.xǁDǁg__mutmut_*"]
+    assert in_scope("b.n.x_f__mutmut_3", scope) and not in_scope("b.n.x_f2__mutmut_1", scope)
+    assert in_scope("b.n.xǁCǁh__mutmut_1", scope) and in_scope("b.n.xǁDǁg__mutmut_1", scope)
+    assert not in_scope("b.n.xǁDǁh__mutmut_1", scope) and in_scope("a.m.x_z__mutmut_9", scope)
+    assert not in_scope("c.o.x_f__mutmut_1", scope)
+    with pytest.raises(ValueError, match=r"only_mutate in pyproject\.toml names"):
+        load_scope(f, ["a/m.py"])
+    f.write_text("a/m.py: {functions: []}\n")
+    with pytest.raises(ValueError, match="needs 'functions: all' or a list"):
+        load_scope(f, ["a/m.py"])
+
+
+def test_out_of_scope_mutants_are_not_counted():
+    scope = {MOD: ["recall_at_k"]}
+    (s,), _ = score(scope, _found(c="not checked"), DIFFS.get, [])
+    assert s.mutants == 2  # Scan.mean is out of scope: not run, not counted
+
+
+def test_the_tracked_scope_matches_the_mutmut_config():
+    from tests.conftest import ROOT
+    from tests.mutation.score import SCOPE, config
+
+    scope = load_scope(ROOT / SCOPE, config(ROOT)["only_mutate"])
+    for module, functions in scope.items():
+        text = (ROOT / module).read_text(encoding="utf-8")
+        for f in functions or []:
+            name = f.rpartition(".")[2] if not f.endswith(".*") else f[:-2]
+            assert f"def {name}(" in text or f"class {name}" in text, (module, f)
+
+
+def test_an_entry_may_name_one_edit_inside_the_line_and_wildcards():
+    eq = Equivalent("*", "*", 'encoding="utf-8"', 'encoding="UTF-8"', "codec names ignore case")
+    name = "mofi_core.report.x_f__mutmut_1"
+    assert eq.matches(name, 'p.read_text(encoding="utf-8")', 'p.read_text(encoding="UTF-8")')
+    assert not eq.matches(name, 'p.read_text(encoding="utf-8")', 'p.read_text(encoding=None)')
+    assert not eq.matches(name, 'a(encoding="utf-8")', 'b(encoding="UTF-8")')  # one edit only
+    two = 'f(encoding="utf-8") + g(encoding="utf-8")'
+    assert eq.matches(name, two, 'f(encoding="utf-8") + g(encoding="UTF-8")')  # either one
+    gone = Equivalent(MOD, "recall_at_k", ", strict=True", "", "same-length columns")
+    assert gone.matches(sorted(DIFFS)[0], "zip(a, b, strict=True)", "zip(a, b)")
+    assert not gone.matches("mofi_core.report.x_f__mutmut_1", "zip(a, b, strict=True)",
+                            "zip(a, b)")  # another module

@@ -1,0 +1,221 @@
+"""The training loop on a toy recipe, at its edges: the learning-rate schedule step by step,
+weight decay per parameter kind, global-norm clipping, gradient accumulation, the logging and
+checkpoint cadence, and resume -- a run cut at a checkpoint ends with the weights of the run
+that was never cut. Fast (a 4-8-3 MLP); the real recipes run in tests/integration/test_train.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mofi_core.config import TrainConfig
+from mofi_core.train import checkpoint
+from mofi_core.train.distributed import DistEnv
+from mofi_core.train.loop import clip_grad_global, lr_at, param_groups, train_loop
+from mofi_core.train.recipes import Recipe
+
+ENV = DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+
+
+def cfg(**over) -> TrainConfig:
+    base = {"recipe": "supervised", "steps": 10, "lr": 0.1, "warmup_steps": 4, "batch_size": 4,
+            "weight_decay": 0.1, "grad_clip": 1.0, "log_every": 1, "checkpoint_every": 3,
+            "keep_checkpoints": 2}
+    return TrainConfig(**{**base, **over})
+
+
+class Toy(Recipe):
+    name = "toy"
+
+    def __init__(self, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+        super().__init__(net, net)
+        self.after = 0
+
+    def loss(self, batch):
+        x, y = batch
+        loss = F.cross_entropy(self.forward(x), y)
+        return loss, {"loss_toy": loss.detach(), "batch": torch.tensor(float(x.shape[0]))}
+
+    def after_step(self) -> None:
+        self.after += 1
+
+
+class Batches:
+    """The loop's data interface (iterate, position, restore) over 8 fixed batches of 4."""
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(1)
+        self.x, self.y = torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
+        self.i = 0
+
+    def __iter__(self):
+        while True:
+            j = self.i % 8
+            self.i += 1
+            yield self.x[4 * j:4 * j + 4], self.y[4 * j:4 * j + 4]
+
+    def position(self) -> dict:
+        return {"i": self.i}
+
+    def restore(self, position: dict | None) -> None:
+        self.i = position["i"] if position else 0
+
+
+def test_lr_warms_up_linearly_then_decays_on_a_cosine_to_zero():
+    c = cfg(steps=10, warmup_steps=4, lr=0.1)
+    got = [lr_at(s, c) for s in range(11)]
+    assert got[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])  # reaches lr on the last warm-up
+    assert got[4] == pytest.approx(0.1)  # cosine starts at the peak
+    assert got[7] == pytest.approx(0.05)  # half-way through the 6 decay steps
+    assert got[5] == pytest.approx(0.05 * (1 + math.cos(math.pi / 6)))
+    assert got[10] == pytest.approx(0.0, abs=1e-12)
+    assert lr_at(25, c) == pytest.approx(0.0, abs=1e-12)  # past the end: stays at zero
+    no_warmup = cfg(steps=4, warmup_steps=0, lr=1.0)
+    assert [lr_at(s, no_warmup) for s in range(4)] == pytest.approx(
+        [1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))])
+    one_decay = cfg(steps=3, warmup_steps=2, lr=0.3)
+    assert [lr_at(s, one_decay) for s in range(4)] == pytest.approx([0.15, 0.3, 0.3, 0.0])
+
+
+def test_weight_decay_only_on_matrices():
+    toy = Toy()
+    decay, no_decay = param_groups(toy.model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [p.ndim for p in decay["params"]] == [2, 2]
+    assert [p.ndim for p in no_decay["params"]] == [1, 1, 1, 1]  # biases and the norm
+    toy.model[0].bias.requires_grad_(False)
+    assert len(param_groups(toy.model, 0.1)[1]["params"]) == 3  # frozen: not optimised
+
+
+def test_clipping_uses_the_norm_of_the_whole_gradient():
+    toy = Toy()
+    toy.loss((torch.randn(4, 4) * 50, torch.tensor([0, 1, 2, 0])))[0].backward()
+    grads = [p.grad.clone() for p in toy.model.parameters()]
+    total = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    assert total > 0.5
+    got = clip_grad_global(toy, 0.5, ENV)
+    assert float(got) == pytest.approx(float(total), rel=1e-6)  # the norm before clipping
+    after = torch.sqrt(sum((p.grad ** 2).sum() for p in toy.model.parameters()))
+    assert float(after) == pytest.approx(0.5, rel=1e-4)  # one factor for every parameter
+    for p, g in zip(toy.model.parameters(), grads, strict=True):
+        assert torch.allclose(p.grad, g * 0.5 / total, rtol=1e-4, atol=1e-9)
+    small = Toy()
+    small.loss((torch.randn(4, 4) * 1e-4, torch.tensor([0, 1, 2, 0])))[0].backward()
+    before = [p.grad.clone() for p in small.model.parameters()]
+    clip_grad_global(small, 100.0, ENV)
+    assert all(torch.equal(p.grad, g) for p, g in zip(small.model.parameters(), before,
+                                                      strict=True))
+
+
+def test_logs_every_n_steps_and_the_last_with_the_steps_lr():
+    rows, logged = [], []
+    toy = Toy()
+    history = train_loop(toy, Batches(), cfg(steps=7, log_every=3), ENV,
+                         lambda step, row: logged.append((step, row)))
+    rows = [r["step"] for r in history]
+    assert rows == [3, 6, 7] and [s for s, _ in logged] == [3, 6, 7]
+    c = cfg(steps=7)
+    assert [r["lr"] for r in history] == pytest.approx([lr_at(2, c), lr_at(5, c), lr_at(6, c)])
+    assert toy.after == 7
+    assert all(r["batch"] == 4 and r["loss"] > 0 and "loss_toy" in r for r in history)
+    assert all(r["images_per_s"] > 0 and r["grad_norm"] > 0 for r in history)
+
+
+def test_grad_accumulation_averages_the_micro_batches():
+    """Two micro-batches of 4 then one step == one batch of 8 (same data, same update)."""
+
+    class Eight(Batches):
+        def __iter__(self):
+            while True:
+                j = self.i % 4
+                self.i += 1
+                yield self.x[8 * j:8 * j + 8], self.y[8 * j:8 * j + 8]
+
+    a, b = Toy(), Toy()
+    ha = train_loop(a, Batches(), cfg(steps=3, warmup_steps=1, grad_accum=2, grad_clip=100.0), ENV,
+                    lambda *_: None)
+    hb = train_loop(b, Eight(), cfg(steps=3, warmup_steps=1, grad_clip=100.0), ENV, lambda *_: None)
+    for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-6)
+    assert [r["loss"] for r in ha] == pytest.approx([r["loss"] for r in hb], rel=1e-5)
+    assert [r["batch"] for r in ha] == [4, 4, 4]  # the micro-batch terms are averaged
+
+
+def test_a_cut_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    whole = Toy()
+    full = train_loop(whole, Batches(), cfg(steps=8, checkpoint_every=3), ENV, lambda *_: None,
+                      ckpt_root=tmp_path / "whole", fingerprint="f")
+    # the cut run: killed while logging step 4, after the checkpoint of step 3
+    class Killed(Exception):
+        pass
+
+    def kill_at_4(step, row):
+        if step == 4:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_loop(Toy(), Batches(), cfg(steps=8, checkpoint_every=3), ENV, kill_at_4,
+                   ckpt_root=tmp_path / "cut", fingerprint="f")
+    assert [p.name for p in (tmp_path / "cut").iterdir()] == ["step-000000003"]
+    resumed = Toy(seed=9)  # other initial weights: the checkpoint must overwrite all of them
+    history = train_loop(resumed, Batches(), cfg(steps=8, checkpoint_every=3), ENV,
+                         lambda *_: None, ckpt_root=tmp_path / "cut", fingerprint="f")
+    for pa, pb in zip(whole.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert [r["step"] for r in history] == [r["step"] for r in full] == list(range(1, 9))
+    assert [r["loss"] for r in history] == [r["loss"] for r in full]
+    # the whole run kept the 2 newest checkpoints: 6 and the last step
+    assert [p.name for p in sorted((tmp_path / "whole").iterdir())] == [
+        "step-000000006", "step-000000008"]
+    state = json.loads((tmp_path / "whole" / "step-000000008" / "state.json").read_text())
+    assert state["step"] == 8 and state["world"] == 1 and state["fingerprint"] == "f"
+
+
+def test_a_finished_run_does_no_step_again(tmp_path):
+    toy = Toy()
+    short = cfg(steps=3, warmup_steps=1)
+    train_loop(toy, Batches(), short, ENV, lambda *_: None, ckpt_root=tmp_path, fingerprint="f")
+    again = Toy(seed=5)
+    logged = []
+    history = train_loop(again, Batches(), short, ENV, lambda s, r: logged.append(s),
+                         ckpt_root=tmp_path, fingerprint="f")
+    assert logged == [] and [r["step"] for r in history] == [1, 2, 3] and again.after == 0
+    for pa, pb in zip(toy.model.parameters(), again.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_a_non_finite_loss_stops_with_what_to_change():
+    class Nan(Toy):
+        def loss(self, batch):
+            loss, terms = super().loss(batch)
+            return loss * float("nan"), terms
+
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 1; lower train\.lr"):
+        train_loop(Nan(), Batches(), cfg(steps=2, warmup_steps=1), ENV, lambda *_: None)
+
+
+def test_latest_any_is_the_newest_complete_checkpoint_of_any_run(tmp_path):
+    toy = Toy()
+    opt = torch.optim.AdamW(toy.model.parameters())
+    assert checkpoint.latest_any(tmp_path / "nothing") is None
+    for run, step in (("a", 2), ("a", 5), ("b", 4)):
+        checkpoint.save(tmp_path / run, step, toy, opt, {}, ENV, "f")
+    (tmp_path / "c" / "step-000000009").mkdir(parents=True)  # incomplete: no state.json
+    (tmp_path / "loose-file").write_text("")
+    found = checkpoint.latest_any(tmp_path)
+    assert (found.path, found.step) == (tmp_path / "a" / "step-000000005", 5)
+    assert checkpoint.latest_any(tmp_path, min_step=5).step == 5  # at the bound: kept
+    assert checkpoint.latest_any(tmp_path, min_step=6) is None
+    only_b = tmp_path / "only"
+    checkpoint.save(only_b / "x", 3, toy, opt, {}, ENV, "f")
+    checkpoint.save(only_b / "y", 1, toy, opt, {}, ENV, "f")
+    assert checkpoint.latest_any(only_b).step == 3
+    assert checkpoint.latest_any(only_b, min_step=0).path == only_b / "x" / "step-000000003"
