@@ -45,6 +45,11 @@ def run_mutmut(root: Path, log: Path, names: list[str]) -> float:
     """``mutmut run NAMES`` in a fresh ``mutants/``; its progress goes to ``log``. Returns
     minutes."""
     shutil.rmtree(root / "mutants", ignore_errors=True)
+    return rerun_mutmut(root, log, names)
+
+
+def rerun_mutmut(root: Path, log: Path, names: list[str]) -> float:
+    """``mutmut run NAMES`` in the existing ``mutants/`` (named mutants run again)."""
     mutmut = Path(sys.executable).with_name("mutmut")
     start = time.monotonic()
     print(f"mutmut run (progress in {log}) ...", flush=True)
@@ -92,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--score-only", action="store_true",
                     help="score the mutants/ of the last run again; do not run mutmut")
+    ap.add_argument("--rerun-survivors", action="store_true",
+                    help="after new tests: run mutmut again on the last run's mutants that no "
+                         "test killed (test selection collected afresh), then score")
     args = ap.parse_args(argv)
     os.chdir(ROOT)  # mutmut reads pyproject.toml and mutants/ from the working directory
     reports = ROOT / "reports"
@@ -99,10 +107,21 @@ def main(argv: list[str] | None = None) -> int:
     previous = reports / "mutation.json"
     cfg = config(ROOT)
     scope = load_scope(ROOT / SCOPE, cfg["only_mutate"])
-    if args.score_only:
+    rerun = None
+    if args.score_only or args.rerun_survivors:
         if not (ROOT / "mutants").is_dir() or not previous.is_file():
             raise SystemExit("no mutants/ or reports/mutation.json: run make mutation first")
-        minutes = json.loads(previous.read_text())["minutes"]
+        last = json.loads(previous.read_text())
+        minutes, rerun = last["minutes"], last.get("rerun")
+        if args.rerun_survivors:
+            from mutmut.stats import status_by_exit_code
+
+            alive = [n for n, st in statuses(ROOT / "mutants", status_by_exit_code.__getitem__)
+                     .items() if st in NOT_KILLED and in_scope(n, scope)]
+            (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # new tests
+            took = rerun_mutmut(ROOT, ROOT / "mutants.log", alive)
+            rerun = {"mutants": len(alive) + (rerun or {}).get("mutants", 0),
+                     "minutes": round(took + (rerun or {}).get("minutes", 0), 1)}
     else:
         minutes = run_mutmut(ROOT, ROOT / "mutants.log", patterns(scope))
 
@@ -117,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"mutmut": version("mutmut"), "minutes": round(minutes, 1),
             "machine": f"{os.cpu_count()} cores, {platform.machine()}",
             "tests": len(cfg["pytest_add_cli_args_test_selection"]),
+            "rerun": rerun,
             "slow_pass": {"rerun": len(slow),
                           "killed": sum(v in KILLED for v in slow.values())}}
     previous.write_text(json.dumps({**meta, "goal": GOAL, "modules": [s.as_dict() for s in scores],

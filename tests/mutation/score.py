@@ -216,6 +216,10 @@ def markdown(scores: list[ModuleScore], stale: list[Equivalent], meta: dict) -> 
              "change: `reports/mutation.json`.", "",
              "| module | mutants | killed | equivalent | not killed | score | goal |",
              "|---|---:|---:|---:|---:|---:|---|"]
+    again = meta.get("rerun")
+    if again:
+        lines[2] += (f" After new tests, the {again['mutants']} mutants that run left alive "
+                     f"ran again ({again['minutes']:.0f} min).")
     slow = meta.get("slow_pass")
     if slow:
         lines[2] += (f" {slow['rerun']} mutants no fast test killed were run again against "

@@ -104,9 +104,11 @@ def test_markdown_marks_modules_under_the_goal_and_lists_stale_entries():
     assert "Stale entries" in text and "`f`: `a` -> `b`" in text
     assert "run again" not in text
     meta = {"mutmut": "3.8.1", "minutes": 12.0, "machine": "2 cores", "tests": 4,
-            "slow_pass": {"rerun": 7, "killed": 5}}
+            "slow_pass": {"rerun": 7, "killed": 5}, "rerun": {"mutants": 40, "minutes": 6.2}}
     assert ("7 mutants no fast test killed were run again against their module's "
             "`slow_tests` (tests marked slow_setup): 5 killed.") in markdown([s], [], meta)
+    assert "After new tests, the 40 mutants that run left alive ran again (6 min)." in markdown(
+        [s], [], meta)
 
 
 def test_slow_tests_per_module(tmp_path):

@@ -146,6 +146,8 @@ def test_grad_accumulation_averages_the_micro_batches():
     for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-6)
     assert [r["loss"] for r in ha] == pytest.approx([r["loss"] for r in hb], rel=1e-5)
+    # the gradient of the mean loss, not of the sum (Adam alone would not tell them apart)
+    assert [r["grad_norm"] for r in ha] == pytest.approx([r["grad_norm"] for r in hb], rel=1e-4)
     assert [r["batch"] for r in ha] == [4, 4, 4]  # the micro-batch terms are averaged
 
 
@@ -219,3 +221,196 @@ def test_latest_any_is_the_newest_complete_checkpoint_of_any_run(tmp_path):
     checkpoint.save(only_b / "y", 1, toy, opt, {}, ENV, "f")
     assert checkpoint.latest_any(only_b).step == 3
     assert checkpoint.latest_any(only_b, min_step=0).path == only_b / "x" / "step-000000003"
+
+
+def _saved(root, step, seed=0):
+    toy = Toy(seed)
+    opt = torch.optim.AdamW(toy.model.parameters())
+    return toy, opt, checkpoint.save(root, step, toy, opt, {"data": {"i": step}}, ENV, "f")
+
+
+def test_latest_prune_and_a_stale_tmp(tmp_path):
+    for step in (1, 3, 12, 2):
+        _saved(tmp_path, step)
+    (tmp_path / "step-000000020").mkdir()  # incomplete: no state.json
+    (tmp_path / "notes").mkdir()
+    found = checkpoint.latest(tmp_path)
+    assert (found.path.name, found.step) == ("step-000000012", 12)
+    assert checkpoint.latest(tmp_path / "missing") is None
+    (tmp_path / "step-000000013.tmp").mkdir()
+    checkpoint.prune(tmp_path, 0)  # 0 keeps every checkpoint, drops only .tmp leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes", "step-000000001", "step-000000002", "step-000000003", "step-000000012",
+        "step-000000020"]
+    (tmp_path / "step-000000020").rmdir()
+    checkpoint.prune(tmp_path, 2)  # the two newest by step, not by the order of the listing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "step-000000003",
+                                                          "step-000000012"]
+    checkpoint.prune(tmp_path / "missing", 1)  # nothing to do, no error
+    # a .tmp left by a killed save is cleared, not merged into the new checkpoint
+    stale = tmp_path / "step-000000030.tmp"
+    stale.mkdir()
+    (stale / "junk.bin").write_bytes(b"x")
+    final = _saved(tmp_path, 30)[2]
+    assert final.name == "step-000000030" and not (final / "junk.bin").exists()
+    assert sorted(p.name for p in final.iterdir()) == [
+        "rank-00000.json", "rank-00000.safetensors", "replicated.safetensors", "state.json"]
+
+
+def test_load_refuses_another_format_world_or_params(tmp_path):
+    toy, opt, final = _saved(tmp_path, 4)
+    ck = checkpoint.latest(tmp_path)
+    state = json.loads((final / "state.json").read_text())
+    for change, message in (
+            ({"format": "old"}, f"{final}: format 'old', expected {checkpoint.FORMAT!r}"),
+            ({"world": 2}, f"{final} was written by 2 processes, this run has 1: resume with "
+                           "the same number of processes or move the checkpoint folder away "
+                           "to start over"),
+            ({"fingerprint": "g"}, f"{final} was written with different training params; "
+                                   "move the checkpoint folder away (or restore the params) "
+                                   "to start over")):
+        (final / "state.json").write_text(json.dumps({**state, **change}))
+        with pytest.raises(ValueError) as err:
+            checkpoint.load(ck, toy.model, opt, ENV, "f")
+        assert str(err.value) == message
+    (final / "state.json").write_text(json.dumps(state))
+    got = checkpoint.load(ck, Toy(7).model, opt, ENV, "f")
+    assert (got.step, got.loop) == (4, {"data": {"i": 4}})
+
+
+def test_load_restores_every_rng_and_the_optimizer_state(tmp_path):
+    import random
+
+    import numpy as np
+
+    toy = Toy()
+    opt = torch.optim.AdamW(toy.model.parameters(), lr=0.1)
+    toy.loss((torch.randn(4, 4), torch.tensor([0, 1, 2, 0])))[0].backward()
+    opt.step()
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    checkpoint.save(tmp_path, 1, toy, opt, {}, ENV, "f")
+    want = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    other = Toy(3)
+    opt2 = torch.optim.AdamW(other.model.parameters(), lr=0.1)
+    checkpoint.load(checkpoint.latest(tmp_path), other.model, opt2, ENV, "f")
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == want
+    for p, q in zip(toy.model.parameters(), other.model.parameters(), strict=True):
+        for slot in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(opt.state[p][slot], opt2.state[q][slot]), slot
+
+
+def test_optimizer_state_of_an_unknown_parameter_is_refused(tmp_path):
+    _saved(tmp_path, 1)
+    smaller = nn.Sequential(nn.Linear(4, 8))
+    opt = torch.optim.AdamW(smaller.parameters())
+    with pytest.raises(ValueError, match="parameters do not match the model"):
+        checkpoint.load(checkpoint.latest(tmp_path), smaller, opt, ENV, "f")
+    tensors = {"optim/nope.weight/exp_avg": torch.zeros(1)}
+    with pytest.raises(ValueError) as err:
+        checkpoint.load_optimizer_tensors(opt, smaller, tensors, tmp_path)
+    assert str(err.value) == (f"{tmp_path}: optimizer state for unknown parameter 'nope.weight'; "
+                              "the checkpoint belongs to another model (delete it or change "
+                              "train.checkpoint_dir)")
+
+
+class FakeMirror:
+    """The loop's side of checkpoint.RemoteMirror: the remote copy says which step to resume."""
+
+    url = "s3://bucket/ckpt"
+
+    def __init__(self, remote_step: int | None) -> None:
+        self.remote_step, self.ensured, self.pushed, self.finished = remote_step, [], [], []
+
+    def latest_step(self):
+        return self.remote_step
+
+    def ensure(self, run_dir, step):
+        self.ensured.append((run_dir, step))
+        return True
+
+    def push_rank(self, tmp_dir, step, rank):
+        self.pushed.append((step, rank))
+
+    def finish(self, final_dir):
+        self.finished.append(final_dir.name)
+
+
+def test_the_remote_copy_decides_where_training_resumes(tmp_path, capsys):
+    c = cfg(steps=6, checkpoint_every=2, keep_checkpoints=5)
+    train_loop(Toy(), Batches(), cfg(steps=6, checkpoint_every=2, keep_checkpoints=5), ENV,
+               lambda *_: None, ckpt_root=tmp_path, fingerprint="f")  # local: 2, 4, 6
+    # the remote copy holds step 2 only: resume there, not from the local step 6
+    mirror = FakeMirror(2)
+    logged = []
+    history = train_loop(Toy(), Batches(), c, ENV, lambda s, r: logged.append(s),
+                         ckpt_root=tmp_path, fingerprint="f", mirror=mirror)
+    assert mirror.ensured == [(tmp_path, 2)] and logged == [3, 4, 5, 6]
+    assert [r["step"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert "train: resuming from step 2 downloaded from s3://bucket/ckpt" in capsys.readouterr().out
+    assert mirror.pushed == [(4, 0), (6, 0)] and mirror.finished == ["step-000000004",
+                                                                       "step-000000006"]
+    # no remote checkpoint: start over, whatever is on the local disk
+    fresh = FakeMirror(None)
+    logged.clear()
+    train_loop(Toy(), Batches(), c, ENV, lambda s, r: logged.append(s), ckpt_root=tmp_path,
+               fingerprint="f", mirror=fresh)
+    assert fresh.ensured == [] and logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_first_step_uses_the_warm_up_lr_and_logs_the_batchs_loss():
+    """Adam's first update moves every 1-d parameter (no weight decay) by exactly the step's
+    lr; the logged loss is the first batch's under the initial weights."""
+    toy = Toy()
+    start = [p.detach().clone() for p in toy.model.parameters()]
+    x, y = next(iter(Batches()))
+    want_loss = float(F.cross_entropy(toy.model(x), y))
+    c = cfg(steps=5, warmup_steps=4, lr=0.1, log_every=1)
+    rows, moved = [], []
+
+    def on_log(step, row):
+        rows.append(row)
+        if step == 1:
+            moved.extend(float((p - b).abs().max()) for p, b in
+                         zip(toy.model.parameters(), start, strict=True) if p.ndim == 1)
+
+    train_loop(toy, Batches(), c, ENV, on_log)
+    assert rows[0]["loss"] == pytest.approx(want_loss, rel=1e-6)
+    assert [r["lr"] for r in rows] == pytest.approx([lr_at(s, c) for s in range(5)])
+    assert len(moved) == 4 and all(m == pytest.approx(0.025, rel=1e-3) for m in moved)
+
+
+def test_logged_rows_and_the_grad_norm_are_handed_to_the_caller():
+    logged = []
+    history = train_loop(Toy(), Batches(), cfg(steps=3, warmup_steps=1), ENV,
+                         lambda s, r: logged.append((s, r)))
+    assert logged == [(r["step"], r) for r in history]
+
+
+def test_grad_checkpointing_and_compile_are_switched_on_for_the_towers(monkeypatch):
+    calls, compiled = [], []
+
+    class Tower(nn.Linear):
+        def set_grad_checkpointing(self, enable):
+            calls.append(enable)
+
+    toy = Toy()
+    toy.model[0] = Tower(4, 8)
+    toy.model.set_grad_checkpointing = lambda enable: calls.append(("root", enable))
+    monkeypatch.setattr(torch, "compile", lambda fn: compiled.append(fn) or fn)
+    net = toy.forward
+    train_loop(toy, Batches(), cfg(steps=2, warmup_steps=1, grad_checkpointing=True,
+                                   compile=True), ENV, lambda *_: None)
+    assert calls == [True] and compiled == [net]  # the towers, not the recipe's own model
+
+
+def test_fused_adamw_where_pytorch_has_it_with_the_configured_lr_and_decay():
+    from mofi_core.train.loop import make_optimizer
+
+    model = Toy().model
+    opt = make_optimizer(model, cfg(lr=0.3, weight_decay=0.2), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [
+        (0.3, 0.2, 2), (0.3, 0.0, 4)]
+    assert make_optimizer(model, cfg(), torch.device("meta")).defaults["fused"] is False
