@@ -25,6 +25,7 @@ from tests.mutation.score import (
     GOAL,
     KILLED,
     NOT_KILLED,
+    NOT_RUN,
     SCOPE,
     config,
     in_scope,
@@ -97,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--score-only", action="store_true",
                     help="score the mutants/ of the last run again; do not run mutmut")
-    ap.add_argument("--rerun-survivors", action="store_true",
-                    help="after new tests: run mutmut again on the last run's mutants that no "
-                         "test killed (test selection collected afresh), then score")
+    ap.add_argument("--no-slow-pass", action="store_true",
+                    help="score without running the slow_tests against the survivors")
+    ap.add_argument("--continue", dest="resume", action="store_true",
+                    help="continue the last run: the mutants in scope it did not reach or "
+                         "did not kill (after new tests), the test selection collected afresh")
+    ap.add_argument("--only", nargs="+", metavar="MODULE", default=None,
+                    help="with --continue: only these modules (paths as in scope.yaml)")
     args = ap.parse_args(argv)
     os.chdir(ROOT)  # mutmut reads pyproject.toml and mutants/ from the working directory
     reports = ROOT / "reports"
@@ -107,38 +112,38 @@ def main(argv: list[str] | None = None) -> int:
     previous = reports / "mutation.json"
     cfg = config(ROOT)
     scope = load_scope(ROOT / SCOPE, cfg["only_mutate"])
-    rerun = None
-    if args.score_only or args.rerun_survivors:
-        if not (ROOT / "mutants").is_dir() or not previous.is_file():
-            raise SystemExit("no mutants/ or reports/mutation.json: run make mutation first")
-        last = json.loads(previous.read_text())
-        minutes, rerun = last["minutes"], last.get("rerun")
-        if args.rerun_survivors:
-            from mutmut.stats import status_by_exit_code
-
-            alive = [n for n, st in statuses(ROOT / "mutants", status_by_exit_code.__getitem__)
-                     .items() if st in NOT_KILLED and in_scope(n, scope)]
-            (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # new tests
-            took = rerun_mutmut(ROOT, ROOT / "mutants.log", alive)
-            rerun = {"mutants": len(alive) + (rerun or {}).get("mutants", 0),
-                     "minutes": round(took + (rerun or {}).get("minutes", 0), 1)}
-    else:
-        minutes = run_mutmut(ROOT, ROOT / "mutants.log", patterns(scope))
-
-    from mutmut.mutation.diff_apply import get_diff_for_mutant
     from mutmut.stats import status_by_exit_code
 
+    if args.score_only or args.resume:
+        if not (ROOT / "mutants").is_dir() or not previous.is_file():
+            raise SystemExit("no mutants/ or reports/mutation.json: run make mutation first")
+        runs = json.loads(previous.read_text())["runs"]
+        if args.resume:
+            only = set(args.only or scope)
+            todo = [n for n, st in statuses(ROOT / "mutants", status_by_exit_code.__getitem__)
+                    .items() if st in NOT_RUN | NOT_KILLED and in_scope(n, scope)
+                    and module_of(n) in only]
+            (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)  # new tests
+            took = rerun_mutmut(ROOT, ROOT / "mutants.log", todo)
+            runs = [*runs, {"mutants": len(todo), "minutes": round(took, 1)}]
+    else:
+        took = run_mutmut(ROOT, ROOT / "mutants.log", patterns(scope))
+        runs = [{"mutants": "all in scope", "minutes": round(took, 1)}]
+
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
     found = statuses(ROOT / "mutants", status_by_exit_code.__getitem__)
-    slow = slow_pass(ROOT, found, scope, load_slow_tests(ROOT / SCOPE))
+    slow = {} if args.no_slow_pass else slow_pass(ROOT, found, scope,
+                                                  load_slow_tests(ROOT / SCOPE))
     found.update(slow)
     equivalents = load_equivalents(ROOT / EQUIVALENT)
     scores, stale = score(scope, found, get_diff_for_mutant, equivalents)
-    meta = {"mutmut": version("mutmut"), "minutes": round(minutes, 1),
+    meta = {"mutmut": version("mutmut"), "runs": runs,
+            "minutes": round(sum(r["minutes"] for r in runs), 1),
             "machine": f"{os.cpu_count()} cores, {platform.machine()}",
             "tests": len(cfg["pytest_add_cli_args_test_selection"]),
-            "rerun": rerun,
-            "slow_pass": {"rerun": len(slow),
-                          "killed": sum(v in KILLED for v in slow.values())}}
+            "slow_pass": None if args.no_slow_pass else {
+                "rerun": len(slow), "killed": sum(v in KILLED for v in slow.values())}}
     previous.write_text(json.dumps({**meta, "goal": GOAL, "modules": [s.as_dict() for s in scores],
                                     "stale_equivalents": [vars(e) for e in stale]}, indent=2)
                         + "\n", encoding="utf-8")
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in scores:
         for v in s.survivors:
             print(f"not killed: {v['mutant']} ({v['status']}): {v['from']!r} -> {v['to']!r}")
-    under = [s.module for s in scores if s.score < GOAL]
+    under = [s.module for s in scores if s.verdict != "met"]
     if under or stale:
         print(f"goal {GOAL:.0%} not met by {under}; stale equivalents: {len(stale)}",
               file=sys.stderr)

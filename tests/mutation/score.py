@@ -23,6 +23,7 @@ SCOPE = Path("tests/mutation/scope.yaml")
 GOAL = 0.90
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 NOT_KILLED = {"survived", "no tests", "suspicious"}
+NOT_RUN = {"not checked", "check was interrupted by user"}  # a run stopped before them
 
 
 def config(root: Path) -> dict:
@@ -148,6 +149,7 @@ class ModuleScore:
     mutants: int = 0
     killed: int = 0
     equivalent: int = 0
+    not_run: int = 0  # in scope, but the run stopped before them: not counted in the score
     survivors: list[dict] = field(default_factory=list)
 
     @property
@@ -155,10 +157,17 @@ class ModuleScore:
         counted = self.mutants - self.equivalent
         return self.killed / counted if counted else 1.0
 
+    @property
+    def verdict(self) -> str:
+        if self.not_run:
+            return f"incomplete ({self.not_run} not run)"
+        return "met" if self.score >= GOAL else "NOT met"
+
     def as_dict(self) -> dict:
         return {"module": self.module, "mutants": self.mutants, "killed": self.killed,
                 "equivalent": self.equivalent, "not_killed": len(self.survivors),
-                "score": round(self.score, 4), "survivors": self.survivors}
+                "not_run": self.not_run, "score": round(self.score, 4),
+                "verdict": self.verdict, "survivors": self.survivors}
 
 
 def in_scope(mutant: str, scope: dict[str, list[str] | None]) -> bool:
@@ -182,9 +191,12 @@ def score(scope: dict[str, list[str] | None], found: dict[str, str],
         m = by_module.get(module_of(name))
         if m is None or not in_scope(name, scope):
             continue
+        if status in NOT_RUN:
+            m.not_run += 1
+            continue
         if status not in KILLED | NOT_KILLED:
-            raise RuntimeError(f"mutant {name} is '{status}': the mutmut run did not finish; "
-                               "run make mutation again")
+            raise RuntimeError(f"mutant {name} is '{status}', a status this scorer does not "
+                               "know: look at it with mutmut show NAME")
         m.mutants += 1
         if status in KILLED:
             m.killed += 1
@@ -197,7 +209,7 @@ def score(scope: dict[str, list[str] | None], found: dict[str, str],
         else:
             m.survivors.append({"mutant": name, "status": status, "from": removed,
                                 "to": added})
-    missing = [m for m in modules if by_module[m].mutants == 0]
+    missing = [m for m in modules if by_module[m].mutants + by_module[m].not_run == 0]
     if missing:
         raise RuntimeError(f"no mutants in scope for {missing}: check [tool.mutmut] "
                            f"only_mutate in pyproject.toml and the names in {SCOPE}")
@@ -216,19 +228,23 @@ def markdown(scores: list[ModuleScore], stale: list[Equivalent], meta: dict) -> 
              "change: `reports/mutation.json`.", "",
              "| module | mutants | killed | equivalent | not killed | score | goal |",
              "|---|---:|---:|---:|---:|---:|---|"]
-    again = meta.get("rerun")
-    if again:
-        lines[2] += (f" After new tests, the {again['mutants']} mutants that run left alive "
-                     f"ran again ({again['minutes']:.0f} min).")
+    runs = meta.get("runs") or []
+    if len(runs) > 1:
+        lines[2] += (f" The minutes add up one run and {len(runs) - 1} continuation(s) of it "
+                     f"(`--continue`: the mutants not reached or not killed, after new tests: "
+                     + ", ".join(f"{r['mutants']} in {r['minutes']:.0f} min" for r in runs[1:])
+                     + ").")
     slow = meta.get("slow_pass")
+    if slow is None and "slow_pass" in meta:
+        lines[2] += (" The slow pass (each module's `slow_tests` against the mutants no fast "
+                     "test killed) was not run.")
     if slow:
         lines[2] += (f" {slow['rerun']} mutants no fast test killed were run again against "
                      f"their module's `slow_tests` (tests marked slow_setup): {slow['killed']} "
                      "killed.")
     for s in scores:
         lines.append(f"| `{s.module}` | {s.mutants} | {s.killed} | {s.equivalent} | "
-                     f"{len(s.survivors)} | {s.score:.1%} | "
-                     f"{'met' if s.score >= GOAL else 'NOT met'} |")
+                     f"{len(s.survivors)} | {s.score:.1%} | {s.verdict} |")
     total = sum(s.mutants for s in scores)
     killed = sum(s.killed for s in scores)
     eq = sum(s.equivalent for s in scores)

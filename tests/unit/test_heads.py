@@ -344,3 +344,17 @@ def test_unequal_local_batches_raise_on_every_rank(ranks: list[dict]) -> None:
     for r in ranks:
         assert "equal local batch sizes" in r["uneven_error"]
         assert "[3, 2]" in r["uneven_error"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_smoothing_by_default_and_the_export_keeps_scale_and_margin(kind: str) -> None:
+    p = _problem(kind)
+    sharded, full = _sharded_head(kind, p), _full_head(kind, p)
+    loss, _ = sharded.loss(p["feats"], p["idx"], p["w"])
+    want, _ = full.loss(p["feats"], p["idx"], p["w"], label_smoothing=0.0)
+    torch.testing.assert_close(loss.detach(), want.detach(), **TOL)
+    exported = sharded.to_full_head()
+    torch.testing.assert_close(exported.loss(p["feats"], p["idx"], p["w"])[0].detach(),
+                               want.detach(), **TOL)
+    if kind == "cosine":
+        assert (exported.scale, exported.margin) == (SCALE, MARGIN)

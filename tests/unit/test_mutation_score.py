@@ -66,9 +66,12 @@ def test_an_equivalent_entry_that_matches_nothing_is_stale():
     assert stale == [moved, killed_now] and s.equivalent == 0
 
 
-def test_an_unfinished_run_or_a_module_without_mutants_is_an_error():
-    with pytest.raises(RuntimeError, match="did not finish"):
-        score({MOD: None}, _found(b="not checked"), DIFFS.get, [])
+def test_an_unfinished_run_is_counted_apart_and_a_module_without_mutants_is_an_error():
+    (s,), _ = score({MOD: None}, _found(b="not checked"), DIFFS.get, [])
+    assert (s.mutants, s.killed, s.not_run, s.verdict) == (2, 2, 1, "incomplete (1 not run)")
+    assert s.score == 1.0  # over the mutants that ran
+    with pytest.raises(RuntimeError, match="a status this scorer does not know"):
+        score({MOD: None}, _found(b="weird"), DIFFS.get, [])
     with pytest.raises(RuntimeError, match=r"no mutants in scope for .*probe\.py"):
         score({MOD: None, "mofi_core/evaluate/probe.py": None}, _found(), DIFFS.get, [])
 
@@ -104,11 +107,15 @@ def test_markdown_marks_modules_under_the_goal_and_lists_stale_entries():
     assert "Stale entries" in text and "`f`: `a` -> `b`" in text
     assert "run again" not in text
     meta = {"mutmut": "3.8.1", "minutes": 12.0, "machine": "2 cores", "tests": 4,
-            "slow_pass": {"rerun": 7, "killed": 5}, "rerun": {"mutants": 40, "minutes": 6.2}}
+            "slow_pass": {"rerun": 7, "killed": 5},
+            "runs": [{"mutants": "all in scope", "minutes": 30}, {"mutants": 40, "minutes": 6.2}]}
     assert ("7 mutants no fast test killed were run again against their module's "
             "`slow_tests` (tests marked slow_setup): 5 killed.") in markdown([s], [], meta)
-    assert "After new tests, the 40 mutants that run left alive ran again (6 min)." in markdown(
-        [s], [], meta)
+    assert ("one run and 1 continuation(s) of it (`--continue`: the mutants not reached or not "
+            "killed, after new tests: 40 in 6 min).") in markdown([s], [], meta)
+    assert "was not run" not in markdown([s], [], meta)
+    assert "The slow pass (each module's `slow_tests` against the mutants no fast test killed) " \
+        "was not run." in markdown([s], [], {**meta, "slow_pass": None})
 
 
 def test_slow_tests_per_module(tmp_path):

@@ -328,3 +328,21 @@ def test_evaluate_labelled_without_text_tower_on_a_small_folder(classifier_dir, 
                                        cs=(1,))
     assert set(metrics) == {"probe_top1", "probe_c"} and metrics["probe_c"] == 1.0
     assert notes[-1] == "zero-shot: n/a (classifier model has no text tower)"
+
+
+def test_class_texts_leave_descriptions_out_unless_asked():
+    kb = KnowledgeBase([KBEntity("Q1", "Tesla", (), "Model X.", "product")])
+    prompts = ("a photo of {name}.", "{name}: {description}")
+    assert class_texts(kb, ["Q1"], prompts) == {"Q1": ["a photo of Tesla."]}
+    # the description's final full stop goes, and only that (its X stays)
+    assert class_texts(kb, ["Q1"], prompts, with_description=True) == {
+        "Q1": ["a photo of Tesla.", "Tesla: Model X", "Tesla, Model X."]}
+    with pytest.raises(ValueError) as err:
+        class_texts(kb, ["Q1"], ("{name}: {description}",))
+    assert str(err.value) == ("class 'Q1': every prompt needs a description and it has none; "
+                              "add a template that only uses {name}")
+
+
+def test_zero_shot_refuses_a_classifier_before_reading_the_folder(classifier_dir, tmp_path):
+    with pytest.raises(ValueError, match="no text tower"):
+        zero_shot(_loaded(classifier_dir), tmp_path / "missing", {"a": ["a"]})

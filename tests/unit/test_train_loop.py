@@ -246,6 +246,8 @@ def test_latest_prune_and_a_stale_tmp(tmp_path):
     checkpoint.prune(tmp_path, 2)  # the two newest by step, not by the order of the listing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "step-000000003",
                                                           "step-000000012"]
+    checkpoint.prune(tmp_path, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "step-000000012"]
     checkpoint.prune(tmp_path / "missing", 1)  # nothing to do, no error
     # a .tmp left by a killed save is cleared, not merged into the new checkpoint
     stale = tmp_path / "step-000000030.tmp"

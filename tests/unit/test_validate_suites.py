@@ -139,6 +139,10 @@ CASES = {  # batch -> (suite, frame, the failing (expectation, column) or None)
 
 @pytest.fixture(scope="module")
 def results():
+    """suite -> the GX results of that suite's cases, run on first use (one GX run per suite:
+    a mutant of one suite function runs only that suite's cases)."""
+    done: dict[str, list[dict]] = {}
+
     def fresh(suite: str) -> list:  # an expectation belongs to one suite only
         if suite == "manifest":
             return manifest_suite(3)
@@ -148,13 +152,18 @@ def results():
             return scores_suite(KB)
         return i2e_suites(CFG, RULE, CLASSES, KB, CORPUS)[suite]
 
-    return run_suites({name: (frame, fresh(suite)) for name, (suite, frame, _) in CASES.items()},
-                      run="bounds")
+    def of(suite: str) -> list[dict]:
+        if suite not in done:
+            done[suite] = run_suites({name: (frame, fresh(suite)) for name, (s, frame, _)
+                                      in CASES.items() if s == suite}, run="bounds")
+        return done[suite]
+
+    return of
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_bound_passes_at_the_bound_and_fails_past_it(results, case):
-    rows = [r for r in results if r["batch"] == case]
+    rows = [r for r in results(CASES[case][0]) if r["batch"] == case]
     assert rows and all(r["exception"] is None for r in rows), rows
     failed = [(r["expectation"], r["kwargs"].get("column")) for r in rows if not r["success"]]
     want = CASES[case][2]
@@ -162,7 +171,8 @@ def test_each_bound_passes_at_the_bound_and_fails_past_it(results, case):
 
 
 def test_warnings_and_errors_are_told_apart(results):
-    severity = {(r["batch"], r["kwargs"].get("column")): r["severity"] for r in results}
+    severity = {(r["batch"], r["kwargs"].get("column")): r["severity"]
+                for r in results("distribution") + results("labels")}
     assert severity[("distribution_at_bounds", "top_entity_share")] == "warning"
     assert severity[("distribution_at_bounds", "imbalance")] == "warning"
     assert severity[("distribution_at_bounds", "corpus_share")] == "error"
@@ -190,7 +200,7 @@ def test_distribution_numbers():
 
 
 def _gate_inputs(tmp_path, label_scores=(0.5, 0.6, 0.7, 0.8, 0.9, 0.4),
-                 entities=("A", "A", "A", "B", "B", "B")):
+                 entities=("A", "A", "A", "B", "B", "B"), stray=None):
     """The files the gate reads, for a 20-image corpus of which 6 carry labels."""
     import json
 
@@ -204,6 +214,8 @@ def _gate_inputs(tmp_path, label_scores=(0.5, 0.6, 0.7, 0.8, 0.9, 0.4),
     (i2e / "stats.json").write_text(json.dumps({"rule": RULE}))
     (i2e / "vocab.json").write_text(json.dumps({"classes": CLASSES}))
     keys = [f"k{i}" for i in range(6)]
+    if stray == "labels":
+        keys[5] = "stray"  # a labelled image the manifest does not hold
     tables.write_table(i2e / "labels.parquet", pa.table({
         "key": keys, "shard": ["00000.tar"] * 6,
         "entity_ids": [[e] for e in entities],
@@ -219,11 +231,13 @@ def _gate_inputs(tmp_path, label_scores=(0.5, 0.6, 0.7, 0.8, 0.9, 0.4),
         "duplicate_of": [None] * n}), tables.MANIFEST)
     mentions = tmp_path / "mentions.parquet"
     tables.write_table(mentions, pa.table({
-        "key": ["k0", "k1"], "mention": ["a", "b"], "start": [0, 2], "end": [1, 3],
+        "key": ["k0", "stray" if stray == "mentions" else "k1"], "mention": ["a", "b"],
+        "start": [0, 2], "end": [1, 3],
         "label": ["PERSON", "PERSON"], "source": ["ner", "kb"], "entity_id": ["A", "B"],
         "link_score": [0.5, 0.5]}), tables.MENTIONS)
     scores = tmp_path / "scores.parquet"
-    tables.write_table(scores, pa.table({"key": ["k0", "k0"], "entity_id": ["A", "B"],
+    tables.write_table(scores, pa.table({"key": ["k0", "stray" if stray == "scores" else "k0"],
+                                         "entity_id": ["A", "B"],
                                          "score": [0.5, 0.1]}), tables.SCORES)
     return Inputs(i2e=i2e, kb=kb, manifest=manifest, mentions=mentions, scores=scores)
 
@@ -269,3 +283,37 @@ def test_the_gate_stops_on_an_error_and_only_warns_on_a_warning(tmp_path, capsys
     assert "(unexpected: 1, observed: None, examples: [0.2899" in text  # float32
     assert "\nwarnings (not blocking):\n  - [distribution]" in text
     assert report.is_file()  # written before the gate stops
+
+
+@pytest.mark.parametrize("table", ["mentions", "scores", "labels"])
+def test_rows_of_images_the_manifest_does_not_hold_stop_the_gate(tmp_path, table):
+    from mofi_core.validate import ValidationFailed, validate
+
+    batch = {"labels": "images"}.get(table, table)
+    with pytest.raises(ValidationFailed) as err:
+        validate(_gate_inputs(tmp_path, stray=table), tmp_path / "v.json", CFG)
+    assert f"  - [{batch}] expect_column_values_to_be_in_set {{'column': 'in_manifest'" in \
+        str(err.value)
+
+
+def test_the_gate_lists_every_failure_and_returns_its_numbers(tmp_path, monkeypatch):
+    import os
+
+    from mofi_core.validate import ValidationFailed, validate
+
+    monkeypatch.delenv("GX_ANALYTICS_ENABLED", raising=False)
+    docs = tmp_path / "docs"
+    report = tmp_path / "v.json"
+    with pytest.raises(ValidationFailed) as err:
+        validate(_gate_inputs(tmp_path / "in", label_scores=(0.1, 0.6, 0.7, 0.8, 0.9, 0.2)),
+                 report, CFG, docs)
+    assert os.environ["GX_ANALYTICS_ENABLED"] == "false"  # no telemetry, even if unset
+    text = str(err.value)
+    head, _, rest = text.partition("\n")
+    assert head == (f"data validation failed: 1 of 42 expectations (report: {report}; Data "
+                    f"Docs: {docs / 'index.html'}):")
+    assert rest.startswith("  - [labels] expect_column_values_to_be_between") and \
+        "examples: [0.1" in rest and "warnings" not in rest
+    assert err.value.metrics == {"expectations": 42, "failed": 1, "warnings": 0,
+                                 "success": False, "i2e_expectations": 18}
+    assert (docs / "index.html").is_file()
