@@ -232,7 +232,8 @@ def markdown(scores: list[ModuleScore], stale: list[Equivalent], meta: dict) -> 
     if len(runs) > 1:
         lines[2] += (f" The minutes add up one run and {len(runs) - 1} continuation(s) of it "
                      f"(`--continue`: the mutants not reached or not killed, after new tests: "
-                     + ", ".join(f"{r['mutants']} in {r['minutes']:.0f} min" for r in runs[1:])
+                     + ", ".join(f"{r['mutants']} in {r['minutes']:.0f} min"
+                                 + (" (stopped)" if r.get("stopped") else "") for r in runs[1:])
                      + ").")
     slow = meta.get("slow_pass")
     if slow is None and "slow_pass" in meta:
@@ -244,7 +245,8 @@ def markdown(scores: list[ModuleScore], stale: list[Equivalent], meta: dict) -> 
                      "killed.")
     for s in scores:
         lines.append(f"| `{s.module}` | {s.mutants} | {s.killed} | {s.equivalent} | "
-                     f"{len(s.survivors)} | {s.score:.1%} | {s.verdict} |")
+                     f"{len(s.survivors)} | {f'{s.score:.1%}' if s.mutants else '—'} | "
+                     f"{s.verdict} |")
     total = sum(s.mutants for s in scores)
     killed = sum(s.killed for s in scores)
     eq = sum(s.equivalent for s in scores)

@@ -154,3 +154,24 @@ def test_min_images_counts_across_shards(tmp_path):
                                   "max_images_per_entity")} == {
         "images": 3, "entities": 1, "labels": 3, "pairs_scored": 6, "labels_per_image": 1.0,
         "min_images_per_entity": 3, "max_images_per_entity": 3}
+
+
+def test_rule_summary_gives_the_gate_its_score_floor():
+    from mofi_core.curate.rules import rule_summary
+
+    got = rule_summary(BuildConfig(rules=("threshold", "top_k"), threshold=0.4))
+    assert got["score_floor"] == 0.4 and got["rules"] == ["threshold", "top_k"]  # json: lists
+    assert rule_summary(BuildConfig(rules=("top_k",), threshold=0.4))["score_floor"] == -1.0
+    assert got == {**BuildConfig(rules=("threshold", "top_k"), threshold=0.4).model_dump(
+        mode="json"), "score_floor": 0.4}
+
+
+def test_the_rules_refusals_word_for_word():
+    with pytest.raises(ValueError) as err:
+        select_labels(["a"], ["X"], [0.9], _cfg(rules=("fdr",)))
+    assert str(err.value) == ("build.rules fdr must be resolved to a threshold first (build "
+                              "does it from the decoy estimate, mofi_core.curate.fdr)")
+    with pytest.raises(ValueError) as err:
+        select_labels(["c"], ["X"], [0.9], _cfg(rules=("null_quantile",)), null_cut={})
+    assert str(err.value) == ("build.rules has null_quantile but image 'c' has no null scores: "
+                              "set score.null_samples > 0 and re-run score")

@@ -183,3 +183,9 @@ def test_an_entry_may_name_one_edit_inside_the_line_and_wildcards():
     assert gone.matches(sorted(DIFFS)[0], "zip(a, b, strict=True)", "zip(a, b)")
     assert not gone.matches("mofi_core.report.x_f__mutmut_1", "zip(a, b, strict=True)",
                             "zip(a, b)")  # another module
+
+
+def test_a_module_none_of_whose_mutants_ran_has_no_score():
+    (s,), _ = score({MOD: None}, {n: "not checked" for n in DIFFS}, DIFFS.get, [])
+    text = markdown([s], [], {"mutmut": "3.8.1", "minutes": 1, "machine": "2", "tests": 1})
+    assert f"| `{MOD}` | 0 | 0 | 0 | 0 | — | incomplete (3 not run) |" in text
