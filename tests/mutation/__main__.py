@@ -4,7 +4,9 @@ Writes ``reports/mutation.json`` (every module's counts and every mutant no test
 what it changes) and ``reports/mutation.md`` (the table the README shows; ``python -m
 mofi_core.readme`` copies it there). Exits 1 when a module is under the goal or an entry of the
 equivalent list is stale, after writing both. ``--score-only`` scores the last run again (after
-editing the equivalent list) without re-running mutmut.
+editing the equivalent list) without re-running mutmut; ``--continue [--only MODULE ...]`` runs
+the mutants the last run did not reach or did not kill (after new tests) and adds that run to
+the record; ``--no-slow-pass`` scores without the slow_tests pass.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="MODULE", default=None,
                     help="with --continue: only these modules (paths as in scope.yaml)")
     args = ap.parse_args(argv)
+    if args.only and not args.resume:
+        ap.error("--only goes with --continue")
     os.chdir(ROOT)  # mutmut reads pyproject.toml and mutants/ from the working directory
     reports = ROOT / "reports"
     reports.mkdir(exist_ok=True)
@@ -120,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = json.loads(previous.read_text())["runs"]
         if args.resume:
             only = set(args.only or scope)
+            if only - set(scope):
+                ap.error(f"--only {sorted(only - set(scope))}: not modules of {SCOPE}")
             todo = [n for n, st in statuses(ROOT / "mutants", status_by_exit_code.__getitem__)
                     .items() if st in NOT_RUN | NOT_KILLED and in_scope(n, scope)
                     and module_of(n) in only]

@@ -116,7 +116,7 @@ def test_clipping_uses_the_norm_of_the_whole_gradient():
 
 
 def test_logs_every_n_steps_and_the_last_with_the_steps_lr():
-    rows, logged = [], []
+    logged = []
     toy = Toy()
     history = train_loop(toy, Batches(), cfg(steps=7, log_every=3), ENV,
                          lambda step, row: logged.append((step, row)))
@@ -341,8 +341,8 @@ class FakeMirror:
 
 def test_the_remote_copy_decides_where_training_resumes(tmp_path, capsys):
     c = cfg(steps=6, checkpoint_every=2, keep_checkpoints=5)
-    train_loop(Toy(), Batches(), cfg(steps=6, checkpoint_every=2, keep_checkpoints=5), ENV,
-               lambda *_: None, ckpt_root=tmp_path, fingerprint="f")  # local: 2, 4, 6
+    train_loop(Toy(), Batches(), c, ENV, lambda *_: None, ckpt_root=tmp_path,
+               fingerprint="f")  # local: 2, 4, 6
     # the remote copy holds step 2 only: resume there, not from the local step 6
     mirror = FakeMirror(2)
     logged = []
