@@ -54,7 +54,7 @@ def make_world(root: Path, samples: int, recipe: str) -> Path:
 
     world = corpus_world(root / "world", samples)
     lay = Layout(root / "proj")
-    lay.corpus.mkdir(parents=True)
+    lay.kb.parent.mkdir(parents=True)
     shutil.copy(world / "corpus" / "kb.parquet", lay.kb)
     ingest(expand_sources(str(world / "corpus" / "shards"), root), lay.ingest, IngestConfig())
     # the control reads decontam's list (nothing dropped here: the world plants no copies)

@@ -13,6 +13,32 @@ from mofi_core.models.artifact import LoadedModel
 from mofi_core.progress import Progress
 
 
+class DecodedImages:
+    """Preprocessed image batches kept for the next model with the same transform: the
+    evaluate stage embeds the same benchmark and labelled files with every compared model, and
+    decoding them cost more than encoding them with the demo's models. Kept only while the
+    tensors fit ``max_bytes``; anything larger is decoded again for each model."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes, self.used = max_bytes, 0
+        self._sets: dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def key(files: list[Path], transform) -> tuple:
+        return repr(transform), tuple(str(f) for f in files)
+
+    def get(self, files: list[Path], transform) -> torch.Tensor | None:
+        return self._sets.get(self.key(files, transform))
+
+    def put(self, files: list[Path], transform, images: torch.Tensor) -> bool:
+        size = images.numel() * images.element_size()
+        if self.used + size > self.max_bytes:
+            return False
+        self._sets[self.key(files, transform)] = images
+        self.used += size
+        return True
+
+
 class ImageFiles(Dataset):
     def __init__(self, files: list[Path], transform) -> None:
         self.files, self.transform = files, transform
@@ -25,16 +51,40 @@ class ImageFiles(Dataset):
             return self.transform(img.convert("RGB"))
 
 
-@torch.no_grad()
-def embed_files(loaded: LoadedModel, files: list[Path], batch_size: int = 256,
-                num_workers: int = 1, label: str = "embed") -> np.ndarray:
-    """One row per file, in order; progress (``label``) counted per batch."""
-    dev = loaded.device
+def _batches(loaded: LoadedModel, files: list[Path], batch_size: int, num_workers: int,
+             decoded: DecodedImages | None):
+    """Preprocessed batches of ``files``: from ``decoded`` when an earlier model with the same
+    transform left them there, else decoded (and left there when they fit)."""
+    held = decoded.get(files, loaded.transform) if decoded is not None else None
+    if held is not None:
+        yield from held.split(batch_size)
+        return
     loader = DataLoader(ImageFiles(files, loaded.transform), batch_size=batch_size,
                         num_workers=num_workers)
+    keep: list[torch.Tensor] | None = [] if decoded is not None else None
+    size = 0
+    for images in loader:
+        if keep is not None and decoded is not None:
+            size += images.numel() * images.element_size()
+            if decoded.used + size <= decoded.max_bytes:
+                keep.append(images)
+            else:  # past what is left: stop holding batches (decoded again next time)
+                keep = None
+        yield images
+    if keep and decoded is not None:
+        decoded.put(files, loaded.transform, torch.cat(keep))
+
+
+@torch.no_grad()
+def embed_files(loaded: LoadedModel, files: list[Path], batch_size: int = 256,
+                num_workers: int = 1, label: str = "embed",
+                decoded: DecodedImages | None = None) -> np.ndarray:
+    """One row per file, in order; progress (``label``) counted per batch. ``decoded``: share
+    preprocessed images between models (see :class:`DecodedImages`)."""
+    dev = loaded.device
     out, done = [], 0
     with Progress(label, len(files), "image") as progress:
-        for images in loader:
+        for images in _batches(loaded, files, batch_size, num_workers, decoded):
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 feats = loaded.model.encode_image(images.to(dev)).float()
             norms = feats.norm(dim=-1)

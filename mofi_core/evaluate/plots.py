@@ -1,8 +1,8 @@
 """Evaluation figures, each written atomically as a PNG.
 
-Figures are built with matplotlib's object API on an Agg canvas (no pyplot, so no global backend
-state and no display needed). The temporary file of ``atomic_path`` has no ``.png`` suffix, hence
-the explicit ``format="png"``.
+The retrieval grid is one image drawn with PIL. The other figures are built with matplotlib's
+object API on an Agg canvas (no pyplot, so no global backend state and no display needed). The
+temporary file of ``atomic_path`` has no ``.png`` suffix, hence the explicit ``format="png"``.
 """
 
 from __future__ import annotations
@@ -51,44 +51,56 @@ def retrieval_tiles(features: np.ndarray, labels: np.ndarray, queries: np.ndarra
     return top, labels[top] == labels[queries][:, None]
 
 
-def _thumb(path: Path) -> np.ndarray:
+FRAME, TITLE, GAP = 3, 14, 8  # retrieval grid: frame width, title band, space between tiles
+FRAMES = {"black": (0, 0, 0), "green": (0, 150, 0), "red": (210, 0, 0)}
+
+
+def _thumb(path: Path) -> Image.Image:
+    """The image scaled to fit THUMB x THUMB (up or down), its aspect kept."""
     with Image.open(path) as img:
         img = img.convert("RGB")
-        img.thumbnail((THUMB, THUMB))
-        return np.asarray(img)
-
-
-def _tile(ax, image: np.ndarray, title: str, colour: str) -> None:
-    ax.imshow(image)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_title(title, fontsize=6)
-    for spine in ax.spines.values():
-        spine.set_edgecolor(colour)
-        spine.set_linewidth(3)
+        scale = THUMB / max(img.size)
+        size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
+        return img.resize(size, Image.Resampling.BICUBIC) if size != img.size else img
 
 
 def retrieval_grid(files: Sequence[Path], labels: np.ndarray, features: np.ndarray,
                    out_png: Path | str, queries: int = 6, k: int = 8, seed: int = 0) -> Path:
     """One row per query: the query, then its top-k retrieved other images, framed green when
-    they share the query's class and red otherwise."""
+    they share the query's class and red otherwise, each titled with its label.
+
+    Drawn as one image with PIL (a matplotlib axes per tile took ~3 s a model: most of the
+    evaluate stage's figure time)."""
+    from PIL import ImageDraw
+
     if len(files) < 2 or len(files) != len(labels) or len(files) != len(features):
         raise ValueError(f"retrieval grid needs >= 2 images with one label and one feature each "
                          f"(files {len(files)}, labels {len(labels)}, features {len(features)})")
     k = min(k, len(files) - 1)
     rows = pick_queries(labels, queries, seed)
     top, same = retrieval_tiles(features, labels, rows, k)
-    fig = Figure(figsize=(1.2 * (k + 1), 1.3 * len(rows)))
-    axes = fig.subplots(len(rows), k + 1, squeeze=False)
-    thumbs: dict[int, np.ndarray] = {}
+    cell_w, cell_h = THUMB + 2 * FRAME, TITLE + THUMB + 2 * FRAME
+    canvas = Image.new("RGB", (GAP + (k + 1) * (cell_w + GAP), GAP + len(rows) * (cell_h + GAP)),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    thumbs: dict[int, Image.Image] = {}
     for r, q in enumerate(rows):
         for c, idx in enumerate(int(i) for i in [q, *top[r]]):
             if idx not in thumbs:
                 thumbs[idx] = _thumb(Path(files[idx]))
             colour = "black" if c == 0 else ("green" if same[r, c - 1] else "red")
-            _tile(axes[r, c], thumbs[idx], f"{'query ' if c == 0 else ''}{labels[idx]}", colour)
-    fig.tight_layout()
-    return _save(fig, out_png)
+            x, y = GAP + c * (cell_w + GAP), GAP + r * (cell_h + GAP)
+            title = f"{'query ' if c == 0 else ''}{labels[idx]}"
+            draw.text((x, y), title[:16], fill=(0, 0, 0))
+            thumb = thumbs[idx]
+            left = x + FRAME + (THUMB - thumb.width) // 2
+            top_ = y + TITLE + FRAME + (THUMB - thumb.height) // 2
+            draw.rectangle((left - FRAME, top_ - FRAME, left + thumb.width + FRAME - 1,
+                            top_ + thumb.height + FRAME - 1), fill=FRAMES[colour])
+            canvas.paste(thumb, (left, top_))
+    with atomic_path(out_png) as tmp:
+        canvas.save(tmp, format="PNG")
+    return Path(out_png)
 
 
 def _subsample(n: int, max_points: int, seed: int) -> np.ndarray:
@@ -107,8 +119,10 @@ def tsne_plot(features: np.ndarray, labels: np.ndarray, out_png: Path | str,
     if len(keep) < 3:
         raise ValueError(f"t-SNE needs at least 3 points, got {len(keep)}")
     perplexity = float(min(30.0, max(1.0, (len(keep) - 1) / 3)))
+    # 500 iterations, not sklearn's 1,000: on the demo's 800 benchmark embeddings the final KL
+    # divergence is 0.733 against 0.723 (the map has settled), in 1.2 s instead of 1.9 s
     xy = TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed,
-              learning_rate="auto").fit_transform(np.asarray(features)[keep])
+              learning_rate="auto", max_iter=500).fit_transform(np.asarray(features)[keep])
     colour_by = np.asarray(labels if groups is None else groups)[keep]
     fig = Figure(figsize=(6, 5))
     ax = fig.subplots()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mofi_core.evaluate.embed import embed_files
+from mofi_core.evaluate.embed import DecodedImages, embed_files
 from mofi_core.kb import KnowledgeBase
 from mofi_core.models.artifact import LoadedModel
 from mofi_core.models.factory import encode_texts
@@ -192,7 +192,8 @@ def evaluate_labelled(loaded: LoadedModel, labelled_root: Path | str,
                       prompts: Sequence[str] = DEFAULT_PROMPTS, batch_size: int = 256,
                       with_description: bool = False,
                       cs: Sequence[float] = (0.01, 0.1, 1, 10, 100),
-                      label: str = "embed labelled") -> tuple[dict[str, float], list[str]]:
+                      label: str = "embed labelled", decoded: DecodedImages | None = None
+                      ) -> tuple[dict[str, float], list[str]]:
     """Linear probe (any model) and zero-shot (models with a text tower) on the test split of
     ``labelled_root/{train,val,test}/<entity_id>/*``; label space = the train split's classes.
 
@@ -202,7 +203,7 @@ def evaluate_labelled(loaded: LoadedModel, labelled_root: Path | str,
     root = Path(labelled_root)
     names, splits = _labelled_splits(root)
     files = [f for s in SPLITS for f in splits[s][0]]
-    feats = np.split(embed_files(loaded, files, batch_size, label=label),
+    feats = np.split(embed_files(loaded, files, batch_size, label=label, decoded=decoded),
                      np.cumsum([len(splits[s][0]) for s in SPLITS])[:-1])
     probe = linear_probe(feats[0], splits["train"][1], feats[1], splits["val"][1], feats[2],
                          splits["test"][1], cs=tuple(cs))

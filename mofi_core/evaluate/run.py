@@ -20,7 +20,7 @@ import numpy as np
 from mofi_core.claims import model_rows
 from mofi_core.config import EvaluateConfig
 from mofi_core.device import resolve_device
-from mofi_core.evaluate.embed import embed_files
+from mofi_core.evaluate.embed import DecodedImages, embed_files
 from mofi_core.evaluate.retrieval import (
     gpr1200_domains,
     gpr_files,
@@ -73,14 +73,15 @@ def class_kb(kb_path: Path | None, rows: list[dict]) -> KnowledgeBase | None:
 
 
 def _labelled(name: str, loaded: LoadedModel, labelled: Path | None, kb, cfg: EvaluateConfig,
-              notes: list[str]) -> dict[str, float]:
+              notes: list[str], decoded: DecodedImages) -> dict[str, float]:
     if labelled is None:
         return {}
     from mofi_core.evaluate.probe import evaluate_labelled
 
     with_desc = any("{description}" in p for p in cfg.prompts)
     metrics, more = evaluate_labelled(loaded, labelled, kb, cfg.prompts, cfg.batch_size,
-                                      with_desc, cfg.probe_c, label=f"evaluate {name} labelled")
+                                      with_desc, cfg.probe_c, label=f"evaluate {name} labelled",
+                                      decoded=decoded)
     notes.extend(f"{name}: {n}" for n in more)
     return metrics
 
@@ -98,12 +99,13 @@ def evaluate(models: dict[str, Path], gpr_dir: Path, cfg: EvaluateConfig,
     notes: list[str] = []
     feats: dict[str, np.ndarray] = {}
     device = resolve_device(cfg.device)
+    decoded = DecodedImages()  # the same files for every model: decoded once where they fit
     for name, folder in models.items():
         loaded = LoadedModel.load(folder, device)  # once: retrieval, probe and zero-shot share it
         feats[name] = embed_files(loaded, files, cfg.batch_size,
-                                  label=f"evaluate {name} retrieval")
+                                  label=f"evaluate {name} retrieval", decoded=decoded)
         results[name] = retrieval_metrics(feats[name], labels, partitions)
-        results[name].update(_labelled(name, loaded, labelled_dir, kb, cfg, notes))
+        results[name].update(_labelled(name, loaded, labelled_dir, kb, cfg, notes, decoded))
         del loaded  # one model in memory at a time
     for name in models:
         if name != CONTROL and CONTROL in results:

@@ -89,7 +89,7 @@ class MultiTaskModel(nn.Module):
         return self.head.logits(self.encode_image(images))
 
 
-def _cuts_after_end_token(clip: nn.Module) -> bool:
+def cuts_after_end_token(clip: nn.Module) -> bool:
     """Whether padding after the end token can be cut without changing ``encode_text``: an
     open_clip CLIP (its own ``encode_text``, not an override) with a causal mask, pooling at
     the end token. Position i then only attends to positions <= i, so the pooled output never
@@ -101,8 +101,10 @@ def _cuts_after_end_token(clip: nn.Module) -> bool:
             and getattr(clip, "text_pool_type", None) == "argmax")
 
 
-def _encode_cut(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """CLIP.encode_text on the first n positions only, n = one past the last end token."""
+def encode_text_cut(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP.encode_text on the first n positions only, n = one past the last end token (call
+    only where :func:`cuts_after_end_token` holds). Used by scoring and by training: the cut
+    positions never reach the pooled output, so they get no gradient either way."""
     ends = tokens.argmax(dim=-1)  # the end token has the largest id in open_clip's vocabulary
     n = int(ends.max()) + 1
     cast = clip.transformer.get_cast_dtype()
@@ -128,13 +130,13 @@ def encode_texts(clip: nn.Module, tokenizer, texts: list[str], device: torch.dev
     if not texts:
         return torch.empty(0, 0, device=device)
     tokens = tokenizer(texts)
-    cut = _cuts_after_end_token(clip)
+    cut = cuts_after_end_token(clip)
     order = torch.argsort(tokens.argmax(dim=-1), stable=True) if cut else torch.arange(len(texts))
     out = []
     for i in range(0, len(texts), batch_size):
         batch = tokens[order[i:i + batch_size]].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            emb = _encode_cut(clip, batch) if cut else clip.encode_text(batch)
+            emb = encode_text_cut(clip, batch) if cut else clip.encode_text(batch)
         out.append(torch.nn.functional.normalize(emb.float(), dim=-1))
     emb = torch.cat(out)
     return torch.empty_like(emb).index_copy_(0, order.to(device), emb)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mofi_core.config import TrainConfig
-from mofi_core.models.factory import build_clip
+from mofi_core.models.factory import build_clip, cuts_after_end_token, encode_text_cut
 from mofi_core.models.heads import make_head as full_head
 from mofi_core.train import heads as H
 
@@ -29,17 +29,22 @@ MAX_LOGIT_SCALE = 4.6052  # ln(100): CLIP's cap on the learnable temperature
 
 class ClipFeatures(nn.Module):
     """CLIP towers returning (raw image embedding, unit text embedding, temperature) — the
-    raw image embedding feeds a classifier head; its normalised copy the contrastive loss."""
+    raw image embedding feeds a classifier head; its normalised copy the contrastive loss.
+
+    The text tower runs on the batch cut after its longest text's end token where that cannot
+    change the result (a causal mask, pooling at the end token): the longest of 64 demo
+    alt-texts averages 27 tokens of mofi-tiny's 32, entity names far fewer of open_clip's 77."""
 
     def __init__(self, clip: nn.Module) -> None:
         super().__init__()
         self.clip = clip
+        self.cut = cuts_after_end_token(clip)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         img = self.clip.encode_image(images)
-        txt = self.clip.encode_text(tokens, normalize=True)
-        return img, txt, self.clip.logit_scale.exp()
+        txt = encode_text_cut(self.clip, tokens) if self.cut else self.clip.encode_text(tokens)
+        return img, F.normalize(txt, dim=-1), self.clip.logit_scale.exp()
 
 
 class Recipe:

@@ -62,6 +62,19 @@ def test_retrieval_grid_writes_png(images, tmp_path):
     width, height = _png_size(out)
     assert 550 <= width <= 650 and 350 <= height <= 430  # 5 tiles x 3 rows
     _no_temporaries(out.parent)
+    # every tile framed: the query black, same-class neighbours green, the others red (each
+    # query's two classmates are its nearest: one-hot features)
+    from mofi_core.evaluate.plots import FRAME, GAP, THUMB, TITLE
+
+    with Image.open(out) as img:
+        grid = img.convert("RGB")
+    colours = []
+    for r in range(3):
+        y = GAP + r * (TITLE + THUMB + 2 * FRAME + GAP) + TITLE + FRAME + THUMB // 2
+        colours.append([grid.getpixel((GAP + c * (THUMB + 2 * FRAME + GAP) + 1, y))
+                        for c in range(5)])
+    black, green, red = (0, 0, 0), (0, 150, 0), (210, 0, 0)
+    assert colours == [[black, green, green, red, red]] * 3
     # k larger than the other images available shrinks to n - 1
     assert _png_size(retrieval_grid(files, labels, feats, tmp_path / "g2.png", 2, k=50))[0] > 0
 

@@ -274,6 +274,32 @@ def test_embeddings_are_normalised_once_where_they_are_made(clip_dir, tmp_path):
         embed_files(loaded, files, batch_size=2)
 
 
+
+def test_decoded_images_are_shared_between_models_with_the_same_transform(
+        clip_dir, classifier_dir, tmp_path):
+    """The second model reads the first one's preprocessed images (the files may be gone),
+    with the embeddings a fresh decode gives; a set over ``max_bytes`` is never held."""
+    from mofi_core.evaluate.embed import DecodedImages, embed_files
+
+    rng = np.random.default_rng(2)
+    files = [_image(tmp_path / f"{i}.png", rng) for i in range(5)]
+    clip, classifier = _loaded(clip_dir), _loaded(classifier_dir)
+    assert repr(clip.transform) == repr(classifier.transform)
+    fresh = {m: embed_files(x, files, 2) for m, x in (("clip", clip), ("cls", classifier))}
+    decoded = DecodedImages()
+    np.testing.assert_array_equal(embed_files(clip, files, 2, decoded=decoded), fresh["clip"])
+    assert decoded.used == 5 * 3 * 64 * 64 * 4
+    for f in files:
+        f.unlink()
+    np.testing.assert_array_equal(embed_files(classifier, files, 3, decoded=decoded),
+                                  fresh["cls"])
+    assert decoded.get(files[:4], clip.transform) is None  # another file list: not shared
+    small = DecodedImages(max_bytes=3 * 3 * 64 * 64 * 4)  # room for 3 of the 5 images
+    files = [_image(tmp_path / f"b{i}.png", rng) for i in range(5)]
+    embed_files(clip, files, 2, decoded=small)
+    assert small.get(files, clip.transform) is None and small.used == 0
+
+
 def _labelled(root, rng, layout):
     for split, classes in layout.items():
         for cls, n in classes.items():
