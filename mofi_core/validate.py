@@ -218,6 +218,15 @@ def run_name(now: datetime | None = None, given: str | None = None) -> str:
     return f"validate-{(now or datetime.now(UTC)):%Y%m%dT%H%M%SZ}"
 
 
+def _unknown_columns(kwargs: dict, frame: pd.DataFrame) -> list[str]:
+    """The columns an expectation names that the frame does not have under exactly that name
+    (GX's pandas backend resolves ``column="KEY"`` to a column ``key``; a gate must not)."""
+    named = [kwargs[k] for k in ("column", "column_A", "column_B") if kwargs.get(k) is not None]
+    named += list(kwargs.get("column_list") or [])
+    have = {str(c) for c in frame.columns}
+    return [str(c) for c in named if str(c) not in have]
+
+
 def run_suites(batches: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path | None = None,
                run: str | None = None) -> list[dict]:
     """Validate each ``name -> (frame, expectations)`` as one GX run named ``run`` (default:
@@ -241,16 +250,21 @@ def run_suites(batches: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path | N
         for r in outcome.results:
             cfg = r.expectation_config
             kwargs = {k: v for k, v in cfg.kwargs.items() if k not in ("batch_id", "value_set")}
+            exception = (r.exception_info or {}).get("exception_message") \
+                if r.exception_info and r.exception_info.get("raised_exception") else None
+            unknown = _unknown_columns(cfg.kwargs, frame)
+            if unknown:
+                exception = (f"batch {name!r} has no column {', '.join(map(repr, unknown))} "
+                             f"(it has {sorted(map(str, frame.columns))}); the gate matches "
+                             "column names exactly, where Great Expectations ignores case")
             results.append({"batch": name, "expectation": cfg.type, "kwargs": kwargs,
-                            "success": bool(r.success),
+                            "success": bool(r.success) and not unknown,
                             "severity": (cfg.meta or {}).get("severity", "error"),
                             "unexpected_count": r.result.get("unexpected_count"),
                             "examples": _jsonable(r.result.get("partial_unexpected_list",
                                                                [])[:5]),
                             "observed": _jsonable(r.result.get("observed_value")),
-                            "exception": (r.exception_info or {}).get("exception_message")
-                            if r.exception_info and r.exception_info.get("raised_exception")
-                            else None})
+                            "exception": exception})
     if docs_dir is not None:
         from mofi_core.validate_docs import make_offline
 

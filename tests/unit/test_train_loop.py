@@ -200,7 +200,8 @@ def test_a_non_finite_loss_stops_with_what_to_change():
             loss, terms = super().loss(batch)
             return loss * float("nan"), terms
 
-    with pytest.raises(FloatingPointError, match=r"loss is nan at step 1; lower train\.lr"):
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 1; lower train\.lr or "
+                                                 r"raise train\.warmup_steps$"):
         train_loop(Nan(), Batches(), cfg(steps=2, warmup_steps=1), ENV, lambda *_: None)
 
 
@@ -333,6 +334,7 @@ class FakeMirror:
         return True
 
     def push_rank(self, tmp_dir, step, rank):
+        assert tmp_dir.name == f"step-{step:09d}.tmp" and (tmp_dir / "rank-00000.json").is_file()
         self.pushed.append((step, rank))
 
     def finish(self, final_dir):
@@ -417,3 +419,190 @@ def test_fused_adamw_where_pytorch_has_it_with_the_configured_lr_and_decay():
     assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [
         (0.3, 0.2, 2), (0.3, 0.0, 4)]
     assert make_optimizer(model, cfg(), torch.device("meta")).defaults["fused"] is False
+
+
+class Pairs(Batches):
+    """Batches of 2 samples (of 4 features: a sample count read from the wrong axis shows)."""
+
+    def __iter__(self):
+        while True:
+            j = self.i % 16
+            self.i += 1
+            yield self.x[2 * j:2 * j + 2], self.y[2 * j:2 * j + 2]
+
+
+def test_throughput_counts_every_image_of_every_micro_batch(monkeypatch):
+    """images_per_s = images since the start / seconds since the start, with two micro-batches
+    of 2 per step and a clock that moves 2 s between reads: 2 images/s at every log."""
+    from types import SimpleNamespace
+
+    from mofi_core.train import loop
+
+    ticks = iter(range(100, 1000, 2))
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    history = train_loop(Toy(), Pairs(), cfg(steps=3, warmup_steps=1, grad_accum=2), ENV,
+                         lambda *_: None)
+    assert [r["images_per_s"] for r in history] == [2.0, 2.0, 2.0]
+
+
+def test_a_logged_row_holds_exactly_its_named_values():
+    row = train_loop(Toy(), Batches(), cfg(steps=2, warmup_steps=1), ENV, lambda *_: None)[0]
+    assert sorted(row) == ["batch", "grad_norm", "images_per_s", "loss", "loss_toy", "lr",
+                           "memory_mb", "step"]
+    assert row["memory_mb"] > 0
+
+
+def test_a_parameter_without_a_gradient_is_left_alone():
+    """Gradients are set to None between steps: a parameter the loss never reaches has no
+    gradient and AdamW skips it (a zero gradient would still shrink it by weight decay)."""
+    toy = Toy()
+    toy.model.register_parameter("spare", nn.Parameter(torch.ones(3, 3)))
+    train_loop(toy, Batches(), cfg(steps=3, warmup_steps=1, weight_decay=0.5), ENV,
+               lambda *_: None)
+    assert toy.model.spare.grad is None and torch.equal(toy.model.spare, torch.ones(3, 3))
+
+
+def test_replicated_parameters_outside_the_net_train_as_usual_in_one_process():
+    """A head outside the DDP net has its gradients averaged by the loop: over one process
+    that leaves them as they are."""
+
+    class Extra(Toy):
+        def replicated_extra(self):
+            return list(self.model[2].parameters())
+
+    plain, extra = Toy(), Extra()
+    for toy in (plain, extra):
+        train_loop(toy, Batches(), cfg(steps=3, warmup_steps=1), ENV, lambda *_: None)
+    for pa, pb in zip(plain.model.parameters(), extra.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_checkpoints_without_a_fingerprint_record_an_empty_one(tmp_path):
+    train_loop(Toy(), Batches(), cfg(steps=3, checkpoint_every=3, warmup_steps=1), ENV,
+               lambda *_: None, ckpt_root=tmp_path)
+    state = json.loads((tmp_path / "step-000000003" / "state.json").read_text())
+    assert state["fingerprint"] == "" and state["step"] == 3
+
+
+def test_progress_names_the_recipe_counts_steps_and_shows_the_logged_loss(monkeypatch, capsys):
+    """A line per step (MOFI_PROGRESS_SECONDS=0, not a terminal): the loss appears from the
+    first logged step on and stays until the next; a last line says it is done."""
+    monkeypatch.setenv("MOFI_PROGRESS_SECONDS", "0")
+    history = train_loop(Toy(), Batches(), cfg(steps=4, log_every=2, warmup_steps=1), ENV,
+                         lambda *_: None)
+    lines = capsys.readouterr().out.splitlines()
+    l2, l4 = (f"{r['loss']:.4f}" for r in history)
+    assert [x.split(" | ")[0] for x in lines] == [
+        "train (toy): step 1/4 (25%)", f"train (toy): step 2/4 (50%) loss {l2}",
+        f"train (toy): step 3/4 (75%) loss {l2}", f"train (toy): step 4/4 (100%) loss {l4}",
+        f"train (toy): step 4/4 (100%) loss {l4}"]
+    assert "done in" in lines[-1] and "step/s" in lines[-1]
+    other = DistEnv(rank=1, world=1, local_rank=0, device=torch.device("cpu"))
+    train_loop(Toy(), Batches(), cfg(steps=2, warmup_steps=1), other, lambda *_: None)
+    assert capsys.readouterr().out == ""  # only rank 0 shows progress
+
+
+class Normed(Recipe):
+    """A model with buffers (batch norm) whose last layer counts as sharded: at world 1 its
+    tensors go to the rank's own file, the rest to the replicated one."""
+
+    name = "normed"
+
+    def __init__(self, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+        super().__init__(net, net)
+
+    def is_sharded(self, name: str) -> bool:
+        return name.startswith("2.")
+
+    def loss(self, batch):
+        x, y = batch
+        loss = F.cross_entropy(self.forward(x), y)
+        return loss, {}
+
+
+def _trained(recipe: Recipe, steps: int = 2) -> torch.optim.Optimizer:
+    opt = torch.optim.AdamW(recipe.model.parameters(), lr=0.1)
+    batches = iter(Batches())
+    for _ in range(steps):
+        opt.zero_grad()
+        recipe.loss(next(batches))[0].backward()
+        opt.step()
+    return opt
+
+
+def test_buffers_sharded_tensors_and_optimizer_state_come_back(tmp_path):
+    from safetensors.torch import load_file
+
+    saved = Normed()
+    opt = _trained(saved)
+    final = checkpoint.save(tmp_path, 2, saved, opt, {}, ENV, "f")
+    own = load_file(str(final / "rank-00000.safetensors"))
+    shared = load_file(str(final / "replicated.safetensors"))
+    assert sorted(k for k in own if not k.startswith("rng/")) == [
+        "optim/2.bias/exp_avg", "optim/2.bias/exp_avg_sq", "optim/2.bias/step",
+        "optim/2.weight/exp_avg", "optim/2.weight/exp_avg_sq", "optim/2.weight/step",
+        "param/2.bias", "param/2.weight"]
+    assert "buffer/1.running_mean" in shared and "param/0.weight" in shared
+    assert not any(k.startswith(("param/2.", "optim/2.")) for k in shared)
+    back = Normed(seed=4)
+    opt2 = torch.optim.AdamW(back.model.parameters(), lr=0.1)
+    checkpoint.load(checkpoint.latest(tmp_path), back.model, opt2, ENV, "f")
+    for (name, a), b in zip(saved.model.state_dict().items(), back.model.state_dict().values(),
+                            strict=True):
+        assert torch.equal(a, b), name  # parameters and buffers (running mean and variance)
+    for p, q in zip(saved.model.parameters(), back.model.parameters(), strict=True):
+        assert opt2.state[q].keys() == opt.state[p].keys()
+        for slot, value in opt.state[p].items():
+            assert torch.equal(value, opt2.state[q][slot]), slot
+
+
+def test_a_parameter_mismatch_names_the_folder_and_three_names_of_each_kind(tmp_path):
+    final = _saved(tmp_path, 1)[2]
+    many = nn.Module()
+    for i in range(5):
+        many.register_parameter(f"p{i}", nn.Parameter(torch.zeros(1)))
+    with pytest.raises(ValueError) as err:
+        checkpoint.load(checkpoint.latest(tmp_path), many, torch.optim.AdamW(many.parameters()),
+                        ENV, "f")
+    assert str(err.value) == (
+        f"{final}: parameters do not match the model (missing ['p0', 'p1', 'p2'], "
+        "unexpected ['0.bias', '0.weight', '1.bias'])")
+
+
+def test_the_cuda_generator_is_saved_and_restored_where_cuda_is_in_use(tmp_path, monkeypatch):
+    """No GPU here: torch.cuda's generator calls are stood in for, to check the checkpoint
+    saves the CUDA generator when CUDA is initialised and sets it back on load."""
+    state = {"rng": torch.arange(8, dtype=torch.uint8)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda: state["rng"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda t: state.update(rng=t.clone()))
+    toy, opt, final = _saved(tmp_path, 1)
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(final / "rank-00000.safetensors"))["rng/cuda"],
+                       torch.arange(8, dtype=torch.uint8))
+    state["rng"] = torch.zeros(8, dtype=torch.uint8)
+    checkpoint.load(checkpoint.latest(tmp_path), toy.model, opt, ENV, "f")
+    assert torch.equal(state["rng"], torch.arange(8, dtype=torch.uint8))
+    # CUDA present but never initialised (nothing ran on it): no CUDA generator is saved
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    final = _saved(tmp_path, 2)[2]
+    assert "rng/cuda" not in load_file(str(final / "rank-00000.safetensors"))
+
+
+def test_a_save_cut_before_its_rename_leaves_only_the_tmp_folder(tmp_path, monkeypatch):
+    """The folder a save writes into is step-N.tmp until the last moment: a save killed
+    before the rename leaves no step-N that latest() would take as complete."""
+    from pathlib import Path
+
+    def killed(self, target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "rename", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _saved(tmp_path, 5)
+    assert [p.name for p in tmp_path.iterdir()] == ["step-000000005.tmp"]
+    assert checkpoint.latest(tmp_path) is None

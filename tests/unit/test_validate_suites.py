@@ -77,6 +77,7 @@ CASES = {  # batch -> (suite, frame, the failing (expectation, column) or None)
                                 ("expect_column_values_to_match_regex", "shard")),
     "manifest_bad_sha": ("manifest", _manifest(sha256=["ab" * 32, "AB" * 32, "ab" * 31]),
                          ("expect_column_values_to_match_regex", "sha256")),
+    "manifest_empty": ("manifest", _manifest(0), ("expect_table_row_count_to_be_between", None)),
     "manifest_key_twice": ("manifest", _manifest(key=["k0", "k0", "k1"]),
                            ("expect_column_values_to_be_unique", "key")),
     "manifest_many_duplicates": ("manifest", _manifest(duplicate_of=["k1", None, None]),
@@ -89,12 +90,15 @@ CASES = {  # batch -> (suite, frame, the failing (expectation, column) or None)
                                 (IN_SET, "source")),
     "mentions_link_score_over_one": ("mentions", _mentions(link_score=[0.0, 1.01]),
                                      (BETWEEN, "link_score")),
+    "mentions_negative_link_score": ("mentions", _mentions(link_score=[-0.01, 1.0]),
+                                     (BETWEEN, "link_score")),
     "mentions_not_in_the_kb": ("mentions", _mentions(entity_id=["Z", None]),
                                (IN_SET, "entity_id")),
     "mentions_not_ingested": ("mentions", _mentions(in_manifest=[True, False]),
                               (IN_SET, "in_manifest")),
     "scores_at_bounds": ("scores", _scored(), None),
     "scores_out_of_range": ("scores", _scored(score=[-1.01, 1.0]), (BETWEEN, "score")),
+    "scores_over_one": ("scores", _scored(score=[-1.0, 1.01]), (BETWEEN, "score")),
     "scores_pair_twice": ("scores", _scored(entity_id=["A", "A"]),
                           ("expect_compound_columns_to_be_unique", None)),
     "scores_not_in_the_kb": ("scores", _scored(entity_id=["A", "Z"]), (IN_SET, "entity_id")),
@@ -127,6 +131,8 @@ CASES = {  # batch -> (suite, frame, the failing (expectation, column) or None)
     "distribution_at_bounds": ("distribution", _dist(0.25, top=0.6, imbalance=2.0), None),
     "distribution_small_share": ("distribution", _dist(0.2499),
                                  ("expect_column_values_to_be_between", "corpus_share")),
+    "distribution_share_over_one": ("distribution", _dist(1.01),
+                                    ("expect_column_values_to_be_between", "corpus_share")),
     "distribution_one_class": ("distribution", _dist(0.5, classes=1),
                                ("expect_column_values_to_be_between", "classes")),
     "distribution_one_entity_dominates": ("distribution", _dist(0.5, top=0.61),
@@ -137,24 +143,26 @@ CASES = {  # batch -> (suite, frame, the failing (expectation, column) or None)
 }
 
 
+def _fresh(suite: str) -> list:
+    """A new expectation list of ``suite`` (an expectation belongs to one suite only)."""
+    if suite == "manifest":
+        return manifest_suite(3)
+    if suite == "mentions":
+        return mentions_suite(KB)
+    if suite == "scores":
+        return scores_suite(KB)
+    return i2e_suites(CFG, RULE, CLASSES, KB, CORPUS)[suite]
+
+
 @pytest.fixture(scope="module")
 def results():
     """suite -> the GX results of that suite's cases, run on first use (one GX run per suite:
     a mutant of one suite function runs only that suite's cases)."""
     done: dict[str, list[dict]] = {}
 
-    def fresh(suite: str) -> list:  # an expectation belongs to one suite only
-        if suite == "manifest":
-            return manifest_suite(3)
-        if suite == "mentions":
-            return mentions_suite(KB)
-        if suite == "scores":
-            return scores_suite(KB)
-        return i2e_suites(CFG, RULE, CLASSES, KB, CORPUS)[suite]
-
     def of(suite: str) -> list[dict]:
         if suite not in done:
-            done[suite] = run_suites({name: (frame, fresh(suite)) for name, (s, frame, _)
+            done[suite] = run_suites({name: (frame, _fresh(suite)) for name, (s, frame, _)
                                       in CASES.items() if s == suite}, run="bounds")
         return done[suite]
 
@@ -168,6 +176,51 @@ def test_each_bound_passes_at_the_bound_and_fails_past_it(results, case):
     failed = [(r["expectation"], r["kwargs"].get("column")) for r in rows if not r["success"]]
     want = CASES[case][2]
     assert failed == ([want] if want else [])
+
+
+def test_every_case_of_every_suite_in_one_run():
+    """The cases above again, in one GX run whose suites this test builds itself: mutation
+    testing runs, for a mutant, the tests that called its function, and the fixture's cache
+    shows each suite's call to the first case of that suite only."""
+    rows = run_suites({name: (frame, _fresh(suite)) for name, (suite, frame, _)
+                       in CASES.items()}, run="all")
+    for case, (_, _, want) in CASES.items():
+        mine = [r for r in rows if r["batch"] == case]
+        assert mine and all(r["exception"] is None for r in mine), (case, mine)
+        failed = [(r["expectation"], r["kwargs"].get("column")) for r in mine
+                  if not r["success"]]
+        assert failed == ([want] if want else []), case
+    warning = sorted({(r["batch"].split("_")[0], r["expectation"], r["kwargs"].get("column"))
+                      for r in rows if r["severity"] == "warning"})
+    assert warning == [
+        ("distribution", "expect_column_values_to_be_between", "imbalance"),
+        ("distribution", "expect_column_values_to_be_between", "top_entity_share"),
+        ("manifest", "expect_column_values_to_be_null", "duplicate_of"),
+        ("mentions", "expect_column_values_to_not_be_null", "entity_id")]
+
+
+def test_a_tenth_of_duplicates_and_four_fifths_unlinked_are_tolerated():
+    """The two warnings hold for most rows only: up to 10 % of the images may be exact
+    duplicates, up to 80 % of the mentions unlinked."""
+    dup = ["k0"] + [None] * 9
+    unlinked = {"key": [f"k{i}" for i in range(5)], "in_manifest": [True] * 5,
+                "start": [0] * 5, "end": [1] * 5, "source": ["ner"] * 5,
+                "entity_id": ["A"] + [None] * 4, "link_score": [0.5] * 5}
+    rows = run_suites({"m": (_manifest(10, duplicate_of=dup), manifest_suite(10)),
+                       "m2": (_manifest(10, duplicate_of=dup[:1] * 2 + dup[2:]),
+                              manifest_suite(10)),
+                       "n": (pd.DataFrame(unlinked), mentions_suite(KB)),
+                       "n2": (pd.DataFrame({**unlinked, "entity_id": [None] * 5}),
+                              mentions_suite(KB))}, run="mostly")
+    failed = sorted((r["batch"], r["kwargs"].get("column")) for r in rows if not r["success"])
+    assert failed == [("m2", "duplicate_of"), ("n2", "entity_id")]
+
+
+def test_the_least_number_of_images_is_one_for_a_tiny_corpus():
+    """min_fraction_of_corpus x corpus under one image still asks for one image, not two."""
+    suites = i2e_suites(CFG, RULE, CLASSES, KB, 4)  # int(0.25 x 4) = 1
+    rows = run_suites({"one": (_images(1), suites["images"])}, run="tiny")
+    assert all(r["success"] for r in rows)
 
 
 def test_warnings_and_errors_are_told_apart(results):
@@ -282,6 +335,7 @@ def test_the_gate_stops_on_an_error_and_only_warns_on_a_warning(tmp_path, capsys
                            "  - [labels] expect_column_values_to_be_between {'column': 'score'")
     assert "(unexpected: 1, observed: None, examples: [0.2899" in text  # float32
     assert "\nwarnings (not blocking):\n  - [distribution]" in text
+    assert text.count("\n") == 3  # the head, the error, the warnings' title, the warning
     assert report.is_file()  # written before the gate stops
 
 
@@ -314,6 +368,26 @@ def test_the_gate_lists_every_failure_and_returns_its_numbers(tmp_path, monkeypa
                     f"Docs: {docs / 'index.html'}):")
     assert rest.startswith("  - [labels] expect_column_values_to_be_between") and \
         "examples: [0.1" in rest and "warnings" not in rest
+    assert "\n" not in rest and rest.endswith(")")  # one line per failure, nothing after it
     assert err.value.metrics == {"expectations": 42, "failed": 1, "warnings": 0,
                                  "success": False, "i2e_expectations": 18}
     assert (docs / "index.html").is_file()
+
+
+def test_a_column_is_matched_by_its_exact_name_not_ignoring_case():
+    """GX's pandas backend checks column="KEY" against a column "key" (and passes); the gate
+    fails such an expectation and says which column the batch lacks."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    frame = pd.DataFrame({"key": ["a", "b"], "entity_id": ["A", "B"]})
+    rows = run_suites({"b": (frame, [E.ExpectColumnValuesToNotBeNull(column="key"),
+                                     E.ExpectColumnValuesToNotBeNull(column="KEY"),
+                                     E.ExpectCompoundColumnsToBeUnique(
+                                         column_list=["key", "Entity_ID"])])}, run="case")
+    assert [r["success"] for r in rows] == [True, False, False]
+    assert rows[0]["exception"] is None
+    assert rows[1]["exception"] == ("batch 'b' has no column 'KEY' (it has ['entity_id', 'key']); "
+                                    "the gate matches column names exactly, where Great "
+                                    "Expectations ignores case")
+    assert "has no column 'Entity_ID' (" in rows[2]["exception"]
