@@ -48,24 +48,24 @@ def shard_range(num_classes: int, rank: int, world: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------- collectives
 
 
-def _dist_world(group: Any) -> tuple[int, int]:
+def _dist_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(group), dist.get_world_size(group)
+        return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
-def _all_reduce(t: Tensor, op: Any, group: Any, world: int) -> Tensor:
+def _all_reduce(t: Tensor, op: Any, world: int) -> Tensor:
     if world > 1:
-        dist.all_reduce(t, op=op, group=group)
+        dist.all_reduce(t, op=op)
     return t
 
 
-def _all_gather(t: Tensor, group: Any, world: int) -> Tensor:
+def _all_gather(t: Tensor, world: int) -> Tensor:
     """Concatenate equal-shaped tensors from every rank along dim 0, in rank order."""
     if world == 1:
         return t
     parts = [torch.empty_like(t) for _ in range(world)]
-    dist.all_gather(parts, t.contiguous(), group=group)
+    dist.all_gather(parts, t.contiguous())
     return torch.cat(parts)
 
 
@@ -84,13 +84,13 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, idx: Tensor,
                 w: Tensor, cfg: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor]:
-        xg = _all_gather(x, cfg["group"], cfg["world"])
+        xg = _all_gather(x, cfg["world"])
         z, plain = _block_logits(xg, weight, bias, idx, w, cfg)
-        group, world = cfg["group"], cfg["world"]
-        row_max = _all_reduce(z.max(1).values, dist.ReduceOp.MAX, group, world)
+        world = cfg["world"]
+        row_max = _all_reduce(z.max(1).values, dist.ReduceOp.MAX, world)
         sums = torch.stack([(z - row_max[:, None]).exp().sum(1),
                             (z.gather(1, idx) * w).sum(1), z.sum(1)])
-        sums = _all_reduce(sums, dist.ReduceOp.SUM, group, world)
+        sums = _all_reduce(sums, dist.ReduceOp.SUM, world)
         lse = row_max + sums[0].log()
         eps = cfg["smoothing"]
         per_sample = lse - (1 - eps) * sums[1] - eps * sums[2] / cfg["num_classes"]
@@ -114,7 +114,7 @@ class _ShardedSoftmaxCE(torch.autograd.Function):
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
             gxg = _all_reduce(cfg["scale"] * g.to(weight.dtype) @ weight, dist.ReduceOp.SUM,
-                              cfg["group"], cfg["world"])
+                              cfg["world"])
             b_local = gxg.shape[0] // cfg["world"]
             rank = cfg["rank"]
             gx = gxg[rank * b_local:(rank + 1) * b_local] * cfg["world"]
@@ -142,7 +142,8 @@ def _block_logits(xg: Tensor, weight: Tensor, bias: Tensor | None, idx: Tensor, 
 
 
 class ShardedHead(nn.Module):
-    """A LinearHead or CosineHead whose class rows are split across the ranks of ``group``.
+    """A LinearHead or CosineHead whose class rows are split across the ranks of the default
+    process group (torchrun's: every training process).
 
     Each rank owns rows ``shard_range(num_classes, rank, world)`` of the weight (and bias for
     ``kind="linear"``). Without an initialised process group it is simply the full head.
@@ -165,15 +166,15 @@ class ShardedHead(nn.Module):
     """
 
     def __init__(self, dim: int, num_classes: int, kind: HeadKind = "linear",
-                 scale: float = 16.0, margin: float = 0.0, group: Any = None) -> None:
+                 scale: float = 16.0, margin: float = 0.0) -> None:
         super().__init__()
         if kind not in HEAD_KINDS:
             raise ValueError(f"kind must be one of {HEAD_KINDS}, got {kind!r}")
         if kind == "linear" and margin:
             raise ValueError("margin is only defined for kind='cosine'")
         self.dim, self.num_classes, self.kind = dim, num_classes, kind
-        self.scale, self.margin, self.group = float(scale), float(margin), group
-        self.rank, self.world = _dist_world(group)
+        self.scale, self.margin = float(scale), float(margin)
+        self.rank, self.world = _dist_world()
         self.start, self.end = shard_range(num_classes, self.rank, self.world)
         rows = self.end - self.start
         if kind == "linear":
@@ -186,7 +187,7 @@ class ShardedHead(nn.Module):
 
     def _cfg(self, smoothing: float) -> dict[str, Any]:
         scale = self.scale if self.kind == "cosine" else 1.0
-        return {"group": self.group, "world": self.world, "rank": self.rank,
+        return {"world": self.world, "rank": self.rank,
                 "start": self.start, "num_classes": self.num_classes, "scale": scale,
                 "margin": self.margin, "smoothing": float(smoothing)}
 
@@ -194,7 +195,7 @@ class ShardedHead(nn.Module):
                         target_w: Tensor) -> tuple[Tensor, Tensor]:
         """Global targets, right-padded to the widest K of any rank."""
         shape = torch.tensor([[feats.shape[0], target_idx.shape[1]]], device=feats.device)
-        shapes = _all_gather(shape, self.group, self.world)
+        shapes = _all_gather(shape, self.world)
         if (shapes[:, 0] != shapes[0, 0]).any():
             raise ValueError(f"ShardedHead needs equal local batch sizes on every rank, got "
                              f"{shapes[:, 0].tolist()}; drop the last uneven batch "
@@ -202,7 +203,7 @@ class ShardedHead(nn.Module):
         pad = int(shapes[:, 1].max()) - target_idx.shape[1]
         idx = F.pad(target_idx, (0, pad), value=-1)
         w = F.pad(target_w, (0, pad), value=0.0)
-        return _all_gather(idx, self.group, self.world), _all_gather(w, self.group, self.world)
+        return _all_gather(idx, self.world), _all_gather(w, self.world)
 
     def loss(self, feats_local: Tensor, target_idx_local: Tensor, target_w_local: Tensor,
              label_smoothing: float = 0.0) -> tuple[Tensor, dict[str, Tensor]]:
@@ -223,7 +224,7 @@ class ShardedHead(nn.Module):
         """Global argmax from each shard's (max, id): float64 holds ids exactly, and argmax over
         ranks takes the lowest rank (= lowest id) on ties, as ``argmax`` of full logits does."""
         pair = torch.stack([best_val.detach().double(), best_id.double()])[None]
-        pairs = _all_gather(pair, self.group, self.world)  # (world, 2, B)
+        pairs = _all_gather(pair, self.world)  # (world, 2, B)
         winner = pairs[:, 0].argmax(0, keepdim=True)
         pred = pairs[:, 1].gather(0, winner).squeeze(0).long()
         return (pred == truth).float().mean()
@@ -248,7 +249,7 @@ class ShardedHead(nn.Module):
     def _gather_rows(self, t: Tensor) -> Tensor:
         most = -(-self.num_classes // self.world)
         padded = F.pad(t.detach(), (0, 0) * (t.dim() - 1) + (0, most - t.shape[0]))
-        parts = _all_gather(padded, self.group, self.world).split(most)
+        parts = _all_gather(padded, self.world).split(most)
         sizes = [e - s for s, e in (shard_range(self.num_classes, r, self.world)
                                     for r in range(self.world))]
         return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]).clone()

@@ -170,6 +170,7 @@ def test_shard_range_uneven_split_is_contiguous_and_balanced() -> None:
     assert [shard_range(10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
     assert [shard_range(8, r, 4) for r in range(4)] == [(0, 2), (2, 4), (4, 6), (6, 8)]
     assert shard_range(5, 0, 1) == (0, 5)
+    assert [shard_range(3, r, 3) for r in range(3)] == [(0, 1), (1, 2), (2, 3)]  # one each
 
 
 @pytest.mark.parametrize(("classes", "rank", "world", "message"), [
@@ -279,10 +280,22 @@ def test_world_one_sharded_head_equals_full_head(kind: str) -> None:
 
 
 def test_sharded_head_rejects_margin_on_linear_and_unknown_kind() -> None:
-    with pytest.raises(ValueError, match="margin"):
+    with pytest.raises(ValueError, match=r"^margin is only defined for kind='cosine'$"):
         ShardedHead(D, C, kind="linear", margin=0.1)
     with pytest.raises(ValueError, match="kind"):
         ShardedHead(D, C, kind="arcface")  # type: ignore[arg-type]
+
+
+def test_sharded_head_defaults_and_initial_weights_match_the_linear_head() -> None:
+    """Without a process group: a linear head (with a bias) at scale 16 and no margin, its
+    weights drawn with LinearHead's standard deviation 1/sqrt(dim)."""
+    torch.manual_seed(0)
+    head = ShardedHead(256, 2000)
+    assert (head.kind, head.scale, head.margin, head.start, head.end) == (
+        "linear", 16.0, 0.0, 0, 2000)
+    assert head.bias is not None and torch.equal(head.bias, torch.zeros(2000))
+    assert float(head.weight.std()) == pytest.approx(256 ** -0.5, rel=0.02)
+    assert abs(float(head.weight.mean())) < 0.002
 
 
 # --------------------------------------------------------------------------- sharded, 2 ranks

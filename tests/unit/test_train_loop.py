@@ -115,6 +115,25 @@ def test_clipping_uses_the_norm_of_the_whole_gradient():
                                                       strict=True))
 
 
+def test_clipping_counts_a_sharded_heads_gradient_once_with_the_rest():
+    """A recipe whose last layer is sharded (one process holds the whole shard): the norm is
+    still that of every gradient together, and one factor scales both kinds."""
+
+    class Sharded(Toy):
+        def is_sharded(self, name: str) -> bool:
+            return name.startswith("2.")
+
+    toy = Sharded()
+    toy.loss((torch.randn(4, 4) * 50, torch.tensor([0, 1, 2, 0])))[0].backward()
+    grads = [p.grad.clone() for p in toy.model.parameters()]
+    total = torch.sqrt(sum((g ** 2).sum() for g in grads))
+    head = torch.sqrt(sum((g ** 2).sum() for g in grads[-2:]))
+    assert 0.5 < head < total
+    assert float(clip_grad_global(toy, 0.5, ENV)) == pytest.approx(float(total), rel=1e-6)
+    for p, g in zip(toy.model.parameters(), grads, strict=True):
+        assert torch.allclose(p.grad, g * 0.5 / total, rtol=1e-4, atol=1e-9)
+
+
 def test_logs_every_n_steps_and_the_last_with_the_steps_lr():
     logged = []
     toy = Toy()
@@ -419,6 +438,8 @@ def test_fused_adamw_where_pytorch_has_it_with_the_configured_lr_and_decay():
     assert [(g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups] == [
         (0.3, 0.2, 2), (0.3, 0.0, 4)]
     assert make_optimizer(model, cfg(), torch.device("meta")).defaults["fused"] is False
+    # decided by the device the run trains on (no GPU needed to check the choice)
+    assert make_optimizer(model, cfg(), torch.device("cuda")).defaults["fused"] is True
 
 
 class Pairs(Batches):
@@ -606,3 +627,17 @@ def test_a_save_cut_before_its_rename_leaves_only_the_tmp_folder(tmp_path, monke
         _saved(tmp_path, 5)
     assert [p.name for p in tmp_path.iterdir()] == ["step-000000005.tmp"]
     assert checkpoint.latest(tmp_path) is None
+
+
+def test_optimizer_state_goes_to_its_parameters_device_and_the_step_stays_on_the_cpu(tmp_path):
+    """Moments follow their parameter's device (here the meta device stands in for a GPU);
+    AdamW wants its step counters on the CPU."""
+    toy = Toy()
+    tensors = checkpoint.optimizer_tensors(_trained(toy), toy.model, lambda name: True)
+    moved = Toy()
+    moved.model.to("meta")
+    opt = torch.optim.AdamW(moved.model.parameters())
+    checkpoint.load_optimizer_tensors(opt, moved.model, tensors, tmp_path)
+    for p in moved.model.parameters():
+        assert {k: v.device.type for k, v in opt.state[p].items()} == {
+            "exp_avg": "meta", "exp_avg_sq": "meta", "step": "cpu"}
