@@ -187,3 +187,64 @@ def test_report_sets_the_estimate_beside_the_truth(tmp_path):
     assert "Not estimated: no decoys" in "\n".join(_label_free_lines(none))
     label_free_plot(none, tmp_path / "none.png")
     assert (tmp_path / "none.png").is_file()
+
+
+def test_the_fitted_sample_is_a_fixed_share_of_keys_by_their_crc32():
+    import zlib
+
+    keys = [f"{i:09d}" for i in range(2000)]
+    assert all(fdr.in_sample(k, 1.0) for k in keys)
+    assert not any(fdr.in_sample(k, 0.0) for k in keys)
+    half = [k for k in keys if fdr.in_sample(k, 0.5)]
+    assert half == [k for k in keys if zlib.crc32(k.encode()) < 2**31]
+    assert 900 < len(half) < 1100
+    # the cut is strict: a key whose hash is exactly at it stays out
+    at = zlib.crc32(keys[7].encode()) / 2**32
+    assert not fdr.in_sample(keys[7], at) and fdr.in_sample(keys[7], at + 2**-40)
+
+
+def test_fit_names_what_is_missing_and_fits_a_single_image():
+    one = fdr.Candidates.from_rows(["a"], ["Q1"], [0.5])
+    with pytest.raises(fdr.LabelFreeError) as err:
+        fdr.fit(one, np.array([np.nan]))
+    assert str(err.value) == ("no decoy scores: set score.null_samples > 0 (random entities "
+                              "scored per image) and re-run score")
+    with pytest.raises(fdr.LabelFreeError) as err:
+        fdr.fit(fdr.Candidates.from_rows([], [], []), np.array([0.1]))
+    assert str(err.value) == "no scored candidates to estimate label precision from"
+    model = fdr.fit(one, np.array([0.1, 0.2, 0.3]))
+    assert (model.images, model.decoys) == (1, 3)
+
+
+def test_fit_counts_its_em_steps_and_records_storeys_lambda():
+    keys, ents, scores, _, null = synthetic(seed=3, images=400)
+    cands = fdr.Candidates.from_rows(keys, ents, scores)
+    decoys = np.concatenate(list(null.values()))
+    one = fdr.fit(cands, decoys, max_iter=1)
+    assert one.iterations == 1 and not np.allclose(one.depicted, one.null)  # one EM step taken
+    three = fdr.fit(cands, decoys, max_iter=3)
+    assert three.iterations == 3 and not np.allclose(three.depicted, one.depicted)
+    done = fdr.fit(cands, decoys)
+    assert 3 < done.iterations < 2000  # converged (step under tol) before max_iter
+    pi_none, lam = fdr.storey_pi_none(fdr.image_pvalues(cands, decoys))
+    assert (done.pi_none, done.storey_lambda) == (pi_none, lam)
+
+
+def test_choose_threshold_says_what_it_found_when_nothing_reaches_the_target():
+    pts = [{"threshold": 0.3, "estimated_precision": 0.9},
+           {"threshold": 0.4, "estimated_precision": 0.97}]
+    with pytest.raises(fdr.LabelFreeError) as err:
+        fdr.choose_threshold(pts, 0.01)
+    assert str(err.value) == ("build.target_fdr 0.01: no threshold reaches it (best estimated "
+                              "precision 0.970 at threshold 0.40); raise build.target_fdr or "
+                              "use rule threshold")
+    with pytest.raises(fdr.LabelFreeError) as err:
+        fdr.choose_threshold([{"threshold": 0.5, "estimated_precision": None}], 0.05)
+    assert str(err.value) == ("build.target_fdr 0.05: no threshold reaches it (no threshold "
+                              "keeps any label); raise build.target_fdr or use rule threshold")
+
+
+def test_labels_outside_the_fitted_sample_have_no_precision():
+    labels = pa.table({"key": ["a"], "entity_ids": [["Q1"]]})
+    assert fdr.labels_precision(labels, {("b", "Q1"): 0.9}) is None
+    assert fdr.labels_precision(labels, {("a", "Q1"): 0.25, ("b", "Q1"): 0.9}) == 0.25
