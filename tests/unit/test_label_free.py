@@ -248,3 +248,37 @@ def test_labels_outside_the_fitted_sample_have_no_precision():
     labels = pa.table({"key": ["a"], "entity_ids": [["Q1"]]})
     assert fdr.labels_precision(labels, {("b", "Q1"): 0.9}) is None
     assert fdr.labels_precision(labels, {("a", "Q1"): 0.25, ("b", "Q1"): 0.9}) == 0.25
+
+
+def test_read_candidates_leaves_out_excluded_and_unsampled_images_and_empty_decoy_rows(tmp_path):
+    import zlib
+
+    keys = [f"{i:09d}" for i in range(12)]
+    null = {k: np.array([0.1 * i, -0.1 * i]) for i, k in enumerate(keys)}
+    null[keys[3]] = np.zeros(0)  # an image scored against no decoy
+    _write(tmp_path, keys, ["Q1"] * 12, [0.5] * 12, null)
+    with pytest.raises(FileNotFoundError) as err:
+        fdr.read_candidates(tmp_path / "nothing")
+    assert str(err.value) == (f"no score parts in {tmp_path / 'nothing' / 'parts'}; run score "
+                              "first")
+    drop = frozenset({keys[1], keys[2]})
+    kept = [k for k in keys if k not in drop and zlib.crc32(k.encode()) < 0.5 * 2**32]
+    assert 2 < len(kept) < 10
+    cands, decoys = fdr.read_candidates(tmp_path / "score", drop, 0.5)
+    assert cands.keys == kept
+    want = [v for k in kept for v in null[k].tolist()]
+    assert len(decoys) == len(want)
+    np.testing.assert_allclose(decoys, want, rtol=1e-6)  # stored as float32
+    every, all_decoys = fdr.read_candidates(tmp_path / "score")
+    assert every.keys == keys and len(all_decoys) == 22
+
+
+def test_the_fits_summary_holds_its_numbers():
+    keys, ents, scores, _, null = synthetic(seed=4, images=300)
+    model = fdr.fit(fdr.Candidates.from_rows(keys, ents, scores),
+                    np.concatenate(list(null.values())), bins=20)
+    assert model.summary() == {"pi_none": round(model.pi_none, 6),
+                               "storey_lambda": model.storey_lambda,
+                               "iterations": model.iterations, "images": 300,
+                               "decoys": 300 * 16, "bins": 20}
+    assert round(model.pi_none, 6) != round(model.pi_none, 7)  # the rounding shows
