@@ -282,3 +282,13 @@ def test_the_fits_summary_holds_its_numbers():
                                "iterations": model.iterations, "images": 300,
                                "decoys": 300 * 16, "bins": 20}
     assert round(model.pi_none, 6) != round(model.pi_none, 7)  # the rounding shows
+
+
+def test_a_score_at_the_threshold_is_kept_and_top_k_ranks_within_the_image():
+    cands = fdr.Candidates.from_rows(["a", "a", "b"], ["Q1", "Q2", "Q3"], [0.5, 0.7, 0.5])
+    cfg = BuildConfig(rules=("threshold", "top_k"), top_k=1)
+    keep = fdr.per_image_keep(cands, cfg, 0.5)
+    assert keep.tolist() == [[False, True], [True, False]]  # b's 0.5 at 0.5 stays; a keeps 0.7
+    rows = fdr.curve(cands, np.array([[0.2, 0.9], [0.6, np.nan]]), cfg, thresholds=[0.5, 0.6])
+    assert [(r["threshold"], r["labels"], r["images"]) for r in rows] == [(0.5, 2, 2),
+                                                                         (0.6, 1, 1)]
