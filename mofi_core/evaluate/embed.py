@@ -30,13 +30,15 @@ class DecodedImages:
     def get(self, files: list[Path], transform) -> torch.Tensor | None:
         return self._sets.get(self.key(files, transform))
 
-    def put(self, files: list[Path], transform, images: torch.Tensor) -> bool:
+    def fits(self, nbytes: int) -> bool:
+        return self.used + nbytes <= self.max_bytes
+
+    def put(self, files: list[Path], transform, images: torch.Tensor) -> None:
+        """Keep ``images`` if they fit (the caller checks first, to stop holding batches)."""
         size = images.numel() * images.element_size()
-        if self.used + size > self.max_bytes:
-            return False
-        self._sets[self.key(files, transform)] = images
-        self.used += size
-        return True
+        if self.fits(size):
+            self._sets[self.key(files, transform)] = images
+            self.used += size
 
 
 class ImageFiles(Dataset):
@@ -64,14 +66,14 @@ def _batches(loaded: LoadedModel, files: list[Path], batch_size: int, num_worker
     keep: list[torch.Tensor] | None = [] if decoded is not None else None
     size = 0
     for images in loader:
-        if keep is not None and decoded is not None:
+        if keep is not None:
             size += images.numel() * images.element_size()
-            if decoded.used + size <= decoded.max_bytes:
+            if decoded.fits(size):
                 keep.append(images)
             else:  # past what is left: stop holding batches (decoded again next time)
                 keep = None
         yield images
-    if keep and decoded is not None:
+    if keep:
         decoded.put(files, loaded.transform, torch.cat(keep))
 
 

@@ -49,18 +49,20 @@ class Toy(Recipe):
 
 
 class Batches:
-    """The loop's data interface (iterate, position, restore) over 8 fixed batches of 4."""
+    """The loop's data interface (iterate, position, restore) over 32 fixed samples in batches
+    of ``size`` (4 unless a test says otherwise)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = 4) -> None:
         g = torch.Generator().manual_seed(1)
         self.x, self.y = torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
-        self.i = 0
+        self.size, self.i = size, 0
 
     def __iter__(self):
         while True:
-            j = self.i % 8
+            j = self.i % (32 // self.size)
             self.i += 1
-            yield self.x[4 * j:4 * j + 4], self.y[4 * j:4 * j + 4]
+            rows = slice(self.size * j, self.size * (j + 1))
+            yield self.x[rows], self.y[rows]
 
     def position(self) -> dict:
         return {"i": self.i}
@@ -150,18 +152,11 @@ def test_logs_every_n_steps_and_the_last_with_the_steps_lr():
 
 def test_grad_accumulation_averages_the_micro_batches():
     """Two micro-batches of 4 then one step == one batch of 8 (same data, same update)."""
-
-    class Eight(Batches):
-        def __iter__(self):
-            while True:
-                j = self.i % 4
-                self.i += 1
-                yield self.x[8 * j:8 * j + 8], self.y[8 * j:8 * j + 8]
-
     a, b = Toy(), Toy()
     ha = train_loop(a, Batches(), cfg(steps=3, warmup_steps=1, grad_accum=2, grad_clip=100.0), ENV,
                     lambda *_: None)
-    hb = train_loop(b, Eight(), cfg(steps=3, warmup_steps=1, grad_clip=100.0), ENV, lambda *_: None)
+    hb = train_loop(b, Batches(size=8), cfg(steps=3, warmup_steps=1, grad_clip=100.0), ENV,
+                    lambda *_: None)
     for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.allclose(pa, pb, atol=1e-6)
     assert [r["loss"] for r in ha] == pytest.approx([r["loss"] for r in hb], rel=1e-5)
@@ -442,26 +437,17 @@ def test_fused_adamw_where_pytorch_has_it_with_the_configured_lr_and_decay():
     assert make_optimizer(model, cfg(), torch.device("cuda")).defaults["fused"] is True
 
 
-class Pairs(Batches):
-    """Batches of 2 samples (of 4 features: a sample count read from the wrong axis shows)."""
-
-    def __iter__(self):
-        while True:
-            j = self.i % 16
-            self.i += 1
-            yield self.x[2 * j:2 * j + 2], self.y[2 * j:2 * j + 2]
-
-
 def test_throughput_counts_every_image_of_every_micro_batch(monkeypatch):
     """images_per_s = images since the start / seconds since the start, with two micro-batches
-    of 2 per step and a clock that moves 2 s between reads: 2 images/s at every log."""
+    of 2 (of 4 features: a count read from the wrong axis shows) per step and a clock that
+    moves 2 s between reads: 2 images/s at every log."""
     from types import SimpleNamespace
 
     from mofi_core.train import loop
 
     ticks = iter(range(100, 1000, 2))
     monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
-    history = train_loop(Toy(), Pairs(), cfg(steps=3, warmup_steps=1, grad_accum=2), ENV,
+    history = train_loop(Toy(), Batches(size=2), cfg(steps=3, warmup_steps=1, grad_accum=2), ENV,
                          lambda *_: None)
     assert [r["images_per_s"] for r in history] == [2.0, 2.0, 2.0]
 
