@@ -665,10 +665,25 @@ def ui(root: RootOpt = Path("."),
     os.execve(sys.executable, cmd, env)  # noqa: S606 - fixed argv, no shell
 
 
+def _skip_final_collection() -> None:
+    """The command is over and the process ends: move every live object out of the garbage
+    collector's reach, so the interpreter's last collection does not walk them all. A stage
+    holds torch, open_clip, MLflow and SQLAlchemy; that walk took ~2 s of each stage process's
+    exit on a 2-core host (0.4 s with this), about 20 s over the demo's 13 stages. The memory
+    is returned by the operating system as usual; files are written through context managers
+    and ``atexit`` handlers (MLflow's, logging's) still run."""
+    import gc
+
+    gc.freeze()
+
+
 def main() -> None:
     for key, value in {**OFFLINE_DEFAULTS, **PATIENT_DEFAULTS}.items():
         os.environ.setdefault(key, value)
-    app()
+    try:
+        app()
+    finally:
+        _skip_final_collection()
 
 
 if __name__ == "__main__":

@@ -129,11 +129,16 @@ def zero_shot(loaded: LoadedModel, split_dir: Path | str, class_texts: dict[str,
 
 
 def _fit(feats: np.ndarray, labels: np.ndarray, c: float, seed: int):
+    """One lbfgs fit on one BLAS thread: its products are small (images x classes x dim), and
+    waking a team of BLAS threads for each made the demo's 15 fits 8x slower on 2 cores. One
+    thread also makes the fit, hence ``C`` and the probe's accuracy, independent of the
+    machine's core count (lbfgs stops at a tolerance, so summation order moves it)."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     clf = LogisticRegression(C=c, solver="lbfgs", max_iter=2000, random_state=seed)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         # not swallowed: the caller reports every C whose fit hit max_iter
         warnings.simplefilter("ignore", ConvergenceWarning)
         return clf.fit(feats, labels)

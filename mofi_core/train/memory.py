@@ -361,9 +361,10 @@ class MemoryBatches:
         seeds = [_seed(self.seed, epoch, d.keys[i]) for i in rows]
         boxes = [self.augment.box(random.Random(_seed(s, "crop")), *d.sizes[i])  # noqa: S311
                  for i, s in zip(rows, seeds, strict=True)]
-        with _single_thread(self.device):
-            images = self.augment(d.images[idx].to(self.device, non_blocking=True), boxes)
-            out = [images, *(col[idx] for col in d.fixed)]
+        with _single_thread(self.device):  # index_select: ~15x faster than d.images[idx]
+            images = self.augment(d.images.index_select(0, idx).to(self.device,
+                                                                   non_blocking=True), boxes)
+            out = [images, *(col.index_select(0, idx) for col in d.fixed)]
         texts = [self._text(i, s) for i, s in zip(rows, seeds, strict=True)]
         if texts and texts[0] is not None:
             out.append(torch.stack(texts))

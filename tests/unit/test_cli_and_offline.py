@@ -83,6 +83,7 @@ def test_mofi_waits_long_enough_for_its_temporary_prefect_server(monkeypatch):
         return Settings().server.ephemeral.startup_timeout_seconds
 
     monkeypatch.setattr(cli, "app", lambda: None)
+    monkeypatch.setattr(cli, "_skip_final_collection", lambda: None)  # not in pytest's process
     for key in {**cli.OFFLINE_DEFAULTS, **cli.PATIENT_DEFAULTS}:  # put back after the test
         monkeypatch.setenv(key, "")
         monkeypatch.delenv(key)
@@ -91,3 +92,20 @@ def test_mofi_waits_long_enough_for_its_temporary_prefect_server(monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "45")
     cli.main()
     assert timeout() == 45
+
+
+@pytest.mark.parametrize("outcome", ["return", "exit 3"])
+def test_mofi_leaves_its_objects_to_the_os_at_exit_whatever_the_outcome(outcome):
+    """The interpreter's last garbage collection is skipped (objects frozen) once the command
+    is over, also when it fails; the exit status is the command's."""
+    import subprocess
+    import sys
+
+    body = "None" if outcome == "return" else "sys.exit(3)"
+    code = ("import gc, sys\nfrom mofi_core import cli\n"
+            f"cli.app = lambda: {body}\n"
+            "try:\n    cli.main()\nfinally:\n    print(gc.get_freeze_count() > 0)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "True", done.stderr
+    assert done.returncode == (0 if outcome == "return" else 3)

@@ -128,6 +128,31 @@ def test_linear_probe_on_random_labels_stays_near_chance():
     assert 0.15 < out["probe_top1"] < 0.35  # chance is 0.25; 300 test images
 
 
+def test_linear_probe_fits_on_one_blas_thread_whatever_the_caller_allows(monkeypatch):
+    """Every fit runs with one BLAS thread (fast for its small products, and its result then
+    does not depend on the core count); the caller's own limit is back afterwards."""
+    from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    seen: list[set[int]] = []
+    fit = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit",
+                        lambda self, *a, **k: (seen.append(blas_threads()), fit(self, *a, **k))[1])
+    rng = np.random.default_rng(0)
+    splits = [_blobs(rng, n, np.eye(3, 8) * 10, 0.5) for n in (10, 5, 5)]
+    if not blas_threads():
+        pytest.skip("no BLAS library visible to threadpoolctl")
+    with threadpool_limits(2, user_api="blas"):
+        linear_probe(*splits[0], *splits[1], *splits[2], cs=CS)
+        after = blas_threads()
+    assert seen and all(s == {1} for s in seen)
+    assert len(seen) == len(CS)
+    assert after == {2}
+
+
 def test_linear_probe_needs_two_classes():
     x = np.zeros((4, 2))
     with pytest.raises(ValueError, match="2 classes"):
