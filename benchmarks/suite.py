@@ -110,17 +110,23 @@ def _bench(script: str, args: list[str], out: Path, timeout: int) -> dict:
     return result
 
 
+def stamp_now() -> str:
+    """When and where: the mark of a result measured apart from the suite's own run."""
+    return f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {machine()['cpu']}"
+
+
 def run_ratios(quick: bool, tmp: Path, names: list[str] | None = None,
-               earlier: dict | None = None) -> dict:
-    """Every ratio benchmark; or, with ``names``, those merged into ``earlier``."""
+               earlier: dict | None = None, partial: bool = False) -> dict:
+    """Every ratio benchmark; or, with ``names``, those merged into ``earlier``. In a
+    ``partial`` run (or with ``names``) each result is stamped with when and where it ran."""
     out = dict(earlier or {}) if names else {}
-    stamp = f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} on {machine()['cpu']}"
+    stamp = stamp_now()
     for name, script, full, small in RATIOS:
         if names and name not in names:
             continue
         try:
             out[name] = _bench(script, small if quick else full, tmp / f"{name}.json", 3600)
-            if names:  # re-run apart from the others: the table says when and where
+            if names or partial:  # apart from the others: the table says when and where
                 out[name]["measured"] = stamp
         except Exception as err:  # recorded, reported as a failed benchmark; the rest still run
             out[name] = {"bench": name, "error": str(err)}
@@ -150,7 +156,7 @@ import json, sys
 from flows.mofi_flow import mofi
 summary = mofi(project_dir=sys.argv[1])
 print("MOFI-SUMMARY " + json.dumps({"stages": summary["stages"],
-      "mofi": summary.get("mofi"), "baseline": summary.get("baseline")}))
+      "models": summary.get("models") or {}}))
 """
 
 
@@ -169,7 +175,7 @@ def run_demo(tmp: Path) -> dict:
     stages = {s["stage"]: s["seconds"] for s in summary["stages"]}
     print(f"demo: {total:.0f} s; " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items()))
     return {"total_s": total, "stages_s": stages, "target_s": 600,
-            "gpr_map": {k: (summary.get(k) or {}).get("gpr_map") for k in ("mofi", "baseline")}}
+            "gpr_map": {k: m.get("gpr_map") for k, m in summary["models"].items()}}
 
 
 def run_scaling(quick: bool, tmp: Path, stages: list[str] | None = None,
@@ -210,21 +216,28 @@ def main() -> None:
     parts = args.only or (["ratios", "scaling"] if args.quick else ["ratios", "demo", "scaling"])
     results = json.loads(args.out.read_text(encoding="utf-8")) \
         if args.only and args.out.exists() else {}
-    if not args.ratios and not args.scaling_stages:  # a partial re-run keeps the header of
-        results.update({"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),  # the run
-                        "machine": machine(), "quick": args.quick})  # its other rows come from
+    partial = bool(args.only)  # keeps the header of the run its other rows come from; what
+    if not partial:  # it re-measures is stamped with its own date and machine instead
+        results.update({"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+                        "machine": machine(), "quick": args.quick})
     with tempfile.TemporaryDirectory(prefix="mofi-bench-") as tmp:
         for part in parts:
             start = time.perf_counter()
             try:
                 if part == "ratios":
                     results["ratios"] = run_ratios(args.quick, Path(tmp), args.ratios,
-                                                   results.get("ratios"))
+                                                   results.get("ratios"), partial)
                 elif part == "demo":
+                    stamp = stamp_now()
                     results["demo"] = run_demo(Path(tmp))
+                    if partial:
+                        results["demo"]["measured"] = stamp
                 else:
+                    stamp = stamp_now()
                     results["scaling"] = run_scaling(args.quick, Path(tmp), args.scaling_stages,
                                                      results.get("scaling"))
+                    if partial:
+                        results["scaling"]["measured"] = stamp
             except Exception as err:  # recorded in the results and the table; others still run
                 results[part] = {"error": str(err)}
                 print(f"{part}: FAILED: {err}", flush=True)
