@@ -128,7 +128,10 @@ def zero_shot(loaded: LoadedModel, split_dir: Path | str, class_texts: dict[str,
             "classes": len(names)}
 
 
-def _fit(feats: np.ndarray, labels: np.ndarray, c: float, seed: int):
+MAX_ITER = 2000  # lbfgs iterations per fit; a fit stopped there is listed in not_converged
+
+
+def _fit(feats: np.ndarray, labels: np.ndarray, c: float):
     """One lbfgs fit on one BLAS thread: its products are small (images x classes x dim), and
     waking a team of BLAS threads for each made the demo's 15 fits 8x slower on 2 cores. One
     thread also makes the fit, hence ``C`` and the probe's accuracy, independent of the
@@ -137,7 +140,7 @@ def _fit(feats: np.ndarray, labels: np.ndarray, c: float, seed: int):
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
-    clf = LogisticRegression(C=c, solver="lbfgs", max_iter=2000, random_state=seed)
+    clf = LogisticRegression(C=c, solver="lbfgs", max_iter=MAX_ITER)  # deterministic: no seed
     with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         # not swallowed: the caller reports every C whose fit hit max_iter
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -146,7 +149,7 @@ def _fit(feats: np.ndarray, labels: np.ndarray, c: float, seed: int):
 
 def linear_probe(train_feats: np.ndarray, train_y: np.ndarray, val_feats: np.ndarray,
                  val_y: np.ndarray, test_feats: np.ndarray, test_y: np.ndarray,
-                 cs: Sequence[float] = (0.01, 0.1, 1, 10, 100), seed: int = 0) -> dict:
+                 cs: Sequence[float] = (0.01, 0.1, 1, 10, 100)) -> dict:
     """Multinomial logistic regression (lbfgs) on frozen features.
 
     ``C`` is the value with the best validation top-1 (ties go to the smaller ``C``). The model
@@ -166,7 +169,7 @@ def linear_probe(train_feats: np.ndarray, train_y: np.ndarray, val_feats: np.nda
     not_converged = []
     best = None
     for c in sorted({float(c) for c in cs}):
-        clf = _fit(train_feats, train_y, c, seed)
+        clf = _fit(train_feats, train_y, c)
         if clf.n_iter_.max() >= clf.max_iter:
             not_converged.append(c)
         val_top1[c] = float((clf.predict(val_feats) == val_y).mean())

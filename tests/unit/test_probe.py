@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -81,6 +83,33 @@ def test_image_folder_errors_name_the_folder(tmp_path):
         image_folder(tmp_path)
 
 
+@pytest.mark.parametrize("hollow, listed", [(5, "['e0', 'e1', 'e2', 'e3', 'e4']"),
+                                             (6, "['e0', 'e1', 'e2', 'e3', 'e4'] ...")])
+def test_image_folder_lists_five_empty_classes_then_says_there_are_more(tmp_path, hollow,
+                                                                       listed):
+    _image(tmp_path / "full" / "0.jpg", np.random.default_rng(0))
+    for i in range(hollow):
+        (tmp_path / f"e{i}").mkdir()
+    expected = (f"{tmp_path}: class folders without any image (.jpg/.jpeg/.png/.webp): "
+                f"{listed}; add images or remove those folders")
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        image_folder(tmp_path)
+
+
+def test_a_split_class_without_train_images_is_named_with_the_train_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    _image(tmp_path / "train" / "a" / "0.jpg", rng)
+    _image(tmp_path / "val" / "a" / "0.jpg", rng)
+    for name in ["a", *(f"u{i}" for i in range(7))]:
+        _image(tmp_path / "test" / name / "0.jpg", rng)
+    expected = (f"{tmp_path / 'test'}: classes ['u0', 'u1', 'u2', 'u3', 'u4'] have no train "
+                f"images in {tmp_path / 'train'}; the probe cannot learn them")
+    from mofi_core.evaluate.probe import _labelled_splits
+
+    with pytest.raises(ValueError, match=f"^{re.escape(expected)}$"):
+        _labelled_splits(tmp_path)
+
+
 # class_texts -------------------------------------------------------------------------------------
 
 def test_class_texts_from_kb_with_fallback_and_descriptions():
@@ -137,10 +166,15 @@ def test_linear_probe_fits_on_one_blas_thread_whatever_the_caller_allows(monkeyp
     def blas_threads() -> set[int]:
         return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
 
+    def openmp_threads() -> list[int]:  # torch's and sklearn's OpenMP: not the fit's business
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"]
+
     seen: list[set[int]] = []
+    omp: list[list[int]] = []
     fit = LogisticRegression.fit
-    monkeypatch.setattr(LogisticRegression, "fit",
-                        lambda self, *a, **k: (seen.append(blas_threads()), fit(self, *a, **k))[1])
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, *a, **k: (
+        seen.append(blas_threads()), omp.append(openmp_threads()), fit(self, *a, **k))[2])
+    omp_before = openmp_threads()
     rng = np.random.default_rng(0)
     splits = [_blobs(rng, n, np.eye(3, 8) * 10, 0.5) for n in (10, 5, 5)]
     if not blas_threads():
@@ -151,12 +185,72 @@ def test_linear_probe_fits_on_one_blas_thread_whatever_the_caller_allows(monkeyp
     assert seen and all(s == {1} for s in seen)
     assert len(seen) == len(CS)
     assert after == {2}
+    assert all(o == omp_before for o in omp)
 
 
-def test_linear_probe_needs_two_classes():
-    x = np.zeros((4, 2))
-    with pytest.raises(ValueError, match="2 classes"):
-        linear_probe(x, np.zeros(4), x, np.zeros(4), x, np.zeros(4))
+@pytest.mark.parametrize("case, message", [
+    ("one class", "linear probe needs at least 2 classes in the train split"),
+    ("no val", "linear probe needs a non-empty val and test split"),
+    ("no test", "linear probe needs a non-empty val and test split"),
+    ("no C", "linear probe needs at least one value of C"),
+])
+def test_linear_probe_refuses_what_it_cannot_fit_or_score(case, message):
+    x, y = np.eye(4, 2), np.array([0, 1, 0, 1])
+    args = {"one class": (x, np.zeros(4), x, y, x, y, CS), "no val": (x, y, x[:0], y[:0], x, y, CS),
+            "no test": (x, y, x, y, x[:0], y[:0], CS), "no C": (x, y, x, y, x, y, ())}[case]
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        linear_probe(*args[:6], cs=args[6])
+
+
+def _overlapping(rng, n, classes=5, dim=32):
+    """Classes whose clouds overlap, on feature scales three decades apart: the fit is badly
+    conditioned (hundreds of lbfgs iterations at a large C) and C changes the answer."""
+    centres = np.random.default_rng(7).normal(size=(classes, dim))
+    y = rng.integers(0, classes, size=n)
+    return (centres[y] + rng.normal(size=(n, dim)) * 1.5) * np.logspace(0, 3, dim), y
+
+
+def test_each_c_is_fitted_on_train_alone_to_convergence():
+    """Every C's validation accuracy and the reported test accuracy are those of an independent
+    lbfgs fit on the train split with that C and 2,000 iterations; both need more than sklearn's
+    default 100 iterations, so a fit cut short would show."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    (tx, ty), (vx, vy), (sx, sy) = (_overlapping(rng, n) for n in (300, 200, 200))
+    cs = (100.0, 1e4)
+    out = linear_probe(tx, ty, vx, vy, sx, sy, cs=cs)
+    ref = {c: LogisticRegression(C=c, max_iter=2000).fit(tx, ty) for c in cs}
+    assert all(100 < m.n_iter_.max() < 2000 for m in ref.values())  # a shorter fit would show
+    assert out["val_top1"] == {c: float((m.predict(vx) == vy).mean()) for c, m in ref.items()}
+    assert len(set(out["val_top1"].values())) == 2  # C matters here
+    assert out["probe_top1"] == float((ref[out["C"]].predict(sx) == sy).mean())
+    assert out["not_converged"] == []
+
+
+def test_a_fit_stopped_at_max_iter_is_listed_and_its_warning_kept_quiet(monkeypatch):
+    """A fit that ends on its iteration cap (even exactly on it) is reported by C, and
+    sklearn's ConvergenceWarning does not reach the caller (the note says it instead)."""
+    import warnings
+
+    from mofi_core.evaluate import probe
+
+    monkeypatch.setattr(probe, "MAX_ITER", 2)
+    rng = np.random.default_rng(3)
+    (tx, ty), (vx, vy), (sx, sy) = (_overlapping(rng, n) for n in (300, 100, 100))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = linear_probe(tx, ty, vx, vy, sx, sy, cs=(10, 1))
+    assert out["not_converged"] == [1.0, 10.0]
+
+
+def test_topk_accuracy_breaks_long_ties_by_the_lower_index():
+    """50 classes tie at the top of a 100-class row: the k best are the k lowest indices among
+    them (a quicksort would pick others on a row this long)."""
+    scores = np.zeros((1, 100))
+    scores[0, ::2] = 1.0
+    assert topk_accuracy(scores, np.array([4]), 3) == 1.0  # 0, 2, 4
+    assert topk_accuracy(scores, np.array([6]), 3) == 0.0
 
 
 def test_topk_accuracy_hand_computed():
