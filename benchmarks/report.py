@@ -73,7 +73,7 @@ def targets(results: dict) -> list[dict]:
             continue
         x = _peak(big) / _peak(ref)
         out.append({"target": label, "value": f"{x:.2f}x{when}", "met": x <= MEMORY_FLAT})
-    for s in (results.get("scaling") or {}).get("summary") or []:
+    for s in scaling.get("summary") or []:
         if s["stage"] not in ("generate", "ingest"):  # those two have the 1M lines above
             out.append({"target": f"{s['stage']}: peak memory flat ({s['to']:,} vs "
                                   f"{s['memory_ref']:,} images, <= {MEMORY_FLAT}x)",

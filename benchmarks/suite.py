@@ -116,17 +116,16 @@ def stamp_now() -> str:
 
 
 def run_ratios(quick: bool, tmp: Path, names: list[str] | None = None,
-               earlier: dict | None = None, partial: bool = False) -> dict:
-    """Every ratio benchmark; or, with ``names``, those merged into ``earlier``. In a
-    ``partial`` run (or with ``names``) each result is stamped with when and where it ran."""
+               earlier: dict | None = None, stamp: str = "") -> dict:
+    """Every ratio benchmark; or, with ``names``, those merged into ``earlier``. A ``stamp``
+    (a run apart from the suite's) marks each result with when and where it ran."""
     out = dict(earlier or {}) if names else {}
-    stamp = stamp_now()
     for name, script, full, small in RATIOS:
         if names and name not in names:
             continue
         try:
             out[name] = _bench(script, small if quick else full, tmp / f"{name}.json", 3600)
-            if names or partial:  # apart from the others: the table says when and where
+            if stamp:
                 out[name]["measured"] = stamp
         except Exception as err:  # recorded, reported as a failed benchmark; the rest still run
             out[name] = {"bench": name, "error": str(err)}
@@ -223,21 +222,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mofi-bench-") as tmp:
         for part in parts:
             start = time.perf_counter()
+            stamp = stamp_now() if partial else ""
             try:
                 if part == "ratios":
                     results["ratios"] = run_ratios(args.quick, Path(tmp), args.ratios,
-                                                   results.get("ratios"), partial)
+                                                   results.get("ratios"), stamp)
                 elif part == "demo":
-                    stamp = stamp_now()
                     results["demo"] = run_demo(Path(tmp))
-                    if partial:
-                        results["demo"]["measured"] = stamp
                 else:
-                    stamp = stamp_now()
                     results["scaling"] = run_scaling(args.quick, Path(tmp), args.scaling_stages,
                                                      results.get("scaling"))
-                    if partial:
-                        results["scaling"]["measured"] = stamp
+                # one stamp per part: with --scaling-stages its kept rows are not told apart
+                if stamp and part != "ratios":  # (ratios stamps each result it re-ran)
+                    results[part]["measured"] = stamp
             except Exception as err:  # recorded in the results and the table; others still run
                 results[part] = {"error": str(err)}
                 print(f"{part}: FAILED: {err}", flush=True)

@@ -669,7 +669,7 @@ def _skip_final_collection() -> None:
     """The command is over and the process ends: move every live object out of the garbage
     collector's reach, so the interpreter's last collection does not walk them all. A stage
     holds torch, open_clip, MLflow and SQLAlchemy; that walk took ~2 s of each stage process's
-    exit on a 2-core host (0.4 s with this), about 20 s over the demo's 13 stages. The memory
+    exit on a 2-core host (0.4 s with this), about 20 s over the demo's 14 stages. The memory
     is returned by the operating system as usual; files are written through context managers
     and ``atexit`` handlers (MLflow's, logging's) still run."""
     import gc
