@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from mofi_core import warm
 from mofi_core.stages import STAGES
 
 # Quiet and offline by default; an explicit environment setting wins.
@@ -680,8 +681,19 @@ def _skip_final_collection() -> None:
 def main() -> None:
     for key, value in {**OFFLINE_DEFAULTS, **PATIENT_DEFAULTS}.items():
         os.environ.setdefault(key, value)
+    warm_socket = os.environ.get(warm.SOCKET_ENV)
+    if warm_socket:  # set by the flow for its stages: run in its warm server (mofi_core.warm)
+        code = warm.delegate(sys.argv[1:], warm_socket)
+        if code is not None:
+            warm.exit_like(code)
+    run_here(sys.argv[1:])
+
+
+def run_here(argv: list[str]) -> None:
+    """The command ``mofi argv`` in this process (the warm server's stage processes call this
+    directly)."""
     try:
-        app()
+        app(args=argv, prog_name="mofi")
     finally:
         _skip_final_collection()
 

@@ -63,6 +63,7 @@ class FirstRun:
     lock_text: str  # (metrics/, plots/, reports/), as they were right after it
     products: dict[str, bytes]
     params_before: str  # params.yaml before the run (the override applies to that run only)
+    stderr: str = ""  # Prefect's log lines, each stage's output among them
 
 
 FIRST_OVERRIDES = {"train.steps": 12}
@@ -81,4 +82,4 @@ def first_run(project) -> FirstRun:
     products = {f: (project.root / f).read_bytes() for f in listed
                 if (project.root / f).is_file()}
     return FirstRun(proc.stdout, used.read_text(), (project.root / "dvc.lock").read_text(),
-                    products, before)
+                    products, before, proc.stderr)

@@ -68,6 +68,19 @@ def test_first_run_runs_every_stage_and_writes_every_output(project, first_run):
     assert "mofi ui" in first_run.stdout
 
 
+def test_stages_run_in_the_warm_server_once_it_is_ready(project, first_run):
+    """The flow's warm server (mofi_core.warm) runs the stage commands: at most the first few
+    stages, started while it was still importing, run cold, and each says so."""
+    log = first_run.stdout + first_run.stderr
+    assert "warm start on" in log
+    cold = {s for s in stage_order(project.root / "dvc.yaml")
+            if any(f"Task run '{s}' - mofi: " in ln and "starting cold" in ln
+                   for ln in log.splitlines())}
+    assert "corpus" not in cold or "the warm server is not ready yet" in log
+    assert not cold & {"train@multitask", "evaluate", "report", "register"}, cold
+    assert "warm server failed" not in log
+
+
 def test_override_is_in_dvc_lock_a_dvc_experiment_and_mlflow_not_in_params(project,
                                                                            first_run):
     """`mofi run -S train.steps=12`: the stages saw 12 (dvc.lock), the run is a DVC experiment

@@ -82,7 +82,7 @@ def test_mofi_waits_long_enough_for_its_temporary_prefect_server(monkeypatch):
     def timeout() -> int:  # what Prefect reads from the environment `mofi run` leaves
         return Settings().server.ephemeral.startup_timeout_seconds
 
-    monkeypatch.setattr(cli, "app", lambda: None)
+    monkeypatch.setattr(cli, "app", lambda **_: None)
     monkeypatch.setattr(cli, "_skip_final_collection", lambda: None)  # not in pytest's process
     for key in {**cli.OFFLINE_DEFAULTS, **cli.PATIENT_DEFAULTS}:  # put back after the test
         monkeypatch.setenv(key, "")
@@ -103,7 +103,7 @@ def test_mofi_leaves_its_objects_to_the_os_at_exit_whatever_the_outcome(outcome)
 
     body = "None" if outcome == "return" else "sys.exit(3)"
     code = ("import gc, sys\nfrom mofi_core import cli\n"
-            f"cli.app = lambda: {body}\n"
+            f"cli.app = lambda **_: {body}\n"
             "try:\n    cli.main()\nfinally:\n    print(gc.get_freeze_count() > 0)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
