@@ -27,7 +27,8 @@ What keeps this safe:
   stage; if the client is killed outright (``kill -9``, a killed process group), the supervisor
   sees its socket close and kills the stage with ``SIGKILL``, so a killed stage is as dead as
   before and leaves its partial outputs for the next run to resume;
-- the server exits when the flow closes its stdin (or dies), and removes its socket folder;
+- the server is stopped when the flow's run ends (it exits by itself if the flow dies: its
+  stdin, a pipe from the flow, closes), and its socket folder is removed;
 - only the same user can connect (the folder's mode, and the peer's uid is checked).
 
 A client that finds no server (not ready yet: the first stage of a run usually starts while
@@ -315,13 +316,12 @@ def server(on: bool | None = None, stderr=None, entry: str = ENTRY,
     try:
         yield path
     finally:
+        # it holds nothing to save (running stages are processes of their own), and it may still
+        # be importing: stop it now rather than wait for it to read the closed pipe
         assert proc.stdin is not None
-        proc.stdin.close()  # the server's signal to stop
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        proc.stdin.close()
+        proc.terminate()
+        proc.wait()
         shutil.rmtree(folder)
 
 
