@@ -19,8 +19,11 @@ flow's log and ``dvc.lock`` see what they saw before.
 What keeps this safe:
 
 - the server only imports; it never runs a torch op, opens the tracking store or starts a
-  thread before it forks (it checks the thread count and refuses to serve otherwise), so the
-  stage starts from a clean state, as a fresh process would, and seeds its own RNGs as before;
+  Python thread before it forks (it checks the thread count and refuses to serve otherwise),
+  so the stage starts from a clean state, as a fresh process would, and seeds its own RNGs as
+  before. Native helper threads started by imports (OpenBLAS's pool, pyarrow's jemalloc) are
+  not copied into the stage; those libraries handle ``fork`` themselves, as they must for
+  ``multiprocessing``'s fork start method;
 - the stage process does not inherit ``MOFI_WARM_SOCKET``: whatever it launches (torchrun,
   spawned worker pools) starts cold;
 - ``SIGINT``, ``SIGTERM``, ``SIGHUP`` and ``SIGQUIT`` sent to the client are passed on to the
