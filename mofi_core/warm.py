@@ -138,8 +138,13 @@ def delegate(argv: list[str], path: str) -> int | None:
     if "error" in started:
         sock.close()
         return _cold(f"the warm server refused: {started['error']}")
-    previous = {sig: signal.signal(sig, lambda n, _f: _send(sock, {"signal": n}))
-                for sig in FORWARDED}
+    def forward(signum: int, _frame) -> None:
+        try:
+            _send(sock, {"signal": signum})
+        except BrokenPipeError:  # the supervisor already left: the stage's status is in the
+            return               # socket, and the wait below reads it
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
         done, _ = _recv(sock)  # a forwarded signal's handler runs, then the wait goes on
     except EOFError:
@@ -300,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 @contextlib.contextmanager
-def server(on: bool | None = None, stderr=None, entry: str = ENTRY,
+def server(on: bool | None = None, entry: str = ENTRY,
            preload: tuple[str, ...] = PRELOAD) -> Iterator[str | None]:
     """Start a warm server for the duration of the block; yields its socket path (the value
     for ``MOFI_WARM_SOCKET``), or None when warm start is off (``on=False``, or ``on=None`` and
@@ -314,7 +319,7 @@ def server(on: bool | None = None, stderr=None, entry: str = ENTRY,
     # -P: import mofi_core as the `mofi` command does, never from the working folder
     proc = subprocess.Popen([sys.executable, "-P", "-m", "mofi_core.warm", path, entry,
                              ",".join(preload)],
-                            stdin=subprocess.PIPE, stderr=stderr,
+                            stdin=subprocess.PIPE,
                             env={k: v for k, v in os.environ.items() if k != SOCKET_ENV})
     try:
         yield path
