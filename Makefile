@@ -14,7 +14,7 @@ RUN := PATH="$(BIN):$$PATH" MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTI
        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
 # lock-img2dataset: the tool venv's pins
-.PHONY: lock-img2dataset setup demo test test-crash test-scale test-review test-paper test-hostile test-pipeline paper mutation test-fast crash bench bench-quick profile lint lock ui clean
+.PHONY: lock-img2dataset setup demo test test-crash test-scale test-review test-paper test-hostile test-pipeline test-extra paper mutation test-fast crash bench bench-quick profile lint lock ui clean
 
 setup: $(STAMP) $(I2D_STAMP)
 
@@ -54,6 +54,20 @@ paper: setup
 # reports/mutation.{md,json} and the README table; fails when a module is under 90 %
 mutation: setup
 	$(RUN) $(BIN)/python -m tests.mutation; rc=$$?; $(BIN)/python -m mofi_core.readme; exit $$rc
+
+# what CI runs after make test: the suites below as two pytest sessions at once (each uses about
+# one core on average; their logs are printed when both are done, in .mofi/ci/ meanwhile). The
+# second shares the e2e project's first run between its suites.
+EXTRA_A := crash or scale
+EXTRA_B := review or pipeline or paper or hostile
+test-extra: setup
+	mkdir -p .mofi/ci
+	$(RUN) $(BIN)/pytest -q --durations=15 -m "$(EXTRA_A)" > .mofi/ci/extra-a.log 2>&1 & a=$$!; \
+	$(RUN) $(BIN)/pytest -q --durations=15 -m "$(EXTRA_B)" > .mofi/ci/extra-b.log 2>&1; b=$$?; \
+	wait $$a; a=$$?; \
+	echo "== pytest -m '$(EXTRA_A)': exit $$a"; cat .mofi/ci/extra-a.log; \
+	echo "== pytest -m '$(EXTRA_B)': exit $$b"; cat .mofi/ci/extra-b.log; \
+	test $$a -eq 0 && test $$b -eq 0
 
 test-paper: setup
 	$(RUN) $(BIN)/pytest -q -m paper

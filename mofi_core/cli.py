@@ -478,6 +478,21 @@ def _print_summary(summary: dict, root: Path) -> None:
                "dvc plots diff (README \"Review a run\")")
 
 
+@app.command("warm", context_settings={"allow_extra_args": True,
+                                       "ignore_unknown_options": True})
+def warm_command(command: Annotated[list[str], typer.Argument(
+        help="the command to run, e.g. dvc repro (put -- before it if it has --help)")]
+                 ) -> None:
+    """Run a command (dvc repro, dvc exp run, a script) with a warm server for its duration:
+    the `mofi` stage commands it starts skip importing torch, open_clip, MLflow and GX, as the
+    flow's stages do (MOFI_WARM_START=off: everything cold)."""
+    try:
+        code = warm.wrap(command)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    warm.exit_like(code)
+
+
 @app.command("remote-s3")
 def remote_s3(url: Annotated[str, typer.Argument(help="s3://bucket/prefix for DVC's cache")],
               root: RootOpt = Path("."),
@@ -682,7 +697,8 @@ def main() -> None:
     for key, value in {**OFFLINE_DEFAULTS, **PATIENT_DEFAULTS}.items():
         os.environ.setdefault(key, value)
     warm_socket = os.environ.get(warm.SOCKET_ENV)
-    if warm_socket:  # set by the flow for its stages: run in its warm server (mofi_core.warm)
+    # set by the flow (or `mofi warm`) for its stages: run in its warm server (mofi_core.warm)
+    if warm_socket and sys.argv[1:2] != ["warm"]:
         code = warm.delegate(sys.argv[1:], warm_socket)
         if code is not None:
             warm.exit_like(code)

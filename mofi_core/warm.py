@@ -38,6 +38,10 @@ A client that finds no server (not ready yet: the first stage of a run usually s
 the server is still importing; an unsupported platform; the server gone) says so in one line
 and runs the command itself, cold. ``MOFI_WARM_START=off`` (or the flow's ``warm_start=False``)
 turns the server off.
+
+Outside the flow, ``mofi warm dvc repro`` (any command: ``dvc exp run``, a script) does the
+same for one command: a server for its duration, and ``MOFI_WARM_SOCKET`` in its environment
+(:func:`wrap`).
 """
 
 from __future__ import annotations
@@ -332,6 +336,40 @@ def server(on: bool | None = None, entry: str = ENTRY,
         proc.wait()
         shutil.rmtree(folder)
 
+
+# signals a terminal sends to the whole foreground process group (the command gets them itself)
+_GROUP_SIGNALS = (signal.SIGINT, signal.SIGQUIT)
+
+
+def wrap(command: list[str], on: bool | None = None, **server_options) -> int:
+    """Run ``command`` (``dvc repro``, ``dvc exp run``...) with a warm server for its
+    duration: the ``mofi`` stage commands it starts run in the server. Returns its exit code
+    (negative: it died of that signal). ``SIGTERM`` and ``SIGHUP`` sent to this process are
+    passed on; ``SIGINT``/``SIGQUIT`` from a terminal reach the command directly (same process
+    group), so here they are ignored rather than sent twice. ``server_options``: those of
+    :func:`server` (the tests' stand-in entry)."""
+    if not command:
+        raise ValueError("mofi warm needs a command to run, e.g. `mofi warm dvc repro`")
+    if shutil.which(command[0]) is None:
+        raise FileNotFoundError(f"mofi warm: {command[0]!r} is not a command on PATH "
+                                "(or not executable)")
+    with server(on, **server_options) as path:
+        env = dict(os.environ)
+        if path:
+            env[SOCKET_ENV] = path
+        proc = subprocess.Popen(command, env=env)
+
+        def forward(signum: int, _frame) -> None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)
+
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+        previous.update({sig: signal.signal(sig, signal.SIG_IGN) for sig in _GROUP_SIGNALS})
+        try:
+            return proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,9 @@ class FirstRun:
     products: dict[str, bytes]
     params_before: str  # params.yaml before the run (the override applies to that run only)
     stderr: str = ""  # Prefect's log lines, each stage's output among them
+    # a copy of the project's outputs, params.yaml and dvc.yaml right after the run: later tests
+    # (re-runs, deployments) change the shared project, tests that need its first state copy this
+    copy: Path | None = None
 
 
 FIRST_OVERRIDES = {"train.steps": 12}
@@ -81,5 +85,13 @@ def first_run(project) -> FirstRun:
                          *PRODUCTS).stdout.split()
     products = {f: (project.root / f).read_bytes() for f in listed
                 if (project.root / f).is_file()}
+    copy = project.root.parent / "after-the-first-run"
+    copy.mkdir()
+    for name in (*PRODUCTS, "params.yaml", "dvc.yaml"):
+        src = project.root / name
+        if src.is_dir():
+            shutil.copytree(src, copy / name, symlinks=True)
+        else:
+            shutil.copy2(src, copy / name)
     return FirstRun(proc.stdout, used.read_text(), (project.root / "dvc.lock").read_text(),
-                    products, before, proc.stderr)
+                    products, before, proc.stderr, copy)

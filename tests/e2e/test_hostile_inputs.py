@@ -38,18 +38,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.hostile]
 
 
 @pytest.fixture(scope="module")
-def built(project, first_run, tmp_path_factory) -> Path:
-    """A copy of the end-to-end project after its first run (all eleven stages ran through the
-    Prefect flow over DVC): what each case starts from."""
-    root = tmp_path_factory.mktemp("hostile") / "project"
-    root.mkdir()
-    for name in (*OUTPUT_DIRS, "params.yaml", "dvc.yaml"):
-        src = project.root / name
-        if src.is_dir():
-            shutil.copytree(src, root / name, symlinks=True)
-        else:
-            shutil.copy2(src, root / name)
-    return root
+def built(first_run) -> Path:
+    """The end-to-end project's outputs, params and pipeline right after its first run (all
+    stages ran through the Prefect flow over DVC), whatever other tests of this session did to
+    the shared project since: what each case copies and starts from."""
+    assert first_run.copy is not None
+    return first_run.copy
 
 
 def _snapshot(root: Path) -> dict[str, str]:

@@ -29,19 +29,20 @@ GIT = ("git", "-c", "user.name=t", "-c", "user.email=t@t")
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Project:
     """main: the tiny pipeline reproduced and committed (dvc.lock, metrics, plots, reports),
-    then one ``dvc exp run -S train.steps=N`` per experiment."""
+    then one ``dvc exp run -S train.steps=N`` per experiment (each under ``mofi warm``)."""
     project = tiny_project(tmp_path_factory.mktemp("review"))
     # one candidate (MOFI): a version per run, so versions and runs map one to one
     write_overrides(project.root / "params.yaml", {"train.recipes": ["multitask"]})
     # committed before the run: the model is then made at a clean commit (not "-dirty")
     project.run(*GIT, "commit", "-qam", "one candidate: multitask")
-    project.run("dvc", "repro", timeout=1500)
+    # `mofi warm`: the stages run in a warm server, as README "Review a run" suggests
+    project.run("mofi", "warm", "dvc", "repro", timeout=1500)
     project.run("git", "add", "-A")
     project.run(*GIT, "commit", "-qm", "main: tiny pipeline")
     assert project.run("git", "status", "--porcelain").stdout == ""
     for name, steps in EXPERIMENTS.items():
-        project.run("dvc", "exp", "run", "-n", name, "-S", f"train.steps={steps}",
-                    timeout=1200)
+        project.run("mofi", "warm", "dvc", "exp", "run", "-n", name, "-S",
+                    f"train.steps={steps}", timeout=1200)
     return project
 
 

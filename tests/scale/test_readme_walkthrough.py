@@ -38,7 +38,7 @@ def test_the_walkthrough_block_is_where_the_test_looks():
     block = walkthrough()
     for command in ("weed mini", "mofi storage create-bucket", "mofi remote-s3",
                     "dask scheduler --host 127.0.0.1", "dask worker", "MOFI_STORAGE_ROOT=",
-                    "dvc repro", "dvc push", "infra/torchrun-train.sh",
+                    "mofi warm dvc repro", "dvc push", "infra/torchrun-train.sh",
                     "prefect worker start", "prefect deployment run mofi/full"):
         assert command in block, command
     assert "0.0.0.0" not in block
@@ -105,9 +105,10 @@ def _walk(root: Path, env: dict[str, str], timeout: int) -> subprocess.Completed
 def test_the_walkthrough_from_nothing_reproduces_a_clean_run_byte_for_byte(tmp_path):
     clean = _project(tmp_path / "clean")
     env = _env(clean)
-    _run(["dvc", "repro"], clean, env)
+    # the reference runs its stages in a warm server, as the walkthrough does
+    _run(["mofi", "warm", "dvc", "repro"], clean, env)
     _run(["infra/torchrun-train.sh", "train"], clean, {**env, "NPROC_PER_NODE": "2"})
-    _run(["dvc", "repro"], clean, env)
+    _run(["mofi", "warm", "dvc", "repro"], clean, env)
 
     walk = _project(tmp_path / "walk")
     ports = {"S3_PORT": free_port(), "DASK_PORT": free_port(), "PREFECT_PORT": free_port()}

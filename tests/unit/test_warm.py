@@ -169,3 +169,52 @@ def test_server_refuses_to_fork_with_threads(tmp_path):
         stop.set()
         other.join()
     assert not (tmp_path / "sock").exists()
+
+
+# `mofi warm CMD`: a command (what `dvc repro` is to it) whose `mofi` clients find the server
+WRAPPED = ("import os, subprocess, sys, time\n"
+           "path = os.environ['MOFI_WARM_SOCKET']\n"
+           "print('socket-path=' + path, flush=True)\n"
+           "while not os.path.exists(path): time.sleep(0.05)\n"
+           "sys.exit(subprocess.run([sys.executable, '-c', sys.argv[1], path, 'echo', '4'])"
+           ".returncode)\n")
+
+
+def test_wrap_runs_a_command_whose_mofi_clients_use_the_server(monkeypatch, capfd):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.delenv(warm.SOCKET_ENV, raising=False)
+    code = warm.wrap([sys.executable, "-c", WRAPPED, CLIENT], on=True,
+                     entry="tests.warm_target:main", preload=("json",))
+    out = capfd.readouterr().out
+    assert code == 4  # the stand-in stage's code, through the client and the wrapped command
+    assert "argv=['mofi', 'echo', '4']" in out
+    path = next(ln for ln in out.splitlines() if ln.startswith("socket-path="))
+    assert not Path(path.split("=", 1)[1]).parent.exists()  # the server went with its folder
+    assert warm.SOCKET_ENV not in os.environ
+
+
+def test_wrap_passes_on_sigterm_and_the_commands_exit_code(tmp_path):
+    pid_file = tmp_path / "pid"
+    waiter = ("import signal, sys, time\nfrom pathlib import Path\n"
+              "signal.signal(signal.SIGTERM, lambda s, f: sys.exit(7))\n"
+              f"Path({str(pid_file)!r}).write_text('up')\ntime.sleep(60)\n")
+    wrapper = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom mofi_core import warm\n"
+         "sys.exit(warm.wrap(sys.argv[1:], on=False))", sys.executable, "-c", waiter])
+    _wait_for(pid_file.exists)
+    wrapper.send_signal(signal.SIGTERM)
+    assert wrapper.wait(timeout=30) == 7
+
+
+def test_mofi_warm_refuses_a_missing_command_before_starting_anything():
+    def mofi(*argv):
+        return subprocess.run([sys.executable, "-c", "from mofi_core.cli import main; main()",
+                               "warm", *argv], capture_output=True, text=True, timeout=120)
+
+    missing = mofi("no-such-tool-mofi", "repro")
+    assert missing.returncode == 1
+    assert "'no-such-tool-mofi' is not a command on PATH" in missing.stderr.splitlines()[-1]
+    assert "warm start: ready" not in missing.stderr
+    assert mofi().returncode == 2  # usage: a command is required
+    passed = mofi("--", sys.executable, "-c", "import sys; sys.exit(3)")
+    assert passed.returncode == 3
