@@ -371,5 +371,6 @@ def wrap(command: list[str], on: bool | None = None, **server_options) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+
 if __name__ == "__main__":
     main()

@@ -64,10 +64,10 @@ class FirstRun:
     lock_text: str  # (metrics/, plots/, reports/), as they were right after it
     products: dict[str, bytes]
     params_before: str  # params.yaml before the run (the override applies to that run only)
-    stderr: str = ""  # Prefect's log lines, each stage's output among them
+    stderr: str  # Prefect's log lines, each stage's output among them
     # a copy of the project's outputs, params.yaml and dvc.yaml right after the run: later tests
     # (re-runs, deployments) change the shared project, tests that need its first state copy this
-    copy: Path | None = None
+    copy: Path
 
 
 FIRST_OVERRIDES = {"train.steps": 12}
