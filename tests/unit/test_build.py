@@ -175,3 +175,48 @@ def test_the_rules_refusals_word_for_word():
         select_labels(["c"], ["X"], [0.9], _cfg(rules=("null_quantile",)), null_cut={})
     assert str(err.value) == ("build.rules has null_quantile but image 'c' has no null scores: "
                               "set score.null_samples > 0 and re-run score")
+
+
+def test_streaming_build_applies_each_images_null_cutoff_and_drops_excluded_keys(tmp_path):
+    """The path the stage runs (build, shard by shard) with rule null_quantile and decontam's
+    near-copies: each image's cut-off comes from its own shard's null scores, and an excluded
+    key never becomes a label even where its score passes every rule."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mofi_core.curate.build import build
+    from mofi_core.io import tables
+    from mofi_core.io.shards import ShardWriter
+
+    # (key, entity, score, null scores): the 0.5 quantile of the nulls is the cut-off
+    per_shard = [[("a", "X", 0.60, [0.1, 0.5, 0.7]),    # cut 0.5: kept
+                  ("b", "X", 0.90, [0.1, 0.2, 0.3]),    # passes, but excluded
+                  ("c", "Y", 0.40, [0.3, 0.45, 0.6])],  # cut 0.45: dropped
+                 [("d", "X", 0.30, [0.1, 0.2, 0.25]),   # cut 0.2: kept
+                  ("e", "Y", 0.80, [0.7, 0.8, 0.9])]]   # cut 0.8, equal: dropped
+    for shard, rows in enumerate(per_shard):
+        name = f"{shard:05d}"
+        with ShardWriter(tmp_path / "ingest" / "shards" / f"{name}.tar") as w:
+            for key, *_ in rows:
+                w.write(key, {"jpg": b"x", "txt": "t"})
+        parts = tmp_path / "score" / "parts"
+        tables.write_table(parts / f"{name}.scores.parquet", pa.Table.from_pylist(
+            [{"key": k, "entity_id": e, "score": s} for k, e, s, _ in rows]), tables.SCORES)
+        tables.write_table(parts / f"{name}.null.parquet", pa.Table.from_pylist(
+            [{"key": k, "scores": n} for k, _, _, n in rows]), tables.NULL_SCORES)
+    cfg = BuildConfig(rules=("threshold", "null_quantile"), threshold=0.25, null_quantile=0.5,
+                      min_images_per_entity=1)
+    stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg,
+                  exclude=frozenset({"b"}))
+    labels = pq.read_table(tmp_path / "i2e" / "labels.parquet").to_pylist()
+    assert [(r["key"], r["entity_ids"]) for r in labels] == [("a", ["X"]), ("d", ["X"])]
+    assert labels[0]["scores"] == pytest.approx([0.6]) and stats["images"] == 2
+    assert stats["pairs_scored"] == 4  # the excluded key's pair is not counted as scored
+    # without the exclusion, b is a label; without null_quantile, c and e are too
+    build(tmp_path / "ingest", tmp_path / "score", tmp_path / "all", cfg)
+    assert [r["key"] for r in pq.read_table(tmp_path / "all" / "labels.parquet").to_pylist()] \
+        == ["a", "b", "d"]
+    build(tmp_path / "ingest", tmp_path / "score", tmp_path / "plain",
+          cfg.model_copy(update={"rules": ("threshold",)}), exclude=frozenset({"b"}))
+    assert [r["key"] for r in pq.read_table(tmp_path / "plain" / "labels.parquet").to_pylist()] \
+        == ["a", "c", "d", "e"]

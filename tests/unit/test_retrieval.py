@@ -461,3 +461,13 @@ def test_the_wrappers_pass_chunk_and_ask_only_for_what_they_read(monkeypatch):
     assert retrieval.recall_at_k(feats, labels, 3, chunk=2) == 1.0
     retrieval.precision_recall_curve(feats, labels, levels=5, chunk=4)
     assert seen == [{"ks": (3,), "chunk": 2}, {"ks": (), "pr_levels": 5, "chunk": 4}]
+
+
+def test_l2_normalise_refuses_what_cosine_cannot_rank_word_for_word():
+    with pytest.raises(ValueError) as err:
+        retrieval.l2_normalise(np.array([[1.0, 0.0], [np.inf, 1.0]]))
+    assert str(err.value) == "an embedding holds NaN or infinite values; check the encoder output"
+    with pytest.raises(ValueError) as err:
+        retrieval.l2_normalise(np.array([[1.0, 0.0], [0.0, 0.0]]))
+    assert str(err.value) == "an embedding is all zeros; cannot rank by cosine similarity"
+    np.testing.assert_allclose(retrieval.l2_normalise(np.array([[3.0, 4.0]])), [[0.6, 0.8]])
