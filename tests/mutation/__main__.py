@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from importlib.metadata import version
 from pathlib import Path
 
@@ -67,16 +68,18 @@ def rerun_mutmut(root: Path, log: Path, names: list[str]) -> float:
     return minutes
 
 
-def slow_pass(root: Path, found: dict[str, str], scope: dict, slow: dict[str, list[str]]
-              ) -> dict[str, str]:
+def slow_pass(root: Path, found: dict[str, str], scope: dict, slow: dict[str, list[str]],
+              workers: int | None = None) -> dict[str, str]:
     """The mutants no fast test killed, run once more, one process each, against their
     module's ``slow_tests`` (tests marked slow_setup: a demo world or gloo processes). Results
-    are kept in ``mutants/slow-pass.json``: a second call runs only what is new."""
+    are kept in ``mutants/slow-pass.json``: a second call runs only what is new. ``workers``
+    processes at once (default: one per core; each runs torch on one thread, as mutmut's do)."""
     record = root / "mutants" / "slow-pass.json"
     done = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
     todo = [n for n, st in sorted(found.items()) if st in NOT_KILLED and n not in done
             and module_of(n) in slow and in_scope(n, scope)]
-    for i, name in enumerate(todo, 1):
+
+    def one(name: str) -> str:
         tests = slow[module_of(name)]
         try:
             ran = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
@@ -85,14 +88,20 @@ def slow_pass(root: Path, found: dict[str, str], scope: dict, slow: dict[str, li
                                  env={**os.environ, "MUTANT_UNDER_TEST": name,
                                       "PYTHONPATH": str(root / "mutants")})
         except subprocess.TimeoutExpired:
-            done[name] = "timeout"
-        else:
-            if ran.returncode not in (0, 1):
-                raise SystemExit(f"slow pass: pytest exited {ran.returncode} on {name} (tests "
-                                 f"{tests}); its output ends:\n{ran.stdout[-2000:]}")
-            done[name] = "killed" if ran.returncode == 1 else "survived"
-        print(f"slow pass {i}/{len(todo)}: {name}: {done[name]}", flush=True)
-        record.write_text(json.dumps(done, indent=1) + "\n", encoding="utf-8")
+            return "timeout"
+        if ran.returncode not in (0, 1):
+            raise SystemExit(f"slow pass: pytest exited {ran.returncode} on {name} (tests "
+                             f"{tests}); its output ends:\n{ran.stdout[-2000:]}")
+        return "killed" if ran.returncode == 1 else "survived"
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        runs = {pool.submit(one, name): name for name in todo}
+        for i, future in enumerate(as_completed(runs), 1):
+            name = runs[future]
+            done[name] = future.result()  # a SystemExit of one run ends the pass here
+            print(f"slow pass {i}/{len(todo)}: {name}: {done[name]}", flush=True)
+            record.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n",
+                              encoding="utf-8")
     return done
 
 

@@ -189,3 +189,33 @@ def test_a_module_none_of_whose_mutants_ran_has_no_score():
     (s,), _ = score({MOD: None}, {n: "not checked" for n in DIFFS}, DIFFS.get, [])
     text = markdown([s], [], {"mutmut": "3.8.1", "minutes": 1, "machine": "2", "tests": 1})
     assert f"| `{MOD}` | 0 | 0 | 0 | 0 | — | incomplete (3 not run) |" in text
+
+
+def test_slow_pass_runs_each_survivor_against_its_modules_slow_tests_two_at_a_time(tmp_path):
+    """Real pytest processes on a stand-in mutants/: the test kills exactly the mutants whose
+    name it was given to fail on; killed ones, other modules, out-of-scope functions and
+    mutants already recorded are not run; the record is kept for a second call."""
+    from tests.mutation.__main__ import slow_pass
+
+    mutants = tmp_path / "mutants"
+    mutants.mkdir()
+    (mutants / "test_slow.py").write_text(
+        "import os\n\n\ndef test_it():\n"
+        "    assert not os.environ['MUTANT_UNDER_TEST'].endswith(('_1', '_3'))\n")
+    mod = "mofi_core.curate.fdr"
+    found = {f"{mod}.x_fit__mutmut_{i}": "survived" for i in (1, 2, 3)}
+    found |= {f"{mod}.x_fit__mutmut_4": "killed",
+              f"{mod}.x_plot__mutmut_1": "survived",  # out of scope
+              "mofi_core.report.x_f__mutmut_1": "survived"}  # no slow tests for report
+    scope = {"mofi_core/curate/fdr.py": ["fit"], "mofi_core/report.py": None}
+    slow = {"mofi_core/curate/fdr.py": ["test_slow.py::test_it"]}
+    got = slow_pass(tmp_path, found, scope, slow, workers=2)
+    assert got == {f"{mod}.x_fit__mutmut_1": "killed", f"{mod}.x_fit__mutmut_2": "survived",
+                   f"{mod}.x_fit__mutmut_3": "killed"}
+    assert json.loads((mutants / "slow-pass.json").read_text()) == got
+    (mutants / "test_slow.py").write_text("def test_it():\n    raise SystemExit(3)\n")
+    assert slow_pass(tmp_path, found, scope, slow) == got  # recorded: nothing runs again
+    found[f"{mod}.x_fit__mutmut_5"] = "survived"
+    (mutants / "test_slow.py").write_text("import sys\nsys.exit(4)\n")  # pytest: internal error
+    with pytest.raises(SystemExit, match=r"pytest exited 3 on .*x_fit__mutmut_5"):
+        slow_pass(tmp_path, found, scope, slow)
