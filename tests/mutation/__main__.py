@@ -96,12 +96,16 @@ def slow_pass(root: Path, found: dict[str, str], scope: dict, slow: dict[str, li
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         runs = {pool.submit(one, name): name for name in todo}
-        for i, future in enumerate(as_completed(runs), 1):
-            name = runs[future]
-            done[name] = future.result()  # a SystemExit of one run ends the pass here
-            print(f"slow pass {i}/{len(todo)}: {name}: {done[name]}", flush=True)
-            record.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n",
-                              encoding="utf-8")
+        try:
+            for i, future in enumerate(as_completed(runs), 1):
+                name = runs[future]
+                done[name] = future.result()
+                print(f"slow pass {i}/{len(todo)}: {name}: {done[name]}", flush=True)
+                record.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n",
+                                  encoding="utf-8")
+        except BaseException:  # a SystemExit of one run: the queued ones are not started
+            pool.shutdown(cancel_futures=True)
+            raise
     return done
 
 
@@ -148,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
     found = statuses(ROOT / "mutants", status_by_exit_code.__getitem__)
+    start = time.monotonic()
     slow = {} if args.no_slow_pass else slow_pass(ROOT, found, scope,
                                                   load_slow_tests(ROOT / SCOPE))
+    slow_minutes = (time.monotonic() - start) / 60
     found.update(slow)
     equivalents = load_equivalents(ROOT / EQUIVALENT)
     scores, stale = score(scope, found, get_diff_for_mutant, equivalents)
@@ -158,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{os.cpu_count()} cores, {platform.machine()}",
             "tests": len(cfg["pytest_add_cli_args_test_selection"]),
             "slow_pass": None if args.no_slow_pass else {
-                "rerun": len(slow), "killed": sum(v in KILLED for v in slow.values())}}
+                "rerun": len(slow), "killed": sum(v in KILLED for v in slow.values()),
+                "minutes": round(slow_minutes, 1)}}
     previous.write_text(json.dumps({**meta, "goal": GOAL, "modules": [s.as_dict() for s in scores],
                                     "stale_equivalents": [vars(e) for e in stale]}, indent=2)
                         + "\n", encoding="utf-8")

@@ -242,7 +242,8 @@ def markdown(scores: list[ModuleScore], stale: list[Equivalent], meta: dict) -> 
     if slow:
         lines[2] += (f" {slow['rerun']} mutants no fast test killed were run again against "
                      f"their module's `slow_tests` (tests marked slow_setup): {slow['killed']} "
-                     "killed.")
+                     "killed" + (f", in {slow['minutes']:.0f} min more" if "minutes" in slow
+                                 else "") + ".")
     for s in scores:
         lines.append(f"| `{s.module}` | {s.mutants} | {s.killed} | {s.equivalent} | "
                      f"{len(s.survivors)} | {f'{s.score:.1%}' if s.mutants else '—'} | "

@@ -114,6 +114,8 @@ def test_markdown_marks_modules_under_the_goal_and_lists_stale_entries():
     assert ("one run and 1 continuation(s) of it (`--continue`: the mutants not reached or not "
             "killed, after new tests: 40 in 6 min).") in markdown([s], [], meta)
     assert "was not run" not in markdown([s], [], meta)
+    timed = {**meta, "slow_pass": {"rerun": 7, "killed": 5, "minutes": 14.6}}
+    assert "(tests marked slow_setup): 5 killed, in 15 min more." in markdown([s], [], timed)
     assert "The slow pass (each module's `slow_tests` against the mutants no fast test killed) " \
         "was not run." in markdown([s], [], {**meta, "slow_pass": None})
 
@@ -219,3 +221,11 @@ def test_slow_pass_runs_each_survivor_against_its_modules_slow_tests_two_at_a_ti
     (mutants / "test_slow.py").write_text("import sys\nsys.exit(4)\n")  # pytest: internal error
     with pytest.raises(SystemExit, match=r"pytest exited 3 on .*x_fit__mutmut_5"):
         slow_pass(tmp_path, found, scope, slow)
+    # the first error ends the pass: the runs still queued behind it are not started
+    found |= {f"{mod}.x_fit__mutmut_{i}": "survived" for i in range(6, 10)}
+    (mutants / "test_slow.py").write_text(
+        "import os\nimport pathlib\nimport sys\n\n"
+        "pathlib.Path(os.environ['MUTANT_UNDER_TEST'] + '.ran').touch()\nsys.exit(4)\n")
+    with pytest.raises(SystemExit, match="pytest exited 3"):
+        slow_pass(tmp_path, found, scope, slow, workers=1)
+    assert 1 <= len(list(mutants.glob("*.ran"))) <= 2  # five queued, one worker
