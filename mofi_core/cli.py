@@ -182,6 +182,10 @@ def _flat(metrics: dict) -> dict:
 
 
 def _fmt(v) -> str:
+    """One value of a stage's summary line: a list (a curve, per-threshold rows) is summed up
+    by its length -- the whole of it is in the stage's metrics file."""
+    if isinstance(v, list | tuple):
+        return f"[{len(v)} values]"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 

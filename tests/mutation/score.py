@@ -24,6 +24,7 @@ GOAL = 0.90
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 NOT_KILLED = {"survived", "no tests", "suspicious"}
 NOT_RUN = {"not checked", "check was interrupted by user"}  # a run stopped before them
+TIMINGS = "mutmut-timings.jsonl"  # in mutants/: one line per mutant's test run (tests/conftest.py)
 
 
 def config(root: Path) -> dict:
@@ -90,6 +91,25 @@ def statuses(mutants_dir: Path, status_by_code: Callable[[int | None], str]) -> 
         codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
         found.update({name: status_by_code(code) for name, code in codes.items()})
     return found
+
+
+def minutes_in_tests(mutants_dir: Path) -> dict[str, float]:
+    """Module -> minutes its mutants' tests ran (both passes, every run of the record), from the
+    lines tests/conftest.py appends to ``mutants/mutmut-timings.jsonl``: where the hour goes.
+    Process start-up and mutmut's own work are not in it."""
+    path = mutants_dir / TIMINGS
+    spent: dict[str, float] = {}
+    if not path.is_file():
+        return spent
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+            module, seconds = module_of(row["mutant"]), float(row["seconds"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: line {i} is not a timing line ({err}): {line[:200]!r}; "
+                             "remove the file and run make mutation again") from err
+        spent[module] = spent.get(module, 0.0) + seconds / 60
+    return {m: round(v, 1) for m, v in spent.items()}
 
 
 def change(diff: str) -> tuple[str, str]:
@@ -228,6 +248,12 @@ def markdown(scores: list[ModuleScore], stale: list[Equivalent], meta: dict) -> 
              "change: `reports/mutation.json`.", "",
              "| module | mutants | killed | equivalent | not killed | score | goal |",
              "|---|---:|---:|---:|---:|---:|---|"]
+    timed = meta.get("test_minutes")
+    if timed is not None:
+        lines[-2] += " test min |"
+        lines[-1] += "---:|"
+        lines[2] += (" *test min*: minutes the module's mutants spent in their tests, both "
+                     "passes (process start-up and mutmut's own work not counted).")
     runs = meta.get("runs") or []
     if len(runs) > 1:
         lines[2] += (f" The minutes add up one run and {len(runs) - 1} continuation(s) of it "
@@ -247,12 +273,14 @@ def markdown(scores: list[ModuleScore], stale: list[Equivalent], meta: dict) -> 
     for s in scores:
         lines.append(f"| `{s.module}` | {s.mutants} | {s.killed} | {s.equivalent} | "
                      f"{len(s.survivors)} | {f'{s.score:.1%}' if s.mutants else '—'} | "
-                     f"{s.verdict} |")
+                     f"{s.verdict} |" + (f" {timed.get(s.module, 0.0):.1f} |"
+                                         if timed is not None else ""))
     total = sum(s.mutants for s in scores)
     killed = sum(s.killed for s in scores)
     eq = sum(s.equivalent for s in scores)
     lines.append(f"| all | {total} | {killed} | {eq} | {total - killed - eq} | "
-                 f"{killed / max(1, total - eq):.1%} | |")
+                 f"{killed / max(1, total - eq):.1%} | |" + (
+                     f" {sum(timed.values()):.1f} |" if timed is not None else ""))
     if stale:
         lines += ["", f"Stale entries in `{EQUIVALENT}` (they match no surviving mutant; "
                   "remove or update them):", ""]

@@ -220,3 +220,116 @@ def test_streaming_build_applies_each_images_null_cutoff_and_drops_excluded_keys
           cfg.model_copy(update={"rules": ("threshold",)}), exclude=frozenset({"b"}))
     assert [r["key"] for r in pq.read_table(tmp_path / "plain" / "labels.parquet").to_pylist()] \
         == ["a", "c", "d", "e"]
+
+
+# --------------------------------------- what build writes, exactly: shards, tables, statistics
+
+# (key, entity, score) per ingest shard. k0's entity Z has one image (under min_images 2: out of
+# the vocabulary) and comes first in its shard; k5's pair is under the threshold; k2 has no
+# alt-text; k3's X score has a 7th decimal that the 6-decimal rounding must drop. No score lies
+# on a histogram bin edge (every 0.01).
+BUILD_SHARDS = {"00000": [("k0", "Z", 0.905), ("k1", "X", 0.805), ("k1", "Y", 0.705),
+                          ("k2", "X", 0.655)],
+                "00001": [("k3", "X", 0.6234567), ("k3", "Y", 0.955), ("k4", "Y", 0.555),
+                          ("k5", "X", 0.305)]}
+
+
+def _write_build_inputs(root):
+    import pyarrow as pa
+
+    from mofi_core.io import tables
+    from mofi_core.io.shards import ShardWriter
+
+    for name, rows in BUILD_SHARDS.items():
+        with ShardWriter(root / "ingest" / "shards" / f"{name}.tar") as w:
+            for key in dict.fromkeys(k for k, _, _ in rows):
+                w.write(key, {"jpg": f"jpeg of {key}".encode()} if key == "k2" else
+                        {"jpg": f"jpeg of {key}".encode(), "txt": f"alt-text of {key}"})
+        tables.write_table(root / "score" / "parts" / f"{name}.scores.parquet",
+                           pa.Table.from_pylist([{"key": k, "entity_id": e, "score": s}
+                                                 for k, e, s in rows]), tables.SCORES)
+
+
+def test_build_writes_whole_samples_labels_vocab_and_statistics(tmp_path, monkeypatch, capsys):
+    import json
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from mofi_core.curate import build as build_mod
+    from mofi_core.io.shards import iter_samples
+
+    _write_build_inputs(tmp_path)
+    drawn = {}
+    monkeypatch.setattr(build_mod, "_plots", lambda out, acc: drawn.update(acc=acc))
+    cfg = BuildConfig(rules=("threshold",), threshold=0.5, min_images_per_entity=2)
+    stats = build_mod.build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg)
+    i2e = tmp_path / "i2e"
+    want = {"k1": (["X", "Y"], [0.805, 0.705]), "k2": (["X"], [0.655]),
+            "k3": (["X", "Y"], [0.623457, 0.955]), "k4": (["Y"], [0.555])}
+    shard_of = {"k1": "00000.tar", "k2": "00000.tar", "k3": "00001.tar", "k4": "00001.tar"}
+    assert sorted(p.name for p in (i2e / "shards").iterdir()) == ["00000.tar", "00001.tar"]
+    samples = {s["__key__"]: s for name in ("00000", "00001")
+               for s in iter_samples(i2e / "shards" / f"{name}.tar")}
+    assert sorted(samples) == sorted(want)
+    for key, (ents, scores) in want.items():
+        s = samples[key]
+        assert s["jpg"] == f"jpeg of {key}".encode()
+        assert s["txt"] == (b"" if key == "k2" else f"alt-text of {key}".encode())
+        assert json.loads(s["json"]) == {"entity_ids": ents, "scores": scores}
+    rows = pq.read_table(i2e / "labels.parquet").to_pylist()
+    assert rows == [{"key": k, "shard": shard_of[k], "entity_ids": e,  # float32 column
+                     "scores": [float(np.float32(x)) for x in s]} for k, (e, s) in want.items()]
+    assert json.loads((i2e / "vocab.json").read_text()) == {"classes": ["X", "Y"]}
+    assert stats == {"images": 4, "entities": 2, "labels": 6, "pairs_scored": 8,
+                     "labels_per_image": 1.5, "min_images_per_entity": 3,
+                     "max_images_per_entity": 3}
+    assert sorted(p.name for p in i2e.iterdir()) == ["label_free.json", "labels.parquet",
+                                                      "shards", "stats.json", "vocab.json"]
+    # the figures' histograms: every scored pair, and every kept label's written score
+    acc = drawn["acc"]
+    every = np.float32([s for rows in BUILD_SHARDS.values() for _, _, s in rows])
+    np.testing.assert_array_equal(acc.hist_all, np.histogram(every, build_mod.HIST_BINS)[0])
+    kept = [s for _, sc in want.values() for s in sc]
+    np.testing.assert_array_equal(acc.hist_kept, np.histogram(kept, build_mod.HIST_BINS)[0])
+    out = capsys.readouterr().out
+    assert out.startswith("build: no label-free precision estimate: no decoy scores: set "
+                          "score.null_samples > 0 (random entities scored per image) and re-run "
+                          "score\n")
+    assert "build pass 1/2: shard 2/2 (100%) pairs 8 |" in out
+    assert "build pass 2/2: shard 2/2 (100%) images 4 |" in out
+
+
+def test_accumulator_adds_and_merges_shard_by_shard():
+    import numpy as np
+
+    from mofi_core.curate.build import HIST_BINS, _Accumulator
+
+    zeros = np.zeros(len(HIST_BINS) - 1, dtype=np.int64)
+    one = _Accumulator(zeros.copy())
+    one.add([{"entity_ids": ["A", "B"], "scores": [0.505, 0.605]}])
+    one.add([{"entity_ids": ["A", "B", "C"], "scores": [0.705, 0.705, 0.805]},
+             {"entity_ids": ["C"], "scores": [0.105]}])
+    assert (one.images, one.labels) == (3, 6)
+    assert one.per_entity == {"A": 2, "B": 2, "C": 2}
+    want = np.histogram([0.505, 0.605, 0.705, 0.705, 0.805, 0.105], HIST_BINS)[0]
+    np.testing.assert_array_equal(one.hist_kept, want)
+    both = _Accumulator(zeros.copy())
+    both.merge(one.summary())
+    both.merge(one.summary())
+    assert (both.images, both.labels, both.per_entity) == (6, 12, {"A": 4, "B": 4, "C": 4})
+    np.testing.assert_array_equal(both.hist_kept, 2 * want)
+
+
+def test_a_labelled_key_missing_from_its_ingest_shard_is_refused_word_for_word(tmp_path):
+    from mofi_core.curate.build import _write_shard
+    from mofi_core.io.shards import ShardWriter
+
+    tar = tmp_path / "00000.tar"
+    with ShardWriter(tar) as w:
+        w.write("k1", {"jpg": b"x", "txt": "t"})
+    labels = {"k1": [("X", 0.9)], "gone": [("X", 0.8)], "lost": [("Y", 0.7)]}
+    with pytest.raises(ValueError) as err:
+        _write_shard(tar, labels, tmp_path / "out.tar")
+    assert str(err.value) == (f"2 labelled keys have no sample in {tar}: score and ingest "
+                              "outputs are out of sync; re-run both")

@@ -109,3 +109,13 @@ def test_mofi_leaves_its_objects_to_the_os_at_exit_whatever_the_outcome(outcome)
                           timeout=120)
     assert done.stdout.strip() == "True", done.stderr
     assert done.returncode == (0 if outcome == "return" else 3)
+
+
+def test_a_stage_summary_line_sums_up_lists_by_their_length():
+    from mofi_core.cli import _flat, _fmt
+
+    metrics = {"labels": {"precision": 0.94061, "curve": [{"t": 0.1}, {"t": 0.2}, {"t": 0.3}],
+                          "pairs": 3248, "rule": "threshold"}}
+    line = ", ".join(f"{k}={_fmt(v)}" for k, v in _flat(metrics).items())
+    assert line == ("labels.precision=0.9406, labels.curve=[3 values], labels.pairs=3248, "
+                    "labels.rule=threshold")

@@ -292,3 +292,53 @@ def test_a_score_at_the_threshold_is_kept_and_top_k_ranks_within_the_image():
     rows = fdr.curve(cands, np.array([[0.2, 0.9], [0.6, np.nan]]), cfg, thresholds=[0.5, 0.6])
     assert [(r["threshold"], r["labels"], r["images"]) for r in rows] == [(0.5, 2, 2),
                                                                          (0.6, 1, 1)]
+
+
+def test_build_says_what_it_estimated_and_only_rule_fdr_fails_on_an_unreachable_target(
+        tmp_path, capsys):
+    import json
+
+    keys, ents, scores, _, null = synthetic(6, images=600)
+    _write(tmp_path, keys, ents, scores, null)
+    excluded = frozenset(sorted(set(keys))[:100])  # decontam's near-copies
+    plain = BuildConfig(rules=("threshold", "top_k"), threshold=0.5, target_fdr=0.001,
+                        fdr_sample=0.5, min_images_per_entity=1)
+    build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", plain, exclude=excluded)
+    free = json.loads((tmp_path / "i2e" / "label_free.json").read_text())
+    model = free["model"]
+    assert free["chosen"] is None and free["target_fdr"] == 0.001 and free["sample"] == 0.5
+    assert model["images"] < 500 * 0.6  # half of the 500 images not excluded, drawn by key
+    with pytest.raises(fdr.LabelFreeError) as unreachable:
+        fdr.choose_threshold(free["curve"], 0.001)
+    said = (f"build: label-free estimate from {model['decoys']} decoy scores of "
+            f"{model['images']} images: {100 * model['pi_none']:.1f}% of images show none "
+            "of their candidates")
+    # rule threshold: the unreachable target is a note, and the build goes on
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        f"build: label-free estimate: {unreachable.value}", said]
+    # rule fdr: the same target is the build's error
+    with pytest.raises(fdr.LabelFreeError) as err:
+        build(tmp_path / "ingest", tmp_path / "score", tmp_path / "fdr",
+              plain.model_copy(update={"rules": ("fdr", "top_k")}), exclude=excluded)
+    assert str(err.value) == str(unreachable.value)
+    capsys.readouterr()
+    build(tmp_path / "ingest", tmp_path / "score", tmp_path / "fdr",
+          plain.model_copy(update={"rules": ("fdr", "top_k"), "target_fdr": 0.2}),
+          exclude=excluded)
+    chosen = json.loads((tmp_path / "fdr" / "label_free.json").read_text())["chosen"]
+    assert capsys.readouterr().out.splitlines()[0] == \
+        f"{said}; estimated FDR <= 0.2 from threshold {chosen['threshold']:.2f}"
+
+
+def test_an_empty_dataset_is_refused_naming_every_rule_parameter(tmp_path):
+    from mofi_core.curate.build import EmptyDatasetError
+
+    keys, ents, scores, _, null = synthetic(7, images=50)
+    _write(tmp_path, keys, ents, scores, null)
+    cfg = BuildConfig(rules=("threshold", "top_k"), threshold=0.99, min_images_per_entity=3)
+    with pytest.raises(EmptyDatasetError) as err:
+        build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg)
+    assert str(err.value) == (
+        "no (image, entity) pair passed build.rules=['threshold', 'top_k'] (threshold=0.99, "
+        "top_k=1, null_quantile=0.95) and build.min_images_per_entity=3: relax them or check "
+        f"the score distribution in {tmp_path / 'score'}")

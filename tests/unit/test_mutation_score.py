@@ -12,6 +12,7 @@ from tests.mutation.score import (
     load_equivalents,
     load_scope,
     markdown,
+    minutes_in_tests,
     module_of,
     patterns,
     score,
@@ -229,3 +230,31 @@ def test_slow_pass_runs_each_survivor_against_its_modules_slow_tests_two_at_a_ti
     with pytest.raises(SystemExit, match="pytest exited 3"):
         slow_pass(tmp_path, found, scope, slow, workers=1)
     assert 1 <= len(list(mutants.glob("*.ran"))) <= 2  # five queued, one worker
+
+
+def test_minutes_in_tests_add_up_per_module_and_a_bad_line_names_the_file(tmp_path):
+    assert minutes_in_tests(tmp_path) == {}  # no run timed yet
+    lines = [{"mutant": "mofi_core.evaluate.retrieval.x_f__mutmut_1", "pass": "fast",
+              "seconds": 30.0, "exit": 1},
+             {"mutant": "mofi_core.evaluate.retrieval.xǁScanǁmean__mutmut_2", "pass": "slow",
+              "seconds": 60.0, "exit": 0},
+             {"mutant": "mofi_core.curate.rules.x_g__mutmut_1", "pass": "fast",
+              "seconds": 6.0, "exit": 1}]
+    path = tmp_path / "mutmut-timings.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    assert minutes_in_tests(tmp_path) == {MOD: 1.5, "mofi_core/curate/rules.py": 0.1}
+    path.write_text(path.read_text() + '{"mutant": "mofi_core.a.x_f__mutmut_1"}\n')
+    with pytest.raises(ValueError, match=r"mutmut-timings\.jsonl: line 4 is not a timing line"):
+        minutes_in_tests(tmp_path)
+
+
+def test_markdown_gives_each_modules_test_minutes_when_they_were_timed():
+    (s,), _ = score({MOD: None}, _found(a="survived"), DIFFS.get, [])
+    meta = {"mutmut": "3.8.1", "minutes": 12.0, "machine": "2 cores", "tests": 4,
+            "test_minutes": {MOD: 7.25}}
+    text = markdown([s], [], meta)
+    assert "| module | mutants | killed | equivalent | not killed | score | goal | test min |" \
+        in text
+    assert f"| `{MOD}` | 3 | 1 | 0 | 2 | 33.3% | NOT met | 7.2 |" in text
+    assert "| all | 3 | 1 | 0 | 2 | 33.3% | | 7.2 |" in text
+    assert "*test min*: minutes the module's mutants spent in their tests" in text

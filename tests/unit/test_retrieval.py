@@ -460,7 +460,10 @@ def test_the_wrappers_pass_chunk_and_ask_only_for_what_they_read(monkeypatch):
     labels = np.array([0, 0, 1, 1, 2, 2])
     assert retrieval.recall_at_k(feats, labels, 3, chunk=2) == 1.0
     retrieval.precision_recall_curve(feats, labels, levels=5, chunk=4)
-    assert seen == [{"ks": (3,), "chunk": 2}, {"ks": (), "pr_levels": 5, "chunk": 4}]
+    retrieval.average_precisions(feats, labels, chunk=2)
+    retrieval.retrieval_metrics(feats, labels, chunk=3)
+    assert seen == [{"ks": (3,), "chunk": 2}, {"ks": (), "pr_levels": 5, "chunk": 4},
+                    {"ks": (), "chunk": 2}, {"ks": (1, 5), "chunk": 3}]
 
 
 def test_l2_normalise_refuses_what_cosine_cannot_rank_word_for_word():
@@ -471,3 +474,169 @@ def test_l2_normalise_refuses_what_cosine_cannot_rank_word_for_word():
         retrieval.l2_normalise(np.array([[1.0, 0.0], [0.0, 0.0]]))
     assert str(err.value) == "an embedding is all zeros; cannot rank by cosine similarity"
     np.testing.assert_allclose(retrieval.l2_normalise(np.array([[3.0, 4.0]])), [[0.6, 0.8]])
+
+
+# ------------------------------------------------- edges and refusals, exactly as users see them
+
+
+def _refusal(call, *args, **kwargs) -> str:
+    with pytest.raises(ValueError) as err:
+        call(*args, **kwargs)
+    return str(err.value)
+
+
+def test_scan_arguments_are_checked_at_their_bounds_word_for_word():
+    feats, labels = np.eye(3), np.array([0, 1, 1])
+    assert _refusal(scan_rankings, feats, labels, ks=(1.5,)) == \
+        "recall ks must be positive integers, got (1.5,)"
+    assert _refusal(scan_rankings, feats, labels, ks=(2, 0)) == \
+        "recall ks must be positive integers, got (2, 0)"
+    assert _refusal(scan_rankings, feats, labels, pr_levels=1) == \
+        "pr_levels must be >= 2 (0 and 1 at least), got 1"
+    assert _refusal(precision_recall_curve, feats, labels, levels=1) == \
+        "pr_levels must be >= 2 (0 and 1 at least), got 1"
+    levels, precision = precision_recall_curve(feats, labels, levels=2)  # the bound itself
+    assert levels.tolist() == [0.0, 1.0] and precision.tolist() == [1.0, 1.0]
+    assert _refusal(scan_rankings, feats, labels, chunk=0) == \
+        "chunk must be a positive number of query rows, got 0"
+
+
+def test_features_are_refused_by_shape_word_for_word_and_one_image_is_enough():
+    assert _refusal(average_precisions, np.ones(3), np.array([0, 1, 2])) == \
+        "features must be a non-empty (images, dim) array, got (3,)"
+    assert _refusal(average_precisions, np.ones((0, 4)), np.array([])) == \
+        "features must be a non-empty (images, dim) array, got (0, 4)"
+    assert _refusal(average_precisions, np.array([[np.nan, 1.0]]), np.array([0])) == \
+        "an embedding holds NaN or infinite values; check the encoder output"
+    one = scan_rankings(np.array([[0.6, 0.8]]), np.array([7]), ks=(1,))
+    assert one.aps.tolist() == [1.0] and one.recall_hits[1].tolist() == [False]
+
+
+def test_recall_hits_are_booleans_as_documented():
+    scan = scan_rankings(angles(UNEVEN_ANGLES), UNEVEN_LABELS, ks=(1, 2))
+    assert all(h.dtype == bool for h in scan.recall_hits.values())
+    assert scan.recall_hits[1].tolist() == loop_recall_hits(angles(UNEVEN_ANGLES),
+                                                            UNEVEN_LABELS, 1).tolist()
+
+
+def test_recall_skips_the_query_where_it_ranks_itself_behind_others():
+    # unnormalised rows: for a (x=1) the ranking is c (x=3, other class), b (x=2, a's class),
+    # a itself; among the images other than a, b is second, so a has no hit at k=1 but one at
+    # k=2 -- a query counted as ranked first would put b at the top instead
+    feats = np.array([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0]])
+    labels = np.array([0, 0, 1])
+    for k in (1, 2):
+        hits = scan_rankings(feats, labels, ks=(k,)).recall_hits[k]
+        assert hits.tolist() == loop_recall_hits(feats, labels, k).tolist()
+    assert scan_rankings(feats, labels, ks=(1,)).recall_hits[1][0] == False  # noqa: E712
+    assert scan_rankings(feats, labels, ks=(2,)).recall_hits[2][0] == True  # noqa: E712
+
+
+def test_class_members_are_ascending_indices_padded_with_minus_one():
+    # 2,000 images: numpy's default (unstable) sort would shuffle indices within a class
+    codes = np.random.default_rng(0).integers(0, 50, size=2000).astype(np.int32)
+    members = retrieval._class_members(codes)
+    width = np.bincount(codes).max()
+    assert members.shape == (50, width) and members.dtype == np.int64
+    for c in range(50):
+        expected = np.flatnonzero(codes == c)
+        assert members[c, :len(expected)].tolist() == expected.tolist()
+        assert (members[c, len(expected):] == -1).all()
+
+
+def test_counted_positions_leave_no_row_of_a_tie_free_block_to_the_sort():
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(6), 4)
+    feats = rng.normal(size=(len(labels), 8))
+    _, codes, _ = retrieval._prepare(feats, labels)
+    members = retrieval._class_members(codes)
+    rows = np.arange(len(labels))
+    sims = feats @ feats.T
+    (fast_rows, row, pos, hit_no, recall), tied = retrieval._counted_positions(
+        sims, codes, rows, members, (1,))
+    assert tied.tolist() == [] and fast_rows.tolist() == rows.tolist()
+    for q in rows:  # each relevant image's position in the official ranking
+        order = np.argsort(sims[q])[::-1]
+        assert sorted(pos[row == q].tolist()) == np.flatnonzero(codes[order] == codes[q]).tolist()
+        assert sorted(hit_no[row == q].tolist()) == [0, 1, 2, 3]  # four images a class
+    assert recall[1].tolist() == loop_recall_hits(feats, labels, 1).tolist()
+
+
+@pytest.mark.parametrize("width, counted", [(retrieval.COUNT_MAX_CLASS, True),
+                                            (retrieval.COUNT_MAX_CLASS + 1, False)])
+def test_classes_up_to_count_max_class_are_counted_wider_ones_sorted(width, counted,
+                                                                      monkeypatch):
+    calls = []
+    real = retrieval._counted_positions
+
+    def spy(*args):
+        calls.append(len(args[2]))
+        return real(*args)
+
+    monkeypatch.setattr(retrieval, "_counted_positions", spy)
+    labels = np.r_[np.zeros(width, int), np.arange(1, 5)]
+    feats = np.random.default_rng(1).normal(size=(len(labels), 4))
+    aps = average_precisions(feats, labels)
+    assert bool(calls) == counted
+    np.testing.assert_array_equal(aps, loop_aps(feats, labels))
+
+
+def test_the_chunk_budget_counts_the_pr_grid_only_when_the_curve_is_asked_for(monkeypatch):
+    seen = []
+    real = retrieval.default_chunk
+
+    def spy(*args, **kwargs):
+        seen.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "default_chunk", spy)
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    feats = np.random.default_rng(2).normal(size=(6, 3))
+    scan_rankings(feats, labels, ks=(1,))
+    scan_rankings(feats, labels, ks=(), pr_levels=3)
+    assert seen == [((6, 0), {}), ((6, 3), {})]  # widest class: 3 images
+
+
+def test_default_chunk_exactly():
+    assert retrieval.default_chunk(1) == 1
+    # 10 images, widest class 10: 24 * 10 + 16 * 10 = 400 bytes per row
+    assert retrieval.default_chunk(10, 10, budget_bytes=1200) == 3
+    assert retrieval.default_chunk(10, 10, budget_bytes=1199) == 2
+    assert retrieval.default_chunk(10, budget_bytes=720) == 3  # 240 bytes a row without the grid
+    assert retrieval.default_chunk(10, budget_bytes=10) == 1  # never under one row
+
+
+def test_partitions_named_like_a_gpr1200_domain_are_refused_word_for_word():
+    labels = np.arange(1200)  # the benchmark's categories, one image each
+    feats = np.random.default_rng(4).normal(size=(1200, 3))
+    parts = {"faces": np.ones(1200, bool), "seen": np.ones(1200, bool)}
+    assert _refusal(retrieval_metrics, feats, labels, parts) == \
+        "partitions ['faces'] clash with the GPR1200 domain names; rename them"
+    assert "gpr_map_seen" in retrieval_metrics(feats, labels, {"seen": parts["seen"]})
+
+
+def test_gpr_domains_need_one_dimensional_integer_categories():
+    gpr = np.repeat(np.arange(1200), 10)
+    assert gpr1200_domains(gpr.reshape(1200, 10)) is None
+    assert gpr1200_domains(gpr.astype(float)) is None
+    assert gpr1200_domains(gpr)["faces"].sum() == 2000
+
+
+def test_gpr_folder_reads_every_image_extension_in_any_case(tmp_path):
+    for name in ["1_a.JPEG", "2_b.png", "3_c.PNG", "4_d.jpeg", "5_e.Jpg", "6_f.gif", "7_g_h.jpg"]:
+        (tmp_path / name).write_bytes(b"")
+    files, cats = gpr_files(tmp_path)
+    assert sorted(f.name for f in files) == ["1_a.JPEG", "2_b.png", "3_c.PNG", "4_d.jpeg",
+                                             "5_e.Jpg", "7_g_h.jpg"]
+    assert cats.tolist() == [1, 2, 3, 4, 5, 7]  # the category is what precedes the first '_'
+
+
+def test_gpr_folder_refusals_word_for_word(tmp_path):
+    with pytest.raises(FileNotFoundError) as err:
+        gpr_files(tmp_path)
+    assert str(err.value) == (f"no images in {tmp_path}; expected GPR1200 layout "
+                              "'{category}_{name}.jpg' (or an images/ folder holding them)")
+    (tmp_path / "a_1.jpg").write_bytes(b"")
+    assert _refusal(gpr_files, tmp_path) == (
+        f"{tmp_path / 'a_1.jpg'}: GPR1200 file names start with an integer category and '_' "
+        "(e.g. 17_a3f.jpg); move other files out of the folder")
