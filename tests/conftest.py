@@ -184,13 +184,12 @@ def pytest_sessionfinish(session, exitstatus):
     the report sums per module. Lines of under 4 KiB appended with O_APPEND do not interleave
     between the processes that run at once."""
     name = os.environ.get("MUTANT_UNDER_TEST", "")
-    if name in _MUTMUT_PHASES or _STARTED not in session.config.stash:
+    if name in _MUTMUT_PHASES:
         return
     import json
 
     seconds = time.monotonic() - session.config.stash[_STARTED]
-    line = json.dumps({"mutant": name, "pass": os.environ.get("MOFI_MUTATION_PASS", "fast"),
-                       "seconds": round(seconds, 3), "exit": int(exitstatus)})
+    line = json.dumps({"mutant": name, "seconds": round(seconds, 3), "exit": int(exitstatus)})
     with open("mutmut-timings.jsonl", "a", encoding="utf-8") as out:
         out.write(line + "\n")
 

@@ -87,7 +87,6 @@ def slow_pass(root: Path, found: dict[str, str], scope: dict, slow: dict[str, li
                                   "no:cacheprovider", *tests], cwd=root / "mutants",
                                  capture_output=True, text=True, timeout=900,
                                  env={**os.environ, "MUTANT_UNDER_TEST": name,
-                                      "MOFI_MUTATION_PASS": "slow",
                                       "PYTHONPATH": str(root / "mutants")})
         except subprocess.TimeoutExpired:
             return "timeout"

@@ -229,16 +229,17 @@ def test_slow_pass_runs_each_survivor_against_its_modules_slow_tests_two_at_a_ti
         "pathlib.Path(os.environ['MUTANT_UNDER_TEST'] + '.ran').touch()\nsys.exit(4)\n")
     with pytest.raises(SystemExit, match="pytest exited 3"):
         slow_pass(tmp_path, found, scope, slow, workers=1)
-    assert 1 <= len(list(mutants.glob("*.ran"))) <= 2  # five queued, one worker
+    # five queued, one worker: the first in name order ran; at most the next one had started
+    ran = sorted(p.name.removesuffix(".ran").rsplit("_", 1)[1] for p in mutants.glob("*.ran"))
+    assert ran in (["5"], ["5", "6"]), ran
 
 
 def test_minutes_in_tests_add_up_per_module_and_a_bad_line_names_the_file(tmp_path):
     assert minutes_in_tests(tmp_path) == {}  # no run timed yet
-    lines = [{"mutant": "mofi_core.evaluate.retrieval.x_f__mutmut_1", "pass": "fast",
-              "seconds": 30.0, "exit": 1},
-             {"mutant": "mofi_core.evaluate.retrieval.xǁScanǁmean__mutmut_2", "pass": "slow",
+    lines = [{"mutant": "mofi_core.evaluate.retrieval.x_f__mutmut_1", "seconds": 30.0, "exit": 1},
+             {"mutant": "mofi_core.evaluate.retrieval.xǁScanǁmean__mutmut_2",
               "seconds": 60.0, "exit": 0},
-             {"mutant": "mofi_core.curate.rules.x_g__mutmut_1", "pass": "fast",
+             {"mutant": "mofi_core.curate.rules.x_g__mutmut_1",
               "seconds": 6.0, "exit": 1}]
     path = tmp_path / "mutmut-timings.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
