@@ -259,3 +259,29 @@ def test_markdown_gives_each_modules_test_minutes_when_they_were_timed():
     assert f"| `{MOD}` | 3 | 1 | 0 | 2 | 33.3% | NOT met | 7.2 |" in text
     assert "| all | 3 | 1 | 0 | 2 | 33.3% | | 7.2 |" in text
     assert "*test min*: minutes the module's mutants spent in their tests" in text
+
+
+def test_mutmuts_fork_server_preloads_the_lazy_packages_and_freezes_its_heap():
+    """mutmut's warm-up is a collect-only run with MUTANT_UNDER_TEST set to "" (not unset):
+    after it, the process holds the packages mofi_core imports lazily and a frozen heap; a plain
+    collect-only run (the variable unset) gets neither. Real pytest runs in fresh processes."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import _FORK_SERVER_PRELOAD
+
+    probe = ("import gc, sys, pytest\n"
+             "pytest.main(['--collect-only', '-qqq', '-p', 'no:cacheprovider',"
+             " 'tests/unit/test_mutation_score.py'])\n"
+             f"print(gc.get_freeze_count() > 0,"
+             f" [m in sys.modules for m in {_FORK_SERVER_PRELOAD!r}])")
+
+    def collect(**env) -> str:
+        base = {k: v for k, v in os.environ.items() if k != "MUTANT_UNDER_TEST"}
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              env={**base, **env}, timeout=300, check=True)
+        return done.stdout.strip().splitlines()[-1]
+
+    assert collect(MUTANT_UNDER_TEST="") == "True [True, True, True, True]"
+    assert collect() == "False [False, False, False, False]"
