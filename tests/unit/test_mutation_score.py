@@ -268,8 +268,11 @@ def test_mutmuts_fork_server_preloads_the_lazy_packages_and_freezes_its_heap():
     import os
     import subprocess
     import sys
+    from pathlib import Path
 
     from tests.conftest import _FORK_SERVER_PRELOAD
+
+    root = Path(__file__).resolve().parents[2]
 
     probe = ("import gc, sys, pytest\n"
              "pytest.main(['--collect-only', '-qqq', '-p', 'no:cacheprovider',"
@@ -280,7 +283,7 @@ def test_mutmuts_fork_server_preloads_the_lazy_packages_and_freezes_its_heap():
     def collect(**env) -> str:
         base = {k: v for k, v in os.environ.items() if k != "MUTANT_UNDER_TEST"}
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                              env={**base, **env}, timeout=300, check=True)
+                              cwd=root, env={**base, **env}, timeout=300, check=True)
         return done.stdout.strip().splitlines()[-1]
 
     assert collect(MUTANT_UNDER_TEST="") == "True [True, True, True, True]"
