@@ -35,7 +35,7 @@ $(I2D_STAMP): requirements-img2dataset.lock
 
 demo: setup
 	$(RUN) $(BIN)/mofi run
-	$(BIN)/python -m mofi_core.readme
+	$(BIN)/python -m tools.docs_results
 
 # the kill -9 harness (about 5 min here), the README's scale-out walkthrough and the review of
 # DVC experiments + registry + lineage run in CI after make test, as make test-crash,
@@ -47,13 +47,13 @@ test: setup
 # the paper's comparison over 3 seeds (README "Results over seeds"): reports/paper.{md,json}
 # and the README block generated from it; a scratch project per seed in .mofi/paper
 paper: setup
-	MOFI_TRACKING=off $(RUN) $(BIN)/python -m mofi_core.paper
-	$(BIN)/python -m mofi_core.readme
+	MOFI_TRACKING=off $(RUN) $(BIN)/python -m studies.paper
+	$(BIN)/python -m tools.docs_results
 
 # mutmut over the modules behind the numbers users read (under an hour here; not in make test):
 # reports/mutation.{md,json} and the README table; fails when a module is under 90 %
 mutation: setup
-	$(RUN) $(BIN)/python -m tests.mutation; rc=$$?; $(BIN)/python -m mofi_core.readme; exit $$rc
+	$(RUN) $(BIN)/python -m tools.mutation; rc=$$?; $(BIN)/python -m tools.docs_results; exit $$rc
 
 # what CI runs after make test: the suites below as two pytest sessions at once (each uses about
 # one core on average; their logs are printed when both are done, in .mofi/ci/ meanwhile). The

@@ -44,7 +44,10 @@ def with_inputs(stages: list[str]) -> list[str]:
 CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from mofi_core.config import BuildConfig, IngestConfig, NerConfig, ScoreConfig
+from mofi_core.config.build import BuildConfig
+from mofi_core.config.ingest import IngestConfig
+from mofi_core.config.ner import NerConfig
+from mofi_core.config.score import ScoreConfig
 stage, root = sys.argv[1], Path(sys.argv[2])
 if stage == "evaluate":  # untimed: a GPR1200-layout folder of the ingested images
     import pyarrow.parquet as pq
@@ -61,7 +64,7 @@ if stage == "evaluate":  # untimed: a GPR1200-layout folder of the ingested imag
                  ).write_bytes(s["jpg"])
 t = time.perf_counter()
 if stage == "generate":
-    from mofi_core.config import BenchmarkConfig, CorpusConfig
+    from mofi_core.config.corpus import BenchmarkConfig, CorpusConfig
     from mofi_core.demo.world import generate_world
     n = int(sys.argv[3])
     generate_world(CorpusConfig(num_entities=200, images_per_entity=n // 200,
@@ -83,7 +86,7 @@ elif stage == "build":
     from mofi_core.curate.build import build
     build(root / "ingest", root / "score", root / "i2e", BuildConfig(threshold=-1.0))
 elif stage == "evaluate":
-    from mofi_core.config import EvaluateConfig
+    from mofi_core.config.evaluate import EvaluateConfig
     from mofi_core.evaluate.run import evaluate
     evaluate({"baseline": root / "baseline"}, root / "gpr", EvaluateConfig())
 secs = time.perf_counter() - t

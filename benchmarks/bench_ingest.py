@@ -41,7 +41,7 @@ def main() -> None:
     ap = stage_parser(__doc__, samples=6000)
     args = ap.parse_args()
 
-    from mofi_core.config import IngestConfig
+    from mofi_core.config.ingest import IngestConfig
     from mofi_core.curate.ingest import ingest
     from mofi_core.io.shards import list_shards
 

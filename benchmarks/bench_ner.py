@@ -19,10 +19,10 @@ def main() -> None:
     ap = stage_parser(__doc__, samples=6000)
     args = ap.parse_args()
 
-    from mofi_core.config import NerConfig
+    from mofi_core.config.ner import NerConfig
     from mofi_core.curate.ner import extract_mentions, load_nlp
     from mofi_core.io.shards import iter_samples, list_shards
-    from mofi_core.kb import KnowledgeBase
+    from mofi_core.kb.store import KnowledgeBase
 
     with tempfile.TemporaryDirectory() as tmp:
         root = corpus_world(Path(tmp), args.samples, image_size=32)

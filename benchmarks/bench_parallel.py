@@ -32,7 +32,9 @@ def main() -> None:
 
     from PIL import Image
 
-    from mofi_core.config import BenchmarkConfig, CorpusConfig, IngestConfig, NerConfig
+    from mofi_core.config.corpus import BenchmarkConfig, CorpusConfig
+    from mofi_core.config.ingest import IngestConfig
+    from mofi_core.config.ner import NerConfig
     from mofi_core.curate.ingest import ingest
     from mofi_core.curate.ner import run_ner
     from mofi_core.demo.world import generate_world

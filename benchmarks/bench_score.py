@@ -38,13 +38,14 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from mofi_core.config import IngestConfig, ScoreConfig
+    from mofi_core.config.ingest import IngestConfig
+    from mofi_core.config.score import ScoreConfig
     from mofi_core.curate.ingest import ingest
     from mofi_core.curate.score import score
     from mofi_core.io import tables
     from mofi_core.io.shards import iter_samples, list_shards
     from mofi_core.io.sources import expand_sources
-    from mofi_core.kb import KnowledgeBase
+    from mofi_core.kb.store import KnowledgeBase
     from mofi_core.models.artifact import build_model, default_meta, image_transform, save_model
     from mofi_core.models.factory import arch_config
 

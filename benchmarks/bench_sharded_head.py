@@ -40,7 +40,7 @@ def _measure(rank: int, world: int, port: int, classes: int, dim: int, batch: in
     import torch.distributed as dist
 
     from mofi_core.models.heads import LinearHead
-    from mofi_core.train.heads import ShardedHead
+    from mofi_core.train.sharded_head import ShardedHead
 
     torch.set_num_threads(1)
     torch.manual_seed(rank)

@@ -66,11 +66,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
-    from mofi_core.config import TrainConfig
+    from mofi_core.config.train import TrainConfig
     from mofi_core.models.factory import arch_config
     from mofi_core.train.distributed import DistEnv
     from mofi_core.train.loop import make_optimizer, train_loop
-    from mofi_core.train.recipes import build_recipe
+    from mofi_core.train.losses import build_recipe
 
     arch = arch_config(args.arch)
     size = arch["vision_cfg"]["image_size"]
@@ -120,7 +120,9 @@ def main() -> None:
 def real_data(args, env) -> float:
     """The CLIP control recipe fed from the ingest shards of a generated demo world; the
     loop's own images/s (model build and world generation excluded)."""
-    from mofi_core.config import BaselineConfig, BenchmarkConfig, CorpusConfig, IngestConfig
+    from mofi_core.config.corpus import BenchmarkConfig, CorpusConfig
+    from mofi_core.config.ingest import IngestConfig
+    from mofi_core.config.train import BaselineConfig
     from mofi_core.curate.ingest import ingest
     from mofi_core.demo.world import generate_world
     from mofi_core.io.sources import expand_sources

@@ -41,16 +41,18 @@ def make_world(root: Path, samples: int, recipe: str) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mofi_core.config import BuildConfig, DecontamConfig, IngestConfig
+    from mofi_core.config.build import BuildConfig
+    from mofi_core.config.decontam import DecontamConfig
+    from mofi_core.config.ingest import IngestConfig
     from mofi_core.curate.build import build
     from mofi_core.curate.decontam import decontaminate
     from mofi_core.curate.ingest import ingest
-    from mofi_core.gate import i2e_identity
     from mofi_core.io import tables
     from mofi_core.io.atomic import write_json
     from mofi_core.io.layout import Layout
     from mofi_core.io.sources import expand_sources
     from mofi_core.report import read_truth
+    from mofi_core.validate.gate import i2e_identity
 
     world = corpus_world(root / "world", samples)
     lay = Layout(root / "proj")
@@ -110,10 +112,10 @@ def bare_loop(recipe: str, steps: int, batch_size: int, classes: int, threads: i
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_train import synthetic_batch
 
-    from mofi_core.config import TrainConfig
+    from mofi_core.config.train import TrainConfig
     from mofi_core.models.factory import arch_config
     from mofi_core.train.loop import make_optimizer
-    from mofi_core.train.recipes import build_recipe
+    from mofi_core.train.losses import build_recipe
 
     arch = arch_config("mofi-tiny")
     size = arch["vision_cfg"]["image_size"]

@@ -27,7 +27,7 @@ ENTITIES = 200
 CHILD = f"""
 import json, resource, sys, time
 from pathlib import Path
-from mofi_core.config import CorpusConfig, BenchmarkConfig
+from mofi_core.config.corpus import CorpusConfig, BenchmarkConfig
 from mofi_core.demo.world import generate_world
 n, out = int(sys.argv[1]), Path(sys.argv[2])
 cfg = CorpusConfig(num_entities={ENTITIES}, images_per_entity=n // {ENTITIES},

@@ -31,11 +31,11 @@ def count_flops(recipe, batch) -> int:
 
 
 def measure(args, compile_: bool) -> dict:
-    from mofi_core.config import TrainConfig
+    from mofi_core.config.train import TrainConfig
     from mofi_core.models.factory import arch_config
     from mofi_core.train.distributed import DistEnv
     from mofi_core.train.loop import train_loop
-    from mofi_core.train.recipes import build_recipe
+    from mofi_core.train.losses import build_recipe
 
     device = torch.device(args.device)
     arch = arch_config(args.arch)

@@ -37,15 +37,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=HERE / "profiles")
     args = ap.parse_args()
 
-    from mofi_core.config import (
-        BenchmarkConfig,
-        BuildConfig,
-        CorpusConfig,
-        EvaluateConfig,
-        IngestConfig,
-        NerConfig,
-        ScoreConfig,
-    )
+    from mofi_core.config.build import BuildConfig
+    from mofi_core.config.corpus import BenchmarkConfig, CorpusConfig
+    from mofi_core.config.evaluate import EvaluateConfig
+    from mofi_core.config.ingest import IngestConfig
+    from mofi_core.config.ner import NerConfig
+    from mofi_core.config.score import ScoreConfig
     from mofi_core.curate.build import build
     from mofi_core.curate.ingest import ingest
     from mofi_core.curate.ner import run_ner

@@ -49,7 +49,7 @@ def write_result(path: Path | None, result: dict) -> None:
 def corpus_world(root: Path, samples: int, **corpus) -> Path:
     """A demo world of about ``samples`` corpus images (200 entities) under ``root``, with a
     minimal benchmark: the input of the stage benchmarks. ``corpus`` overrides CorpusConfig."""
-    from mofi_core.config import BenchmarkConfig, CorpusConfig
+    from mofi_core.config.corpus import BenchmarkConfig, CorpusConfig
     from mofi_core.demo.world import generate_world
 
     cfg = CorpusConfig(num_entities=200, images_per_entity=max(1, samples // 200),

@@ -23,15 +23,6 @@ What runs in parallel, and why it is safe
     ``dvc.lock`` recorded both. The stage programs then share the machine (cores, memory, the
     MLflow database) - hence one at a time on a small machine.
 
-Warm start
-    The flow starts a warm server (:mod:`mofi_core.warm`) for the run: one process that has
-    imported torch, open_clip, MLflow and great-expectations, from which each stage command is
-    forked (``MOFI_WARM_SOCKET`` in the stage's environment tells ``mofi`` where it is). DVC
-    still runs the command of ``dvc.yaml`` and sees its exit status; only the imports are
-    saved (3.5 s for the smallest stage to about 9 s for one that loads a model, on 2 cores).
-    Stages started before the server is ready run cold. ``warm_start=False`` or
-    ``MOFI_WARM_START=off`` turns it off.
-
 Per-run overrides
     ``overrides`` apply to this run only: validated, written into ``params.yaml`` for the run
     (DVC must see them, so that ``dvc.lock`` records what produced the outputs), and the file is
@@ -75,7 +66,7 @@ from flows.pipeline import (
     stage_needs,
     topological,
 )
-from mofi_core import tracking, warm
+from mofi_core import tracking
 from mofi_core.claims import model_rows
 from mofi_core.io.layout import Layout
 from mofi_core.recipes import model_label
@@ -91,13 +82,10 @@ class StageFailed(RuntimeError):
 @task(name="dvc-stage", task_run_name="{stage}", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=5)
 def run_stage(stage: str, project_dir: str, parent_run_id: str | None,
-              run_name: str | None = None, warm_socket: str | None = None) -> dict[str, Any]:
-    """``dvc repro -s <stage>``; its output streams into the task log line by line. With
-    ``warm_socket``, the stage command runs in the flow's warm server (:mod:`mofi_core.warm`)."""
+              run_name: str | None = None) -> dict[str, Any]:
+    """``dvc repro -s <stage>``; its output streams into the task log line by line."""
     logger = get_run_logger()
     env = dict(os.environ)
-    if warm_socket:
-        env[warm.SOCKET_ENV] = warm_socket
     if parent_run_id:
         env["MOFI_PARENT_RUN_ID"] = parent_run_id
     if run_name:
@@ -128,7 +116,7 @@ def default_max_parallel() -> int:
 
 
 def run_stages(needs: dict[str, tuple[str, ...]], project_dir: str, parent_run_id: str | None,
-               run_name: str, max_parallel: int, retries: int, warm_socket: str | None = None
+               run_name: str, max_parallel: int, retries: int
                ) -> tuple[dict[str, dict], BaseException | None]:
     """Run the stages of ``needs`` (stage -> stages it waits for) as Prefect tasks, each as soon
     as its upstream stages are done, at most ``max_parallel`` at once. After a failure no new
@@ -144,8 +132,7 @@ def run_stages(needs: dict[str, tuple[str, ...]], project_dir: str, parent_run_i
     while True:
         if failure is None:
             for stage in ready_stages(needs, done, started)[:max_parallel - running]:
-                future = stage_task.submit(stage, project_dir, parent_run_id, run_name,
-                                           warm_socket)
+                future = stage_task.submit(stage, project_dir, parent_run_id, run_name)
                 future.add_done_callback(lambda f, s=stage: finished.put((s, f)))
                 started.add(stage)
                 running += 1
@@ -291,8 +278,7 @@ def record_overrides(root: Path, overrides: dict[str, Any], run_name: str
 
 @flow(name="mofi", log_prints=True, task_runner=ThreadPoolTaskRunner())
 def mofi(overrides: dict[str, Any] | None = None, project_dir: str | None = None,
-         retries: int = 1, max_parallel: int | None = None, warm_start: bool | None = None
-         ) -> dict[str, Any]:
+         retries: int = 1, max_parallel: int | None = None) -> dict[str, Any]:
     """Run every DVC stage of the project in ``project_dir`` (default: the working folder).
 
     ``overrides`` maps dotted params keys to values, e.g. ``{"train.steps": 50}``: validated,
@@ -300,8 +286,6 @@ def mofi(overrides: dict[str, Any] | None = None, project_dir: str | None = None
     experiment named after the flow run (git projects) and on the MLflow run.
     ``max_parallel``: how many of the stages DVC allows to run together may run at once
     (default: 1 on two cores or fewer, else 2). ``retries``: of a failed stage.
-    ``warm_start``: run the stage commands in a warm server that has imported torch, open_clip,
-    MLflow and the rest once (:mod:`mofi_core.warm`; default: on unless ``MOFI_WARM_START=off``).
     """
     layout = Layout(Path(project_dir or os.getcwd()).resolve())
     params_file = layout.root / "params.yaml"
@@ -310,25 +294,23 @@ def mofi(overrides: dict[str, Any] | None = None, project_dir: str | None = None
     if parallel < 1:
         raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
     run_name = flow_run_name()
-    with warm.server(warm_start) as warm_socket, project_lock(layout.root):
+    with project_lock(layout.root):
         note = recover_params(params_file)
         if note:
             print(note)
         needs = stage_needs(layout.root)
         # validates, writes; when the block is left, params.yaml is the checkout's again
         with run_overrides(params_file, overrides, run_name):
-            return _run(layout, needs, overrides, run_name, parallel, retries, warm_socket)
+            return _run(layout, needs, overrides, run_name, parallel, retries)
 
 
 def _run(layout: Layout, needs: dict[str, tuple[str, ...]], overrides: dict[str, Any],
-         run_name: str, parallel: int, retries: int, warm_socket: str | None = None
-         ) -> dict[str, Any]:
+         run_name: str, parallel: int, retries: int) -> dict[str, Any]:
     order = topological(needs)
     results: dict[str, dict] = {}
     parent_run_id: str | None = None
     record = ""
-    print(f"flow run {run_name}: stages {', '.join(order)}; at most {parallel} at once; warm "
-          f"start {'on' if warm_socket else 'off'}")
+    print(f"flow run {run_name}: stages {', '.join(order)}; at most {parallel} at once")
     try:
         with tracking.run("pipeline", layout.root, tags={"mofi.kind": "pipeline",
                                                           "mofi.run_name": run_name}) as tracker:
@@ -336,7 +318,7 @@ def _run(layout: Layout, needs: dict[str, tuple[str, ...]], overrides: dict[str,
             tracker.log_params({f"override.{k}": v for k, v in overrides.items()})
             tracker.set_tags({"mofi.overrides": json.dumps(overrides, sort_keys=True)})
             results, failure = run_stages(needs, str(layout.root), parent_run_id, run_name,
-                                          parallel, retries, warm_socket)
+                                          parallel, retries)
             # what the stages ran with (params.yaml still holds the overrides) and what DVC
             # recorded of it: the parent run answers "which params and data versions"
             for name in ("params.yaml", "dvc.lock"):

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mofi_core.config import apply_overrides, parse_params, read_params_file
+from mofi_core.config.load import apply_overrides, parse_params, read_params_file
 
 FLOW_STATE = Path(".mofi") / "flow"  # per-project flow state (git-ignored)
 

@@ -1,7 +1,7 @@
 """The ``mofi`` command: one subcommand per pipeline stage, plus ``run``, ``serve`` and ``ui``.
 
 Stage commands are thin: they hand their params section to the stage's pure function (see
-``mofi_core.stage.execute``). DVC calls them (``dvc.yaml``); Prefect calls DVC (``flows/``).
+``mofi_core.runner.execute``). DVC calls them (``dvc.yaml``); Prefect calls DVC (``flows/``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from typing import Annotated
 
 import typer
 
-from mofi_core import warm
 from mofi_core.stages import STAGES
 
 # Quiet and offline by default; an explicit environment setting wins.
@@ -61,67 +60,26 @@ SetsOpt = Annotated[list[str], typer.Option(
                         "(repeatable; params.yaml is not changed, so DVC does not see it)")]
 
 
-def node_processes(spec, params: Path, sets: list[str]) -> int:
-    """How many processes this stage command should run on this node: its section's
-    ``nproc_per_node`` (``auto`` = the visible GPUs), 1 for stages without one or when already
-    inside a torchrun launch."""
-    from mofi_core.config import load_params
-    from mofi_core.stage import distributed_launch
-
-    if distributed_launch() or os.environ.get("TORCHELASTIC_RUN_ID"):
-        return 1
-    section = load_params(params, _parse_sets(sets)).section(spec.section)
-    wanted = getattr(section, "nproc_per_node", 1)
-    if wanted == "auto":
-        import torch
-
-        return max(1, torch.cuda.device_count())
-    return int(wanted)
-
-
-def launch_command(spec, n: int, params: Path, root: Path, sets: list[str]) -> list[str]:
-    """This stage command again, as ``n`` processes of torch.distributed.run on this node."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           "--nproc-per-node", str(n), "-m", "mofi_core.cli", spec.name]
-    if spec.item:
-        cmd.append(spec.item)
-    cmd += ["--params", str(params), "--root", str(root)]
-    for s in sets:
-        cmd += ["-S", s]
-    return cmd
-
-
-def _launch_on_node(one, n: int, params: Path, root: Path, sets: list[str]) -> None:
-    """Fetch the inputs once for the node, then run the stage as ``n`` torchrun processes
-    (rank 0 tracks, writes the model and metrics, publishes): dvc.lock records what they wrote."""
-    import subprocess
-
-    _storage_sync("pull", one.address, params, root, if_configured=True)
-    cmd = launch_command(one, n, params, root, sets)
-    typer.echo(f"{one.address}: {n} processes on this node (torch.distributed.run --standalone)")
-    sys.stdout.flush()
-    code = subprocess.call(cmd)
-    if code:
-        typer.echo(f"error: {one.address}: the {n} torchrun processes failed (exit {code}); "
-                   "their output above names the cause", err=True)
-        raise typer.Exit(code)
-
-
 def _stage_command(spec) -> None:
     def run_one(one, params: Path, root: Path, sets: list[str]) -> None:
-        from mofi_core.stage import execute
+        from mofi_core import launch
+        from mofi_core.runner import execute
 
         try:
-            n = node_processes(one, params, sets)
-        except Exception as err:
-            _fail(err)
-        if n > 1:
-            _launch_on_node(one, n, params, root, sets)
-            return
-        try:
-            metrics = execute(one, params, root, overrides=_parse_sets(sets))
+            overrides = parse_sets(sets)
+            n = launch.node_processes(one, params, overrides)
+            if n == 1:
+                metrics = execute(one, params, root, overrides=overrides)
         except Exception as err:  # every failure is reported with its message and exit code 1
             _fail(err)
+        if n > 1:  # the inputs once for the node, then n torchrun processes
+            _storage_sync("pull", one.address, params, root, if_configured=True)
+            code = launch.run_on_node(one, n, params, root, sets)
+            if code:
+                typer.echo(f"error: {one.address}: the {n} torchrun processes failed (exit "
+                           f"{code}); their output above names the cause", err=True)
+                raise typer.Exit(code)
+            return
         from mofi_core.tracking import is_main_process
 
         if is_main_process():  # under torchrun every rank returns its own; rank 0 reports
@@ -138,11 +96,12 @@ def _stage_command(spec) -> None:
             if item is not None and not list_:
                 run_one(spec.instance(item), params, root, sets)
                 return
-            from mofi_core.config import load_params
-            from mofi_core.stage import distributed_launch, section_of
+            from mofi_core.config.load import load_params
+            from mofi_core.launch import distributed_launch
+            from mofi_core.runner import section_of
 
             try:
-                loaded = load_params(params, _parse_sets(sets))
+                loaded = load_params(params, parse_sets(sets))
                 section = loaded.section(spec.section)
                 items = [str(v) for v in getattr(section, spec.foreach)]
                 if list_:
@@ -274,7 +233,7 @@ def promote(version: Annotated[int, typer.Argument(help="model version to make c
             params: ParamsOpt = Path("params.yaml"), root: RootOpt = Path(".")) -> None:
     """Make a registered version the champion by hand (a rollback, or a choice between
     versions measured on different benchmarks); the register stage never moves it back."""
-    from mofi_core.config import load_params
+    from mofi_core.config.load import load_params
     from mofi_core.registry import promote as run_promote
 
     try:
@@ -367,7 +326,7 @@ def import_wikidata(
     the DAG (in the DAG: kb.source wikidata and the kb stage)."""
     import yaml
 
-    from mofi_core.wikidata import import_wikidata as run_import
+    from mofi_core.kb.wikidata import import_wikidata as run_import
 
     try:
         mapping = None
@@ -383,52 +342,14 @@ def import_wikidata(
                f"skipped {dict(stats.skipped)}")
 
 
-@app.command()
-def calibrate(
-        seed: Annotated[int, typer.Option(help="corpus.seed of the calibration world (must "
-                                               "differ from the one the project reports on)")],
-        params: Annotated[Path, typer.Option(help="the project's params file")] = Path(
-            "params.yaml"),
-        target_precision: Annotated[float, typer.Option(
-            min=0.0, max=1.0, help="label precision the threshold must reach there")] = 0.95,
-        work: Annotated[Path | None, typer.Option(
-            help="scratch folder for the calibration world (default .mofi/calibrate/seed<S>)")]
-        = None,
-        write: Annotated[bool, typer.Option(
-            help="put the chosen build.threshold and build.calibration_seed into params.yaml")]
-        = False,
-        sets: SetsOpt = []) -> None:  # noqa: B006 - typer reads the default
-    """Choose build.threshold on another world's truth (corpus.seed = --seed): held out from
-    the world the report scores. Writes reports/calibration.{md,json}."""
-    from mofi_core.calibrate import calibrate as run_calibration
-    from mofi_core.calibrate import write_choice, write_report
+def parse_sets(values: list[str]) -> dict:
+    """``-S key=value`` options as dotted overrides (a malformed one is a usage error)."""
+    from mofi_core.config.load import parse_assignments
 
-    root = params.resolve().parent
     try:
-        record = run_calibration(params, seed, work or root / ".mofi" / "calibrate" /
-                                 f"seed{seed}", target_precision, _parse_sets(sets))
-        write_report(record, root / "reports" / "calibration")
-        chosen = record["chosen"]
-        if write:
-            write_choice(params, chosen["threshold"], seed)
-    except Exception as err:
-        _fail(err)
-    typer.echo(f"calibrate: threshold {chosen['threshold']:.2f} (precision "
-               f"{chosen['precision']:.3f}, filter recall {chosen['filter_recall']:.3f} on world "
-               f"seed {seed}); " + (f"written to {params}" if write else
-                                    "params.yaml unchanged (pass --write to set it)"))
-
-
-def _parse_sets(values: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=50")
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
+        return parse_assignments(values)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
 
 
 @app.command()
@@ -443,7 +364,7 @@ def run(sets: Annotated[list[str], typer.Option(
             help="stages DVC allows in parallel that may run at once (default: 1 on two "
                  "cores or fewer, else 2)")] = None) -> None:
     """Run the whole pipeline now: Prefect flow 'mofi' over the DVC stages (no server needed)."""
-    overrides = _parse_sets(sets)
+    overrides = parse_sets(sets)
     from flows.mofi_flow import mofi
 
     try:
@@ -480,21 +401,6 @@ def _print_summary(summary: dict, root: Path) -> None:
     typer.echo(f"\nMLflow UI: mofi ui --root {root}   (or plain `mlflow ui` there; then open "
                "http://127.0.0.1:5000)\ncompare runs: dvc exp show, dvc metrics diff, "
                "dvc plots diff (README \"Review a run\")")
-
-
-@app.command("warm", context_settings={"allow_extra_args": True,
-                                       "ignore_unknown_options": True})
-def warm_command(command: Annotated[list[str], typer.Argument(
-        help="the command to run, e.g. dvc repro (put -- before it if it has --help)")]
-                 ) -> None:
-    """Run a command (dvc repro, dvc exp run, a script) with a warm server for its duration:
-    the `mofi` stage commands it starts skip importing torch, open_clip, MLflow and GX, as the
-    flow's stages do (MOFI_WARM_START=off: everything cold)."""
-    try:
-        code = warm.wrap(command)
-    except (ValueError, FileNotFoundError) as err:
-        _fail(err)
-    warm.exit_like(code)
 
 
 @app.command("remote-s3")
@@ -536,16 +442,17 @@ StageArg = Annotated[str, typer.Argument(help="stage name in dvc.yaml")]
 
 def _stage_storage(stage: str, params: Path, root: Path, if_configured: bool):
     """The stage's storage, or None when no root is configured and ``if_configured``."""
-    from mofi_core.config import load_params
+    from mofi_core.config.load import load_params
     from mofi_core.io.storage import StageStorage, storage_root
 
-    url = storage_root(load_params(params).storage.root)
+    loaded = load_params(params)
+    url = storage_root(loaded.storage.root)
     if not url and if_configured:
         return None
     if not url:
         raise ValueError("no storage root: set storage.root in params.yaml or "
                          "MOFI_STORAGE_ROOT=s3://bucket/prefix")
-    return StageStorage.open(url, root.resolve(), stage)
+    return StageStorage.open(url, root.resolve(), stage, loaded.value)
 
 
 def _storage_sync(action: str, stage: str, params: Path, root: Path,
@@ -700,20 +607,8 @@ def _skip_final_collection() -> None:
 def main() -> None:
     for key, value in {**OFFLINE_DEFAULTS, **PATIENT_DEFAULTS}.items():
         os.environ.setdefault(key, value)
-    warm_socket = os.environ.get(warm.SOCKET_ENV)
-    # set by the flow (or `mofi warm`) for its stages: run in its warm server (mofi_core.warm)
-    if warm_socket and sys.argv[1:2] != ["warm"]:
-        code = warm.delegate(sys.argv[1:], warm_socket)
-        if code is not None:
-            warm.exit_like(code)
-    run_here(sys.argv[1:])
-
-
-def run_here(argv: list[str]) -> None:
-    """The command ``mofi argv`` in this process (the warm server's stage processes call this
-    directly)."""
     try:
-        app(args=argv, prog_name="mofi")
+        app(prog_name="mofi")
     finally:
         _skip_final_collection()
 

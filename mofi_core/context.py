@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 from mofi_core import tracking
-from mofi_core.config import Params, Section
+from mofi_core.config.load import Params
+from mofi_core.config.section import Section
 from mofi_core.io.layout import Layout
 from mofi_core.io.storage import StageStorage
 from mofi_core.stages import StageSpec

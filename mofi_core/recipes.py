@@ -2,7 +2,7 @@
 
 Config validation, the data pipeline, recipe construction, the model folder and evaluation all
 read a recipe's row instead of comparing its name: a new recipe is a row here plus, if it needs a
-new loss, a class in :mod:`mofi_core.train.recipes`.
+new loss, a class in :mod:`mofi_core.train.losses`.
 
 - ``clip``: the paper's control, image <-> raw alt-text (contrastive);
 - ``supervised``: image tower + classifier over the I2E entity vocabulary;

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from mofi_core import tracking
-from mofi_core.config import RegisterConfig
+from mofi_core.config.register import RegisterConfig
 from mofi_core.recipes import CONTROL_MODEL, PAPER_MODEL, model_label
 from mofi_core.serving.logged import SHA_TAG, find_logged, log_encoder, model_sha256
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mofi_core.claims import model_rows, verdicts
-from mofi_core.config import ReportConfig
+from mofi_core.config.report import ReportConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import write_bytes, write_json
 from mofi_core.recipes import model_label
@@ -135,7 +135,7 @@ def label_quality(truth: pa.Table, kept_keys: set[str], mentions: pa.Table, labe
 def rule_variants(rule: dict, score_dir: Path, truth_pairs: Pairs) -> dict[str, dict]:
     """Label quality of each filter rule alone (with build's settings) and of the applied
     combination, from the kept scores: what each rule buys, on the same candidates."""
-    from mofi_core.config import BuildConfig
+    from mofi_core.config.build import BuildConfig
     from mofi_core.curate.rules import null_cutoffs, select_labels
 
     scores = tables.read_table(score_dir / "scores.parquet", tables.SCORES)
@@ -176,7 +176,7 @@ def label_free_quality(label_free: dict, score_dir: Path, dropped: frozenset[str
         return out
     import numpy as np
 
-    from mofi_core.config import BuildConfig
+    from mofi_core.config.build import BuildConfig
     from mofi_core.curate import fdr
 
     cfg = BuildConfig(**{k: v for k, v in rule.items() if k in BuildConfig.model_fields})

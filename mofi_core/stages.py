@@ -1,6 +1,6 @@
 """The stage table: one row per pipeline stage, the single place each stage is described.
 
-The CLI makes one ``mofi <stage>`` command per row, the runner (:mod:`mofi_core.stage`) loads the
+The CLI makes one ``mofi <stage>`` command per row, the runner (:mod:`mofi_core.runner`) loads the
 row's entry function and its params section, and the config loader takes its section names from
 here. ``dvc.yaml`` repeats what DVC must know (command, data inputs, outputs, params); a unit
 test (``tests/unit/test_dvc_yaml.py``) holds it equal to this table and checks that each stage's
@@ -94,10 +94,18 @@ class StageSpec:
                        plots=tuple(replace(p, path=sub(p.path)) for p in self.plots),
                        untracked=tuple(sub(p) for p in self.untracked))
 
+    def tracked(self) -> tuple[str, ...]:
+        """The paths DVC tracks as the stage's outputs (outs, metrics, plots)."""
+        return (*(o.path for o in self.outs), self.metrics, *(p.path for p in self.plots))
+
     def writes(self) -> tuple[str, ...]:
         """Every path the stage writes (outside ``.mofi/``); ``{item}`` in a foreach row."""
-        return (*(o.path for o in self.outs), self.metrics, *(p.path for p in self.plots),
-                *self.untracked)
+        return (*self.tracked(), *self.untracked)
+
+    def reads(self, lookup: Callable[[str], Any]) -> tuple[str, ...]:
+        """The paths the stage reads: those its ``param_inputs`` name (``lookup(dotted)``
+        gives a params value), then its ``inputs``."""
+        return (*(str(lookup(key)) for key in self.param_inputs), *self.inputs)
 
     def load(self) -> Callable[..., dict[str, Any]]:
         return _resolve(self.entry)
@@ -130,11 +138,11 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("corpus", "mofi_core.demo.world:run", "corpus",
               "Materialise the embedded demo world: KB, corpus shards, ground truth, benchmark.",
               outs=(Out("data/corpus"), Out("data/truth"), Out("data/benchmark"))),
-    StageSpec("kb", "mofi_core.curate.knowledge:run", "kb",
+    StageSpec("kb", "mofi_core.kb.importer:run", "kb",
               "Read the knowledge base (demo, parquet/JSON Lines file, or a Wikidata dump), "
               "check its schema once, write data/kb/kb.parquet.",
               param_inputs=("kb.path",), outs=(Out("data/kb"),),
-              check="mofi_core.curate.knowledge:check"),
+              check="mofi_core.kb.importer:check"),
     StageSpec("ingest", "mofi_core.curate.ingest:run", "ingest",
               "Decode-check and normalise every sample; clean shards + manifest + rejects.",
               inputs=("data/corpus/shards",), outs=(Out("data/ingest", persist=True),),
@@ -161,7 +169,7 @@ STAGES: tuple[StageSpec, ...] = (
               "Filter rule + min images per entity -> Image-to-Entities dataset.",
               inputs=("data/ingest/shards", "data/score/parts", "data/decontam"),
               outs=(Out("data/i2e"),)),
-    StageSpec("validate", "mofi_core.validate:run", "validate",
+    StageSpec("validate", "mofi_core.validate.suites:run", "validate",
               "great-expectations gate on the I2E dataset; failure stops the pipeline.",
               inputs=("data/i2e", KB, MANIFEST, "data/ner/mentions.parquet",
                       "data/score/scores.parquet"),
@@ -221,6 +229,14 @@ def producer_of(path: str) -> StageSpec | None:
         if any(_holds(out, path) for out in spec.writes()):
             return spec
     return None
+
+
+def expand(lookup: Callable[[str], Any]) -> tuple[StageSpec, ...]:
+    """Every stage as DVC names it: a foreach stage once per value of its params list
+    (``lookup(dotted)`` gives a params value, e.g. ``Params.value``)."""
+    return tuple(one for spec in STAGES for one in (
+        [spec.instance(str(v)) for v in lookup(f"{spec.section}.{spec.foreach}")]
+        if spec.foreach else [spec]))
 
 
 def get(name: str) -> StageSpec:

@@ -122,7 +122,7 @@ class MlflowTracker:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
-        from mofi_core.io.storage import dvc_hash_of_path
+        from mofi_core.io.hashing import dvc_hash_of_path
 
         path = Path(path).resolve()
         with warnings.catch_warnings():  # several local source kinds match a plain path

@@ -58,7 +58,7 @@ def _offline_env(monkeypatch, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """A tiny demo world on disk (corpus, truth, benchmark) and the params that made it."""
-    from mofi_core.config import apply_overrides, parse_params
+    from mofi_core.config.load import apply_overrides, parse_params
     from mofi_core.demo.world import generate_world
     from mofi_core.io.layout import Layout
 
@@ -66,7 +66,7 @@ def tiny_world(tmp_path_factory):
     params = parse_params(apply_overrides({}, TINY))
     layout = Layout(root)
     stats = generate_world(params.corpus, layout.corpus, layout.truth, layout.benchmark)
-    from mofi_core.curate.knowledge import materialise  # what the kb stage does (source demo)
+    from mofi_core.kb.importer import materialise  # what the kb stage does (source demo)
 
     layout.kb.parent.mkdir(parents=True)
     materialise(params.kb, layout.corpus_kb, layout.kb)
@@ -80,7 +80,7 @@ def truth_i2e(tiny_world, tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mofi_core.config import BuildConfig
+    from mofi_core.config.build import BuildConfig
     from mofi_core.curate.build import build
     from mofi_core.curate.ingest import ingest
     from mofi_core.io import tables

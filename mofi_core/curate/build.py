@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mofi_core.config import BuildConfig
+from mofi_core.config.build import BuildConfig
 from mofi_core.curate import fdr, rules
 from mofi_core.curate.decontam import read_dropped
 from mofi_core.curate.rules import Labels

@@ -67,7 +67,7 @@ import pyarrow as pa
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from mofi_core.config import DecontamConfig
+from mofi_core.config.decontam import DecontamConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir
 from mofi_core.io.shards import iter_samples, list_shards

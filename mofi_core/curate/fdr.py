@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mofi_core.config import BuildConfig
+from mofi_core.config.build import BuildConfig
 from mofi_core.io import tables
 
 CURVE_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(-0.2, 0.951, 0.01), 2))

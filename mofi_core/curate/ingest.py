@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from mofi_core.config import IngestConfig
+from mofi_core.config.ingest import IngestConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_path
 from mofi_core.io.hashing import fingerprint

@@ -15,10 +15,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mofi_core.config import NerConfig
+from mofi_core.config.ner import NerConfig
 from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase
 from mofi_core.parallel import (
     ResumeState,
     ShardJob,

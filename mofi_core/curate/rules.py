@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mofi_core.config import BuildConfig
+from mofi_core.config.build import BuildConfig
 from mofi_core.io import tables
 
 Labels = dict[str, list[tuple[str, float]]]  # image key -> [(entity id, score)]

@@ -22,12 +22,12 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mofi_core.config import ScoreConfig
+from mofi_core.config.score import ScoreConfig
 from mofi_core.device import resolve_device
 from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.io.shards import iter_samples, list_shards
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase
 from mofi_core.models.artifact import WEIGHTS, LoadedModel, check_model_folder
 from mofi_core.models.factory import encode_texts
 from mofi_core.models.preprocess import BatchPreprocess

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mofi_core.config import NoiseConfig
+from mofi_core.config.corpus import NoiseConfig
 from mofi_core.demo.entities import Entity
 
 _WITH_NAME = ("{n}", "a photo of {n}", "{n} at dusk", "view of {n} from the street",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mofi_core.kb import KBEntity
+from mofi_core.kb.store import KBEntity
 
 TYPES = ("person", "landmark", "organization", "product", "species", "place")
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from mofi_core.config import CorpusConfig
+from mofi_core.config.corpus import CorpusConfig
 from mofi_core.demo.alttext import alt_text, choose_kind
 from mofi_core.demo.entities import Entity, make_entities
 from mofi_core.demo.render import draw_object, render

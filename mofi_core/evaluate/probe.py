@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from mofi_core.evaluate.embed import DecodedImages, embed_files
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase
 from mofi_core.models.artifact import LoadedModel
 from mofi_core.models.factory import encode_texts
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mofi_core.claims import model_rows
-from mofi_core.config import EvaluateConfig
+from mofi_core.config.evaluate import EvaluateConfig
 from mofi_core.device import resolve_device
 from mofi_core.evaluate.embed import DecodedImages, embed_files
 from mofi_core.evaluate.retrieval import (
@@ -28,8 +28,8 @@ from mofi_core.evaluate.retrieval import (
     retrieval_metrics,
 )
 from mofi_core.io.atomic import atomic_path
-from mofi_core.io.storage import dvc_hash_of_path
-from mofi_core.kb import KBEntity, KnowledgeBase
+from mofi_core.io.hashing import dvc_hash_of_path
+from mofi_core.kb.store import KBEntity, KnowledgeBase
 from mofi_core.models.artifact import LoadedModel, check_model_folder
 from mofi_core.recipes import CONTROL_MODEL, model_label
 

@@ -2,10 +2,11 @@
 
 With ``storage.root`` (or ``MOFI_STORAGE_ROOT``) set to ``s3://bucket/prefix``, every stage
 command reads its inputs from, and publishes its outputs to, that prefix; the paths are the
-ones ``dvc.yaml`` declares (``data/ingest`` lives at ``s3://bucket/prefix/data/ingest/...``).
-The stage itself still works on the project folder, which becomes a working copy:
+ones the stage table declares (:mod:`mofi_core.stages`, as ``dvc.yaml`` does): ``data/ingest``
+lives at ``s3://bucket/prefix/data/ingest/...``. The stage itself still works on the project
+folder, which becomes a working copy:
 
-- before the stage, each data input (a ``dvc.yaml`` dep that another stage outputs) is brought
+- before the stage, each data input (an input that another stage outputs) is brought
   into the working copy from the published objects: only files whose content differs are
   downloaded (in parallel, each checked against its SHA-256), files the publication does not
   list are removed. Inputs a stage streams itself (``ingest`` reads the corpus shards straight
@@ -39,17 +40,19 @@ DVC's own checks. Credentials come from the environment as for all S3 access (``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import yaml
 
+from mofi_core import stages
 from mofi_core.io import s3
 from mofi_core.io.atomic import atomic_path, write_json
-from mofi_core.io.hashing import file_digests
+from mofi_core.io.hashing import dvc_hash, file_digests
 
 MANIFESTS = "_manifests"
 FORMAT = 2  # 2 adds each file's MD5 and ETag and the output's DVC hash
@@ -72,39 +75,10 @@ def is_temporary(rel: str) -> bool:
                for part in PurePosixPath(rel).parts)
 
 
-def dvc_hash(md5s: dict[str, str]) -> str:
-    """DVC 3's hash of an output from its files' MD5s (``{"": md5}`` for a one-file output):
-    the file's MD5; for a folder, the MD5 of its listing as DVC serialises it (dvc_data's
-    ``Tree.as_bytes``: entries ``{"md5", "relpath"}`` sorted by relpath, ``json.dumps`` with
-    sorted keys) followed by ``.dir``."""
-    if set(md5s) == {""}:
-        return md5s[""]
-    listing = sorted(({"md5": md5, "relpath": rel} for rel, md5 in md5s.items()),
-                     key=lambda entry: entry["relpath"])
-    text = json.dumps(listing, sort_keys=True).encode("utf-8")
-    return hashlib.md5(text, usedforsecurity=False).hexdigest() + ".dir"
-
-
-def dvc_hash_of_path(path: Path) -> str:
-    """The hash DVC records for a local file or folder (what ``dvc.lock`` would say)."""
-    from mofi_core.io.hashing import file_digests
-
-    path = Path(path)
-    if path.is_file():
-        return file_digests(path)[1]
-    files = sorted(f for f in path.rglob("*") if f.is_file())
-    return dvc_hash({f.relative_to(path).as_posix(): file_digests(f)[1] for f in files})
-
-
 def short(digest: str | None) -> str:
     if not digest:
         return "unknown"
     return digest[:10] + (".dir" if digest.endswith(".dir") else "")
-
-
-def dvc_paths(entries: list | None) -> list[str]:
-    """dvc.yaml lists outs as strings or as ``{path: {options}}`` mappings."""
-    return [e if isinstance(e, str) else next(iter(e)) for e in entries or []]
 
 
 def under(path: str, parent: str) -> bool:
@@ -114,7 +88,8 @@ def under(path: str, parent: str) -> bool:
 
 @dataclass(frozen=True)
 class StageIO:
-    """What a stage reads and writes, from ``dvc.yaml``."""
+    """What a stage reads and writes (its data inputs, each with the output and stage that
+    hold it; its DVC outputs)."""
 
     stage: str
     inputs: tuple[tuple[str, str, str], ...]  # (dep path, output holding it, producing stage)
@@ -126,75 +101,21 @@ class StageIO:
             if self.owners else self.stage
 
 
-def _param(params: dict, dotted: str, dvc_yaml: Path, stage: str, listed: bool = True):
-    """The params.yaml value ``${dotted}`` stands for: a list a foreach stage loops over, or
-    (``listed=False``) a scalar such as a dependency's path."""
-    node: object = params
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise StorageError(f"{dvc_yaml}: stage {stage!r} uses ${{{dotted}}}, which "
-                               "params.yaml lacks (DVC reads it from there: write it out)")
-        node = node[part]
-    if listed and not isinstance(node, list):
-        raise StorageError(f"{dvc_yaml}: stage {stage!r} loops over ${{{dotted}}}, which is "
-                           f"not a list in params.yaml ({node!r})")
-    if not listed and isinstance(node, (list, dict)):
-        raise StorageError(f"{dvc_yaml}: stage {stage!r} uses ${{{dotted}}} as a path, but "
-                           f"params.yaml holds {node!r}")
-    return node
-
-
-def expand_stages(dvc_yaml: Path) -> dict[str, dict]:
-    """``dvc.yaml``'s stages by DVC name, a ``foreach: ${<params key>}`` stage expanded to one
-    ``<name>@<value>`` per value of that params.yaml list (``${item}`` filled in), and any other
-    ``${<params key>}`` (a dependency's path, ``${kb.path}``) replaced by its value, as DVC
-    does."""
-    import json
-    import re
-
-    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
-    pfile = dvc_yaml.parent / "params.yaml"
-    params = (yaml.safe_load(pfile.read_text(encoding="utf-8")) if pfile.is_file() else {}) \
-        or {}
-    out: dict[str, dict] = {}
-
-    def fill(name: str, text: str) -> str:  # ${section.key} -> its params value (a path)
-        return re.sub(r"\$\{([A-Za-z_][\w.]*)\}",
-                      lambda m: m.group(0) if m.group(1) == "item"
-                      else str(_param(params, m.group(1), dvc_yaml, name, listed=False)),
-                      text)
-
-    for name, body in stages.items():
-        if "foreach" not in body:
-            out[name] = json.loads(fill(name, json.dumps(body)))
-            continue
-        ref = str(body["foreach"])
-        if not (ref.startswith("${") and ref.endswith("}")):
-            raise StorageError(f"{dvc_yaml}: stage {name!r}: only foreach over a params list "
-                               f"(${{section.key}}) is read here, not {ref!r}")
-        template = fill(name, json.dumps(body["do"]))
-        for item in _param(params, ref[2:-1], dvc_yaml, name):
-            out[f"{name}@{item}"] = json.loads(template.replace("${item}", str(item)))
-    return out
-
-
-def stage_io(dvc_yaml: Path, stage: str) -> StageIO:
-    if not dvc_yaml.is_file():
-        raise StorageError(f"storage.root is set but {dvc_yaml} is missing: the stage inputs and "
-                           "outputs are read from it (run from the project root or pass --root)")
-    stages = expand_stages(dvc_yaml)
-    # a foreach stage's name stands for all its instances (as in `dvc repro train`)
-    mine = [stage] if stage in stages else [n for n in stages if n.startswith(stage + "@")]
+def stage_io(stage: str, lookup: Callable[[str], Any]) -> StageIO:
+    """What ``stage`` reads and writes, from the stage table (:mod:`mofi_core.stages`); a
+    foreach stage's name stands for all its instances (as in ``dvc repro train``).
+    ``lookup(dotted)``: a params value (a foreach list, a path named by ``param_inputs``)."""
+    specs = {spec.address: spec for spec in stages.expand(lookup)}
+    mine = [stage] if stage in specs else [n for n in specs if n.startswith(stage + "@")]
     if not mine:
-        raise StorageError(f"{dvc_yaml} has no stage {stage!r}")
-    outs = {name: [p for key in ("outs", "metrics", "plots") for p in dvc_paths(s.get(key))]
-            for name, s in stages.items()}
+        raise StorageError(f"no stage {stage!r}; stages: {', '.join(specs)}")
+    outs = {name: spec.tracked() for name, spec in specs.items()}
     others = {name: paths for name, paths in outs.items() if name not in mine}
     inputs: list[tuple[str, str, str]] = []
-    for dep in dict.fromkeys(d for m in mine for d in dvc_paths(stages[m].get("deps"))):
+    for dep in dict.fromkeys(d for m in mine for d in specs[m].reads(lookup)):
         owners = [(out, name) for name, paths in others.items()
                   for out in paths if under(dep, out)]
-        if owners:  # a data dependency (code deps are nobody's output)
+        if owners:  # another stage's output (else external data: nothing to fetch)
             inputs.append((dep, *owners[0]))
             continue
         # a folder holding outputs of several stages (models/: the control and candidates)
@@ -559,16 +480,17 @@ def storage_root(configured: str) -> str:
 
 @dataclass
 class StageStorage:
-    """The storage of one stage: its inputs and outputs from ``dvc.yaml``."""
+    """The storage of one stage: its inputs and outputs from the stage table."""
 
     storage: Storage
     io: StageIO
     streamed: tuple[str, ...] = ()  # inputs the stage reads from S3 itself
 
     @classmethod
-    def open(cls, root: str, workspace: Path, stage: str,
+    def open(cls, root: str, workspace: Path, stage: str, lookup: Callable[[str], Any],
              streamed: tuple[str, ...] = ()) -> StageStorage:
-        return cls(Storage(root, workspace), stage_io(workspace / "dvc.yaml", stage), streamed)
+        """``lookup``: a params value by dotted key (:meth:`Params.value`)."""
+        return cls(Storage(root, workspace), stage_io(stage, lookup), streamed)
 
     def input_for(self, rel: str) -> tuple[str, str] | None:
         """(output, producer) holding input path ``rel``, if it is a data input."""

@@ -8,7 +8,7 @@ Targets come in a sparse, padded form so that a dense batch x classes target nev
 
 ``LinearHead`` and ``CosineHead`` hold the whole (C, D) weight: what a saved model holds and
 what inference needs. The rank-sharded head and its collectives are training code
-(:mod:`mofi_core.train.heads`).
+(:mod:`mofi_core.train.sharded_head`).
 """
 
 from __future__ import annotations

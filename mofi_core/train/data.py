@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mofi_core.io.s3 import register_webdataset_scheme
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase
 from mofi_core.recipes import RecipeSpec
 
 register_webdataset_scheme()  # s3:// shard URLs (train.data) stream through boto3

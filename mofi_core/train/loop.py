@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
-from mofi_core.config import TrainConfig
+from mofi_core.config.train import TrainConfig
 from mofi_core.progress import Progress
 from mofi_core.train import checkpoint
 from mofi_core.train.data import Batches
 from mofi_core.train.distributed import DistEnv
-from mofi_core.train.recipes import Recipe
+from mofi_core.train.losses import Recipe
 
 if TYPE_CHECKING:
     from mofi_core.train.memory import MemoryBatches

@@ -16,20 +16,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from mofi_core import tracking
-from mofi_core.config import TrainConfig
+from mofi_core.config.train import TrainConfig
 from mofi_core.curate.decontam import read_dropped
-from mofi_core.gate import require_passed
 from mofi_core.io import s3
 from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.io.shards import list_shards
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase
 from mofi_core.models.artifact import default_meta, image_transform, save_model
 from mofi_core.models.factory import arch_config, tokenizer_for
 from mofi_core.train import distributed
 from mofi_core.train.checkpoint import RemoteMirror
 from mofi_core.train.data import Batches, EntityTexts, SampleMaker, ShardStream
 from mofi_core.train.loop import train_loop
-from mofi_core.train.recipes import Recipe, build_recipe
+from mofi_core.train.losses import Recipe, build_recipe
+from mofi_core.validate.gate import require_passed
 
 if TYPE_CHECKING:
     from mofi_core.context import StageContext

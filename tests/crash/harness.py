@@ -65,16 +65,12 @@ class PointResult:
 
 
 def stage_outs(root: Path) -> dict[str, list[str]]:
-    from mofi_core.io.storage import expand_stages
+    """Each DVC stage's outputs (train@<recipe>: one per listed recipe)."""
+    from mofi_core import stages
+    from mofi_core.config.load import load_params
 
-    stages = expand_stages(root / "dvc.yaml")  # train@<recipe>: one per listed recipe
-    out = {}
-    for name, s in stages.items():
-        paths = []
-        for kind in ("outs", "metrics", "plots"):
-            paths += [e if isinstance(e, str) else next(iter(e)) for e in s.get(kind, [])]
-        out[name] = paths
-    return out
+    lookup = load_params(root / "params.yaml").value
+    return {spec.address: list(spec.tracked()) for spec in stages.expand(lookup)}
 
 
 def lock_hashes(root: Path, stage: str) -> dict[str, str]:

@@ -162,7 +162,7 @@ def test_a_plain_run_reruns_only_what_an_override_changed_then_nothing(project, 
 def test_changing_one_param_reruns_only_what_is_downstream(project, first_run):
     assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
     from flows.pipeline import write_overrides
-    from mofi_core.config import load_params
+    from mofi_core.config.load import load_params
 
     steps = load_params(project.root / "params.yaml").train.steps
     write_overrides(project.root / "params.yaml", {"train.steps": steps + 1})

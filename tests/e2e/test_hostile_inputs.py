@@ -24,7 +24,7 @@ import yaml
 from typer.testing import CliRunner
 
 from mofi_core.cli import app
-from mofi_core.config import apply_overrides, read_params_file
+from mofi_core.config.load import apply_overrides, read_params_file
 from mofi_core.stages import BY_NAME, STAGES
 from tests.conftest import ROOT
 

@@ -118,18 +118,16 @@ def _unified(a: str, b: str) -> list[str]:
 
 
 def _stages_not_held_by_git(repo: Project) -> list[str]:
-    from mofi_core.io.storage import expand_stages
+    from mofi_core import stages as table
+    from mofi_core.config.load import load_params
 
-    stages = expand_stages(repo.root / "dvc.yaml")  # train@<recipe>: one per listed recipe
+    # train@<recipe>: one per listed recipe
+    stages = {spec.address: spec for spec in
+              table.expand(load_params(repo.root / "params.yaml").value)}
     held = set(repo.run("git", "ls-files").stdout.split())
-
-    def paths(stage: dict) -> list[str]:
-        return [next(iter(e)) if isinstance(e, dict) else e
-                for key in ("outs", "metrics", "plots") for e in stage.get(key, [])]
-
     return [name for name, stage in stages.items()
             if not all(p in held or any(h.startswith(p + "/") for h in held)
-                       for p in paths(stage))]
+                       for p in stage.tracked())]
 
 
 @pytest.mark.pipeline

@@ -98,7 +98,7 @@ def _stand_ins(tiny_world, data: Path) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from mofi_core.kb import KnowledgeBase
+    from mofi_core.kb.store import KnowledgeBase
     from mofi_core.models.factory import arch_config, build_clip
 
     layout, _, _ = tiny_world

@@ -12,10 +12,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mofi_core.calibrate import CalibrationError, Point, choose
 from mofi_core.cli import app
-from mofi_core.config import apply_overrides, load_params
+from mofi_core.config.load import apply_overrides, load_params
 from mofi_core.report import report_markdown, threshold_choice
+from studies.calibrate import CalibrationError, Point, choose
 from tests.conftest import ROOT, TINY
 
 # a calibration world end to end (minutes): make test-paper, with make paper's own test

@@ -8,7 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from mofi_core.validate import Inputs, ValidationFailed, validate
+from mofi_core.validate.suites import Inputs, ValidationFailed, validate
 from tests.html_scan import Page, remote, remote_loads
 
 RUN = "mofi-flow-crimson-fox"

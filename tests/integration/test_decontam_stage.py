@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mofi_core.config import DecontamConfig
+from mofi_core.config.decontam import DecontamConfig
 from mofi_core.curate.decontam import DROPPED, DROPPED_SCHEMA, decontaminate, read_dropped
 from mofi_core.demo.world import PLANTED
 from mofi_core.io import tables
@@ -78,7 +78,7 @@ def test_no_benchmark_is_a_clear_error(tiny_world, tmp_path):
 def test_build_leaves_the_dropped_keys_out(tmp_path):
     import pyarrow as pa
 
-    from mofi_core.config import BuildConfig
+    from mofi_core.config.build import BuildConfig
     from mofi_core.curate.build import rules_shard
     from mofi_core.parallel import ShardJob
 

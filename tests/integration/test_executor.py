@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mofi_core.config import BuildConfig
+from mofi_core.config.build import BuildConfig
 from mofi_core.curate.build import build
 from mofi_core.curate.ingest import ingest
 from mofi_core.curate.ner import run_ner

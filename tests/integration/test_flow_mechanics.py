@@ -116,7 +116,7 @@ def test_a_stage_that_keeps_failing_fails_the_run_naming_it(prefect_server, toy)
 
 
 def test_invalid_override_fails_before_any_stage_runs(prefect_server, toy):
-    from mofi_core.config import ParamsError
+    from mofi_core.config.section import ParamsError
 
     with pytest.raises(ParamsError, match=r"train\.stepz"):
         mofi(overrides={"train.stepz": 3}, project_dir=str(toy))

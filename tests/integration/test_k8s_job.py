@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mofi_core.config import apply_overrides, read_params_file
+from mofi_core.config.load import apply_overrides, read_params_file
 from mofi_core.io.hashing import file_sha256
 from mofi_core.io.storage import Storage
-from mofi_core.stage import check_inputs, execute
+from mofi_core.runner import check_inputs, execute
 from mofi_core.stages import BY_NAME
 from tests.conftest import ROOT, TINY
 from tests.ports import free_port

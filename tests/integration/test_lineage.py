@@ -141,7 +141,7 @@ def test_version_inputs_are_every_data_dep_of_its_train_instance_and_evaluate(tm
 
 
 def test_datasets_carry_the_dvc_hash_as_digest(checkout, tmp_path):
-    from mofi_core.io.storage import dvc_hash_of_path
+    from mofi_core.io.hashing import dvc_hash_of_path
 
     data = tmp_path / "i2e"
     (data / "sub").mkdir(parents=True)

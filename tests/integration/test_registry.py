@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mofi_core import tracking
-from mofi_core.config import RegisterConfig
+from mofi_core.config.register import RegisterConfig
 from mofi_core.registry import register
 from mofi_core.train.run import train_model
 
@@ -267,7 +267,7 @@ def test_an_imported_model_can_be_registered_as_a_candidate(store, tmp_path):
 
     from safetensors.torch import save_file
 
-    from mofi_core.config import apply_overrides, parse_params
+    from mofi_core.config.load import apply_overrides, parse_params
     from mofi_core.io.layout import Layout
     from mofi_core.models.factory import arch_config, build_clip
     from mofi_core.models.pretrained import import_clip

@@ -12,7 +12,7 @@ import uuid
 import pyarrow.parquet as pq
 import pytest
 
-from mofi_core.config import IngestConfig
+from mofi_core.config.ingest import IngestConfig
 from mofi_core.curate.ingest import ingest
 from mofi_core.io import s3
 from mofi_core.io.sources import SourceError, expand_sources

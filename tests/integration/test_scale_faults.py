@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mofi_core.config import apply_overrides, read_params_file
+from mofi_core.config.load import apply_overrides, read_params_file
 from mofi_core.curate.ingest import ingest
 from mofi_core.io import s3, sources
 from mofi_core.io.sources import TransportError, expand_sources
 from mofi_core.parallel import use_executor
-from mofi_core.stage import execute
+from mofi_core.runner import execute
 from mofi_core.stages import BY_NAME
 from tests.conftest import ROOT, TINY
 from tests.ports import free_port

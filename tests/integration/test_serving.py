@@ -28,7 +28,7 @@ import pandas as pd
 import pytest
 
 from mofi_core import tracking
-from mofi_core.config import RegisterConfig
+from mofi_core.config.register import RegisterConfig
 from mofi_core.registry import register
 from mofi_core.train.run import train_model
 from tests.ports import free_port

@@ -14,7 +14,7 @@ from mofi_core.curate.score import score
 from mofi_core.evaluate.run import evaluate
 from mofi_core.io.shards import iter_samples
 from mofi_core.train.run import train_model
-from mofi_core.validate import Inputs, ValidationFailed, validate
+from mofi_core.validate.suites import Inputs, ValidationFailed, validate
 from tests.faults import write_fault_shards
 from tests.html_scan import remote_loads
 
@@ -341,9 +341,9 @@ def test_evaluate_stage_on_a_benchmark_folder_of_its_own(chain, tmp_path):
 
     import yaml
 
-    from mofi_core.config import apply_overrides, read_params_file
+    from mofi_core.config.load import apply_overrides, read_params_file
     from mofi_core.models.pretrained import import_clip
-    from mofi_core.stage import execute
+    from mofi_core.runner import execute
     from mofi_core.stages import BY_NAME
     from tests.conftest import ROOT, TINY
 

@@ -15,21 +15,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mofi_core.config import apply_overrides, load_params, read_params_file
+from mofi_core.config.load import apply_overrides, load_params, read_params_file
 from mofi_core.io import s3
-from mofi_core.io.hashing import file_sha256
+from mofi_core.io.hashing import dvc_hash, file_sha256
 from mofi_core.io.storage import (
     FORMAT,
     StageIO,
     StageStorage,
     Storage,
     StorageError,
-    dvc_hash,
     dvc_hash_of_manifest,
     lock_decision,
     stage_io,
 )
-from mofi_core.stage import execute
+from mofi_core.runner import execute
 from mofi_core.stages import BY_NAME, STAGES
 from tests.conftest import BIN, ROOT, TINY
 from tests.integration.test_s3 import api_calls
@@ -69,17 +68,21 @@ def shared_mlflow(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
-def test_stage_io_comes_from_dvc_yaml():
-    io = stage_io(ROOT / "dvc.yaml", "ner")
+def _lookup(folder=ROOT):
+    return load_params(folder / "params.yaml").value
+
+
+def test_stage_io_comes_from_the_stage_table():
+    io = stage_io("ner", _lookup())
     assert io.inputs == (("data/ingest/parts", "data/ingest", "ingest"),
                          ("data/kb/kb.parquet", "data/kb", "kb"))
     assert io.outputs == ("data/ner", "metrics/ner.json")
-    assert stage_io(ROOT / "dvc.yaml", "corpus").inputs == ()
+    assert stage_io("corpus", _lookup()).inputs == ()
     # ${kb.path} is read from params.yaml, as DVC reads it: the demo KB, made by corpus
-    assert stage_io(ROOT / "dvc.yaml", "kb").inputs == (
+    assert stage_io("kb", _lookup()).inputs == (
         ("data/corpus/kb.parquet", "data/corpus", "corpus"),)
     with pytest.raises(StorageError, match="no stage 'nope'"):
-        stage_io(ROOT / "dvc.yaml", "nope")
+        stage_io("nope", _lookup())
 
 
 @pytest.mark.scale  # every stage on S3: make test-scale
@@ -94,7 +97,7 @@ def test_every_stage_runs_in_an_empty_folder_against_the_storage_root(
         stage = spec.name
         folder = _project(tmp_path / "machines" / stage, root)
         _run(stage, folder)
-        io = stage_io(folder / "dvc.yaml", stage)
+        io = stage_io(stage, _lookup(folder))
         held = {p.split("/")[0] + "/" + p.split("/")[1] if p.count("/") else p
                 for p in _tree(folder) if not p.startswith((".mofi/", "mlruns/"))}
         allowed = {"params.yaml", "dvc.yaml", *io.outputs, *spec.untracked,

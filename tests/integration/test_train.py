@@ -58,7 +58,7 @@ def test_clip_control_trains_on_raw_alt_text(truth_i2e, tmp_path):
 def test_multitask_loss_is_the_weighted_sum_of_its_terms(truth_i2e):
     from mofi_core.io.shards import iter_samples, list_shards
     from mofi_core.models.factory import arch_config
-    from mofi_core.train.recipes import build_recipe
+    from mofi_core.train.losses import build_recipe
     from mofi_core.train.run import _model_meta, _sample_maker, read_vocab
 
     layout, params, i2e = truth_i2e
@@ -79,7 +79,7 @@ def test_multitask_loss_is_the_weighted_sum_of_its_terms(truth_i2e):
 CHILD = """
 import json, sys
 from pathlib import Path
-from mofi_core.config import MofiTrainConfig
+from mofi_core.config.train import MofiTrainConfig
 from mofi_core.train.run import train_model
 i2e, out, ckpt, kb, over = sys.argv[1:6]
 cfg = MofiTrainConfig(**json.loads(over))
@@ -227,7 +227,7 @@ def _first_step_grads(i2e, cfg, checkpointing: bool = False) -> dict[str, torch.
     from mofi_core.train.data import Batches, ShardStream
     from mofi_core.train.distributed import DistEnv
     from mofi_core.train.loop import _micro_steps
-    from mofi_core.train.recipes import build_recipe
+    from mofi_core.train.losses import build_recipe
     from mofi_core.train.run import _model_meta, _sample_maker, read_vocab
 
     classes = read_vocab(i2e)
@@ -269,9 +269,9 @@ def _project_for_train(truth_i2e, tmp_path, checkpoint_every, dvc=False):
     import yaml
 
     from flows.pipeline import write_overrides
-    from mofi_core.config import TrainConfig
-    from mofi_core.gate import i2e_identity
+    from mofi_core.config.train import TrainConfig
     from mofi_core.io.atomic import write_json
+    from mofi_core.validate.gate import i2e_identity
     from tests.conftest import copy_project
 
     layout, _, i2e = truth_i2e

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from mofi_core.paper import main, summarise
-from mofi_core.readme import PAPER_BEGIN, PAPER_END, synced
+from studies.paper import main, summarise
 from tests.conftest import TINY
 from tests.integration.test_calibrate import _tiny_params
+from tools.docs_results import PAPER_BEGIN, PAPER_END, synced
 
 pytestmark = [pytest.mark.paper, pytest.mark.filterwarnings("ignore::UserWarning")]
 

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mofi_core.config import NerConfig
+from mofi_core.config.ner import NerConfig
 from mofi_core.curate.ner import extract_mentions, load_nlp
-from mofi_core.kb import KBEntity, KnowledgeBase
+from mofi_core.kb.store import KBEntity, KnowledgeBase
 
 FIXTURE = yaml.safe_load((Path(__file__).parents[1] / "fixtures" / "alt_texts.yaml").read_text())
 KB = KnowledgeBase([KBEntity(e["entity_id"], e["name"], tuple(e["aliases"]), e["description"],

@@ -1,6 +1,6 @@
 import pytest
 
-from mofi_core.config import BuildConfig
+from mofi_core.config.build import BuildConfig
 from mofi_core.curate.rules import select_labels
 
 

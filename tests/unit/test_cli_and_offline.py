@@ -2,7 +2,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mofi_core.cli import app
-from mofi_core.config import ScoreConfig
+from mofi_core.config.score import ScoreConfig
 from mofi_core.curate.score import check_pretrained, load_scorer
 from mofi_core.stages import BY_NAME as STAGES
 

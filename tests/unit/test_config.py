@@ -1,6 +1,7 @@
 import pytest
 
-from mofi_core.config import ParamsError, apply_overrides, load_params, parse_params
+from mofi_core.config.load import apply_overrides, load_params, parse_params
+from mofi_core.config.section import ParamsError
 
 
 def test_repo_params_file_is_valid_and_sections_are_typed():
@@ -84,7 +85,7 @@ def test_runtime_keys_merge_into_their_section_and_stay_out_of_the_result_key():
 
 
 def test_each_sections_runtime_keys_are_its_own_fields():
-    from mofi_core.config import section_classes
+    from mofi_core.config.load import section_classes
 
     for name, cls in section_classes().items():
         assert set(cls.RUNTIME) <= set(cls.model_fields), name
@@ -148,8 +149,8 @@ def test_the_old_single_recipe_key_says_what_replaced_it():
 
 
 def test_a_train_instance_runs_its_recipe_and_only_a_listed_one():
-    from mofi_core.config import Params
-    from mofi_core.stage import section_of
+    from mofi_core.config.load import Params
+    from mofi_core.runner import section_of
     from mofi_core.stages import get
 
     params = Params.model_validate({"train": {"recipes": ["supervised", "multitask"]}})

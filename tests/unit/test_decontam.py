@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mofi_core.config import DecontamConfig
+from mofi_core.config.decontam import DecontamConfig
 from mofi_core.curate.decontam import (
     DEFAULT_MAX_DISTANCE,
     DEFAULT_MIN_CORRELATION,

@@ -4,13 +4,14 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
-from mofi_core.config import NoiseConfig, apply_overrides, parse_params
+from mofi_core.config.corpus import NoiseConfig
+from mofi_core.config.load import apply_overrides, parse_params
 from mofi_core.demo.alttext import alt_text, choose_kind
 from mofi_core.demo.entities import make_entities
 from mofi_core.demo.world import generate_world
 from mofi_core.io.layout import Layout
 from mofi_core.io.shards import iter_samples
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase
 from mofi_core.report import read_truth
 from tests.conftest import TINY
 

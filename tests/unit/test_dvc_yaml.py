@@ -4,10 +4,18 @@ not re-run after an edit to a module it runs, or re-runs for a knob that changes
 import pytest
 import yaml
 
-from mofi_core.config import RUNTIME, section_classes
+from mofi_core.config.load import RUNTIME, section_classes
 from mofi_core.stages import BY_NAME, STAGES
 from tests.conftest import ROOT
-from tests.imports import closure, dvc_entry, stage_code_deps
+from tools.dvc_yaml import (
+    ORCHESTRATION,
+    closure,
+    dvc_entry,
+    module_file,
+    render_dvc_yaml,
+    stage_code_deps,
+    stage_modules,
+)
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 
@@ -18,7 +26,7 @@ def body(name: str) -> dict:
 
 
 def _fix(name: str) -> str:
-    return ("expected entry (python -m tests.imports " + name + "):\n"
+    return ("expected entry (python -m tools.dvc_yaml " + name + "):\n"
             + yaml.safe_dump({name: dvc_entry(BY_NAME[name])}, sort_keys=False))
 
 
@@ -36,8 +44,8 @@ def test_code_deps_cover_every_module_the_stage_runs(name):
     """Independent of the rendering: each file of the import closure is under a listed dep,
     and each listed code dep holds at least one of them (no stale entries)."""
     spec = BY_NAME[name]
-    modules = {ref.partition(":")[0] for ref in (spec.entry, spec.check) if ref}
-    files = {p.relative_to(ROOT).as_posix() for p in closure(*modules, "mofi_core.stage")}
+    files = {p.relative_to(ROOT).as_posix()
+             for p in closure(*stage_modules(spec), skip=tuple(ORCHESTRATION))}
     deps = [d for d in body(name)["deps"] if d.startswith("mofi_core")]
 
     def under(path: str, dep: str) -> bool:
@@ -48,14 +56,42 @@ def test_code_deps_cover_every_module_the_stage_runs(name):
 
 
 def test_the_closure_follows_lazy_imports_and_package_data():
-    deps = stage_code_deps("mofi_core.registry:run")
+    deps = stage_code_deps(BY_NAME["register"])
     # registry imports serving lazily (inside functions) and reads the pyfunc file by path
     assert "mofi_core/serving/encoder.py" in deps
     assert "mofi_core/serving/pyfunc_model.py" in deps
     # factory reads its architecture JSON files from a package folder
-    assert "mofi_core/models/configs" in stage_code_deps("mofi_core.train.run:run_train")
-    # the known drift this test was written for: build runs parallel.iter_shards
-    assert "mofi_core/parallel.py" in stage_code_deps("mofi_core.curate.build:run")
+    assert "mofi_core/models/configs" in stage_code_deps(BY_NAME["train"])
+    # build runs the label rules; its params schema decides its defaults
+    build = stage_code_deps(BY_NAME["build"])
+    assert {"mofi_core/curate/rules.py", "mofi_core/config/build.py"} <= set(build)
+
+
+def test_a_stage_depends_on_its_own_params_schema_only():
+    deps = stage_code_deps(BY_NAME["ingest"])
+    assert "mofi_core/config/ingest.py" in deps
+    assert not [d for d in deps if d.startswith("mofi_core/config/")
+                and d not in ("mofi_core/config/ingest.py", "mofi_core/config/section.py")]
+
+
+def test_orchestration_modules_are_real_and_no_stage_depends_on_them():
+    for module in ORCHESTRATION:
+        assert module_file(module) is not None, module
+    listed = {d for name in DVC for d in body(name)["deps"]}
+    files = {module_file(m).relative_to(ROOT).as_posix() for m in ORCHESTRATION}
+    assert files.isdisjoint(listed)
+    assert "mofi_core/cli.py" not in listed
+
+
+def test_type_checking_imports_are_not_followed():
+    """A stage names ``StageContext`` under ``if TYPE_CHECKING:`` only: no code of it runs."""
+    context = ROOT / "mofi_core" / "context.py"
+    assert context not in closure("mofi_core.curate.build")
+    assert context in closure("mofi_core.runner")
+
+
+def test_dvc_yaml_is_the_rendering():
+    assert (ROOT / "dvc.yaml").read_text(encoding="utf-8") == render_dvc_yaml(STAGES)
 
 
 def test_only_result_sections_are_tracked():

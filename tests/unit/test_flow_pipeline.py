@@ -17,7 +17,8 @@ from flows.pipeline import (
     topological,
     write_overrides,
 )
-from mofi_core.config import ParamsError, load_params
+from mofi_core.config.load import load_params
+from mofi_core.config.section import ParamsError
 from tests.conftest import ROOT
 
 # a diamond, listed bottom-up so that file order is never a valid run order:

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mofi_core.models.heads import CosineHead, LinearHead
-from mofi_core.train.heads import ShardedHead, shard_range
+from mofi_core.train.sharded_head import ShardedHead, shard_range
 from tests.ports import free_port
 
 C, D, D_IN, K = 11, 8, 5, 3  # 11 classes: the 2 shards are 6 and 5 rows

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mofi_core.config import IngestConfig
+from mofi_core.config.ingest import IngestConfig
 from mofi_core.curate.ingest import (
     RejectRateError,
     _to_rgb_jpeg,

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from mofi_core.config import IngestConfig
+from mofi_core.config.ingest import IngestConfig
 from mofi_core.curate.ingest import RejectRateError, ingest
 from mofi_core.io.shards import ShardWriter
 from mofi_core.io.sources import SourceError, TransportError, expand_sources

@@ -1,8 +1,8 @@
 import pytest
 
-from mofi_core.config import NerConfig
+from mofi_core.config.ner import NerConfig
 from mofi_core.curate.ner import SpacyModelError, extract_mentions, load_nlp, mention_metrics
-from mofi_core.kb import KBEntity, KnowledgeBase, normalise_alias
+from mofi_core.kb.store import KBEntity, KnowledgeBase, normalise_alias
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mofi_core.config import ParamsError, apply_overrides, parse_params
-from mofi_core.curate.knowledge import check, materialise, run
+from mofi_core.config.load import apply_overrides, parse_params
+from mofi_core.config.section import ParamsError
 from mofi_core.io.layout import Layout
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.importer import check, materialise, run
+from mofi_core.kb.store import KnowledgeBase
 from mofi_core.stages import BY_NAME
 from tests.wikidata_dump import entity, write_dump
 

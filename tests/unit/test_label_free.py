@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mofi_core.config import BuildConfig
+from mofi_core.config.build import BuildConfig
 from mofi_core.curate import fdr
 from mofi_core.curate.build import build
 from mofi_core.curate.rules import select_labels

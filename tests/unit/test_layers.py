@@ -9,7 +9,7 @@ folders: what inference needs); ``curate`` / ``evaluate`` (stages over data and 
 import pytest
 
 from tests.conftest import ROOT
-from tests.imports import imported_names
+from tools.dvc_yaml import imported_names
 
 PKG = ROOT / "mofi_core"
 
@@ -35,8 +35,28 @@ def test_inference_and_data_layers_never_import_training(folder):
 
 
 def test_io_imports_nothing_above_it():
+    """The stage table (which imports nothing itself) is the one exception: storage reads a
+    stage's inputs and outputs from it."""
     assert _offenders("io", lambda n: _under(n, "mofi_core")
-                      and not _under(n, "mofi_core.io")) == []
+                      and not _under(n, "mofi_core.io", "mofi_core.stages")) == []
+
+
+@pytest.mark.parametrize("package", ["mofi_core", "flows"])
+def test_the_product_never_imports_the_workshop(package):
+    """Generators, checks, the mutation apparatus, study drivers, benchmarks and tests stand
+    beside the library; nothing the package installs may need them."""
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files
+    found = [f"{f.relative_to(ROOT)} imports {name}" for f in files
+             for name in sorted(imported_names(f))
+             if _under(name, "tools", "studies", "tests", "benchmarks")]
+    assert found == []
+
+
+def test_the_library_root_stays_small():
+    """Rooms, not a hall: at most 15 modules at the root of mofi_core."""
+    modules = [p.name for p in PKG.glob("*.py") if p.name != "__init__.py"]
+    assert len(modules) <= 15, sorted(modules)
 
 
 def test_device_selection_is_one_bottom_module():

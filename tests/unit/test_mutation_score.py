@@ -1,10 +1,10 @@
-"""tests/mutation/score.py: how mutmut's results become the score per module."""
+"""tools/mutation/score.py: how mutmut's results become the score per module."""
 
 import json
 
 import pytest
 
-from tests.mutation.score import (
+from tools.mutation.score import (
     Equivalent,
     change,
     function_of,
@@ -122,7 +122,7 @@ def test_markdown_marks_modules_under_the_goal_and_lists_stale_entries():
 
 
 def test_slow_tests_per_module(tmp_path):
-    from tests.mutation.score import load_slow_tests
+    from tools.mutation.score import load_slow_tests
 
     f = tmp_path / "scope.yaml"
     f.write_text("a.py: {functions: all, slow_tests: [t.py::x, t.py::y]}\nb.py: {functions: all}\n")
@@ -131,7 +131,7 @@ def test_slow_tests_per_module(tmp_path):
 
 def test_the_tracked_equivalent_list_loads():
     from tests.conftest import ROOT
-    from tests.mutation.score import EQUIVALENT
+    from tools.mutation.score import EQUIVALENT
 
     for e in load_equivalents(ROOT / EQUIVALENT):
         assert e.module == "*" or (ROOT / e.module).is_file(), e
@@ -164,7 +164,7 @@ def test_out_of_scope_mutants_are_not_counted():
 
 def test_the_tracked_scope_matches_the_mutmut_config():
     from tests.conftest import ROOT
-    from tests.mutation.score import SCOPE, config
+    from tools.mutation.score import SCOPE, config
 
     scope = load_scope(ROOT / SCOPE, config(ROOT)["only_mutate"])
     for module, functions in scope.items():
@@ -198,7 +198,7 @@ def test_slow_pass_runs_each_survivor_against_its_modules_slow_tests_two_at_a_ti
     """Real pytest processes on a stand-in mutants/: the test kills exactly the mutants whose
     name it was given to fail on; killed ones, other modules, out-of-scope functions and
     mutants already recorded are not run; the record is kept for a second call."""
-    from tests.mutation.__main__ import slow_pass
+    from tools.mutation.__main__ import slow_pass
 
     mutants = tmp_path / "mutants"
     mutants.mkdir()

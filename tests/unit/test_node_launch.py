@@ -6,8 +6,8 @@ import sys
 import pytest
 import yaml
 
-from mofi_core.cli import launch_command, node_processes
-from mofi_core.config import TrainConfig
+from mofi_core.config.train import TrainConfig
+from mofi_core.launch import launch_command, node_processes
 from mofi_core.stages import BY_NAME
 
 
@@ -21,19 +21,19 @@ def test_processes_per_node(tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     spec = BY_NAME["train"].instance("supervised")
-    assert node_processes(spec, _params(tmp_path), []) == 1  # the default
-    assert node_processes(spec, _params(tmp_path, nproc_per_node=3), []) == 3
-    assert node_processes(spec, _params(tmp_path), ["train.nproc_per_node=2"]) == 2
+    assert node_processes(spec, _params(tmp_path), {}) == 1  # the default
+    assert node_processes(spec, _params(tmp_path, nproc_per_node=3), {}) == 3
+    assert node_processes(spec, _params(tmp_path), {"train.nproc_per_node": 2}) == 2
     import torch
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert node_processes(spec, _params(tmp_path, nproc_per_node="auto"), []) == 1
+    assert node_processes(spec, _params(tmp_path, nproc_per_node="auto"), {}) == 1
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
-    assert node_processes(spec, _params(tmp_path, nproc_per_node="auto"), []) == 8
+    assert node_processes(spec, _params(tmp_path, nproc_per_node="auto"), {}) == 8
     monkeypatch.setenv("WORLD_SIZE", "2")  # already one of torchrun's processes
-    assert node_processes(spec, _params(tmp_path, nproc_per_node=3), []) == 1
+    assert node_processes(spec, _params(tmp_path, nproc_per_node=3), {}) == 1
     monkeypatch.delenv("WORLD_SIZE")
-    assert node_processes(BY_NAME["evaluate"], _params(tmp_path), []) == 1  # no such knob
+    assert node_processes(BY_NAME["evaluate"], _params(tmp_path), {}) == 1  # no such knob
 
 
 def test_the_relaunch_command(tmp_path):

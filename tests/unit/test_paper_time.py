@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from mofi_core.calibrate import TIMES, stage_seconds, timed
-from mofi_core.paper import _time_line
+from studies.calibrate import TIMES, stage_seconds, timed
+from studies.paper import _time_line
 
 
 def test_timed_records_only_what_succeeded_and_keeps_earlier_entries(tmp_path):

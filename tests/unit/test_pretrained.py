@@ -9,7 +9,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from mofi_core.cli import app
-from mofi_core.config import ScoreConfig, TrainConfig
+from mofi_core.config.score import ScoreConfig
+from mofi_core.config.train import TrainConfig
 from mofi_core.models.artifact import LoadedModel
 from mofi_core.models.factory import arch_config, build_clip
 from mofi_core.models.pretrained import (
@@ -18,7 +19,7 @@ from mofi_core.models.pretrained import (
     load_into,
     read_checkpoint,
 )
-from mofi_core.train.recipes import build_recipe
+from mofi_core.train.losses import build_recipe
 
 ARCH = "mofi-tiny"
 
@@ -134,7 +135,7 @@ def test_score_loads_a_local_checkpoint_file(clip_and_files):
 def test_extra_models_join_the_comparison_by_name(tmp_path):
     from types import SimpleNamespace
 
-    from mofi_core.config import apply_overrides, parse_params
+    from mofi_core.config.load import apply_overrides, parse_params
     from mofi_core.evaluate.run import compared_models
     from mofi_core.io.layout import Layout
 

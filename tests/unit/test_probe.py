@@ -14,7 +14,7 @@ from mofi_core.evaluate.probe import (
     topk_accuracy,
     zero_shot,
 )
-from mofi_core.kb import KBEntity, KnowledgeBase
+from mofi_core.kb.store import KBEntity, KnowledgeBase
 from mofi_core.models.artifact import (
     LoadedModel,
     build_model,
@@ -348,7 +348,7 @@ def test_evaluate_loads_each_model_folder_once(tiny_world, clip_dir, classifier_
                                                monkeypatch):
     """Retrieval, linear probe and zero-shot share one load per model (they loaded the folder
     three times before)."""
-    from mofi_core.config import EvaluateConfig
+    from mofi_core.config.evaluate import EvaluateConfig
     from mofi_core.evaluate import run
 
     layout, _, _ = tiny_world

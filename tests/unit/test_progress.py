@@ -162,7 +162,7 @@ def test_the_train_loop_prints_step_loss_and_eta(truth_i2e, tmp_path, monkeypatc
 
 def test_the_module_sits_at_the_bottom_of_the_package():
     from tests.conftest import ROOT
-    from tests.imports import imported_names
+    from tools.dvc_yaml import imported_names
 
     names = imported_names(ROOT / "mofi_core" / "progress.py")
     assert [n for n in names if n == "mofi_core" or n.startswith("mofi_core.")] == []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mofi_core.readme import BEGIN, END, main, results_block, synced
 from tests.conftest import ROOT
+from tools.docs_results import BEGIN, END, main, results_block, synced
 
 
 def test_the_committed_readme_shows_the_committed_report():

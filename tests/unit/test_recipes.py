@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mofi_core.config import TrainConfig
-from mofi_core.kb import KBEntity, KnowledgeBase
+from mofi_core.config.train import TrainConfig
+from mofi_core.kb.store import KBEntity, KnowledgeBase
 from mofi_core.models.artifact import build_model, image_transform
 from mofi_core.models.factory import tokenizer_for
 from mofi_core.recipes import RECIPES, has_text_tower, recipe
 from mofi_core.train.data import EntityTexts, SampleMaker
-from mofi_core.train.recipes import ClipRecipe, MultitaskRecipe, SupervisedRecipe, build_recipe
+from mofi_core.train.losses import ClipRecipe, MultitaskRecipe, SupervisedRecipe, build_recipe
 from mofi_core.train.run import _model_meta
 
 CLASSES = ["Q1", "Q2"]

@@ -686,7 +686,7 @@ def _field_paths(model, prefix=""):
 
 def test_params_have_no_place_for_credentials():
     """Credentials come from the environment / AWS profiles only: no params key can hold one."""
-    from mofi_core.config import Params
+    from mofi_core.config.load import Params
 
     paths = list(_field_paths(Params))
     assert len(paths) > 50 and "train.steps" in paths  # the walk really sees the tree

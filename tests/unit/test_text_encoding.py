@@ -66,8 +66,8 @@ def test_training_on_the_cut_batch_gives_the_padded_batch_loss_and_gradients(rec
     """The train recipes cut the text batch after its longest end token: the loss and every
     gradient equal those of plain ``encode_text`` on the padded batch (the cut positions
     never reach the pooled output, so their parameters get exactly no gradient either way)."""
-    from mofi_core.config import TrainConfig
-    from mofi_core.train.recipes import build_recipe
+    from mofi_core.config.train import TrainConfig
+    from mofi_core.train.losses import build_recipe
 
     cfg = arch_config("mofi-tiny")
     tokens = tokenizer_for(cfg)(TEXTS[:12])  # longest: 13 tokens of the 32

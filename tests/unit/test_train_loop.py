@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mofi_core.config import TrainConfig
+from mofi_core.config.train import TrainConfig
 from mofi_core.train import checkpoint
 from mofi_core.train.distributed import DistEnv
 from mofi_core.train.loop import clip_grad_global, lr_at, param_groups, train_loop
-from mofi_core.train.recipes import Recipe
+from mofi_core.train.losses import Recipe
 
 ENV = DistEnv(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
 

@@ -15,8 +15,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from mofi_core.config import TrainConfig
-from mofi_core.kb import KBEntity, KnowledgeBase
+from mofi_core.config.train import TrainConfig
+from mofi_core.kb.store import KBEntity, KnowledgeBase
 from mofi_core.models.artifact import image_transform
 from mofi_core.models.factory import tokenizer_for
 from mofi_core.train import memory

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mofi_core.config import CorpusConfig
+from mofi_core.config.corpus import CorpusConfig
 from mofi_core.demo.world import WORLD_FILE, world_identity
 from mofi_core.io.layout import Layout
 from mofi_core.report import TruthMismatchError, demo_truth

@@ -2,8 +2,8 @@
 
 from datetime import UTC, datetime
 
-from mofi_core.validate import run_name
-from mofi_core.validate_docs import ResultRow, is_remote, make_offline
+from mofi_core.validate.data_docs import ResultRow, is_remote, make_offline
+from mofi_core.validate.suites import run_name
 from tests.html_scan import Page, remote_loads
 
 PAGE = """<!DOCTYPE html><html><head>

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from mofi_core.config import ValidateConfig
-from mofi_core.validate import (
+from mofi_core.config.validate import ValidateConfig
+from mofi_core.validate.suites import (
     I2EFrames,
     distribution,
     i2e_suites,
@@ -260,7 +260,7 @@ def _gate_inputs(tmp_path, label_scores=(0.5, 0.6, 0.7, 0.8, 0.9, 0.4),
     import pyarrow as pa
 
     from mofi_core.io import tables
-    from mofi_core.validate import Inputs
+    from mofi_core.validate.suites import Inputs
 
     i2e = tmp_path / "i2e"
     i2e.mkdir(parents=True)
@@ -298,7 +298,7 @@ def _gate_inputs(tmp_path, label_scores=(0.5, 0.6, 0.7, 0.8, 0.9, 0.4),
 def test_the_gate_over_files_counts_every_batch_and_passes(tmp_path):
     import json
 
-    from mofi_core.validate import validate
+    from mofi_core.validate.suites import validate
 
     inputs = _gate_inputs(tmp_path)
     report = tmp_path / "validate.json"
@@ -316,7 +316,7 @@ def test_the_gate_over_files_counts_every_batch_and_passes(tmp_path):
 
 
 def test_the_gate_stops_on_an_error_and_only_warns_on_a_warning(tmp_path, capsys):
-    from mofi_core.validate import ValidationFailed, validate
+    from mofi_core.validate.suites import ValidationFailed, validate
 
     # A holds 4 of 6 labels: over max_entity_share 0.6, a warning only
     summary = validate(_gate_inputs(tmp_path / "w", entities="AAAABB"),
@@ -341,7 +341,7 @@ def test_the_gate_stops_on_an_error_and_only_warns_on_a_warning(tmp_path, capsys
 
 @pytest.mark.parametrize("table", ["mentions", "scores", "labels"])
 def test_rows_of_images_the_manifest_does_not_hold_stop_the_gate(tmp_path, table):
-    from mofi_core.validate import ValidationFailed, validate
+    from mofi_core.validate.suites import ValidationFailed, validate
 
     batch = {"labels": "images"}.get(table, table)
     with pytest.raises(ValidationFailed) as err:
@@ -353,7 +353,7 @@ def test_rows_of_images_the_manifest_does_not_hold_stop_the_gate(tmp_path, table
 def test_the_gate_lists_every_failure_and_returns_its_numbers(tmp_path, monkeypatch):
     import os
 
-    from mofi_core.validate import ValidationFailed, validate
+    from mofi_core.validate.suites import ValidationFailed, validate
 
     monkeypatch.delenv("GX_ANALYTICS_ENABLED", raising=False)
     docs = tmp_path / "docs"

@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mofi_core.cli import app
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase
 from tests.wikidata_dump import entity as _entity
 from tests.wikidata_dump import write_dump as _write_dump
 

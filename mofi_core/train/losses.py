@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mofi_core.config import TrainConfig
+from mofi_core.config.train import TrainConfig
 from mofi_core.models.factory import build_clip, cuts_after_end_token, encode_text_cut
 from mofi_core.models.heads import make_head as full_head
-from mofi_core.train import heads as H
+from mofi_core.train import sharded_head as H
 
 MAX_LOGIT_SCALE = 4.6052  # ln(100): CLIP's cap on the learnable temperature
 

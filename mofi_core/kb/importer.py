@@ -5,7 +5,7 @@
 - ``demo``: the demo world's KB, written by the ``corpus`` stage (``data/corpus/kb.parquet``);
 - ``parquet``: your file (parquet with the columns of ``tables.KB``, or the same rows as JSON
   Lines);
-- ``wikidata``: a Wikidata JSON dump, streamed through :mod:`mofi_core.wikidata` (bz2/gz read
+- ``wikidata``: a Wikidata JSON dump, streamed through :mod:`mofi_core.kb.wikidata` (bz2/gz read
   as they come, memory flat).
 
 The schema is checked here, once, with errors naming the file, the column and the problem;
@@ -21,10 +21,10 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from mofi_core.config import KBConfig
+from mofi_core.config.kb import KBConfig
 from mofi_core.context import StageContext
 from mofi_core.io import tables
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase
 
 TYPES_SHOWN = 8  # entity types listed in the metrics (the most common)
 
@@ -44,7 +44,7 @@ def check(cfg: KBConfig, ctx: StageContext) -> None:
 
 
 def _wikidata(src: Path, out: Path, cfg: KBConfig) -> dict:
-    from mofi_core.wikidata import import_wikidata
+    from mofi_core.kb.wikidata import import_wikidata
 
     stats = import_wikidata(src, out, dict(cfg.type_map) or None, cfg.language,
                             cfg.min_sitelinks)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-EQUIVALENT = Path("tests/mutation/equivalent.yaml")
-SCOPE = Path("tests/mutation/scope.yaml")
+EQUIVALENT = Path("tools/mutation/equivalent.yaml")
+SCOPE = Path("tools/mutation/scope.yaml")
 GOAL = 0.90
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 NOT_KILLED = {"survived", "no tests", "suspicious"}

@@ -15,7 +15,7 @@ For every seed ``s`` (``--seeds``, at least 3 for a result) a scratch project
 
 Then per model and metric mean ± sample std over the seeds, and per claim of
 :mod:`mofi_core.claims` how many seeds agree. ``reports/paper.{md,json}`` hold it; the README's
-paper block is generated from ``reports/paper.md`` (``python -m mofi_core.readme``).
+paper block is generated from ``reports/paper.md`` (``python -m tools.docs_results``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mofi_core.calibrate import STAGES as WORLD_STAGES
-from mofi_core.calibrate import choose, run_stages, stage_seconds, sweep, timed
 from mofi_core.claims import CLAIMS, model_rows
-from mofi_core.config import load_params
+from mofi_core.config.load import load_params
 from mofi_core.io.atomic import write_json
 from mofi_core.recipes import (
     COMPUTE_CONTROL_MODEL,
@@ -40,6 +38,8 @@ from mofi_core.recipes import (
     NAME_ONLY_MODEL,
     model_label,
 )
+from studies.calibrate import STAGES as WORLD_STAGES
+from studies.calibrate import choose, run_stages, stage_seconds, sweep, timed
 
 METRICS = ("gpr_map", "gpr_map_seen", "gpr_map_unseen", "recall_at_1", "zero_shot_top1",
            "probe_top1")
@@ -222,7 +222,7 @@ def run_paper(params_file: Path, seeds: list[int], work: Path, out: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mofi_core.cli import _parse_sets
+    from mofi_core.config.load import parse_assignments
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-S", "--set", dest="sets", action="append", default=[],
                     help="override a param for every seed, e.g. -S train.steps=300")
     args = ap.parse_args(argv)
-    study = run_paper(args.params, args.seeds, args.work, args.out, _parse_sets(args.sets),
+    study = run_paper(args.params, args.seeds, args.work, args.out, parse_assignments(args.sets),
                       args.target_precision)
     print(paper_markdown(study))
     print(f"wrote {args.out.with_suffix('.md')} and .json in {study['seconds']:.0f} s")

@@ -1,7 +1,18 @@
-"""The project's import graph, read from the source (AST), for the dvc.yaml and layering tests.
+"""``dvc.yaml`` rendered from the stage table, with each stage's code deps read from the source.
 
-Every ``import`` counts, also those inside functions: a stage that imports a module lazily still
-runs its code. ``python -m tests.imports STAGE`` prints the code deps ``dvc.yaml`` should list.
+A stage's code deps are the ``mofi_core`` files its entry (and check) import, transitively, as
+read from the source (AST): every ``import`` counts, also those inside functions (a stage that
+imports a module lazily still runs its code), but not those under ``if TYPE_CHECKING:``. To them
+the schema module of the stage's params section is added (:mod:`mofi_core.config`), since its
+defaults and checks decide what the stage gets.
+
+Left out, and not followed: the modules in :data:`ORCHESTRATION`, which run around a stage or
+watch it but cannot change what it computes. A wording change there re-runs no stage; the tests
+that hold each of them to that are named beside it.
+
+    python -m tools.dvc_yaml [STAGE ...]   print the entries (all stages by default)
+    python -m tools.dvc_yaml --check       exit 1 when dvc.yaml differs from the rendering
+    python -m tools.dvc_yaml --write       rewrite dvc.yaml
 """
 
 from __future__ import annotations
@@ -13,7 +24,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "mofi_core"
-RUNNER = "mofi_core.stage"  # runs around every stage's entry (mofi_core/stage.py)
+# module -> why it cannot change a stage's result (and the test that holds it to that)
+ORCHESTRATION = {
+    "mofi_core.runner": "calls the entry, records metrics, restores outputs on failure "
+                        "(tests/e2e/test_caching.py: a wording change re-runs nothing)",
+    "mofi_core.launch": "how many processes start (the outputs of n processes: "
+                        "tests/system/test_torchrun.py)",
+    "mofi_core.context": "a frozen record of what the runner hands over",
+    "mofi_core.config.load": "reads, merges and refuses; adds nothing to a section's schema "
+                             "(tests/unit/test_config.py)",
+    "mofi_core.stages": "the table itself: its paths are dvc.yaml's, which DVC tracks",
+    "mofi_core.tracking": "logs to MLflow only (tests/integration/test_stages.py: the same "
+                          "outputs with tracking on and off)",
+    "mofi_core.progress": "prints progress lines",
+    "mofi_core.parallel": "runs shard jobs and skips finished ones (tests/unit/test_parallel.py: "
+                          "the same outputs for any number of workers and after a resume)",
+    "mofi_core.io.storage": "copies inputs and outputs to and from S3, each file checked by "
+                            "hash (tests/integration/test_storage.py)",
+}
 
 
 def module_file(name: str) -> Path | None:
@@ -42,7 +70,7 @@ def imported_names(path: Path) -> set[str]:
     out: set[str] = set()
     package = module_name(path) if path.name == "__init__.py" else \
         module_name(path).rpartition(".")[0]
-    for node in ast.walk(_tree(path)):
+    for node in _runtime_nodes(_tree(path)):
         if isinstance(node, ast.Import):
             out.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -53,6 +81,24 @@ def imported_names(path: Path) -> set[str]:
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
                 out.add(sub if module_file(sub) is not None else base)
+    return out
+
+
+def _type_checking_only(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING",
+                                                                   "typing.TYPE_CHECKING")
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` (never run)."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        if _type_checking_only(node):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
     return out
 
 
@@ -83,14 +129,15 @@ def _counts(path: Path) -> bool:
                for n in body)
 
 
-def closure(*modules: str) -> set[Path]:
+def closure(*modules: str, skip: tuple[str, ...] = ()) -> set[Path]:
     """Files (and package data folders) of ``mofi_core`` that importing ``modules`` runs or
-    reads: the modules, everything they import transitively, their packages' ``__init__``."""
+    reads: the modules, everything they import transitively, their packages' ``__init__``;
+    the modules of ``skip`` are neither listed nor followed."""
     seen: set[Path] = set()
     todo = [m for m in modules]
     while todo:
         name = todo.pop()
-        if not (name == PACKAGE or name.startswith(PACKAGE + ".")):
+        if not (name == PACKAGE or name.startswith(PACKAGE + ".")) or name in skip:
             continue
         parts = name.split(".")
         for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__
@@ -112,10 +159,10 @@ def _files_under(folder: Path) -> list[Path]:
             and (p.suffix != ".py" or _counts(p))]
 
 
-def code_deps(*modules: str) -> list[str]:
+def code_deps(*modules: str, skip: tuple[str, ...] = ()) -> list[str]:
     """The fewest paths that cover the closure exactly: a folder whose every file is in the
     closure is listed as the folder."""
-    files = closure(*modules)
+    files = closure(*modules, skip=skip)
 
     def covered(p: Path) -> bool:
         return p in files or any(d in files for d in p.parents)
@@ -132,10 +179,25 @@ def code_deps(*modules: str) -> list[str]:
     return sorted(p.relative_to(ROOT).as_posix() for p in chosen)
 
 
-def stage_code_deps(*refs: str) -> list[str]:
-    """What a stage's ``dvc.yaml`` entry must list: the closure of its entry's (and check's)
-    modules and the runner's."""
-    return code_deps(*(r.partition(":")[0] for r in refs if r), RUNNER)
+def section_modules(spec) -> tuple[str, ...]:
+    """The schema modules of the params the stage reads (its section, ``also_params``)."""
+    from mofi_core.config.load import section_classes
+
+    classes = section_classes()
+    names = (spec.section, *(p.partition(".")[0] for p in spec.also_params))
+    return tuple(dict.fromkeys(classes[n].__module__ for n in names))
+
+
+def stage_modules(spec) -> tuple[str, ...]:
+    """The modules a stage runs: its entry's and check's, and its params' schema modules."""
+    return (*(r.partition(":")[0] for r in (spec.entry, spec.check) if r),
+            *section_modules(spec))
+
+
+def stage_code_deps(spec) -> list[str]:
+    """What a stage's ``dvc.yaml`` entry lists as code: the closure of its modules, without
+    the orchestration modules."""
+    return code_deps(*stage_modules(spec), skip=tuple(ORCHESTRATION))
 
 
 def dvc_entry(spec) -> dict:
@@ -148,7 +210,7 @@ def dvc_entry(spec) -> dict:
 
     entry: dict = {"cmd": f"mofi {spec.name}" + (" {item}" if spec.foreach else ""),
                    "deps": [*(f"${{{k}}}" for k in spec.param_inputs), *spec.inputs,
-                            *stage_code_deps(spec.entry, spec.check)],
+                            *stage_code_deps(spec)],
                    "params": [spec.section, *spec.also_params]}
     if spec.outs:
         entry["outs"] = [out(o) for o in spec.outs]
@@ -169,10 +231,11 @@ def dvc_entry(spec) -> dict:
 
 HEADER = """\
 # The pipeline's stages for DVC. Every stage is `mofi <stage>`; run all with `dvc repro` (or
-# `mofi run`). This file repeats the stage table (mofi_core/stages.py: inputs, outputs, params
-# section) and lists as code deps exactly the mofi_core files each stage runs (its entry's
-# imports plus the runner's, computed from the source). tests/unit/test_dvc_yaml.py fails when
-# either drifts; `python -m tests.imports --write` rewrites this file from them.
+# `mofi run`). Generated from the stage table (mofi_core/stages.py: inputs, outputs, params
+# section) by `python -m tools.dvc_yaml --write`; code deps are the mofi_core files each stage
+# runs (its entry's imports and its params schema, read from the source), without the modules
+# that only run around a stage (the runner, the params loader, tracking: tools/dvc_yaml.py says
+# which and why), so a wording change there re-runs nothing. `--check` fails on any drift.
 # Params: each stage tracks its own section; the `runtime`, `executor` and `storage` sections
 # only say how and where stages run, so no stage tracks them and changing them re-runs nothing.
 # persist: true outputs keep finished shards across re-runs (skipped via .mofi/state).
@@ -191,12 +254,23 @@ def render_dvc_yaml(specs) -> str:
     return HEADER + "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> int:
     from mofi_core.stages import BY_NAME, STAGES
 
-    args = [a for a in sys.argv[1:] if a != "--write"]
-    if "--write" in sys.argv[1:]:
-        (ROOT / "dvc.yaml").write_text(render_dvc_yaml(STAGES), encoding="utf-8")
-        print(f"wrote {ROOT / 'dvc.yaml'}")
+    target = ROOT / "dvc.yaml"
+    names = [a for a in argv if not a.startswith("--")]
+    if "--write" in argv:
+        target.write_text(render_dvc_yaml(STAGES), encoding="utf-8")
+        print(f"wrote {target}")
+    elif "--check" in argv:
+        if target.read_text(encoding="utf-8") != render_dvc_yaml(STAGES):
+            print(f"{target} differs from the stage table and the code: python -m "
+                  "tools.dvc_yaml --write (then dvc status shows what re-runs)", file=sys.stderr)
+            return 1
     else:
-        print(render_dvc_yaml([BY_NAME[n] for n in args] or STAGES), end="")
+        print(render_dvc_yaml([BY_NAME[n] for n in names] or STAGES), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,6 +1,6 @@
 """The README's results blocks are generated from runs' outputs, never typed by hand.
 
-``python -m mofi_core.readme`` (``make demo`` and ``make paper`` run it last) copies the body of
+``python -m tools.docs_results`` (``make demo`` and ``make paper`` run it last) copies the body of
 ``reports/quality.md`` (the report stage's output for the committed demo run) between the
 ``<!-- results:begin ... -->`` and ``<!-- results:end -->`` markers of ``README.md``, and that of
 ``reports/paper.md`` (``make paper``'s output) between the ``paper`` markers and that of
@@ -15,12 +15,12 @@ import argparse
 import sys
 from pathlib import Path
 
-BEGIN = "<!-- results:begin (generated from reports/quality.md by python -m mofi_core.readme) -->"
+BEGIN = "<!-- results:begin (generated from reports/quality.md by python -m tools.docs_results) -->"
 END = "<!-- results:end -->"
-PAPER_BEGIN = "<!-- paper:begin (generated from reports/paper.md by python -m mofi_core.readme) -->"
+PAPER_BEGIN = "<!-- paper:begin (generated from reports/paper.md by python -m tools.docs_results) -->"
 PAPER_END = "<!-- paper:end -->"
 MUTATION_BEGIN = ("<!-- mutation:begin (generated from reports/mutation.md by python -m "
-                  "mofi_core.readme) -->")
+                  "tools.docs_results) -->")
 MUTATION_END = "<!-- mutation:end -->"
 BLOCKS = (("quality.md", BEGIN, END), ("paper.md", PAPER_BEGIN, PAPER_END),
           ("mutation.md", MUTATION_BEGIN, MUTATION_END))
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if new != text:
             print(f"{readme}: a results block differs from {', '.join(sources)}; run python -m "
-                  "mofi_core.readme", file=sys.stderr)
+                  "tools.docs_results", file=sys.stderr)
             return 1
         return 0
     if new != text:

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mofi_core.config import BuildConfig, Params, load_params
+from mofi_core.config.build import BuildConfig
+from mofi_core.config.load import Params, load_params
 from mofi_core.io import tables
 from mofi_core.io.atomic import write_json
 
@@ -121,7 +122,7 @@ def run_stages(params_file: Path, overrides: dict[str, Any], work: Path,
     """Run ``stages`` (DVC addresses, e.g. ``train@multitask``) with ``params_file`` +
     ``overrides`` in the scratch project ``work``. A stage whose metrics file is there is
     skipped; a folder made with other params for these stages is refused, never mixed."""
-    from mofi_core.stage import execute
+    from mofi_core.runner import execute
     from mofi_core.stages import get
 
     params = load_params(params_file, overrides)

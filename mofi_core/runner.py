@@ -24,20 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from mofi_core import tracking
-from mofi_core.config import Params, ParamsError, Section, load_params
+from mofi_core.config.load import Params, load_params
+from mofi_core.config.section import ParamsError, Section
 from mofi_core.context import StageContext
 from mofi_core.io.atomic import sweep_stale_temps, write_json
 from mofi_core.io.layout import Layout
 from mofi_core.io.storage import StageStorage, storage_root
+from mofi_core.launch import distributed_launch
 from mofi_core.parallel import use_executor
 from mofi_core.stages import StageSpec, StageVerdict, producer_of
 
 StageFn = Callable[[Section, StageContext], dict[str, Any]]
-
-
-def distributed_launch() -> bool:
-    """True inside a torchrun launch of more than one process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def check_inputs(spec: StageSpec, root: Path, storage_url: str = "") -> None:
@@ -161,7 +158,8 @@ def execute(spec: StageSpec, params_file: Path, root: Path, fn: StageFn | None =
         if stale:
             print(f"{name}: removed {len(stale)} temporary file(s) left by a killed run")
     root_url = storage_root(params.storage.root)
-    store = StageStorage.open(root_url, layout.root, name, spec.streamed) if root_url else None
+    store = (StageStorage.open(root_url, layout.root, name, params.value, spec.streamed)
+             if root_url else None)
     tags = {"mofi.stage": spec.name, **({f"mofi.{spec.item_key}": spec.item} if spec.item
                                          else {})}
     with tracking.run(name, layout.root, tags=tags) as tracker:

@@ -1,8 +1,8 @@
-"""``python -m tests.mutation``: run mutmut afresh, then score it per module.
+"""``python -m tools.mutation``: run mutmut afresh, then score it per module.
 
 Writes ``reports/mutation.json`` (every module's counts and every mutant no test kills, with
 what it changes) and ``reports/mutation.md`` (the table the README shows; ``python -m
-mofi_core.readme`` copies it there). Exits 1 when a module is under the goal or an entry of the
+tools.docs_results`` copies it there). Exits 1 when a module is under the goal or an entry of the
 equivalent list is stale, after writing both. ``--score-only`` scores the last run again (after
 editing the equivalent list) without re-running mutmut; ``--continue [--only MODULE ...]`` runs
 the mutants the last run did not reach or did not kill (after new tests) and adds that run to
@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from importlib.metadata import version
 from pathlib import Path
 
-from tests.mutation.score import (
+from tools.mutation.score import (
     EQUIVALENT,
     GOAL,
     KILLED,

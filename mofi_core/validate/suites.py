@@ -16,7 +16,8 @@ the Data Docs HTML are written, so the evidence is there to read when the pipeli
 Every batch of one gate is validated under one GX run: its name is ``$MOFI_RUN_NAME`` (the
 Prefect flow run's or the DVC experiment's name) or else ``validate-<UTC time>``; Data Docs show
 it. ``reports/validate.json`` does not record it, so that it stays byte-identical across re-runs
-of the same data. The Data Docs are rewritten to read offline (see :mod:`mofi_core.validate_docs`).
+of the same data. The Data Docs are rewritten to read offline
+(:mod:`mofi_core.validate.data_docs`).
 """
 
 from __future__ import annotations
@@ -34,12 +35,12 @@ from urllib.request import url2pathname
 
 import pandas as pd
 
-from mofi_core.config import ValidateConfig
-from mofi_core.gate import i2e_identity
+from mofi_core.config.validate import ValidateConfig
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir, write_json
-from mofi_core.kb import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase
 from mofi_core.stages import StageVerdict
+from mofi_core.validate.gate import i2e_identity
 
 if TYPE_CHECKING:
     from mofi_core.context import StageContext
@@ -266,7 +267,7 @@ def run_suites(batches: dict[str, tuple[pd.DataFrame, list]], docs_dir: Path | N
                             "observed": _jsonable(r.result.get("observed_value")),
                             "exception": exception})
     if docs_dir is not None:
-        from mofi_core.validate_docs import make_offline
+        from mofi_core.validate.data_docs import make_offline
 
         context.build_data_docs(site_names=[DOCS_SITE])
         make_offline(docs_dir, _docs_rows(context, docs_dir, list(batches), results, run_id))
@@ -279,7 +280,7 @@ def _docs_rows(context, docs_dir: Path, names: list[str], results: list[dict], r
         ExpectationSuiteIdentifier,
     )
 
-    from mofi_core.validate_docs import ResultRow
+    from mofi_core.validate.data_docs import ResultRow
 
     root = docs_dir.resolve()
 
