@@ -77,11 +77,13 @@ def make_world(root: Path, samples: int, recipe: str) -> Path:
     return lay.root
 
 
-def stage_command(project: Path, recipe: str, steps: int, threads: int) -> list[str]:
+def stage_command(project: Path, recipe: str, steps: int, threads: int,
+                  in_memory: str = "auto") -> list[str]:
     import yaml
 
     section = "baseline" if recipe == "clip" else "train"
     params = {"steps": steps} if recipe == "clip" else {"recipes": [recipe], "steps": steps}
+    params["data_in_memory"] = {"auto": "auto", "true": True, "false": False}[in_memory]
     raw = {section: params, "runtime": {section: {"threads": threads}}}
     (project / "params.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     mofi = Path(sys.executable).with_name("mofi")
@@ -155,6 +157,9 @@ def main() -> None:
         "torch threads of both (runtime.<stage>.threads); 0 = the cores, as the stage runs by "
         "default. 1 sidesteps a shared host's worst noise: a team of threads waits for any "
         "member another process has descheduled"))
+    ap.add_argument("--data-in-memory", choices=["auto", "true", "false"], default="auto",
+                    help="the stage's train.data_in_memory: false streams the shards through "
+                         "the DataLoader, true/auto (on the demo world) decode them once")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
 
@@ -167,7 +172,8 @@ def main() -> None:
             classes = len(vocab["classes"])
         print(f"world: {args.samples} images, {classes} classes, "
               f"{time.perf_counter() - t0:.0f} s to make", flush=True)
-        cmd = stage_command(project, args.recipe, args.steps, args.threads)
+        cmd = stage_command(project, args.recipe, args.steps, args.threads,
+                            args.data_in_memory)
         if args.batch_size != 64:
             raise SystemExit("--batch-size: the stage runs with params.yaml's 64")
         bare = bare_loop(args.recipe, args.steps, args.batch_size, classes, args.threads)
@@ -178,7 +184,8 @@ def main() -> None:
     b, w = statistics.median(bares), statistics.median(walls)
     budget = SLACK * b + STARTUP_S
     print(f"recipe {args.recipe}, {args.steps} steps of {args.batch_size}, mofi-tiny, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+          f"{torch.get_num_threads()} threads, median of {args.repeats}, data_in_memory "
+          f"{args.data_in_memory}")
     print(f"bare fwd/bwd/step:    {b:7.1f} s")
     print(f"stage wall:           {w:7.1f} s  (plain ratio wall/bare {w / b:.2f})")
     print(f"budget 1.25 x bare + 10 s = {budget:.1f} s -> wall/budget {w / budget:.2f} "
@@ -188,6 +195,7 @@ def main() -> None:
         args.repeats, "1.25 x bare fwd/bwd/step + 10 s start-up", recipe=args.recipe,
         steps=args.steps, batch_size=args.batch_size, samples=args.samples, bare_s=b,
         stage_wall_s=w, budget_s=budget, wall_over_budget=w / budget, plain_ratio=w / b,
+        data_in_memory=args.data_in_memory,
         bare_runs_s=bares, stage_runs_s=walls, tracking=not args.no_tracking,
         threads=torch.get_num_threads()))
 

@@ -5,7 +5,7 @@
 A demo world is generated, then ingest, ner, score, build and evaluate run in this process one
 after the other with one worker each (cProfile sees only its own process), each profiled on its
 own. For every stage ``<out>/<stage>.txt`` lists the functions by own time and by cumulative
-time, and ``<out>/summary.json`` the top entries, which README's performance notes cite.
+time, and ``<out>/summary.json`` the top entries, which benchmarks/README.md cites.
 """
 
 from __future__ import annotations

@@ -400,7 +400,7 @@ def _print_summary(summary: dict, root: Path) -> None:
         typer.echo("\n" + summary["report"])
     typer.echo(f"\nMLflow UI: mofi ui --root {root}   (or plain `mlflow ui` there; then open "
                "http://127.0.0.1:5000)\ncompare runs: dvc exp show, dvc metrics diff, "
-               "dvc plots diff (README \"Review a run\")")
+               "dvc plots diff (docs/review.md)")
 
 
 @app.command("remote-s3")

@@ -287,14 +287,14 @@ def threshold_choice(rule: dict, report_seed: int) -> dict:
 def _choice_line(choice: dict) -> str:
     t, seed, here = choice["threshold"], choice["calibration_seed"], choice["report_seed"]
     if choice["kind"] == "held out":
-        return (f"Threshold {t}: chosen by `mofi calibrate` on world seed {seed}; the numbers "
+        return (f"Threshold {t}: chosen by `make calibrate` on world seed {seed}; the numbers "
                 f"above are on world seed {here}, which did not choose it (**held out**).")
     if choice["kind"] == "in-sample":
         return (f"Threshold {t}: chosen on this world's own truth (seed {here}): the label "
-                "numbers above are **in-sample**, not a result; run `mofi calibrate --seed "
-                "<another> --write`.")
-    return (f"Threshold {t}: set by hand (build.calibration_seed is null); run `mofi calibrate "
-            "--seed <another seed> --write` to choose it on a held-out world.")
+                "numbers above are **in-sample**, not a result; run `make calibrate "
+                "SEED=<another>`.")
+    return (f"Threshold {t}: set by hand (build.calibration_seed is null); run `make calibrate "
+            "SEED=<another seed>` to choose it on a held-out world.")
 
 
 def decontam_quality(dropped: pa.Table, metrics: dict, truth_dir: Path | None) -> dict:

@@ -2,12 +2,12 @@
 
 The CLI makes one ``mofi <stage>`` command per row, the runner (:mod:`mofi_core.runner`) loads the
 row's entry function and its params section, and the config loader takes its section names from
-here. ``dvc.yaml`` repeats what DVC must know (command, data inputs, outputs, params); a unit
-test (``tests/unit/test_dvc_yaml.py``) holds it equal to this table and checks that each stage's
-code deps cover the modules its entry really imports.
+here. ``dvc.yaml`` is rendered from it (``python -m tools.dvc_yaml --write``: command, data
+inputs, outputs, params, and as code deps the modules each stage really runs); ``make lint``
+and ``tests/unit/test_dvc_yaml.py`` fail when the two drift.
 
 Adding a stage: write its entry ``run(cfg, ctx) -> metrics`` in one module, add a row here and a
-params section in :mod:`mofi_core.config`, then the ``dvc.yaml`` entry the test prints.
+params module in :mod:`mofi_core.config`, then ``python -m tools.dvc_yaml --write``.
 
 This module imports nothing from the project, so every layer may read it.
 """

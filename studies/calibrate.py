@@ -2,7 +2,7 @@
 
 ``build.threshold`` decides which (image, entity) candidates become labels. Picking it against
 the demo world's ground truth and then reporting label precision on that same truth would be an
-in-sample number. ``mofi calibrate --seed S`` instead:
+in-sample number. ``make calibrate SEED=S`` (``python -m studies.calibrate --seed S``) instead:
 
 1. runs the curation stages up to ``score`` (corpus, kb, ingest, ner, baseline, score) on a
    *calibration world*: the same params with ``corpus.seed: S``, in a scratch folder
@@ -21,9 +21,7 @@ A corpus without ground truth cannot be calibrated this way (a label-free rule i
 
 from __future__ import annotations
 
-import json
-import time
-from contextlib import contextmanager
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from mofi_core.config.build import BuildConfig
 from mofi_core.config.load import Params, load_params
 from mofi_core.io import tables
 from mofi_core.io.atomic import write_json
+from studies.worlds import run_stages
 
 STAGES = ("corpus", "kb", "ingest", "decontam", "ner", "baseline", "score")
 THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.10, 0.801, 0.01), 2))
@@ -117,55 +116,6 @@ def calibration_params(params_file: Path, seed: int, overrides: dict[str, Any] |
     return load_params(params_file, {**(overrides or {}), "corpus.seed": seed})
 
 
-def run_stages(params_file: Path, overrides: dict[str, Any], work: Path,
-               stages: tuple[str, ...], label: str) -> None:
-    """Run ``stages`` (DVC addresses, e.g. ``train@multitask``) with ``params_file`` +
-    ``overrides`` in the scratch project ``work``. A stage whose metrics file is there is
-    skipped; a folder made with other params for these stages is refused, never mixed."""
-    from mofi_core.runner import execute
-    from mofi_core.stages import get
-
-    params = load_params(params_file, overrides)
-    work.mkdir(parents=True, exist_ok=True)
-    stamp = work / f"{label}-params.json"
-    # every result-deciding param of the stages run: another value is another world
-    wanted = {name: params.section(get(name).section).result_key() for name in stages}
-    if stamp.is_file():
-        held = json.loads(stamp.read_text(encoding="utf-8"))
-        if any(held.get(k, v) != v for k, v in wanted.items()):
-            raise CalibrationError(f"{work} holds results made with other params ({stamp}); "
-                                   "delete that folder or pass another --work")
-        wanted = {**held, **wanted}
-    write_json(stamp, wanted)
-    for name in stages:
-        spec = get(name)
-        if (work / spec.metrics).is_file():
-            print(f"{label}: {name} already done in {work}")
-            continue
-        print(f"{label}: {name} ({work.name})")
-        with timed(work, name):
-            execute(spec, Path(params_file), work, overrides=overrides)
-
-
-TIMES = "stage-seconds.json"
-
-
-@contextmanager
-def timed(work: Path, name: str):
-    """Add the wall time of the ``with`` body to ``work/stage-seconds.json`` under ``name``
-    when it succeeds: a study resumed over several invocations still sums the time its work
-    took, and a pause between invocations counts nowhere."""
-    start = time.perf_counter()
-    yield
-    write_json(work / TIMES, {**stage_seconds(work), name: time.perf_counter() - start})
-
-
-def stage_seconds(work: Path) -> dict[str, float]:
-    """What :func:`timed` recorded in ``work`` (empty when nothing ran there yet)."""
-    record = work / TIMES
-    return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
-
-
 def run_world(params_file: Path, seed: int, work: Path,
               overrides: dict[str, Any] | None = None) -> None:
     """Run :data:`STAGES` for the calibration world (``corpus.seed`` = ``seed``) in ``work``."""
@@ -222,7 +172,51 @@ def write_choice(params_file: Path, threshold: float, seed: int) -> None:
     else:  # right after the threshold, where a reader looks for it
         keys = list(build.keys())
         build.insert(keys.index("threshold") + 1, "calibration_seed", int(seed),
-                     comment="corpus.seed of the world that chose it (mofi calibrate)")
+                     comment="corpus.seed of the world that chose it (make calibrate)")
     with path.open("w", encoding="utf-8") as f:
         rt.dump(data, f)
     load_params(path)  # what was written must still be valid
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from mofi_core.config.load import parse_assignments
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seed", type=int, required=True, help=(
+        "corpus.seed of the calibration world (must differ from the one the project reports on)"))
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"),
+                    help="the project's params file")
+    ap.add_argument("--target-precision", type=float, default=0.95,
+                    help="label precision the threshold must reach there")
+    ap.add_argument("--work", type=Path, default=None, help=(
+        "scratch folder for the calibration world (default .mofi/calibrate/seed<S>)"))
+    ap.add_argument("--write", action="store_true", help=(
+        "put the chosen build.threshold and build.calibration_seed into params.yaml"))
+    ap.add_argument("--set", "-S", dest="sets", action="append", default=[],
+                    help="override a param for the calibration world, e.g. -S train.steps=50")
+    args = ap.parse_args(argv)
+    if not 0 <= args.target_precision <= 1:
+        ap.error("--target-precision must be in [0, 1]")
+    root = args.params.resolve().parent
+    work = args.work or root / ".mofi" / "calibrate" / f"seed{args.seed}"
+    try:
+        record = calibrate(args.params, args.seed, work, args.target_precision,
+                           parse_assignments(args.sets))
+        write_report(record, root / "reports" / "calibration")
+        chosen = record["chosen"]
+        if args.write:
+            write_choice(args.params, chosen["threshold"], args.seed)
+    except Exception as err:  # one line, as the mofi commands print theirs
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    print(f"calibrate: threshold {chosen['threshold']:.2f} (precision {chosen['precision']:.3f}, "
+          f"filter recall {chosen['filter_recall']:.3f} on world seed {args.seed}); "
+          + (f"written to {args.params}" if args.write
+             else "params.yaml unchanged (pass --write to set it)"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

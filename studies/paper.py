@@ -6,7 +6,7 @@ For every seed ``s`` (``--seeds``, at least 3 for a result) a scratch project
 
 1. the world and its scorer: corpus, ingest, decontam, ner, baseline, score;
 2. the filter threshold, chosen on the **next seed's world** (its truth, its scorer) exactly as
-   ``mofi calibrate`` does: no seed's label numbers come from a threshold its own truth chose;
+   ``make calibrate`` does: no seed's label numbers come from a threshold its own truth chose;
 3. build, validate and every ``train.recipes`` candidate as its ``train@<recipe>`` stage;
 4. two models only this study trains: contrastive on entity **names only** (the description
    ablation) and the control CLIP trained for ``baseline.steps + train.steps`` (the MOFI line's
@@ -14,8 +14,9 @@ For every seed ``s`` (``--seeds``, at least 3 for a result) a scratch project
 5. evaluate all of them on the seed's benchmark, and label quality against the seed's truth.
 
 Then per model and metric mean ± sample std over the seeds, and per claim of
-:mod:`mofi_core.claims` how many seeds agree. ``reports/paper.{md,json}`` hold it; the README's
-paper block is generated from ``reports/paper.md`` (``python -m tools.docs_results``).
+:mod:`mofi_core.claims` how many seeds agree. ``reports/paper.{md,json}`` hold it;
+docs/results.md and the README's headline are generated from ``reports/paper.md``
+(``python -m tools.docs_results``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from mofi_core.recipes import (
     model_label,
 )
 from studies.calibrate import STAGES as WORLD_STAGES
-from studies.calibrate import choose, run_stages, stage_seconds, sweep, timed
+from studies.calibrate import choose, sweep
+from studies.worlds import run_stages, stage_seconds, timed
 
 METRICS = ("gpr_map", "gpr_map_seen", "gpr_map_unseen", "recall_at_1", "zero_shot_top1",
            "probe_top1")

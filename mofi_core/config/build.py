@@ -17,9 +17,9 @@ class BuildConfig(Section):
             "which filters apply (all must pass); fdr = a threshold chosen without ground "
             "truth, the lowest whose estimated false-discovery rate is <= target_fdr"))
     threshold: float = Field(0.63, ge=-1, le=1, description=(
-        "min cosine(image, entity text); 0.63 = mofi calibrate --seed 1 on the demo world"))
+        "min cosine(image, entity text); 0.63 = make calibrate SEED=1 on the demo world"))
     calibration_seed: int | None = Field(1, description=(
-        "corpus.seed of the world whose truth chose the threshold (mofi calibrate writes it); "
+        "corpus.seed of the world whose truth chose the threshold (make calibrate writes it); "
         "null = set by hand. The report says whether its label numbers are held out"))
     publish: str = Field("", description=(
         "s3://bucket/prefix: also copy the I2E dataset there (vocab.json last), for training "

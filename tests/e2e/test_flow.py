@@ -12,8 +12,6 @@ import yaml
 
 from flows.pipeline import stage_order
 
-pytestmark = pytest.mark.e2e
-
 
 def _declared_outputs(root):
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
@@ -66,19 +64,6 @@ def test_first_run_runs_every_stage_and_writes_every_output(project, first_run):
                 if ln.startswith("registered mofi-encoder: "))
     assert "supervised v1" in line and "multitask v2" in line and "best this run: " in line
     assert "mofi ui" in first_run.stdout
-
-
-def test_stages_run_in_the_warm_server_once_it_is_ready(project, first_run):
-    """The flow's warm server (mofi_core.warm) runs the stage commands: at most the first few
-    stages, started while it was still importing, run cold, and each says so."""
-    log = first_run.stdout + first_run.stderr
-    assert "warm start on" in log
-    cold = {s for s in stage_order(project.root / "dvc.yaml")
-            if any(f"Task run '{s}' - mofi: " in ln and "starting cold" in ln
-                   for ln in log.splitlines())}
-    assert "corpus" not in cold or "the warm server is not ready yet" in log
-    assert not cold & {"train@multitask", "evaluate", "report", "register"}, cold
-    assert "warm server failed" not in log
 
 
 def test_override_is_in_dvc_lock_a_dvc_experiment_and_mlflow_not_in_params(project,
@@ -142,49 +127,17 @@ def test_registered_champion_loads_and_embeds_to_unit_vectors(project, first_run
     assert any(k.startswith("dvc.build.") for k in version.tags)
 
 
-@pytest.mark.pipeline  # minutes of re-runs: make test-pipeline
-def test_a_plain_run_reruns_only_what_an_override_changed_then_nothing(project, first_run):
-    """After a run with overrides, dvc.lock describes it while params.yaml is the checkout's:
-    the next plain run re-runs the stages the override changed, with the checkout's params
-    (unless a run since has done so already), and the one after it skips every stage."""
-    stale = json.loads(project.run("dvc", "status", "--json").stdout or "{}")
-    assert set(stale) <= TRAINS
-    order = stage_order(project.root / "dvc.yaml")
-    first = _statuses(project.run("mofi", "run").stdout)
-    assert {s for s, status in first.items() if status == "ran"} == (
-        AFTER_TRAIN if stale else set())
-    again = project.run("mofi", "run")
-    assert _statuses(again.stdout) == {s: "skipped" for s in order}
-    assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
-
-
-@pytest.mark.pipeline  # minutes of re-runs: make test-pipeline
-def test_changing_one_param_reruns_only_what_is_downstream(project, first_run):
-    assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
-    from flows.pipeline import write_overrides
-    from mofi_core.config.load import load_params
-
-    steps = load_params(project.root / "params.yaml").train.steps
-    write_overrides(project.root / "params.yaml", {"train.steps": steps + 1})
-    assert json.loads(project.run("dvc", "status", "--json").stdout).keys() == TRAINS
-    out = project.run("dvc", "repro").stdout
-    ran = re.findall(r"Running stage '([\w@]+)'", out)
-    assert set(ran[:2]) == TRAINS and ran[2] == "evaluate"
-    assert sorted(ran[3:]) == ["register", "report"]
-    assert json.loads(project.run("dvc", "status", "--json").stdout or "{}") == {}
-
-
 def test_no_secret_reaches_files_logs_or_the_mlflow_and_prefect_stores(project, first_run):
     """Dummy credentials were in the environment of every process of this module: grep every
     file of the project (params, dvc.lock, outputs, MLflow sqlite + artifacts, Prefect's
     database and logs) and the run's output for them."""
-    from tests.e2e.conftest import DUMMY_SECRETS
+    from tests.project import DUMMY_SECRETS
 
     secrets = [v.encode() for v in DUMMY_SECRETS.values()]
     scanned, leaks = 0, []
     for path in project.root.rglob("*"):
         rel = path.relative_to(project.root).parts
-        # .git and tests/ are the copied sources (tests/e2e/conftest.py defines the values)
+        # .git and tests/ are the copied sources (tests/project.py defines the values)
         if path.is_file() and rel[0] not in (".git", "tests"):
             data = path.read_bytes()
             scanned += 1

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
 import yaml
 
 from flows.pipeline import write_overrides
-from tests.e2e.conftest import FIRST_OVERRIDES, Project
-
-pytestmark = pytest.mark.e2e
+from tests.project import FIRST_OVERRIDES, Project
 
 RUNTIME_CHANGES = {"runtime.train.log_every": 7, "runtime.baseline.threads": 1,
                    "runtime.ner.workers": 1, "runtime.ingest.workers": 1,
@@ -93,6 +90,48 @@ def test_runtime_keys_rerun_nothing_and_a_result_key_reruns_its_stage_and_after(
     assert _to_run(project) == ({}, [])
 
 
+# an error message of each module that runs around every stage, and its rewording
+REWORDED = {
+    "mofi_core/config/load.py": ("is empty: it must hold the params sections",
+                                 "has no sections: it must hold the params sections"),
+    "mofi_core/runner.py": ("which is missing: {how}", "which does not exist: {how}"),
+    "mofi_core/tracking.py": ("no MLflow store: {", "no MLflow tracking store: {"),
+}
+
+
+def _reword(root, edits: dict[str, tuple[str, str]]) -> dict:
+    """Apply each (old, new) text edit to its file under ``root``; the original bytes."""
+    kept = {}
+    for rel, (old, new) in edits.items():
+        path = root / rel
+        kept[path] = path.read_bytes()
+        text = kept[path].decode("utf-8")
+        assert text.count(old) == 1, f"{rel}: {old!r} is not one message there any more"
+        path.write_text(text.replace(old, new), encoding="utf-8")
+    return kept
+
+
+def test_rewording_the_runner_loader_or_tracking_reruns_no_stage(as_run):
+    """The modules that run around every stage are no stage's code dependency: rewording an
+    error in them leaves dvc status clean. Rewording one in a section's schema module re-runs
+    that stage and what follows it (the control: the same edit is seen where it matters)."""
+    project = as_run
+    assert _to_run(project) == ({}, [])
+    kept = _reword(project.root, REWORDED)
+    try:
+        assert _to_run(project) == ({}, [])
+        kept |= _reword(project.root, {"mofi_core/config/build.py": (
+            "build.rules lists both threshold and fdr", "build.rules names threshold and fdr")})
+        status, ran = _to_run(project)
+        assert set(status) == {"build", "report"}  # the two stages that read the build schema
+        assert ran[0] == "build" and {"validate", *TRAINS, "evaluate", "report"} <= set(ran)
+        assert not {"corpus", "kb", "ingest", "ner", "baseline", "score"} & set(ran)
+    finally:
+        for path, data in kept.items():
+            path.write_bytes(data)
+    assert _to_run(project) == ({}, [])
+
+
 def _lock_outputs(lock_text: str) -> dict[tuple[str, str], dict]:
     """(stage, path) -> the recorded hash fields of each output, from a dvc.lock text."""
     stages = yaml.safe_load(lock_text)["stages"]
@@ -130,63 +169,3 @@ def _stages_not_held_by_git(repo: Project) -> list[str]:
                        for p in stage.tracked())]
 
 
-@pytest.mark.pipeline
-def test_a_clean_clone_reproduces_every_output_and_leaves_git_clean(project, first_run,
-                                                                     tmp_path_factory):
-    """Clone the project, commit the first run's params.yaml and dvc.lock there (as its user
-    would have), run the whole pipeline from no data with ``dvc repro``: dvc.lock is rewritten
-    byte for byte (so every output, metric, plot and report equals the first run's) and the
-    registered version names the clone's clean commit.
-
-    The commit is made in the clone from the texts ``first_run`` kept, not in the shared
-    project: tests before this one re-run stages there (another registry version makes
-    reports/register.json differ from a fresh store's), and the project stays as they left it.
-    """
-    clone = tmp_path_factory.mktemp("clone") / "mofi"
-    subprocess.run(["git", "clone", "-q", str(project.root), str(clone)], check=True,
-                   capture_output=True)
-    env = {k: v for k, v in project.env.items()
-           if k not in ("MLFLOW_TRACKING_URI", "MOFI_PARENT_RUN_ID", "MOFI_PROJECT_DIR",
-                        "PREFECT_API_URL", "COLUMNS")}
-    env["PREFECT_HOME"] = str(clone / ".prefect")
-    repo = Project(clone, env)
-    (clone / "params.yaml").write_text(first_run.params_text)
-    (clone / "dvc.lock").write_text(first_run.lock_text)
-    for rel, data in first_run.products.items():  # metrics, plots, small reports: git's
-        (clone / rel).parent.mkdir(parents=True, exist_ok=True)
-        (clone / rel).write_bytes(data)
-    repo.run("git", "add", "params.yaml", "dvc.lock", *first_run.products)
-    repo.run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm",
-             "params, dvc.lock and metrics of the first run")
-    assert repo.run("git", "status", "--porcelain").stdout == ""
-    head = repo.run("git", "rev-parse", "HEAD").stdout.strip()
-
-    out = repro = repo.run("dvc", "repro", timeout=1200).stdout
-    ran = re.findall(r"^Running stage '([\w@]+)'", out, flags=re.M)
-    # no data in a clone: every stage with an output in DVC's cache (or git-ignored, like the
-    # registry's decision) ran; stages whose outputs are all in git are reproduced by the clone
-    assert sorted(ran) == sorted(_stages_not_held_by_git(repo)), repro[-3000:]
-    assert {"corpus", *TRAINS, "register"} <= set(ran)
-
-    lock = (clone / "dvc.lock").read_text()
-    assert _lock_differences(first_run.lock_text, lock) == []
-    assert lock == first_run.lock_text
-    assert repo.run("git", "status", "--porcelain").stdout == ""
-    assert repo.run("git", "diff", "--stat").stdout == ""
-    assert json.loads(repo.run("dvc", "status", "--json").stdout or "{}") == {}
-
-    from mlflow import MlflowClient
-
-    uri = f"sqlite:///{clone / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    name = yaml.safe_load(first_run.params_text)["register"]["model_name"]
-    versions = client.search_model_versions(f"name = '{name}'")
-    recipes = yaml.safe_load(first_run.params_text)["train"]["recipes"]
-    # one version per candidate, all from this clone's clean commit (the store returns ints)
-    assert sorted(str(v.version) for v in versions) == [str(i + 1) for i in range(len(recipes))]
-    assert {v.tags["recipe"] for v in versions} == set(recipes)
-    for v in versions:
-        assert not v.tags["git_commit"].endswith("-dirty")
-        assert v.tags["git_commit"] == head
-    champion = client.get_model_version_by_alias(name, "champion")
-    assert champion.tags["challenger"] == "true", champion.tags  # the run's best only

@@ -33,11 +33,9 @@ from flows.pipeline import write_overrides
 from mofi_core.io.layout import Layout
 from mofi_core.tracking import flatten
 from tests.conftest import ROOT, TINY
-from tests.e2e.conftest import tiny_project
 from tests.img2dataset_run import IMG2DATASET, QUIET, corpus_as_urls, serve
+from tests.project import tiny_project
 from tests.wikidata_dump import entity, write_dump
-
-pytestmark = pytest.mark.e2e
 
 MARK = "<!-- own-data-walkthrough"
 # kb type -> a P31 class the importer's built-in map turns back into that type

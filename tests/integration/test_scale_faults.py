@@ -116,7 +116,7 @@ def _dask(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
 
 @pytest.fixture()
 def cluster_one_worker_without_keys(s3_server, tmp_path):
-    """A Dask scheduler and two workers on loopback, as the README starts them; the second
+    """A Dask scheduler and two workers on loopback, as docs/scale.md starts them; the second
     worker's environment has the S3 endpoint but no keys (a misconfigured node)."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"

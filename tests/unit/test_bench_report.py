@@ -1,4 +1,5 @@
-"""The benchmark report: targets judged from results, the README table kept in sync."""
+"""The benchmark report: targets judged from results, the table in benchmarks/README.md kept in
+sync."""
 
 from __future__ import annotations
 
@@ -82,15 +83,32 @@ def test_markdown_names_date_machine_and_failures():
     assert "| **total (flow, fresh copy)** | **480** |" in md
 
 
-def test_readme_block_is_replaced_between_the_markers(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{report.BEGIN}\nold table\n{report.END}\noutro\n")
-    report.update_readme(readme, "new table\n")
-    assert readme.read_text() == f"intro\n{report.BEGIN}\nnew table\n{report.END}\noutro\n"
-    assert report.readme_block(readme) == "new table\n"
-    readme.write_text("no markers\n")
+def test_the_table_is_replaced_between_the_markers(tmp_path):
+    page = tmp_path / "README.md"
+    page.write_text(f"intro\n{report.BEGIN}\nold table\n{report.END}\noutro\n")
+    report.update_page(page, "new table\n")
+    assert page.read_text() == f"intro\n{report.BEGIN}\nnew table\n{report.END}\noutro\n"
+    assert report.page_block(page) == "new table\n"
+    page.write_text("no markers\n")
     with pytest.raises(ValueError, match="markers"):
-        report.update_readme(readme, "x")
+        report.update_page(page, "x")
+
+
+def test_main_writes_the_page_it_is_given_and_leaves_it_with_no_page(tmp_path):
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps(RESULTS))
+    page = tmp_path / "bench.md"
+    page.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\n")
+    report.main(["--results", str(results), "--page", str(page), "--no-page"])
+    assert "old" in report.page_block(page)
+    report.main(["--results", str(results), "--page", str(page)])  # exits 1: a bench failed
+    assert report.page_block(page) == report.markdown(RESULTS)
+    assert (tmp_path / "results.md").read_text() == report.markdown(RESULTS)
+
+
+def test_the_table_goes_to_the_benchmark_report_not_the_front_door():
+    assert report.PAGE == BENCH / "README.md"
+    assert report.BEGIN not in (BENCH.parent / "README.md").read_text(encoding="utf-8")
 
 
 def test_plots_are_written(tmp_path):
@@ -99,13 +117,13 @@ def test_plots_are_written(tmp_path):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
 
 
-def test_readme_table_matches_the_committed_results():
+def test_the_committed_table_matches_the_committed_results():
     results = BENCH / "results.json"
     if not results.exists():
         pytest.skip("no benchmarks/results.json yet (make bench writes it)")
     block = report.markdown(json.loads(results.read_text(encoding="utf-8")))
-    assert report.readme_block(BENCH.parent / "README.md") == block, \
-        "README's performance table is stale: run python benchmarks/report.py"
+    assert report.page_block(BENCH / "README.md") == block, \
+        "the table in benchmarks/README.md is stale: run python benchmarks/report.py"
     assert (BENCH / "results.md").read_text(encoding="utf-8") == block
 
 

@@ -175,6 +175,23 @@ def test_code_defaults_are_the_documented_values_of_params_yaml():
     assert parse_params({}) == load_params(ROOT / "params.yaml")
 
 
+def test_the_loader_adds_nothing_to_a_sections_own_schema():
+    """Each section the loader hands a stage is exactly what that section's schema module makes
+    of its keys in params.yaml (its runtime keys merged in): the loader reads, merges and
+    refuses, and so is no stage's code dependency (tools/dvc_yaml.py, ORCHESTRATION)."""
+    from mofi_core.config.load import read_params_file, section_classes
+    from tests.conftest import ROOT
+
+    raw = read_params_file(ROOT / "params.yaml")
+    loaded = load_params(ROOT / "params.yaml", {"train.steps": 70, "runtime.ner.workers": 3})
+    raw["train"]["steps"] = 70
+    raw["runtime"]["ner"]["workers"] = 3
+    for name, cls in section_classes().items():
+        own = {**(raw.get(name) or {}), **(raw.get("runtime", {}).get(name) or {})}
+        assert loaded.section(name) == cls.model_validate(own), name
+        assert cls.__module__ == f"mofi_core.config.{'train' if name == 'baseline' else name}"
+
+
 @pytest.mark.parametrize("raw", [{"train": {"lr": float("inf")}}, {"train": {"lr": float("nan")}},
                                  {"build": {"threshold": float("-inf")}},
                                  {"corpus": {"noise": {"name": float("nan")}}}])

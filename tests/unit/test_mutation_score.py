@@ -103,20 +103,20 @@ def test_markdown_marks_modules_under_the_goal_and_lists_stale_entries():
     stale = [Equivalent(MOD, "f", "a", "b", "why")]
     text = markdown([s], stale, {"mutmut": "3.8.1", "minutes": 12.0, "machine": "2 cores",
                                  "tests": 4})
-    assert f"| `{MOD}` | 3 | 1 | 0 | 2 | 33.3% | NOT met |" in text
-    assert "| all | 3 | 1 | 0 | 2 | 33.3% | |" in text
+    assert f"| `{MOD}` | 3 | 1 | 0 | 0 | 2 | 33.3% | NOT met |" in text
+    assert "| all | 3 | 1 | 0 | 0 | 2 | 33.3% | |" in text
     assert "Stale entries" in text and "`f`: `a` -> `b`" in text
     assert "run again" not in text
     meta = {"mutmut": "3.8.1", "minutes": 12.0, "machine": "2 cores", "tests": 4,
             "slow_pass": {"rerun": 7, "killed": 5},
             "runs": [{"mutants": "all in scope", "minutes": 30}, {"mutants": 40, "minutes": 6.2}]}
     assert ("7 mutants no fast test killed were run again against their module's "
-            "`slow_tests` (tests marked slow_setup): 5 killed.") in markdown([s], [], meta)
+            "`slow_tests` (tests marked slow): 5 killed.") in markdown([s], [], meta)
     assert ("one run and 1 continuation(s) of it (`--continue`: the mutants not reached or not "
             "killed, after new tests: 40 in 6 min).") in markdown([s], [], meta)
     assert "was not run" not in markdown([s], [], meta)
     timed = {**meta, "slow_pass": {"rerun": 7, "killed": 5, "minutes": 14.6}}
-    assert "(tests marked slow_setup): 5 killed, in 15 min more." in markdown([s], [], timed)
+    assert "(tests marked slow): 5 killed, in 15 min more." in markdown([s], [], timed)
     assert "The slow pass (each module's `slow_tests` against the mutants no fast test killed) " \
         "was not run." in markdown([s], [], {**meta, "slow_pass": None})
 
@@ -191,7 +191,7 @@ def test_an_entry_may_name_one_edit_inside_the_line_and_wildcards():
 def test_a_module_none_of_whose_mutants_ran_has_no_score():
     (s,), _ = score({MOD: None}, {n: "not checked" for n in DIFFS}, DIFFS.get, [])
     text = markdown([s], [], {"mutmut": "3.8.1", "minutes": 1, "machine": "2", "tests": 1})
-    assert f"| `{MOD}` | 0 | 0 | 0 | 0 | — | incomplete (3 not run) |" in text
+    assert f"| `{MOD}` | 0 | 0 | 0 | 0 | 0 | — | incomplete (3 not run) |" in text
 
 
 def test_slow_pass_runs_each_survivor_against_its_modules_slow_tests_two_at_a_time(tmp_path):
@@ -201,7 +201,9 @@ def test_slow_pass_runs_each_survivor_against_its_modules_slow_tests_two_at_a_ti
     from tools.mutation.__main__ import slow_pass
 
     mutants = tmp_path / "mutants"
-    mutants.mkdir()
+    (mutants / "tools" / "mutation").mkdir(parents=True)  # make mutation copies tools/ there
+    for init in ("tools/__init__.py", "tools/mutation/__init__.py", "tools/mutation/plugin.py"):
+        (mutants / init).write_text("")
     (mutants / "test_slow.py").write_text(
         "import os\n\n\ndef test_it():\n"
         "    assert not os.environ['MUTANT_UNDER_TEST'].endswith(('_1', '_3'))\n")
@@ -254,33 +256,34 @@ def test_markdown_gives_each_modules_test_minutes_when_they_were_timed():
     meta = {"mutmut": "3.8.1", "minutes": 12.0, "machine": "2 cores", "tests": 4,
             "test_minutes": {MOD: 7.25}}
     text = markdown([s], [], meta)
-    assert "| module | mutants | killed | equivalent | not killed | score | goal | test min |" \
-        in text
-    assert f"| `{MOD}` | 3 | 1 | 0 | 2 | 33.3% | NOT met | 7.2 |" in text
-    assert "| all | 3 | 1 | 0 | 2 | 33.3% | | 7.2 |" in text
+    assert ("| module | mutants | killed | equivalent | wording | not killed | score | goal "
+            "| test min |") in text
+    assert f"| `{MOD}` | 3 | 1 | 0 | 0 | 2 | 33.3% | NOT met | 7.2 |" in text
+    assert "| all | 3 | 1 | 0 | 0 | 2 | 33.3% | | 7.2 |" in text
     assert "*test min*: minutes the module's mutants spent in their tests" in text
 
 
 def test_mutmuts_fork_server_preloads_the_lazy_packages_and_freezes_its_heap():
-    """mutmut's warm-up is a collect-only run with MUTANT_UNDER_TEST set to "" (not unset):
-    after it, the process holds the packages mofi_core imports lazily and a frozen heap; a plain
-    collect-only run (the variable unset) gets neither. Real pytest runs in fresh processes."""
+    """mutmut's warm-up is a collect-only run with MUTANT_UNDER_TEST set to "" (not unset) and
+    the plugin loaded: after it, the process holds the packages mofi_core imports lazily and a
+    frozen heap; a collect-only run without the variable, or without the plugin (every run but
+    make mutation's), gets neither. Real pytest runs in fresh processes."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from tests.conftest import _FORK_SERVER_PRELOAD
+    from tools.mutation.plugin import _FORK_SERVER_PRELOAD
 
     root = Path(__file__).resolve().parents[2]
 
-    probe = ("import gc, sys, pytest\n"
-             "pytest.main(['--collect-only', '-qqq', '-p', 'no:cacheprovider',"
-             " 'tests/unit/test_mutation_score.py'])\n"
-             f"print(gc.get_freeze_count() > 0,"
-             f" [m in sys.modules for m in {_FORK_SERVER_PRELOAD!r}])")
-
-    def collect(**env) -> str:
+    def collect(plugin: bool = True, **env) -> str:
+        args = ["--collect-only", "-qqq", "-p", "no:cacheprovider",
+                *(["-p", "tools.mutation.plugin"] if plugin else []),
+                "tests/unit/test_mutation_score.py"]
+        probe = (f"import gc, sys, pytest\npytest.main({args!r})\n"
+                 f"print(gc.get_freeze_count() > 0,"
+                 f" [m in sys.modules for m in {_FORK_SERVER_PRELOAD!r}])")
         base = {k: v for k, v in os.environ.items() if k != "MUTANT_UNDER_TEST"}
         done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                               cwd=root, env={**base, **env}, timeout=300, check=True)
@@ -288,3 +291,28 @@ def test_mutmuts_fork_server_preloads_the_lazy_packages_and_freezes_its_heap():
 
     assert collect(MUTANT_UNDER_TEST="") == "True [True, True, True, True]"
     assert collect() == "False [False, False, False, False]"
+    assert collect(plugin=False, MUTANT_UNDER_TEST="") == "False [False, False, False, False]"
+
+
+def test_a_mutant_that_only_rewords_an_error_message_is_counted_apart():
+    """Only string contents changed on a line of a raise statement: wording, not a survivor;
+    the same edit outside a raise, or a change of code on a raise line, still counts."""
+    from tools.mutation.score import raise_lines, text_only
+
+    source = ("def f(x):\n    if x:\n        raise ValueError(f'bad {x}: '\n"
+              "                         'fix it')\n    return 'ok'\n")
+    messages = {MOD: raise_lines(source)}
+    assert "'fix it')" in messages[MOD] and "return 'ok'" not in messages[MOD]
+    name = "mofi_core.evaluate.retrieval.x_f__mutmut_"
+    diffs = {f"{name}1": "-                         'fix it')\n"
+                         "+                         'XXfix itXX')",
+             f"{name}2": "-    return 'ok'\n+    return 'XXokXX'",
+             f"{name}3": "-        raise ValueError(f'bad {x}: '\n"
+                         "+        raise TypeError(f'bad {x}: '"}
+    found = dict.fromkeys(diffs, "survived")
+    (s,), _ = score({MOD: None}, found, diffs.get, [], messages)
+    assert (s.mutants, s.wording, [v["mutant"][-1] for v in s.survivors]) == (3, 1, ["2", "3"])
+    assert s.score == 0.0  # 0 killed of the 2 that count
+    assert text_only("raise E('a')", "raise E('XXaXX')")
+    assert not text_only("raise E('a')", "raise F('a')")
+    assert not text_only("x = 1", "x = 1")

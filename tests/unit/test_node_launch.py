@@ -1,5 +1,5 @@
-"""`train.nproc_per_node`: how many processes a stage command runs on its node, and the
-torchrun command it relaunches itself with."""
+"""`train.nproc_per_node`: how many processes a stage command runs on its node, the torchrun
+command it relaunches itself with, and what an input missing under torchrun asks for."""
 
 import sys
 
@@ -8,6 +8,7 @@ import yaml
 
 from mofi_core.config.train import TrainConfig
 from mofi_core.launch import launch_command, node_processes
+from mofi_core.runner import check_inputs
 from mofi_core.stages import BY_NAME
 
 
@@ -53,3 +54,22 @@ def test_bad_values_are_refused():
         TrainConfig(recipe="supervised", nproc_per_node=0)
     with pytest.raises(ValueError):
         TrainConfig(recipe="supervised", nproc_per_node="all")
+
+
+def test_missing_input_under_torchrun_says_to_pull_on_each_node(tmp_path, monkeypatch):
+    """Under a multi-process torchrun launch the stage does not pull its inputs: the error
+    names the pull to run on each node, not the stage that makes the input."""
+    spec = BY_NAME["train"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(FileNotFoundError) as err:
+        check_inputs(spec, tmp_path, "s3://bucket/run")
+    msg = str(err.value)
+    assert msg.startswith("train needs data/i2e") and "under torchrun" in msg
+    assert "mofi storage pull train" in msg and "each node" in msg
+    assert "infra/torchrun-train.sh" in msg and "run stage" not in msg
+    monkeypatch.setenv("WORLD_SIZE", "1")  # a single process pulls itself: the producer
+    with pytest.raises(FileNotFoundError, match="run stage 'build' first"):
+        check_inputs(spec, tmp_path, "s3://bucket/run")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # no storage root: the producer too
+    with pytest.raises(FileNotFoundError, match="run stage 'build' first"):
+        check_inputs(spec, tmp_path)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from studies.calibrate import TIMES, stage_seconds, timed
 from studies.paper import _time_line
+from studies.worlds import TIMES, stage_seconds, timed
 
 
 def test_timed_records_only_what_succeeded_and_keeps_earlier_entries(tmp_path):

@@ -54,7 +54,7 @@ def test_the_identity_follows_every_corpus_param():
     assert world_identity(CorpusConfig(images_per_entity=13))["world"] != a["world"]
 
 
-@pytest.mark.slow_setup
+@pytest.mark.slow
 def test_the_generator_writes_it_into_both(tiny_world):
     layout, params, _ = tiny_world
     both = [json.loads((f / WORLD_FILE).read_text()) for f in (layout.truth, layout.corpus)]

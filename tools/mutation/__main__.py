@@ -1,7 +1,7 @@
 """``python -m tools.mutation``: run mutmut afresh, then score it per module.
 
 Writes ``reports/mutation.json`` (every module's counts and every mutant no test kills, with
-what it changes) and ``reports/mutation.md`` (the table the README shows; ``python -m
+what it changes) and ``reports/mutation.md`` (the table docs/testing.md shows; ``python -m
 tools.docs_results`` copies it there). Exits 1 when a module is under the goal or an entry of the
 equivalent list is stale, after writing both. ``--score-only`` scores the last run again (after
 editing the equivalent list) without re-running mutmut; ``--continue [--only MODULE ...]`` runs
@@ -39,11 +39,13 @@ from tools.mutation.score import (
     minutes_in_tests,
     module_of,
     patterns,
+    raise_lines,
     score,
     statuses,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+PLUGIN = "tools.mutation.plugin"  # the hooks every mutant's pytest loads (pyproject.toml too)
 
 
 def run_mutmut(root: Path, log: Path, names: list[str]) -> float:
@@ -72,7 +74,7 @@ def rerun_mutmut(root: Path, log: Path, names: list[str]) -> float:
 def slow_pass(root: Path, found: dict[str, str], scope: dict, slow: dict[str, list[str]],
               workers: int | None = None) -> dict[str, str]:
     """The mutants no fast test killed, run once more, one process each, against their
-    module's ``slow_tests`` (tests marked slow_setup: a demo world or gloo processes). Results
+    module's ``slow_tests`` (tests marked slow: a demo world or gloo processes). Results
     are kept in ``mutants/slow-pass.json``: a second call runs only what is new. ``workers``
     processes at once (default: one per core; each runs torch on one thread, as mutmut's do)."""
     record = root / "mutants" / "slow-pass.json"
@@ -84,7 +86,8 @@ def slow_pass(root: Path, found: dict[str, str], scope: dict, slow: dict[str, li
         tests = slow[module_of(name)]
         try:
             ran = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p",
-                                  "no:cacheprovider", *tests], cwd=root / "mutants",
+                                  "no:cacheprovider", "-p", PLUGIN, *tests],
+                                 cwd=root / "mutants",
                                  capture_output=True, text=True, timeout=900,
                                  env={**os.environ, "MUTANT_UNDER_TEST": name,
                                       "PYTHONPATH": str(root / "mutants")})
@@ -162,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     slow_minutes = before + (time.monotonic() - start) / 60  # the record's passes, summed
     found.update(slow)
     equivalents = load_equivalents(ROOT / EQUIVALENT)
-    scores, stale = score(scope, found, get_diff_for_mutant, equivalents)
+    messages = {m: raise_lines((ROOT / m).read_text(encoding="utf-8")) for m in scope}
+    scores, stale = score(scope, found, get_diff_for_mutant, equivalents, messages)
     meta = {"mutmut": version("mutmut"), "runs": runs,
             "minutes": round(sum(r["minutes"] for r in runs), 1),
             "machine": f"{os.cpu_count()} cores, {platform.machine()}",

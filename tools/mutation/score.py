@@ -6,11 +6,20 @@ all ("no tests"). Equivalent mutants are matched by what they change -- the modu
 and the changed lines as mutmut's diff shows them -- not by mutmut's running number, which moves
 when a function changes; an entry that matches no surviving mutant any more is *stale* and is
 reported, so the list cannot quietly outlive the code it excuses.
+
+A mutant that changes nothing but the words of an error message (the text of a string literal
+on a line of a ``raise`` statement) is counted apart, as *wording*, and left out of the score
+like an equivalent one: a message's words are not behaviour the tests pin (they assert the
+error's kind, key and path), except the one-line errors the bad-input matrix promises
+(``tests/system/test_hostile_inputs.py``), which make mutation does not run.
 """
 
 from __future__ import annotations
 
+import ast
+import io
 import json
+import tokenize
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +58,7 @@ def load_scope(path: Path, only_mutate: list[str]) -> dict[str, list[str] | None
 
 
 def load_slow_tests(path: Path) -> dict[str, list[str]]:
-    """Module -> its ``slow_tests``: tests marked slow_setup that the slow pass runs against
+    """Module -> its ``slow_tests``: tests marked slow that the slow pass runs against
     the mutants of that module no fast test killed."""
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     return {m: [str(t) for t in e["slow_tests"]] for m, e in raw.items()
@@ -120,6 +129,43 @@ def change(diff: str) -> tuple[str, str]:
     return removed, added
 
 
+_SKIP = {tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER,
+         tokenize.COMMENT}
+
+
+def _tokens(text: str) -> list[tuple[int, str]]:
+    """The tokens of a source fragment (a line of a longer statement tokenizes up to where it
+    stops making sense; what came before is kept)."""
+    out = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type not in _SKIP:
+                out.append((tok.type, tok.string))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass
+    return out
+
+
+def text_only(removed: str, added: str) -> bool:
+    """The change touches nothing but the contents of string literals."""
+    a, b = _tokens(removed.replace(" / ", "\n")), _tokens(added.replace(" / ", "\n"))
+    return bool(a) and len(a) == len(b) and a != b and all(
+        x == y or (x[0] == y[0] == tokenize.STRING) for x, y in zip(a, b, strict=True))
+
+
+def raise_lines(source: str) -> set[str]:
+    """Every line (stripped) of every ``raise`` statement of a module's source."""
+    lines = source.splitlines()
+    return {lines[i].strip() for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Raise) and node.end_lineno is not None
+            for i in range(node.lineno - 1, node.end_lineno)}
+
+
+def wording(removed: str, added: str, messages: set[str]) -> bool:
+    """The mutant rewords an error message: only string contents change, on raise lines."""
+    return text_only(removed, added) and all(ln in messages for ln in removed.split(" / "))
+
+
 @dataclass(frozen=True)
 class Equivalent:
     """A reviewed equivalent mutant, or a reviewed kind of them: ``module`` and ``function`` may
@@ -169,12 +215,13 @@ class ModuleScore:
     mutants: int = 0
     killed: int = 0
     equivalent: int = 0
+    wording: int = 0  # reword an error message only: not counted in the score
     not_run: int = 0  # in scope, but the run stopped before them: not counted in the score
     survivors: list[dict] = field(default_factory=list)
 
     @property
     def score(self) -> float:
-        counted = self.mutants - self.equivalent
+        counted = self.mutants - self.equivalent - self.wording
         return self.killed / counted if counted else 1.0
 
     @property
@@ -185,7 +232,8 @@ class ModuleScore:
 
     def as_dict(self) -> dict:
         return {"module": self.module, "mutants": self.mutants, "killed": self.killed,
-                "equivalent": self.equivalent, "not_killed": len(self.survivors),
+                "equivalent": self.equivalent, "wording": self.wording,
+                "not_killed": len(self.survivors),
                 "not_run": self.not_run, "score": round(self.score, 4),
                 "verdict": self.verdict, "survivors": self.survivors}
 
@@ -200,10 +248,13 @@ def in_scope(mutant: str, scope: dict[str, list[str] | None]) -> bool:
 
 
 def score(scope: dict[str, list[str] | None], found: dict[str, str],
-          diff: Callable[[str], str], equivalents: list[Equivalent]
+          diff: Callable[[str], str], equivalents: list[Equivalent],
+          messages: dict[str, set[str]] | None = None
           ) -> tuple[list[ModuleScore], list[Equivalent]]:
-    """Per module: the mutants in scope, killed, equivalent and the rest listed; plus the
-    stale entries of the equivalent list."""
+    """Per module: the mutants in scope, killed, equivalent, wording (``messages``: each
+    module's :func:`raise_lines`) and the rest listed; plus the stale entries of the equivalent
+    list."""
+    messages = messages or {}
     modules = list(scope)
     by_module = {m: ModuleScore(m) for m in modules}
     used: set[Equivalent] = set()
@@ -223,7 +274,9 @@ def score(scope: dict[str, list[str] | None], found: dict[str, str],
             continue
         removed, added = change(diff(name))
         hit = next((e for e in equivalents if e.matches(name, removed, added)), None)
-        if hit is not None:
+        if hit is None and wording(removed, added, messages.get(m.module, set())):
+            m.wording += 1
+        elif hit is not None:
             m.equivalent += 1
             used.add(hit)
         else:
@@ -244,10 +297,12 @@ def markdown(scores: list[ModuleScore], stale: list[Equivalent], meta: dict) -> 
              f"pyproject.toml; the functions of each module in scope: `{SCOPE}`). "
              f"Score = killed / (mutants - equivalent); goal "
              f"{GOAL:.0%} on every module. Equivalent mutants, each with its reason: "
-             f"`{EQUIVALENT}`; the mutants no test kills, with what they "
+             f"`{EQUIVALENT}`; *wording*: mutants that only reword an error message (the "
+             "tests assert an error's kind, key and path, not its words), left out of the "
+             "score like the equivalent ones; the mutants no test kills, with what they "
              "change: `reports/mutation.json`.", "",
-             "| module | mutants | killed | equivalent | not killed | score | goal |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             "| module | mutants | killed | equivalent | wording | not killed | score | goal |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
     timed = meta.get("test_minutes")
     if timed is not None:
         lines[-2] += " test min |"
@@ -267,19 +322,20 @@ def markdown(scores: list[ModuleScore], stale: list[Equivalent], meta: dict) -> 
                      "test killed) was not run.")
     if slow:
         lines[2] += (f" {slow['rerun']} mutants no fast test killed were run again against "
-                     f"their module's `slow_tests` (tests marked slow_setup): {slow['killed']} "
+                     f"their module's `slow_tests` (tests marked slow): {slow['killed']} "
                      "killed" + (f", in {slow['minutes']:.0f} min more" if "minutes" in slow
                                  else "") + ".")
     for s in scores:
+        shown = f"{s.score:.1%}" if s.mutants else "—"
         lines.append(f"| `{s.module}` | {s.mutants} | {s.killed} | {s.equivalent} | "
-                     f"{len(s.survivors)} | {f'{s.score:.1%}' if s.mutants else '—'} | "
-                     f"{s.verdict} |" + (f" {timed.get(s.module, 0.0):.1f} |"
-                                         if timed is not None else ""))
+                     f"{s.wording} | {len(s.survivors)} | {shown} | {s.verdict} |"
+                     + (f" {timed.get(s.module, 0.0):.1f} |" if timed is not None else ""))
     total = sum(s.mutants for s in scores)
     killed = sum(s.killed for s in scores)
     eq = sum(s.equivalent for s in scores)
-    lines.append(f"| all | {total} | {killed} | {eq} | {total - killed - eq} | "
-                 f"{killed / max(1, total - eq):.1%} | |" + (
+    words = sum(s.wording for s in scores)
+    lines.append(f"| all | {total} | {killed} | {eq} | {words} | {total - killed - eq - words} "
+                 f"| {killed / max(1, total - eq - words):.1%} | |" + (
                      f" {sum(timed.values()):.1f} |" if timed is not None else ""))
     if stale:
         lines += ["", f"Stale entries in `{EQUIVALENT}` (they match no surviving mutant; "
