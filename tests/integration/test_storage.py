@@ -61,13 +61,6 @@ def _tree(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture()
-def shared_mlflow(tmp_path, monkeypatch):
-    """One tracking store for all 'machines', as a team's MLflow server would be."""
-    monkeypatch.setenv("MOFI_TRACKING", "on")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-
-
 def _lookup(folder=ROOT):
     return load_params(folder / "params.yaml").value
 

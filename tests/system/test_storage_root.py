@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mofi_core.io import s3
 from mofi_core.io.storage import (
     Storage,
@@ -12,6 +14,13 @@ from mofi_core.io.storage import (
 )
 from mofi_core.stages import STAGES
 from tests.integration.test_storage import _lookup, _project, _run, _tree
+
+
+@pytest.fixture()
+def shared_mlflow(tmp_path, monkeypatch):
+    """One tracking store for all 'machines', as a team's MLflow server would be."""
+    monkeypatch.setenv("MOFI_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def test_every_stage_runs_in_an_empty_folder_against_the_storage_root(
