@@ -60,7 +60,7 @@ def main() -> None:
         meta = default_meta("clip", args.arch, arch_config(args.arch), "clip")
         model = build_model(meta).eval()
         save_model(root / "baseline", model, meta)
-        ids = sorted(KnowledgeBase.load(root / "corpus" / "kb.parquet").entities)
+        ids = KnowledgeBase.load(root / "corpus" / "kb.parquet").ids()
         samples = []
         for shard in list_shards(root / "ingest" / "shards"):
             part = [s for s in iter_samples(shard)]

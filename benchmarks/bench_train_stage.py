@@ -56,8 +56,10 @@ def make_world(root: Path, samples: int, recipe: str) -> Path:
 
     world = corpus_world(root / "world", samples)
     lay = Layout(root / "proj")
-    lay.kb.parent.mkdir(parents=True)
-    shutil.copy(world / "corpus" / "kb.parquet", lay.kb)
+    from mofi_core.config.kb import KBConfig
+    from mofi_core.kb.importer import materialise
+
+    materialise(KBConfig(), world / "corpus" / "kb.parquet", lay.kb)
     ingest(expand_sources(str(world / "corpus" / "shards"), root), lay.ingest, IngestConfig())
     # the control reads decontam's list (nothing dropped here: the world plants no copies)
     decontaminate([], lay.benchmark, lay.decontam, DecontamConfig(method="none"))

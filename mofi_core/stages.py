@@ -129,7 +129,7 @@ class StageVerdict(RuntimeError):
         self.metrics = metrics or {}
 
 
-KB = "data/kb/kb.parquet"
+KB = "data/kb"  # the table, its memory-mapped copy and the indexes (mofi_core/kb/store.py)
 MANIFEST = "data/ingest/manifest.parquet"
 MODELS = "models"  # the control (models/baseline) and the candidates (models/<recipe>)
 CANDIDATES = "train.recipes"  # the MOFI recipes trained, evaluated and registered
@@ -142,7 +142,8 @@ STAGES: tuple[StageSpec, ...] = (
               "Read the knowledge base (demo, parquet/JSON Lines file, or a Wikidata dump), "
               "check its schema once, write data/kb/kb.parquet.",
               param_inputs=("kb.path",), outs=(Out("data/kb"),),
-              check="mofi_core.kb.importer:check"),
+              # the gazetteer's phrases are tokenized by the ner pipeline's tokenizer
+              check="mofi_core.kb.importer:check", also_params=("ner.spacy_model",)),
     StageSpec("ingest", "mofi_core.curate.ingest:run", "ingest",
               "Decode-check and normalise every sample; clean shards + manifest + rejects.",
               inputs=("data/corpus/shards",), outs=(Out("data/ingest", persist=True),),

@@ -76,8 +76,7 @@ def tiny_world(tmp_path_factory):
     stats = generate_world(params.corpus, layout.corpus, layout.truth, layout.benchmark)
     from mofi_core.kb.importer import materialise  # what the kb stage does (source demo)
 
-    layout.kb.parent.mkdir(parents=True)
-    materialise(params.kb, layout.corpus_kb, layout.kb)
+    materialise(params.kb, layout.corpus_kb, layout.kb, params.ner.spacy_model)
     return layout, params, stats
 
 

@@ -33,6 +33,23 @@ class BenchmarkConfig(Section):
     labelled_test: int = Field(10, ge=0)
 
 
+class PaddingConfig(Section):
+    """Wikidata-shaped entities around the depicted ones that no image shows
+    (:mod:`mofi_core.demo.padding`): the KB at the paper's scale."""
+
+    entities: int = Field(0, ge=0, description=(
+        "never-depicted entities added to the KB (the paper links against 2,000,000); 0: the "
+        "KB holds the depicted entities only"))
+    homonym_rate: float = Field(0.01, ge=0, le=1, description=(
+        "share of them named exactly like a depicted entity (its name or an alias)"))
+    same_type_rate: float = Field(0.5, ge=0, le=1, description=(
+        "share of those homonyms of the depicted entity's own type (the rest: a place, an "
+        "organization, a product or a landmark of that name)"))
+    sitelinks_exponent: float = Field(2.0, gt=1, le=5, description=(
+        "popularity (sitelinks) of every entity, depicted or not: P(k) ~ k^-exponent, capped "
+        "at 400"))
+
+
 class CorpusConfig(Section):
     RUNTIME = ("workers",)  # the world is a function of the seed, whatever the process count
     source: Literal["demo", "none"] = Field("demo", description=(
@@ -51,3 +68,4 @@ class CorpusConfig(Section):
     workers: int = Field(0, ge=0, description="generator processes; 0 = all cores")
     noise: NoiseConfig = NoiseConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    kb_padding: PaddingConfig = PaddingConfig()

@@ -1,9 +1,11 @@
 """ner: find entity mentions in alt-text and link them to KB candidates.
 
 Two sources of mentions: the spaCy pipeline's statistical NER (only the ``ner`` component runs)
-and a KB gazetteer (case-insensitive phrase matching over every KB name and alias), which catches
-names the statistical model misses. Linking looks the normalised mention up in the KB alias
-index; a mention with several candidates keeps all of them, weighted (``link_score``) by type
+and a KB gazetteer (case-insensitive phrase matching over every KB name and alias,
+:mod:`mofi_core.kb.phrases`, against the phrase index the ``kb`` stage wrote), which catches
+names the statistical model misses. Linking looks the normalised mention up in the KB's
+surface-form index (memory-mapped, :mod:`mofi_core.kb.store`); a mention with several
+candidates keeps all of them, weighted (``link_score``) by type
 compatibility with the NER label and by co-mentions, so that CLIP scoring can decide. Unlinked
 mentions stay in the output (``entity_id`` null).
 """
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING
 from mofi_core.config.ner import NerConfig
 from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
-from mofi_core.kb.store import KnowledgeBase
+from mofi_core.kb.phrases import build_phrases, find, tokenizer_id
+from mofi_core.kb.store import KnowledgeBase, Phrases, kb_digest, normalise_alias
 from mofi_core.parallel import (
     ResumeState,
     ShardJob,
@@ -58,25 +61,32 @@ def require_pipeline(model: str) -> None:
 
 
 def check(cfg: NerConfig, ctx: StageContext) -> None:
-    """Before any worker: the spaCy pipeline exists and the KB is readable and well-formed."""
+    """Before any worker: the spaCy pipeline exists, the KB opens, and its phrases were made by
+    this pipeline's tokenizer."""
     require_pipeline(cfg.spacy_model)
-    KnowledgeBase.load(ctx.layout.kb)
+    KnowledgeBase.open(ctx.layout.kb)
 
 
-def build_gazetteer(nlp, kb: KnowledgeBase):
-    from spacy.matcher import PhraseMatcher
+def gazetteer_phrases(kb: KnowledgeBase, nlp) -> Phrases:
+    """The KB's phrase index for this pipeline: the one the kb stage wrote, or, for a KB built
+    in memory, made now. An index made with another tokenizer is refused."""
+    if kb.phrases is None:
+        kb.phrases = build_phrases(kb.table, nlp)
+    if kb.phrases.tokenizer != tokenizer_id(nlp):
+        raise ValueError(f"the KB's phrase index was made with the tokenizer of "
+                         f"{kb.phrases.tokenizer}, ner.spacy_model gives {tokenizer_id(nlp)}: "
+                         "re-run the kb stage (dvc repro kb)")
+    return kb.phrases
 
-    matcher = PhraseMatcher(nlp.vocab, attr="LOWER")
-    matcher.add("KB", list(nlp.tokenizer.pipe(kb.surface_forms())))
-    return matcher
 
-
-def _spans(doc, matcher, labels: frozenset[str]) -> list[tuple[int, int, str, str]]:
-    """(start_char, end_char, label, source) with gazetteer spans winning overlaps."""
+def _spans(doc, found: list[tuple[int, int]], labels: frozenset[str]
+           ) -> list[tuple[int, int, str, str]]:
+    """(start_char, end_char, label, source) with gazetteer spans (``found``: token spans)
+    winning overlaps."""
     from spacy.util import filter_spans
 
     out: list[tuple[int, int, str, str]] = []
-    gaz = filter_spans([doc[s:e] for _, s, e in matcher(doc)]) if matcher is not None else []
+    gaz = filter_spans([doc[s:e] for s, e in found])
     ner = [ent for ent in doc.ents if ent.label_ in labels]
     for span in gaz:
         overlapping = [ent.label_ for ent in ner if ent.start < span.end and span.start < ent.end]
@@ -95,17 +105,18 @@ TYPE_COMPATIBILITY = {
 }
 
 
-def link_scores(cands: tuple[str, ...], label: str, kb: KnowledgeBase,
+def link_scores(cands: tuple[str, ...], types: list[str], label: str,
                 co_mentioned: set[str]) -> list[float]:
-    """Disambiguation weights, normalised over the candidates: a candidate whose KB type fits
-    the NER label counts 2x (0.5x when it contradicts it), one named unambiguously elsewhere in
-    the same alt-text counts 3x. Every candidate is kept; CLIP scoring decides later."""
+    """Disambiguation weights, normalised over the candidates (``types``: their KB types): a
+    candidate whose KB type fits the NER label counts 2x (0.5x when it contradicts it), one
+    named unambiguously elsewhere in the same alt-text counts 3x. Every candidate is kept;
+    CLIP scoring decides later."""
     fits = TYPE_COMPATIBILITY.get(label)
     weights = []
-    for c in cands:
+    for c, kind in zip(cands, types, strict=True):
         w = 1.0
         if fits is not None:
-            w *= 2.0 if kb.entities[c].type in fits else 0.5
+            w *= 2.0 if kind in fits else 0.5
         if c in co_mentioned:
             w *= 3.0
         weights.append(w)
@@ -114,24 +125,28 @@ def link_scores(cands: tuple[str, ...], label: str, kb: KnowledgeBase,
 
 
 def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: NerConfig,
-                     nlp=None, matcher=None) -> list[dict]:
+                     nlp=None) -> list[dict]:
     """One row per (mention, candidate); unlinked mentions get one row with a null entity."""
     nlp = nlp or load_nlp(cfg.spacy_model)
-    if matcher is None and cfg.gazetteer:
-        matcher = build_gazetteer(nlp, kb)
+    phrases = gazetteer_phrases(kb, nlp) if cfg.gazetteer else None
     labels = frozenset(cfg.labels)
+    docs = list(nlp.pipe(texts, batch_size=cfg.batch_size))
+    found = find(docs, phrases) if phrases is not None else [[] for _ in docs]
     rows: list[dict] = []
-    for key, doc in zip(keys, nlp.pipe(texts, batch_size=cfg.batch_size), strict=True):
-        spans = [(start, end, label, source, kb.candidates(doc.text[start:end]))
-                 for start, end, label, source in _spans(doc, matcher, labels)]
-        sure = {c[0] for *_, c in spans if len(c) == 1}
-        for start, end, label, source, cands in spans:
+    for key, doc, gaz in zip(keys, docs, found, strict=True):
+        spans = []
+        for start, end, label, source in _spans(doc, gaz, labels):
+            cand_rows = kb.form_rows(normalise_alias(doc.text[start:end]))
+            spans.append((start, end, label, source, kb.column("entity_id", cand_rows),
+                          kb.column("type", cand_rows)))
+        sure = {c[0] for *_, c, _ in spans if len(c) == 1}
+        for start, end, label, source, cands, types in spans:
             base = {"key": key, "mention": doc.text[start:end], "start": start, "end": end,
                     "label": label, "source": source}
             if not cands:
                 rows.append({**base, "entity_id": None, "link_score": 0.0})
                 continue
-            scores = link_scores(cands, label, kb, sure)
+            scores = link_scores(cands, types, label, sure)
             rows.extend({**base, "entity_id": c, "link_score": sc}
                         for c, sc in zip(cands, scores, strict=True))
     return rows
@@ -149,16 +164,14 @@ def mention_metrics(rows: Iterable[dict], num_samples: int) -> dict[str, int]:
             "samples_with_candidates": len(with_cands)}
 
 
-# --- shard work (each worker process loads the pipeline, the KB and the gazetteer once) -------
+# --- shard work (each worker process loads the pipeline once and maps the KB, never copying it)
 
 _WORKER: dict = {}
 
 
 def _init_worker(kb_path: str, cfg: NerConfig) -> None:
-    nlp = load_nlp(cfg.spacy_model)
-    kb = KnowledgeBase.load(Path(kb_path))
-    _WORKER.update(nlp=nlp, kb=kb, cfg=cfg,
-                   matcher=build_gazetteer(nlp, kb) if cfg.gazetteer else None)
+    _WORKER.update(nlp=load_nlp(cfg.spacy_model), kb=KnowledgeBase.open(Path(kb_path)),
+                   cfg=cfg)
 
 
 def _out(out_dir: Path, name: str) -> Path:
@@ -170,7 +183,7 @@ def ner_shard(job: ShardJob, out_dir: Path) -> tuple[list[Path], dict[str, int]]
     part = tables.read_table(job.source, tables.MANIFEST).select(["key", "text"])
     w = _WORKER
     rows = extract_mentions(part["key"].to_pylist(), part["text"].to_pylist(), w["kb"],
-                            w["cfg"], w["nlp"], w["matcher"])
+                            w["cfg"], w["nlp"])
     out = _out(out_dir, job.name)
     tables.write_table(out, tables.from_rows(rows, tables.MENTIONS), tables.MENTIONS)
     return [out], mention_metrics(rows, part.num_rows)
@@ -191,7 +204,7 @@ def run_ner(ingest_dir: Path, kb_path: Path, out_dir: Path, cfg: NerConfig,
             for p in manifest_parts(ingest_dir)]
     remove_stale(out_dir / "parts", (j.name for j in jobs))
     state = ResumeState(state_dir, fingerprint(
-        "ner", cfg.result_key(), file_sha256(kb_path))) \
+        "ner", cfg.result_key(), kb_digest(kb_path))) \
         if state_dir is not None else None
     summaries: list[dict[str, int]] = []
     samples = mentions = 0

@@ -27,7 +27,7 @@ from mofi_core.device import resolve_device
 from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.io.shards import iter_samples, list_shards
-from mofi_core.kb.store import KnowledgeBase
+from mofi_core.kb.store import KnowledgeBase, kb_digest
 from mofi_core.models.artifact import WEIGHTS, LoadedModel, check_model_folder
 from mofi_core.models.factory import encode_texts
 from mofi_core.models.preprocess import BatchPreprocess
@@ -153,7 +153,7 @@ def entity_text_embeddings(model, tokenizer, kb: KnowledgeBase, entity_ids: list
                            ) -> torch.Tensor:
     """One unit vector per entity: the normalised mean over the prompt templates (which may use
     ``{name}`` and ``{description}``). Computed once per entity, never per image."""
-    ents = [kb.entities[e] for e in entity_ids]
+    ents = [kb.get(e) for e in entity_ids]
     per_prompt = [encode_texts(model, tokenizer, [p.format(name=e.name, description=e.description)
                                                   for e in ents], device, batch)
                   for p in prompts]
@@ -173,7 +173,7 @@ def null_pool(kb: KnowledgeBase, cfg: ScoreConfig) -> list[str]:
     """Entities the null distribution is drawn from: a fixed random sample of the KB."""
     if cfg.null_samples == 0:
         return []
-    ids = sorted(kb.entities)
+    ids = kb.ids()  # sorted
     rng = np.random.default_rng(cfg.seed)
     return sorted(rng.choice(ids, min(cfg.null_pool, len(ids)), replace=False).tolist())
 
@@ -239,10 +239,10 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
     concatenate them into ``scores.parquet`` and ``null.parquet``. Memory holds one shard's
     rows and the entity text embeddings, never the corpus. With ``state_dir``, shards already
     scored with the same model, KB and params are skipped."""
-    kb = KnowledgeBase.load(kb_path)
+    kb = KnowledgeBase.open(kb_path)
     jobs = score_jobs(ingest_dir, ner_dir)
     cand_ids = candidate_entities(jobs)
-    missing = sorted(e for e in cand_ids if e not in kb.entities)
+    missing = sorted(e for e in cand_ids if e not in kb)
     if missing:
         raise ValueError(f"{ner_dir} links to entities not in {kb_path}: {missing[:5]}")
     entity_ids = tuple(sorted(cand_ids | set(null_pool(kb, cfg))))
@@ -251,7 +251,7 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
     remove_stale(out_dir / "parts", names)
     state = ResumeState(state_dir, fingerprint(
         "score", cfg.result_key(),
-        _model_identity(cfg, baseline_dir), file_sha256(kb_path))) \
+        _model_identity(cfg, baseline_dir), kb_digest(kb_path))) \
         if state_dir is not None else None
     identity = {j.name: f"{file_sha256(j.tar)}:{file_sha256(j.mentions)}" for j in jobs}
     shard_jobs = {j.name: ShardJob(j.name, str(j.tar), identity[j.name]) for j in jobs}
@@ -370,7 +370,7 @@ def _init_scorer(cfg: ScoreConfig, baseline_dir: str, kb_path: str, entity_ids: 
                  ) -> None:
     """Per executor worker: the scorer, built once."""
     global _WORKER_SCORER
-    _WORKER_SCORER = Scorer.build(cfg, Path(baseline_dir), KnowledgeBase.load(Path(kb_path)),
+    _WORKER_SCORER = Scorer.build(cfg, Path(baseline_dir), KnowledgeBase.open(Path(kb_path)),
                                   entity_ids)
 
 
@@ -472,7 +472,7 @@ def _metrics(out_dir: Path, entities: int) -> dict[str, float]:
 
 def check(cfg: ScoreConfig, ctx: StageContext) -> None:
     """Before any image is read: the KB is well-formed and the scorer can be had."""
-    KnowledgeBase.load(ctx.layout.kb)
+    KnowledgeBase.open(ctx.layout.kb)
     if cfg.model == "baseline":
         meta = check_model_folder(ctx.layout.baseline_model,
                                   f"score.model: baseline ({ctx.layout.baseline_model})")

@@ -78,9 +78,7 @@ class Entity:
         return self.kb.type
 
     def kb_row(self) -> dict:
-        k = self.kb
-        return {"entity_id": k.entity_id, "name": k.name, "aliases": list(k.aliases),
-                "description": k.description, "type": k.type}
+        return self.kb.row()
 
 
 def _word(rng: np.random.Generator, syllables: int, end: tuple[str, ...] = ("",)) -> str:

@@ -31,6 +31,7 @@ import pyarrow as pa
 from mofi_core.config.corpus import CorpusConfig
 from mofi_core.demo.alttext import alt_text, choose_kind
 from mofi_core.demo.entities import Entity, make_entities
+from mofi_core.demo.padding import kb_batches
 from mofi_core.demo.render import draw_object, render
 from mofi_core.io import tables
 from mofi_core.io.atomic import atomic_dir
@@ -124,8 +125,9 @@ def _pool(cfg: CorpusConfig, init_args: tuple) -> ProcessPoolExecutor:
 def write_corpus(cfg: CorpusConfig, entities: list[Entity], corpus_dir: Path, truth_dir: Path,
                  plan: np.ndarray, planted: list[Planted] | None = None) -> int:
     with atomic_dir(corpus_dir) as out, atomic_dir(truth_dir) as truth_out:
-        tables.write_table(out / "kb.parquet", tables.from_rows([e.kb_row() for e in entities],
-                                                                  tables.KB), tables.KB)
+        tables.write_batches(out / "kb.parquet",
+                             kb_batches([e.kb for e in entities], cfg.kb_padding, cfg.seed),
+                             tables.KB)
         (out / "shards").mkdir()
         n = cfg.samples_per_shard
         jobs = [(i, s, plan[s:s + n]) for i, s in enumerate(range(0, len(plan), n))]

@@ -63,7 +63,7 @@ def class_texts(kb: KnowledgeBase | None, class_names: Sequence[str],
     """
     out = {}
     for cls in class_names:
-        ent = kb.entities.get(cls) if kb is not None else None
+        ent = kb.get(cls) if kb is not None else None
         name = ent.name if ent else cls
         desc = ent.description.strip().rstrip(".") if ent and with_description else ""
         texts = [_fill(p, name, desc) for p in prompts if desc or "{description}" not in p]
@@ -223,8 +223,8 @@ def evaluate_labelled(loaded: LoadedModel, labelled_root: Path | str,
         notes.append(f"zero-shot: n/a ({loaded.meta.kind} model has no text tower)")
         return metrics, notes
     if kb is not None and not isinstance(kb, KnowledgeBase):
-        kb = KnowledgeBase.load(kb)
-    unknown = [n for n in names if kb is None or n not in kb.entities]
+        kb = KnowledgeBase.read(kb)
+    unknown = [n for n in names if kb is None or n not in kb]
     if unknown:
         notes.append(f"zero-shot: {len(unknown)} of {len(names)} classes are not KB entities; "
                      f"their folder names were used as class names (first: {unknown[0]})")

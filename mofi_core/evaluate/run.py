@@ -63,12 +63,14 @@ def class_partitions(rows: list[dict], labels: np.ndarray) -> dict[str, np.ndarr
 def class_kb(kb_path: Path | None, rows: list[dict]) -> KnowledgeBase | None:
     """The KB, plus benchmark classes it lacks (never-seen entities) from ``classes.json``,
     so zero-shot prompts use real names for every class."""
-    entities = dict(KnowledgeBase.load(kb_path).entities) if kb_path and kb_path.is_file() \
-        else {}
+    kb = KnowledgeBase.open(kb_path) if kb_path and kb_path.is_dir() else None
+    entities: dict[str, KBEntity] = {}
     for r in rows:
-        if r.get("entity_id") and r["entity_id"] not in entities:
-            entities[r["entity_id"]] = KBEntity(r["entity_id"], r["name"], (),
-                                                r.get("description", ""), r.get("type", ""))
+        eid = r.get("entity_id")
+        if not eid or eid in entities:
+            continue
+        entities[eid] = (kb.get(eid) if kb is not None else None) or KBEntity(
+            eid, r["name"], (), r.get("description", ""), r.get("type", ""))
     return KnowledgeBase(list(entities.values())) if entities else None
 
 

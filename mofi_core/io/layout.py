@@ -31,8 +31,14 @@ class Layout:
 
     @property
     def kb(self) -> Path:
-        """The knowledge base every stage after ``kb`` reads, whatever its source."""
-        return self.root / "data" / "kb" / "kb.parquet"
+        """The knowledge base every stage after ``kb`` opens, whatever its source: the folder
+        the kb stage writes (the table, its memory-mapped copy and the indexes)."""
+        return self.root / "data" / "kb"
+
+    @property
+    def kb_table(self) -> Path:
+        """The KB as a user reads it (``tables.KB`` parquet), in :attr:`kb`."""
+        return self.kb / "kb.parquet"
 
     @property
     def corpus_shards(self) -> Path:

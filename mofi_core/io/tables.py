@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mofi_core.io.atomic import atomic_path
@@ -12,7 +15,9 @@ from mofi_core.io.atomic import atomic_path
 KB = pa.schema([
     ("entity_id", pa.string()), ("name", pa.string()), ("aliases", pa.list_(pa.string())),
     ("description", pa.string()), ("type", pa.string()),
+    ("popularity", pa.int32()),  # Wikidata sitelinks; a KB file may leave it out (0)
 ])
+KB_REQUIRED = ("entity_id", "name", "aliases", "description", "type")
 TRUTH = pa.schema([("key", pa.string()), ("entity_ids", pa.list_(pa.string()))])
 MANIFEST = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
@@ -66,8 +71,36 @@ def read_table(path: Path | str, schema: pa.Schema) -> pa.Table:
     return table
 
 
+def read_kb(path: Path | str) -> pa.Table:
+    """A KB table (``KB``): the required columns as declared; ``popularity`` any integer type
+    (cast to int32, null as 0), or left out (0)."""
+    path = Path(path)
+    table = read_table(path, pa.schema([KB.field(n) for n in KB_REQUIRED]))
+    if "popularity" not in pq.read_schema(path).names:
+        pop = pa.array(np.zeros(table.num_rows, dtype=np.int32))
+    else:
+        col = pq.read_table(path, columns=["popularity"])["popularity"]
+        if not pa.types.is_integer(col.type):
+            raise SchemaError(f"{path}: column 'popularity' is {col.type}, expected integers "
+                              "(sitelinks)")
+        pop = pc.fill_null(col, 0).cast(pa.int32())
+    return table.append_column(KB.field("popularity"), pop)
+
+
 def from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_batches(path: Path | str, batches: Iterable[pa.RecordBatch], schema: pa.Schema
+                  ) -> int:
+    """Stream record batches (each one row group) into one parquet file, published
+    atomically. Returns the row count."""
+    rows = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch.cast(schema) if batch.schema != schema else batch)
+            rows += batch.num_rows
+    return rows
 
 
 def concat_parts(parts: list[Path], out: Path | str, schema: pa.Schema) -> int:

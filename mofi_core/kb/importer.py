@@ -9,9 +9,13 @@
   as they come, memory flat).
 
 The schema is checked here, once, with errors naming the file, the column and the problem;
-the result is ``data/kb/kb.parquet`` in the project's own schema. ``kb.path`` is the stage's
-DVC dependency (``${kb.path}`` in dvc.yaml), so DVC re-runs the stage when the file changes
-and caches the import of a large dump like any other output.
+the result is ``data/kb/``: ``kb.parquet`` in the project's own schema, and what every later
+process opens without rebuilding or copying it (:mod:`mofi_core.kb.store`): the rows sorted by
+id in a memory-mapped Arrow file, the id and surface-form hash indexes, and the gazetteer's
+phrase index, tokenized by ``ner.spacy_model``'s tokenizer (:mod:`mofi_core.kb.phrases`; the
+stage tracks that key too). ``kb.path`` is the stage's DVC dependency (``${kb.path}`` in
+dvc.yaml), so DVC re-runs the stage when the file changes and caches the import of a large dump
+like any other output.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+
+import pyarrow.compute as pc
 
 from mofi_core.config.kb import KBConfig
 from mofi_core.context import StageContext
@@ -57,34 +63,45 @@ def _wikidata(src: Path, out: Path, cfg: KBConfig) -> dict:
             **{f"skipped.{k.replace(' ', '_')}": v for k, v in stats.skipped.items()}}
 
 
-def materialise(cfg: KBConfig, src: Path, out: Path) -> dict:
-    """Write ``out`` (``tables.KB`` parquet) from the source; returns the stage's metrics."""
+def materialise(cfg: KBConfig, src: Path, out_dir: Path, spacy_model: str | None = None
+                ) -> dict:
+    """Write the KB folder ``out_dir`` from the source (``spacy_model``: the tokenizer of the
+    gazetteer's phrases; None writes no phrase index); returns the stage's metrics."""
+    from mofi_core.io.hashing import file_sha256
+    from mofi_core.kb.phrases import build_phrases, load_tokenizer
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table_path = out_dir / "kb.parquet"
     more: dict = {}
     if cfg.source == "wikidata":
-        more = _wikidata(src, out, cfg)
-        kb = KnowledgeBase.load(out)  # the importer's output goes through the same checks
+        more = _wikidata(src, table_path, cfg)
+        kb = KnowledgeBase.load(table_path)  # the importer's output goes through the same checks
     else:
         kb = KnowledgeBase.load(src)  # missing columns, wrong types, empty ids, duplicates
-        rows = [{"entity_id": e.entity_id, "name": e.name, "aliases": list(e.aliases),
-                 "description": e.description, "type": e.type} for e in kb.entities.values()]
-        tables.write_table(out, tables.from_rows(rows, tables.KB), tables.KB)
+        tables.write_table(table_path, kb.table, tables.KB)
+    phrases = build_phrases(kb.table, load_tokenizer(spacy_model)) if spacy_model else None
+    meta = kb.write(out_dir, f"sha256:{file_sha256(table_path)}", phrases)
     # MLflow metric names take letters, digits and _-. /: a user's type names may hold more
-    types = Counter(re.sub(r"[^\w\-. /]", "_", e.type) or "untyped"
-                    for e in kb.entities.values())
-    described = sum(bool(e.description) for e in kb.entities.values())
-    return {"entities": len(kb), "surface_forms": len(kb.alias_index),
-            "with_description": described,
+    counts = pc.value_counts(kb.table["type"]).to_pylist()
+    types = Counter()
+    for c in counts:
+        types[re.sub(r"[^\w\-. /]", "_", c["values"] or "") or "untyped"] += c["counts"]
+    described = int(pc.sum(pc.greater(pc.utf8_length(kb.table["description"]), 0)).as_py() or 0)
+    return {"entities": len(kb), "surface_forms": meta["surface_forms"],
+            "phrases": meta["phrases"], "with_description": described,
+            "with_popularity": int(pc.sum(pc.greater(kb.table["popularity"], 0)).as_py() or 0),
             **{f"type.{t}": n for t, n in types.most_common(TYPES_SHOWN)}, **more}
 
 
 def run(cfg: KBConfig, ctx: StageContext) -> dict:
-    """Stage ``kb``: ``kb.path`` (per ``kb.source``) -> ``data/kb/kb.parquet``."""
+    """Stage ``kb``: ``kb.path`` (per ``kb.source``) -> ``data/kb/`` (the table and its
+    indexes)."""
     from mofi_core.io.atomic import atomic_dir
 
     lay = ctx.layout
     src = lay.under_root(cfg.path)
-    with atomic_dir(lay.kb.parent) as out:
-        metrics = materialise(cfg, src, out / lay.kb.name)
+    with atomic_dir(lay.kb) as out:
+        metrics = materialise(cfg, src, out, ctx.params.ner.spacy_model)
         (out / "source.json").write_text(json.dumps(
             {"source": cfg.source, "path": cfg.path}, indent=1) + "\n", encoding="utf-8")
     print(f"kb: {metrics['entities']} entities from {cfg.source} {cfg.path}")

@@ -96,7 +96,7 @@ def to_kb_row(entity: dict, type_map: dict[str, str], language: str, min_sitelin
     aliases = [a["value"] for a in entity.get("aliases", {}).get(language, []) if a.get("value")]
     desc = entity.get("descriptions", {}).get(language, {}).get("value", "")
     return {"entity_id": entity["id"], "name": label, "aliases": aliases, "description": desc,
-            "type": etype}, ""
+            "type": etype, "popularity": len(entity.get("sitelinks", {}))}, ""
 
 
 def import_wikidata(dump: Path, out: Path, type_map: dict[str, str] | None = None,

@@ -212,7 +212,7 @@ class EntityTexts:
 
     def __call__(self, entity_id: str) -> torch.Tensor:
         if entity_id not in self._cache:
-            e = self.kb.entities.get(entity_id)
+            e = self.kb.get(entity_id)
             if e is None:
                 raise ValueError(f"entity {entity_id!r} of the I2E data is not in the KB: the "
                                  "KB changed since build ran; re-run build")

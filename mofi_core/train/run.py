@@ -79,10 +79,10 @@ def _sample_maker(cfg: TrainConfig, meta, classes: list[str], kb_path: Path | No
     tokenizer = tokenizer_for(meta.arch_config)
     texts = None
     if cfg.spec.needs_kb(cfg.text_source):
-        if kb_path is None or not kb_path.is_file():
+        if kb_path is None or not kb_path.is_dir():
             raise FileNotFoundError(f"train.recipe={cfg.recipe} needs the KB for entity texts; "
                                     f"{kb_path} is missing")
-        texts = EntityTexts(KnowledgeBase.load(kb_path), tokenizer,
+        texts = EntityTexts(KnowledgeBase.open(kb_path), tokenizer,
                             TEXT_TEMPLATES[cfg.entity_text])
     return SampleMaker(spec=cfg.spec, transform=image_transform(meta, train=True),
                        tokenizer=tokenizer, class_index={c: i for i, c in enumerate(classes)},
@@ -251,7 +251,7 @@ def check_train(cfg: TrainConfig, ctx: StageContext) -> None:
     if cfg.spec.vocab:
         read_vocab(data)
     if cfg.spec.needs_kb(cfg.text_source):
-        KnowledgeBase.load(ctx.layout.kb)
+        KnowledgeBase.open(ctx.layout.kb)
 
 
 def run_baseline(cfg: TrainConfig, ctx: StageContext) -> dict:

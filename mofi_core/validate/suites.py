@@ -328,27 +328,40 @@ class Inputs:
     scores: Path | None = None
 
 
+def known_ids(kb_dir: Path, columns: list[pd.Series]) -> list[str]:
+    """The ids the batches name that the KB holds: the expectations' value set. (The KB's
+    every id would make a suite, and its Data Docs, as large as the KB; an id a batch names
+    outside this set is exactly one the KB lacks.)"""
+    kb = KnowledgeBase.read(kb_dir)
+    used = {e for col in columns for e in col.dropna().unique().tolist()}
+    return sorted(e for e in used if e in kb)
+
+
 def build_batches(inputs: Inputs, cfg: ValidateConfig) -> dict[str, tuple[pd.DataFrame, list]]:
     stats = json.loads((inputs.i2e / "stats.json").read_text(encoding="utf-8"))
     classes = json.loads((inputs.i2e / "vocab.json").read_text(encoding="utf-8"))["classes"]
-    kb_ids = sorted(KnowledgeBase.load(inputs.kb).entities)
     manifest = tables.read_table(inputs.manifest, tables.MANIFEST).to_pandas()
     manifest["text_chars"] = manifest.pop("text").str.len()
     keys = pd.Index(manifest["key"].unique())
     corpus_size = len(manifest)
-    batches: dict[str, tuple[pd.DataFrame, list]] = {
-        "manifest": (manifest, manifest_suite(corpus_size))}
+    frames = load_frames(inputs.i2e)
+    frames.images["in_manifest"] = frames.images["key"].isin(keys)
+    mentions = scores = None
     if inputs.mentions is not None:
         mentions = tables.read_table(inputs.mentions, tables.MENTIONS).to_pandas()
         mentions = mentions.drop(columns=["mention", "label"])
         mentions["in_manifest"] = mentions["key"].isin(keys)
-        batches["mentions"] = (mentions, mentions_suite(kb_ids))
     if inputs.scores is not None:
         scores = tables.read_table(inputs.scores, tables.SCORES).to_pandas()
         scores["in_manifest"] = scores["key"].isin(keys)
+    kb_ids = known_ids(inputs.kb, [f["entity_id"] for f in (mentions, scores, frames.labels)
+                                   if f is not None])
+    batches: dict[str, tuple[pd.DataFrame, list]] = {
+        "manifest": (manifest, manifest_suite(corpus_size))}
+    if mentions is not None:
+        batches["mentions"] = (mentions, mentions_suite(kb_ids))
+    if scores is not None:
         batches["scores"] = (scores, scores_suite(kb_ids))
-    frames = load_frames(inputs.i2e)
-    frames.images["in_manifest"] = frames.images["key"].isin(keys)
     suites = i2e_suites(cfg, stats["rule"], classes, kb_ids, corpus_size)
     for name in ("images", "labels", "entities"):
         batches[name] = (getattr(frames, name), suites[name])

@@ -104,9 +104,9 @@ def _stand_ins(tiny_world, data: Path) -> dict:
     # the corpus: every tiny-world image, behind a URL (planted copies of benchmark images too)
     rows = corpus_as_urls(sorted(layout.corpus_shards.glob("*.tar")), data / "www", limit=10**6)
     # the KB as Wikidata items (Q ids), with items the importer must skip
-    kb = KnowledgeBase.load(layout.kb)
+    kb = KnowledgeBase.open(layout.kb)
     items = [entity(f"Q{1000 + i}", e.name, [P31[e.type]], sitelinks=7, aliases=e.aliases,
-                    desc=e.description) for i, e in enumerate(kb.entities.values())]
+                    desc=e.description) for i, e in enumerate(kb)]
     items += [entity("Q9", "Obscure person", ["Q5"], sitelinks=1),
               entity("Q7", "Some galaxy", ["Q318"], sitelinks=40)]
     write_dump(data / "latest-all.json.bz2", items)
@@ -164,7 +164,7 @@ def test_the_readme_walkthrough_runs_on_your_own_data(tiny_world, tmp_path):
     kb = metrics("kb")
     assert kb["entities"] == want["entities"]
     assert kb["skipped.too_few_sitelinks"] == 1 and kb["skipped.P31_not_in_type_map"] == 1
-    assert pq.read_table(lay.kb, columns=["entity_id"])["entity_id"].to_pylist()[0] == "Q1000"
+    assert pq.read_table(lay.kb_table, columns=["entity_id"])["entity_id"].to_pylist()[0] == "Q1000"
     # ingest read what img2dataset wrote: every image it fetched
     rows = [r for p in sorted((data / "shards").glob("0*.parquet"))
             for r in pq.read_table(p).to_pylist()]

@@ -31,7 +31,7 @@ def chain(tiny_world, tmp_path_factory):
     corpus = tmp_path_factory.mktemp("faulty_corpus")
     for shard in layout.corpus_shards.glob("*.tar"):
         (corpus / shard.name).symlink_to(shard)
-    names = [e["name"] for e in pq.read_table(layout.kb, columns=["name"]).to_pylist()]
+    names = [e["name"] for e in pq.read_table(layout.kb_table, columns=["name"]).to_pylist()]
     plan = write_fault_shards(corpus, [f"{n} on a sunny day" for n in names], prefix="00001")
     # three of its shards are unreadable; each counts as a typical shard's samples, lost
     lenient = params.ingest.model_copy(update={"max_reject_fraction": 0.9})

@@ -245,7 +245,7 @@ def _project_for_train(truth_i2e, tmp_path, checkpoint_every, dvc=False):
     root = copy_project(tmp_path / "proj") if dvc else tmp_path / "proj"
     shutil.copytree(i2e, root / "data" / "i2e")
     (root / "data" / "kb").mkdir(exist_ok=True)
-    shutil.copy(layout.kb, root / "data" / "kb" / "kb.parquet")
+    shutil.copytree(layout.kb, root / "data" / "kb", dirs_exist_ok=True)
     train = {**RESUME, "steps": 4, "checkpoint_every": checkpoint_every, "num_workers": 0,
              "log_every": 2, "shard_head": True}
     runtime = {k: train.pop(k) for k in list(train) if k in TrainConfig.RUNTIME}

@@ -25,9 +25,15 @@ def _params(**over):
     return parse_params(apply_overrides({}, over))
 
 
-class _Ctx:  # what the stage runner hands a stage: the layout (and more, unused here)
+class _Ctx:  # what the stage runner hands a stage: the layout and the params (and more)
     def __init__(self, root):
         self.layout = Layout(root)
+        self.params = _params()
+
+
+def _rows(rows, popularity=0):
+    """The rows as the project's KB schema holds them (popularity 0 when a source has none)."""
+    return [{**r, "popularity": popularity} for r in rows]
 
 
 def test_a_parquet_kb_of_the_users_is_checked_and_written_in_the_projects_schema(tmp_path):
@@ -36,20 +42,22 @@ def test_a_parquet_kb_of_the_users_is_checked_and_written_in_the_projects_schema
     cfg = _params(**{"kb.source": "parquet", "kb.path": "my_kb.parquet"}).kb
     metrics = run(cfg, _Ctx(tmp_path))
     lay = Layout(tmp_path)
-    assert pq.read_table(lay.kb).to_pylist() == ROWS
+    assert pq.read_table(lay.kb_table).to_pylist() == _rows(ROWS)
     assert metrics["entities"] == 2 and metrics["with_description"] == 1
     assert metrics["type.landmark"] == 1 and metrics["type.person"] == 1
-    assert json.loads((lay.kb.parent / "source.json").read_text()) == {
+    assert metrics["surface_forms"] == 3 and metrics["phrases"] == 3
+    assert json.loads((lay.kb / "source.json").read_text()) == {
         "source": "parquet", "path": "my_kb.parquet"}
-    assert KnowledgeBase.load(lay.kb).candidates("tour eiffel") == ("E1",)
+    kb = KnowledgeBase.open(lay.kb)  # what every later stage opens: the table and its indexes
+    assert kb.candidates("tour eiffel") == ("E1",) and kb.get("E2").name == "Douglas Adams"
 
 
 def test_a_json_lines_kb_gives_the_same_table(tmp_path):
     src = tmp_path / "kb.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     materialise(_params(**{"kb.source": "parquet", "kb.path": str(src)}).kb, src,
-                tmp_path / "out.parquet")
-    assert pq.read_table(tmp_path / "out.parquet").to_pylist() == ROWS
+                tmp_path / "out")
+    assert pq.read_table(tmp_path / "out" / "kb.parquet").to_pylist() == _rows(ROWS)
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -80,10 +88,11 @@ def test_a_wikidata_dump_is_imported_by_the_stage_with_its_filters(tmp_path):
                      "kb.min_sitelinks": 2, "kb.type_map": {"Q5": "person", "Q318": "galaxy"}}
                   ).kb
     metrics = run(cfg, _Ctx(tmp_path))
-    rows = pq.read_table(Layout(tmp_path).kb).to_pylist()
+    rows = pq.read_table(Layout(tmp_path).kb_table).to_pylist()
     # Q243's P31 is not in this type map; Q1 has too few sitelinks
     assert [r["entity_id"] for r in rows] == ["Q42", "Q3"]
     assert rows[1]["type"] == "galaxy"
+    assert [r["popularity"] for r in rows] == [5, 3]  # sitelinks (3: the helper's default)
     assert metrics["entities"] == 2 and metrics["dump_lines"] >= 4
     assert metrics["skipped.too_few_sitelinks"] == 1
     assert metrics["skipped.P31_not_in_type_map"] == 1

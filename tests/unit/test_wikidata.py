@@ -33,9 +33,9 @@ def test_dump_streams_into_the_kb_format_with_counted_skips(dump, tmp_path):
     rows = pq.read_table(out).to_pylist()
     assert rows == [
         {"entity_id": "Q243", "name": "Eiffel Tower", "aliases": ["Tour Eiffel"],
-         "description": "tower in Paris", "type": "landmark"},
+         "description": "tower in Paris", "type": "landmark", "popularity": 3},
         {"entity_id": "Q42", "name": "Douglas Adams", "aliases": [],
-         "description": "English writer", "type": "person"}]
+         "description": "English writer", "type": "person", "popularity": 3}]  # sitelinks
     assert "too few sitelinks" in result.output and "P31 not in type map" in result.output
     assert KnowledgeBase.load(out).candidates("tour eiffel") == ("Q243",)
 
