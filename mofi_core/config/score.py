@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from mofi_core.config.section import Section
@@ -13,9 +15,17 @@ class ScoreConfig(Section):
     pretrained: str | None = Field(None, description="open_clip tag or local checkpoint file")
     prompts: tuple[str, ...] = Field(("a photo of {name}.",), min_length=1, description=(
         "text templates averaged per entity; may use {name} and {description}"))
+    homonym_prompts: tuple[str, ...] = Field(("a photo of {name}, {description}.",),
+                                             min_length=1, description=(
+        "the templates of an entity whose name another KB entity shares: with its description, "
+        "so that namesakes never share a text (nor a score)"))
     null_samples: int = Field(16, ge=0, description="random non-candidate entities scored per "
                                                     "image (null distribution); 0 = none")
-    null_pool: int = Field(4096, ge=1, description="KB sample the null entities come from")
+    decoys: Literal["type", "uniform"] = Field("type", description=(
+        "where an image's decoys come from: KB entities of its candidates' types (as its "
+        "confusers are), or the whole KB"))
+    null_pool: int = Field(4096, ge=1, description=(
+        "KB sample the decoys come from (per type with decoys: type)"))
     seed: int = 0
     batch_size: int = Field(256, ge=1)
     device: str = "auto"
@@ -25,7 +35,11 @@ class ScoreConfig(Section):
 
     @model_validator(mode="after")
     def _prompt(self) -> ScoreConfig:
-        for p in self.prompts:
+        for p in self.homonym_prompts:
+            if "{description}" not in p:
+                raise ValueError(f"score.homonym_prompts: each must contain '{{description}}' "
+                                 f"(what tells namesakes apart), got {p!r}")
+        for p in (*self.prompts, *self.homonym_prompts):
             if "{name}" not in p:
                 raise ValueError(f"score.prompts: each must contain '{{name}}', got {p!r}")
             try:

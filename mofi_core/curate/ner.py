@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mofi_core.config.ner import NerConfig
+from mofi_core.curate.linking import Candidate, rank, words
 from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.kb.phrases import build_phrases, find, tokenizer_id
@@ -97,33 +98,6 @@ def _spans(doc, found: list[tuple[int, int]], labels: frozenset[str]
     return sorted(out)
 
 
-# spaCy NER label -> KB types it is compatible with (labels not listed carry no type evidence)
-TYPE_COMPATIBILITY = {
-    "PERSON": {"person"}, "ORG": {"organization"}, "GPE": {"place"},
-    "LOC": {"place", "landmark"}, "FAC": {"landmark"}, "PRODUCT": {"product"},
-    "WORK_OF_ART": {"product"},
-}
-
-
-def link_scores(cands: tuple[str, ...], types: list[str], label: str,
-                co_mentioned: set[str]) -> list[float]:
-    """Disambiguation weights, normalised over the candidates (``types``: their KB types): a
-    candidate whose KB type fits the NER label counts 2x (0.5x when it contradicts it), one
-    named unambiguously elsewhere in the same alt-text counts 3x. Every candidate is kept;
-    CLIP scoring decides later."""
-    fits = TYPE_COMPATIBILITY.get(label)
-    weights = []
-    for c, kind in zip(cands, types, strict=True):
-        w = 1.0
-        if fits is not None:
-            w *= 2.0 if kind in fits else 0.5
-        if c in co_mentioned:
-            w *= 3.0
-        weights.append(w)
-    total = sum(weights)
-    return [w / total for w in weights]
-
-
 def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: NerConfig,
                      nlp=None) -> list[dict]:
     """One row per (mention, candidate); unlinked mentions get one row with a null entity."""
@@ -132,24 +106,35 @@ def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: 
     labels = frozenset(cfg.labels)
     docs = list(nlp.pipe(texts, batch_size=cfg.batch_size))
     found = find(docs, phrases) if phrases is not None else [[] for _ in docs]
+    weights = cfg.link_weights.model_dump()
     rows: list[dict] = []
     for key, doc, gaz in zip(keys, docs, found, strict=True):
-        spans = []
-        for start, end, label, source in _spans(doc, gaz, labels):
-            cand_rows = kb.form_rows(normalise_alias(doc.text[start:end]))
-            spans.append((start, end, label, source, kb.column("entity_id", cand_rows),
-                          kb.column("type", cand_rows)))
-        sure = {c[0] for *_, c, _ in spans if len(c) == 1}
-        for start, end, label, source, cands, types in spans:
+        spans = [(start, end, label, source, candidates(kb, doc.text[start:end]))
+                 for start, end, label, source in _spans(doc, gaz, labels)]
+        sure = {c[0].entity_id for *_, c in spans if len(c) == 1}
+        text_words = words(doc.text)
+        for start, end, label, source, cands in spans:
             base = {"key": key, "mention": doc.text[start:end], "start": start, "end": end,
                     "label": label, "source": source}
             if not cands:
                 rows.append({**base, "entity_id": None, "link_score": 0.0})
                 continue
-            scores = link_scores(cands, types, label, sure)
-            rows.extend({**base, "entity_id": c, "link_score": sc}
-                        for c, sc in zip(cands, scores, strict=True))
+            context = text_words - words(doc.text[start:end])
+            kept = rank(cands, label, sure, context, weights, cfg.max_candidates)
+            rows.extend({**base, "entity_id": c, "link_score": sc} for c, sc in sorted(kept))
     return rows
+
+
+def candidates(kb: KnowledgeBase, mention: str) -> list[Candidate]:
+    """Every entity the mention's normalised form names, with what ranking reads of it."""
+    form = normalise_alias(mention)
+    rows = kb.form_rows(form)
+    if not len(rows):
+        return []
+    ids, names, types, pops, descs = (kb.column(c, rows) for c in (
+        "entity_id", "name", "type", "popularity", "description"))
+    return [Candidate(i, normalise_alias(n) == form, t or "", int(p or 0), d or "")
+            for i, n, t, p, d in zip(ids, names, types, pops, descs, strict=True)]
 
 
 def mention_metrics(rows: Iterable[dict], num_samples: int) -> dict[str, int]:

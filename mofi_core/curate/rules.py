@@ -18,6 +18,15 @@ from mofi_core.io import tables
 Labels = dict[str, list[tuple[str, float]]]  # image key -> [(entity id, score)]
 
 
+def top_k(cands: list[tuple[str, float]], k: int) -> list[tuple[str, float]]:
+    """The ``k`` best-scoring candidates, and every candidate tied with the k-th: a tie (two
+    namesakes with one text) is never settled by the order of their ids."""
+    ranked = sorted(cands, key=lambda c: (-c[1], c[0]))
+    if len(ranked) <= k:
+        return ranked
+    return [c for c in ranked if c[1] >= ranked[k - 1][1]]
+
+
 def passes_rules(keys: list[str], entities: list[str], scores: list[float], cfg: BuildConfig,
                   null_cut: dict[str, float]) -> Labels:
     if "fdr" in cfg.rules:
@@ -29,7 +38,7 @@ def passes_rules(keys: list[str], entities: list[str], scores: list[float], cfg:
     kept: Labels = {}
     for key, cands in by_key.items():
         if "top_k" in cfg.rules:
-            cands = sorted(cands, key=lambda c: (-c[1], c[0]))[: cfg.top_k]
+            cands = top_k(cands, cfg.top_k)
         if "threshold" in cfg.rules:
             cands = [c for c in cands if c[1] >= cfg.threshold]
         if "null_quantile" in cfg.rules:

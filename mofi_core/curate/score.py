@@ -27,7 +27,7 @@ from mofi_core.device import resolve_device
 from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.io.shards import iter_samples, list_shards
-from mofi_core.kb.store import KnowledgeBase, kb_digest
+from mofi_core.kb.store import KnowledgeBase, kb_digest, normalise_alias
 from mofi_core.models.artifact import WEIGHTS, LoadedModel, check_model_folder
 from mofi_core.models.factory import encode_texts
 from mofi_core.models.preprocess import BatchPreprocess
@@ -148,16 +148,36 @@ def _load_open_clip(cfg: ScoreConfig):
     return model.eval(), preprocess, open_clip.get_tokenizer(cfg.model)
 
 
+def entity_texts(kb: KnowledgeBase, entity_ids: list[str], prompts: tuple[str, ...],
+                 homonym_prompts: tuple[str, ...]) -> list[list[str]]:
+    """The texts of each entity: ``prompts`` filled with its name (and description); an entity
+    whose name another KB entity shares gets ``homonym_prompts`` instead, so that two
+    namesakes never have one text (nor one score)."""
+    out = []
+    for e in (kb.get(i) for i in entity_ids):
+        shared = len(kb.form_rows(normalise_alias(e.name))) > 1
+        desc = e.description or e.type or e.name
+        out.append([p.format(name=e.name, description=desc)
+                    for p in (homonym_prompts if shared else prompts)])
+    return out
+
+
 def entity_text_embeddings(model, tokenizer, kb: KnowledgeBase, entity_ids: list[str],
-                           prompts: tuple[str, ...], device: torch.device, batch: int = 256
-                           ) -> torch.Tensor:
-    """One unit vector per entity: the normalised mean over the prompt templates (which may use
-    ``{name}`` and ``{description}``). Computed once per entity, never per image."""
-    ents = [kb.get(e) for e in entity_ids]
-    per_prompt = [encode_texts(model, tokenizer, [p.format(name=e.name, description=e.description)
-                                                  for e in ents], device, batch)
-                  for p in prompts]
-    return torch.nn.functional.normalize(torch.stack(per_prompt).mean(0), dim=-1)
+                           prompts: tuple[str, ...], device: torch.device, batch: int = 256,
+                           homonym_prompts: tuple[str, ...] | None = None) -> torch.Tensor:
+    """One unit vector per entity: the normalised mean of its texts' embeddings
+    (:func:`entity_texts`). Computed once per entity, never per image."""
+    texts = entity_texts(kb, entity_ids, prompts, homonym_prompts or prompts)
+    flat = [t for ts in texts for t in ts]
+    emb = encode_texts(model, tokenizer, flat, device, batch) if flat else \
+        torch.zeros(0, 1, device=device)
+    out, start = [], 0
+    for ts in texts:
+        out.append(emb[start:start + len(ts)].mean(0))
+        start += len(ts)
+    if not out:
+        return torch.zeros(0, emb.shape[-1], device=device)
+    return torch.nn.functional.normalize(torch.stack(out), dim=-1)
 
 
 def candidates_by_key(mentions: pa.Table) -> dict[str, list[str]]:
@@ -169,13 +189,22 @@ def candidates_by_key(mentions: pa.Table) -> dict[str, list[str]]:
     return dict(cands)
 
 
-def null_pool(kb: KnowledgeBase, cfg: ScoreConfig) -> list[str]:
-    """Entities the null distribution is drawn from: a fixed random sample of the KB."""
+def null_pool(kb: KnowledgeBase, cfg: ScoreConfig) -> dict[str, list[str]]:
+    """Entities the decoys are drawn from, by KB type: a fixed random sample of at most
+    ``score.null_pool`` of each type, drawn from the whole KB (``score.decoys: uniform``: one
+    pool of that size, under the type ``""``)."""
     if cfg.null_samples == 0:
-        return []
-    ids = kb.ids()  # sorted
+        return {}
     rng = np.random.default_rng(cfg.seed)
-    return sorted(rng.choice(ids, min(cfg.null_pool, len(ids)), replace=False).tolist())
+    ids = kb.table["entity_id"]
+    groups = {"": np.arange(len(kb))} if cfg.decoys == "uniform" else {
+        str(t): pc.indices_nonzero(pc.equal(kb.table["type"], t)).to_numpy()
+        for t in sorted(pc.unique(kb.table["type"]).drop_null().to_pylist())}
+    out = {}
+    for t, rows in groups.items():
+        pick = rng.choice(rows, min(cfg.null_pool, len(rows)), replace=False)
+        out[t] = sorted(ids.take(pa.array(np.sort(pick))).to_pylist())
+    return out
 
 
 def null_draw(key: str, pool: np.ndarray, exclude: set[int], n: int, seed: int) -> np.ndarray:
@@ -245,7 +274,8 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
     missing = sorted(e for e in cand_ids if e not in kb)
     if missing:
         raise ValueError(f"{ner_dir} links to entities not in {kb_path}: {missing[:5]}")
-    entity_ids = tuple(sorted(cand_ids | set(null_pool(kb, cfg))))
+    entity_ids = tuple(sorted(cand_ids | {e for ids in null_pool(kb, cfg).values()
+                                           for e in ids}))
 
     names = {j.name for j in jobs}
     remove_stale(out_dir / "parts", names)
@@ -321,7 +351,8 @@ class Scorer:
     prep: BatchPreprocess
     text: torch.Tensor
     index: dict[str, int]
-    pool_idx: np.ndarray
+    pools: dict[str, np.ndarray]  # decoy pool per KB type ("": every type), as text rows
+    types: list[str]  # the KB type of each text row
 
     @classmethod
     def build(cls, cfg: ScoreConfig, baseline_dir: Path, kb: KnowledgeBase,
@@ -329,10 +360,23 @@ class Scorer:
         device = resolve_device(cfg.device)
         model, transform, tokenizer = load_scorer(cfg, baseline_dir, device)
         text = entity_text_embeddings(model, tokenizer, kb, list(entity_ids), cfg.prompts,
-                                      device)
+                                      device, homonym_prompts=cfg.homonym_prompts)
         index = {e: i for i, e in enumerate(entity_ids)}
-        pool_idx = np.array([index[e] for e in null_pool(kb, cfg)], dtype=np.int64)
-        return cls(cfg, device, model, BatchPreprocess(transform), text, index, pool_idx)
+        pools = {t: np.array([index[e] for e in ids], dtype=np.int64)
+                 for t, ids in null_pool(kb, cfg).items()}
+        types = [t or "" for t in kb.column("type", kb.rows(entity_ids))] if entity_ids else []
+        return cls(cfg, device, model, BatchPreprocess(transform), text, index, pools, types)
+
+    def decoy_pool(self, candidates: list[int]) -> np.ndarray:
+        """Where an image's decoys come from: the pools of its candidates' types (confusers
+        are namesakes of the same kind), or the one uniform pool."""
+        if "" in self.pools:
+            return self.pools[""]
+        kinds = sorted({self.types[i] for i in candidates} & set(self.pools))
+        if not kinds:
+            return np.concatenate(list(self.pools.values())) if self.pools else \
+                np.zeros(0, dtype=np.int64)
+        return np.concatenate([self.pools[t] for t in kinds])
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Unit image embeddings (float32) of a collated uint8 batch."""
@@ -351,8 +395,8 @@ class Scorer:
         rows.entity.extend(e for c in per for e in c)
         rows.score.extend(_pair_scores(img, self.text, ent))
         rows.seen += len(keys)
-        if len(self.pool_idx):
-            nulls = [null_draw(k, self.pool_idx, set(idx), self.cfg.null_samples,
+        if self.pools:
+            nulls = [null_draw(k, self.decoy_pool(idx), set(idx), self.cfg.null_samples,
                                self.cfg.seed).tolist()
                      for k, idx in zip(keys, ent, strict=True)]
             flat = _pair_scores(img, self.text, nulls)

@@ -35,9 +35,18 @@ def choose_kind(noise: NoiseConfig, rng: np.random.Generator) -> str:
     return str(rng.choice(KINDS, p=weights / weights.sum()))
 
 
+def context_phrase(e: Entity) -> str:
+    """What a caption may say of an entity beside its name: its description without the name
+    ("a painter from Norvik")."""
+    desc = e.kb.description.rstrip(".")
+    return desc.replace(f"{e.name} is ", "", 1).replace(e.name, "").strip(" ,")
+
+
 def alt_text(shown: list[Entity], distractors: list[Entity], kind: str,
-             rng: np.random.Generator) -> str:
-    """Alt-text for an image showing ``shown``; ``distractors`` are named but not shown."""
+             rng: np.random.Generator, context: float = 0.0) -> str:
+    """Alt-text for an image showing ``shown``; ``distractors`` are named but not shown.
+    ``context``: the chance that a caption naming the entity also says what it is (its
+    description's words, what tells it from namesakes); 0 draws nothing."""
     main = shown[0]
     name = main.name
     if kind == "alias" and main.aliases:
@@ -52,6 +61,9 @@ def alt_text(shown: list[Entity], distractors: list[Entity], kind: str,
         text = str(rng.choice(_WITH_NAME)).format(n=name)
     elif kind == "foreign":
         text = str(rng.choice(_FOREIGN)).format(n=name)
+    if kind in ("name", "alias", "lowercase", "typo", "foreign") and context \
+            and rng.random() < context:
+        text = f"{text}, {context_phrase(main)}"
     elif kind == "generic":
         text = _GENERIC[main.type]
     elif kind == "boilerplate":

@@ -12,9 +12,11 @@ module surrounds them with ``corpus.kb_padding.entities`` more, shaped like Wiki
   like a person): the ambiguity entity linking meets on Wikidata, where "Paris" names hundreds
   of items. Apart from those, a padding name never equals a depicted entity's name or alias;
 - **popularity**: a sitelink count per entity, from a discrete power law (``P(k) ~ k^-a``,
-  ``sitelinks_exponent``), capped at 400. Depicted entities draw theirs from the same law
-  (:func:`popularity`), so a depicted entity is not more popular than its homonyms by
-  construction: a prior alone cannot tell which one an image shows.
+  ``sitelinks_exponent``), capped at 400. A depicted entity draws its own from the same law
+  size-biased (``depicted_popularity``): each count weighted by itself, as a popular entity is
+  in more pictures. So the depicted one is often, not always, the most popular of its
+  namesakes (about 1 in 20 of them is as popular as a median depicted entity): a prior helps,
+  it does not decide; ``depicted_popularity: same`` takes even that away.
 
 Which entities an image depicts stays exact ground truth (``data/truth``): padding entities are
 never drawn into a corpus image, an alt-text or the benchmark. Everything is a pure function of
@@ -72,10 +74,17 @@ _PATTERNS = {
 }
 
 
-def popularity(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+def popularity(n: int, exponent: float, rng: np.random.Generator, size_biased: bool = False
+               ) -> np.ndarray:
     """``n`` sitelink counts from a discrete power law ``P(k) ~ k^-exponent`` (k >= 1), capped at
-    :data:`MAX_SITELINKS`: most entities are obscure, a few are famous."""
-    return np.minimum(rng.zipf(exponent, n), MAX_SITELINKS).astype(np.int32)
+    :data:`MAX_SITELINKS`: most entities are obscure, a few are famous. ``size_biased``: drawn
+    as a photographed entity is, each k weighted by k itself (``P(k) ~ k^(1 - exponent)``, up
+    to the cap): a popular entity is in more pictures."""
+    if not size_biased:
+        return np.minimum(rng.zipf(exponent, n), MAX_SITELINKS).astype(np.int32)
+    k = np.arange(1, MAX_SITELINKS + 1)
+    p = k ** (1.0 - exponent)
+    return rng.choice(k, n, p=p / p.sum()).astype(np.int32)
 
 
 def _words(n: int, rng: np.random.Generator, ends: tuple[str, ...]) -> np.ndarray:
@@ -126,9 +135,11 @@ def _homonym_forms(depicted: list[KBEntity]) -> list[tuple[str, str]]:
 def kb_batches(depicted: list[KBEntity], cfg: PaddingConfig, seed: int
                ) -> Iterator[pa.RecordBatch]:
     """The demo world's whole KB: the depicted entities (each with a popularity from the
-    same law as the padding's, drawn from a stream of its own), then the padding."""
+    padding's law, size-biased unless ``depicted_popularity`` is ``same``, drawn from a stream
+    of its own), then the padding."""
     rng = np.random.Generator(np.random.PCG64([seed, _SEED_TAG, 1 << 40]))
-    pops = popularity(len(depicted), cfg.sitelinks_exponent, rng)
+    pops = popularity(len(depicted), cfg.sitelinks_exponent, rng,
+                      size_biased=cfg.depicted_popularity == "size_biased")
     yield pa.RecordBatch.from_pylist(
         [{**e.row(), "popularity": int(p)} for e, p in zip(depicted, pops, strict=True)],
         schema=tables.KB)

@@ -101,7 +101,7 @@ def _write_shard(job: tuple[int, int, np.ndarray]) -> int:
             key = f"{start + offset:09d}"
             shown, distractors, kind = _sample(entities[int(ent)], rng)
             jpg = render([(e, _object(e)) for e in shown], cfg.image_size, rng)
-            text = alt_text(shown, distractors, kind, rng)
+            text = alt_text(shown, distractors, kind, rng, cfg.noise.context)
             row = {"key": key, "caption": text, "url": f"demo://{key}.jpg", "status": "success",
                    "width": cfg.image_size, "height": cfg.image_size}
             writer.write(key, {"jpg": jpg, "txt": text, "json": row})

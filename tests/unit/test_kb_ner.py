@@ -81,17 +81,6 @@ def test_kb_loads_from_jsonl_as_users_bring_it(tmp_path):
         KnowledgeBase.load(path)
 
 
-def test_link_scores_use_type_fit_and_co_mentions(kb):
-    from mofi_core.curate.ner import link_scores
-
-    types = ["landmark", "organization"]  # Q1's and Q2's
-    # "Kelvara" tagged ORG: the carmaker fits, the tower does not
-    assert link_scores(("Q1", "Q2"), types, "ORG", set()) == pytest.approx([0.2, 0.8])
-    # gazetteer-only mention (no NER label): no type evidence, but the tower is named elsewhere
-    assert link_scores(("Q1", "Q2"), types, "KB", {"Q1"}) == pytest.approx([0.75, 0.25])
-    assert link_scores(("Q3",), ["person"], "ORG", set()) == [1.0]
-
-
 def test_co_mention_in_the_same_alt_text_shifts_the_ambiguous_link(kb, nlp):
     rows = extract_mentions(["k"], ["Kelvara Tower at dusk, seen from Kelvara"], kb, NerConfig(),
                             nlp)

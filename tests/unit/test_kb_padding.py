@@ -48,18 +48,24 @@ def test_homonyms_of_depicted_names_at_the_stated_rate_and_no_accidental_namesak
     assert len(hit) > 0.9 * len(FORMS)
 
 
-def test_depicted_and_padding_popularity_follow_one_law(kb):
-    """A prior alone cannot find the depicted entity: it is no more popular than its namesakes
-    by construction."""
+def test_popularity_is_one_law_the_depicted_drawn_size_biased(kb):
+    """A prior helps find the depicted entity, it does not decide: a depicted entity is drawn
+    as a photographed one is (each count weighted by itself), its namesakes from the law."""
     pops = kb["popularity"].to_numpy()
     assert pops.min() >= 1 and pops.max() <= MAX_SITELINKS
     depicted, padding = pops[:200], pops[200:]
     # P(1) of a zeta(2) law is 6/pi^2 = 0.61; the tail is long
     assert (padding == 1).mean() == pytest.approx(6 / np.pi**2, abs=0.01)
-    assert (depicted == 1).mean() == pytest.approx(6 / np.pi**2, abs=0.12)
     assert padding.max() >= 100
+    # size-biased, P(k) ~ 1/k up to 400: median sqrt(400) = 20; about 1 in 20 namesakes as high
+    assert 10 <= np.median(depicted) <= 40
+    assert 0.03 <= (padding >= np.median(depicted)).mean() <= 0.1
     draw = popularity(100_000, 2.0, np.random.default_rng(1))
     assert np.median(draw) == 1 and draw.dtype == np.int32
+    biased = popularity(100_000, 2.0, np.random.default_rng(1), size_biased=True)
+    assert np.median(biased) == pytest.approx(20, abs=2)
+    same = _table(PaddingConfig(depicted_popularity="same"))["popularity"].to_numpy()
+    assert np.median(same) <= 2
 
 
 def test_each_batch_is_a_pure_function_of_the_seed_and_its_index():
