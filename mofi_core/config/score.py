@@ -21,9 +21,10 @@ class ScoreConfig(Section):
         "so that namesakes never share a text (nor a score)"))
     null_samples: int = Field(16, ge=0, description="random non-candidate entities scored per "
                                                     "image (null distribution); 0 = none")
-    decoys: Literal["type", "uniform"] = Field("type", description=(
-        "where an image's decoys come from: KB entities of its candidates' types (as its "
-        "confusers are), or the whole KB"))
+    decoys: Literal["uniform", "type"] = Field("uniform", description=(
+        "where an image's decoys come from: the whole KB, or the KB entities of its "
+        "candidates' types (harder decoys: on the demo world they read the precision low, "
+        "docs/scale.md)"))
     null_pool: int = Field(4096, ge=1, description=(
         "KB sample the decoys come from (per type with decoys: type)"))
     seed: int = 0

@@ -219,13 +219,15 @@ def estimate(score_dir: Path, cfg: BuildConfig, exclude: frozenset[str] = frozen
 
 
 def ranks(cands: Candidates) -> np.ndarray:
-    """(images, widest): each candidate's rank within its image, best first, ties by entity id
-    as ``rules.passes_rules`` breaks them."""
-    s = cands.scores
+    """(images, widest): each candidate's rank within its image, best first: how many of the
+    image's candidates score strictly higher (tied candidates share a rank, as
+    ``rules.top_k`` keeps every candidate tied with the k-th)."""
+    s = np.nan_to_num(cands.scores, nan=-np.inf)
     out = np.zeros(s.shape, dtype=np.int64)
-    for i, ents in enumerate(cands.entities):
-        order = sorted(range(len(ents)), key=lambda j: (-s[i, j], ents[j]))
-        out[i, order] = np.arange(len(ents))
+    step = max(1, 2**22 // max(1, s.shape[1] ** 2))  # a few MB of comparisons at a time
+    for a in range(0, len(s), step):
+        block = s[a:a + step]
+        out[a:a + step] = (block[:, None, :] > block[:, :, None]).sum(axis=2)
     return out
 
 

@@ -61,9 +61,6 @@ def alt_text(shown: list[Entity], distractors: list[Entity], kind: str,
         text = str(rng.choice(_WITH_NAME)).format(n=name)
     elif kind == "foreign":
         text = str(rng.choice(_FOREIGN)).format(n=name)
-    if kind in ("name", "alias", "lowercase", "typo", "foreign") and context \
-            and rng.random() < context:
-        text = f"{text}, {context_phrase(main)}"
     elif kind == "generic":
         text = _GENERIC[main.type]
     elif kind == "boilerplate":
@@ -72,6 +69,8 @@ def alt_text(shown: list[Entity], distractors: list[Entity], kind: str,
         return ""
     else:
         raise ValueError(f"unknown alt-text kind {kind!r}; one of {KINDS}")
+    if kind != "generic" and context and rng.random() < context:  # the caption names it
+        text = f"{text}, {context_phrase(main)}"
     for d in distractors:
         text = str(rng.choice(_DISTRACTOR)).format(t=text, d=d.name)
     return text

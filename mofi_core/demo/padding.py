@@ -15,7 +15,7 @@ module surrounds them with ``corpus.kb_padding.entities`` more, shaped like Wiki
   ``sitelinks_exponent``), capped at 400. A depicted entity draws its own from the same law
   size-biased (``depicted_popularity``): each count weighted by itself, as a popular entity is
   in more pictures. So the depicted one is often, not always, the most popular of its
-  namesakes (about 1 in 20 of them is as popular as a median depicted entity): a prior helps,
+  namesakes (about 1 in 25 of them is as popular as a median depicted entity): a prior helps,
   it does not decide; ``depicted_popularity: same`` takes even that away.
 
 Which entities an image depicts stays exact ground truth (``data/truth``): padding entities are

@@ -143,8 +143,10 @@ class KnowledgeBase:
              form_rows: np.ndarray, phrases: Phrases | None = None,
              meta: dict | None = None) -> None:
         self.table = table
-        self._ids = table["entity_id"].combine_chunks() if table["entity_id"].num_chunks == 1 \
-            else table["entity_id"]
+        # one chunk per column (kb.arrow is one record batch): taking rows is then one call on
+        # an array, without copying the memory-mapped buffers
+        self._cols = {name: _one_chunk(table[name]) for name in table.column_names}
+        self._ids = self._cols["entity_id"]
         self._id_hash, self._id_row = id_hash, id_row
         self._form_hash, self._form_text = form_hash, form_text
         self._form_ptr, self._form_rows = form_ptr, form_rows
@@ -252,14 +254,14 @@ class KnowledgeBase:
 
     def column(self, name: str, rows: np.ndarray) -> list:
         """The values of one column at ``rows`` (as Python objects)."""
-        return self.table[name].take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        return self._cols[name].take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
 
     def entity(self, row: int) -> KBEntity:
-        t = self.table
-        return KBEntity(t["entity_id"][row].as_py(), t["name"][row].as_py(),
-                        tuple(t["aliases"][row].as_py() or ()),
-                        t["description"][row].as_py() or "", t["type"][row].as_py() or "",
-                        int(t["popularity"][row].as_py() or 0))
+        c = self._cols
+        return KBEntity(c["entity_id"][row].as_py(), c["name"][row].as_py(),
+                        tuple(c["aliases"][row].as_py() or ()),
+                        c["description"][row].as_py() or "", c["type"][row].as_py() or "",
+                        int(c["popularity"][row].as_py() or 0))
 
     def get(self, entity_id: str) -> KBEntity | None:
         row = self.row(entity_id)
@@ -341,8 +343,15 @@ def _strings(path: Path) -> pa.Array:
 
 
 def _write_ipc(path: Path, table: pa.Table) -> None:
+    """One record batch: every column one contiguous buffer once memory-mapped."""
+    table = table.combine_chunks()
     with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=1 << 16)
+        writer.write_table(table, max_chunksize=max(1, table.num_rows))
+
+
+def _one_chunk(col: pa.ChunkedArray) -> pa.Array:
+    """The column as one array: its only chunk as it is (no copy), else the chunks joined."""
+    return col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
 
 
 def surface_forms(table: pa.Table) -> Iterator[tuple[int, str]]:

@@ -107,10 +107,10 @@ def test_rule_edges_ties_and_equalities():
         "a": [("X", 0.3)]}
     assert select_labels(["a"], ["X"], [0.5], _cfg(rules=("null_quantile",)),
                          null_cut={"a": 0.5}) == {}
-    # top_k: equal scores go to the smaller entity id
+    # top_k: a tie with the k-th is kept whole, never cut by the order of the ids
     out = select_labels(["a", "a", "a"], ["Z", "X", "Y"], [0.5, 0.5, 0.5],
                         _cfg(rules=("top_k",), top_k=2))
-    assert out == {"a": [("X", 0.5), ("Y", 0.5)]}
+    assert out == {"a": [("X", 0.5), ("Y", 0.5), ("Z", 0.5)]}
     # the cap per entity: equal scores go to the smaller key
     out = select_labels(["c", "a", "b"], ["X", "X", "X"], [0.5, 0.5, 0.5],
                         _cfg(rules=("top_k",), max_images_per_entity=2))

@@ -96,7 +96,8 @@ def test_dvc_yaml_is_the_rendering():
 
 def test_only_result_sections_are_tracked():
     tracked = {p for name in DVC for p in body(name)["params"]}
-    assert tracked == {s.section for s in STAGES} | {"train.recipes", "ner.spacy_model"}
+    assert tracked == {s.section for s in STAGES} | {"train.recipes", "ner.spacy_model",
+                                                     "ner.max_candidates", "ner.link_weights"}
     assert not {p.partition(".")[0] for p in tracked} & {RUNTIME, "executor", "storage"}
 
 

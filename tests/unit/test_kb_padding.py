@@ -57,13 +57,17 @@ def test_popularity_is_one_law_the_depicted_drawn_size_biased(kb):
     # P(1) of a zeta(2) law is 6/pi^2 = 0.61; the tail is long
     assert (padding == 1).mean() == pytest.approx(6 / np.pi**2, abs=0.01)
     assert padding.max() >= 100
-    # size-biased, P(k) ~ 1/k up to 400: median sqrt(400) = 20; about 1 in 20 namesakes as high
-    assert 10 <= np.median(depicted) <= 40
-    assert 0.03 <= (padding >= np.median(depicted)).mean() <= 0.1
+    # size-biased, P(k) ~ 1/k up to 400: the median m solves H(m) = H(400) / 2, m = 15; a
+    # namesake reaches 15 with P = 1 - H2(14) / zeta(2) = 0.039
+    harmonic = np.cumsum(1.0 / np.arange(1, 401))
+    m = int(np.searchsorted(harmonic, harmonic[-1] / 2)) + 1
+    assert m == 15 and 8 <= np.median(depicted) <= 30
+    assert (padding >= m).mean() == pytest.approx(
+        1 - (1.0 / np.arange(1, m) ** 2).sum() / (np.pi**2 / 6), abs=0.005)
     draw = popularity(100_000, 2.0, np.random.default_rng(1))
     assert np.median(draw) == 1 and draw.dtype == np.int32
     biased = popularity(100_000, 2.0, np.random.default_rng(1), size_biased=True)
-    assert np.median(biased) == pytest.approx(20, abs=2)
+    assert np.median(biased) == 15
     same = _table(PaddingConfig(depicted_popularity="same"))["popularity"].to_numpy()
     assert np.median(same) <= 2
 

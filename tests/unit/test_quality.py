@@ -128,8 +128,8 @@ filter could keep: alt-texts naming nothing cap the first).
 | after CLIP filter + min images (I2E) | 40 | 95.0% | 40.0% | 80.0% |
 | rule `threshold + top_k` (same candidates, same min images) | 50 | 90.0% | 45.0% | 75.0% |
 
-Linking: 7 ambiguous mentions with a right candidate; the top link score (type fit, \
-co-mentions) picks a right one in 57.1%; all candidates go to CLIP.
+Linking: 7 ambiguous mentions with a right candidate among those sent to CLIP; the top link \
+score picks a right one in 57.1%.
 
 Goal (precision >= 95.0% at filter recall >= 80.0%): **met** (95.0% at 80.0%).
 

@@ -29,12 +29,12 @@ def test_namesakes_get_texts_that_tell_them_apart():
 
 
 def test_decoys_come_from_the_candidates_types_across_the_whole_kb():
-    pools = null_pool(KB, ScoreConfig(null_pool=8))
+    pools = null_pool(KB, ScoreConfig(null_pool=8, decoys="type"))
     assert set(pools) == {"person", "place"}
     assert all(len(ids) == 8 for ids in pools.values())
     assert all(KB.get(e).type == t for t, ids in pools.items() for e in ids)
-    assert null_pool(KB, ScoreConfig(null_pool=8, seed=1)) != pools  # a sample, not a prefix
-    uniform = null_pool(KB, ScoreConfig(null_pool=8, decoys="uniform"))
+    assert null_pool(KB, ScoreConfig(null_pool=8, decoys="type", seed=1)) != pools  # a sample
+    uniform = null_pool(KB, ScoreConfig(null_pool=8))
     assert set(uniform) == {""} and len(uniform[""]) == 8
     assert null_pool(KB, ScoreConfig(null_samples=0)) == {}
 
