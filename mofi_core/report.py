@@ -112,8 +112,10 @@ def linking_accuracy(mentions: pa.Table, true: Pairs) -> dict[str, float]:
             "top_link_right": right / len(ambiguous) if ambiguous else 0.0}
 
 
-EVIDENCE_ROWS = {"prior alone": {"prior": 1.0}, "type alone": {"type": 1.0},
-                 "context alone": {"context": 1.0}}
+# metric-name keys (MLflow takes letters, digits, _-. / and spaces): the report's row labels
+EVIDENCE_ROWS = {"prior": {"prior": 1.0}, "type": {"type": 1.0}, "context": {"context": 1.0}}
+EVIDENCE_LABELS = {"prior": "popularity alone", "type": "type fit alone",
+                   "context": "context words alone", "ranking": "the ranking (ner.link_weights)"}
 EVIDENCE_SAMPLE = 20_000  # ambiguous mentions measured at most (a fixed sample, by key hash)
 
 
@@ -133,7 +135,7 @@ def linking_evidence(mentions: pa.Table, texts: dict[str, str], kb, true: Pairs,
     for r in rows:
         if not by_key[r["key"]] or by_key[r["key"]][-1]["start"] != r["start"]:
             by_key[r["key"]].append(r)
-    variants = {**EVIDENCE_ROWS, "all (ner.link_weights)": weights}
+    variants = {**EVIDENCE_ROWS, "ranking": weights}
     hits = {name: [0.0, 0] for name in variants}
     measured = 0
     for key in sorted(by_key, key=lambda k: zlib.crc32(k.encode())):
@@ -420,8 +422,8 @@ def report_markdown(quality: dict, evaluation: dict) -> str:
             lines += ["", f"Linking evidence on {n} ambiguous mentions with a right candidate "
                       "(all their candidates, before the cut):", "",
                       "| ranked by | top-1 right | a right one sent to CLIP |", "|---|---|---|"]
-            lines += [f"| {name} | {_pct(v['top1'])} | {_pct(v['recall_at_cut'])} |"
-                      for name, v in evidence.items()]
+            lines += [f"| {EVIDENCE_LABELS[name]} | {_pct(v['top1'])} | "
+                      f"{_pct(v['recall_at_cut'])} |" for name, v in evidence.items()]
         f = quality["filtered"]
         met = f["precision"] >= GOAL_PRECISION and f["filter_recall"] >= GOAL_FILTER_RECALL
         lines += ["", f"Goal (precision >= {_pct(GOAL_PRECISION)} at filter recall >= "

@@ -68,7 +68,7 @@ def _lookup(folder=ROOT):
 def test_stage_io_comes_from_the_stage_table():
     io = stage_io("ner", _lookup())
     assert io.inputs == (("data/ingest/parts", "data/ingest", "ingest"),
-                         ("data/kb/kb.parquet", "data/kb", "kb"))
+                         ("data/kb", "data/kb", "kb"))
     assert io.outputs == ("data/ner", "metrics/ner.json")
     assert stage_io("corpus", _lookup()).inputs == ()
     # ${kb.path} is read from params.yaml, as DVC reads it: the demo KB, made by corpus
