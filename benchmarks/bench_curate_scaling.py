@@ -25,9 +25,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-STAGES = ("generate", "ingest", "ner", "score", "build", "evaluate")
+STAGES = ("generate", "kb", "ingest", "ner", "score", "build", "evaluate")
 BIG_STAGES = ("generate", "ingest")
-NEEDS = {"generate": (), "ingest": ("generate",), "ner": ("ingest",), "score": ("ner",),
+NEEDS = {"generate": (), "kb": ("generate",), "ingest": ("generate",), "ner": ("ingest", "kb"),
+         "score": ("ner",),
          "build": ("score",), "evaluate": ("ingest",)}
 
 
@@ -71,16 +72,20 @@ if stage == "generate":
                    benchmark=BenchmarkConfig(seen_classes=1, unseen_classes=0,
                    images_per_class=2, labelled_train=0, labelled_val=0, labelled_test=0)),
                    root / "corpus", root / "truth", root / "bench")
+elif stage == "kb":
+    from mofi_core.config.kb import KBConfig
+    from mofi_core.kb.importer import materialise
+    materialise(KBConfig(), root / "corpus" / "kb.parquet", root / "kb", NerConfig().spacy_model)
 elif stage == "ingest":
     from mofi_core.curate.ingest import ingest
     from mofi_core.io.sources import expand_sources
     ingest(expand_sources(str(root / "corpus" / "shards"), root), root / "ingest", IngestConfig())
 elif stage == "ner":
     from mofi_core.curate.ner import run_ner
-    run_ner(root / "ingest", root / "corpus" / "kb.parquet", root / "ner", NerConfig())
+    run_ner(root / "ingest", root / "kb", root / "ner", NerConfig())
 elif stage == "score":
     from mofi_core.curate.score import score
-    score(root / "ingest", root / "ner", root / "corpus" / "kb.parquet", root / "baseline",
+    score(root / "ingest", root / "ner", root / "kb", root / "baseline",
           root / "score", ScoreConfig())
 elif stage == "build":
     from mofi_core.curate.build import build

@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ratio import kb_folder
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -47,6 +49,7 @@ def main() -> None:
                                         seen_classes=1, unseen_classes=0, images_per_class=2,
                                         labelled_train=0, labelled_val=0, labelled_test=0)),
                        root / "corpus", root / "truth", root / "bench")
+        kb_folder(root)
         sources = expand_sources(str(root / "corpus" / "shards"), root)
         n = args.samples
 
@@ -73,7 +76,7 @@ def main() -> None:
                 out = root / f"ner{workers}"
                 shutil.rmtree(out, ignore_errors=True)
                 start = time.perf_counter()
-                run_ner(root / "ingest1", root / "corpus" / "kb.parquet", out,
+                run_ner(root / "ingest1", root / "kb", out,
                         NerConfig(workers=workers))
                 return n / (time.perf_counter() - start)
             return run

@@ -60,7 +60,7 @@ def main() -> None:
         meta = default_meta("clip", args.arch, arch_config(args.arch), "clip")
         model = build_model(meta).eval()
         save_model(root / "baseline", model, meta)
-        ids = KnowledgeBase.load(root / "corpus" / "kb.parquet").ids()
+        ids = KnowledgeBase.open(root / "kb").ids()
         samples = []
         for shard in list_shards(root / "ingest" / "shards"):
             part = [s for s in iter_samples(shard)]
@@ -99,7 +99,7 @@ def main() -> None:
 
         def run_stage(base: Path, out: str) -> float:
             start = time.perf_counter()
-            score(base / "ingest", base / "ner", root / "corpus" / "kb.parquet",
+            score(base / "ingest", base / "ner", root / "kb",
                   root / "baseline", root / out, cfg)
             return time.perf_counter() - start
 

@@ -48,7 +48,8 @@ def write_result(path: Path | None, result: dict) -> None:
 
 def corpus_world(root: Path, samples: int, **corpus) -> Path:
     """A demo world of about ``samples`` corpus images (200 entities) under ``root``, with a
-    minimal benchmark: the input of the stage benchmarks. ``corpus`` overrides CorpusConfig."""
+    minimal benchmark and the KB folder the ``kb`` stage writes (``root/kb``): the input of the
+    stage benchmarks. ``corpus`` overrides CorpusConfig."""
     from mofi_core.config.corpus import BenchmarkConfig, CorpusConfig
     from mofi_core.demo.world import generate_world
 
@@ -58,4 +59,16 @@ def corpus_world(root: Path, samples: int, **corpus) -> Path:
                                                  labelled_val=0, labelled_test=0),
                        **{"planted_duplicates": 0, **corpus})  # no near-copies: pure speed
     generate_world(cfg, root / "corpus", root / "truth", root / "bench")
+    kb_folder(root)
     return root
+
+
+def kb_folder(root: Path) -> Path:
+    """``root/kb``: the KB folder the ``kb`` stage writes from ``root/corpus/kb.parquet`` (default
+    params, the default spaCy pipeline's phrase index), which ner, score and train open."""
+    from mofi_core.config.kb import KBConfig
+    from mofi_core.config.ner import NerConfig
+    from mofi_core.kb.importer import materialise
+
+    materialise(KBConfig(), root / "corpus" / "kb.parquet", root / "kb", NerConfig().spacy_model)
+    return root / "kb"

@@ -140,7 +140,8 @@ STAGES: tuple[StageSpec, ...] = (
               outs=(Out("data/corpus"), Out("data/truth"), Out("data/benchmark"))),
     StageSpec("kb", "mofi_core.kb.importer:run", "kb",
               "Read the knowledge base (demo, parquet/JSON Lines file, or a Wikidata dump), "
-              "check its schema once, write data/kb/kb.parquet.",
+              "check its schema once, write data/kb: the table, its memory-mapped copy and the "
+              "lookup indexes.",
               param_inputs=("kb.path",), outs=(Out("data/kb"),),
               # the gazetteer's phrases are tokenized by the ner pipeline's tokenizer
               check="mofi_core.kb.importer:check", also_params=("ner.spacy_model",)),

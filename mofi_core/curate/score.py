@@ -1,7 +1,9 @@
 """score: CLIP similarity of each (image, candidate entity). Scores only; ``build`` decides.
 
-Entity text embeddings are computed once per entity (never per image); images are decoded and
-preprocessed in DataLoader workers while the main process runs the image tower.
+Entity text embeddings are computed once per entity (never per image) and kept in the output
+(:mod:`mofi_core.curate.entity_embeddings`: a re-run embeds only entities it has not seen, a
+cluster worker memory-maps them); images are decoded and preprocessed in DataLoader workers
+while the main process runs the image tower.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mofi_core.config.score import ScoreConfig
+from mofi_core.curate import entity_embeddings
 from mofi_core.device import resolve_device
 from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
@@ -276,6 +279,29 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
         raise ValueError(f"{ner_dir} links to entities not in {kb_path}: {missing[:5]}")
     entity_ids = tuple(sorted(cand_ids | {e for ids in null_pool(kb, cfg).values()
                                            for e in ids}))
+    # the entity texts' vectors, once per (KB, scorer, prompts): kept from an earlier run
+    # where it made them, embedded here otherwise, read by every process that scores
+    texts = out_dir / entity_embeddings.FOLDER
+    ident = entity_embeddings.identity(kb_digest(kb_path), _model_identity(cfg, baseline_dir),
+                                       cfg.prompts, cfg.homonym_prompts)
+    device = resolve_device(cfg.device)
+    models: list = []  # the scorer, loaded at most once in this process
+
+    def scorer_model():
+        if not models:
+            models.append(load_scorer(cfg, baseline_dir, device))
+        return models[0]
+
+    def embed(ids: list[str]) -> np.ndarray:
+        model, _, tokenizer = scorer_model()
+        return entity_text_embeddings(model, tokenizer, kb, ids, cfg.prompts, device,
+                                      homonym_prompts=cfg.homonym_prompts).cpu().numpy()
+
+    done = entity_embeddings.update(texts, ident, entity_ids, embed)
+    print(f"score: entity embeddings {len(entity_ids)} (embedded {done.embedded}, kept "
+          f"{done.reused} from {texts})"
+          + (f"; the earlier ones were not used: {done.discarded}" if done.discarded else ""),
+          flush=True)
 
     names = {j.name for j in jobs}
     remove_stale(out_dir / "parts", names)
@@ -293,7 +319,8 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
                         mentions={j.name: str(j.mentions) for j in jobs}),
                 [shard_jobs[j.name] for j in jobs], lambda j: _outputs(out_dir, j.name), state,
                 initializer=_init_scorer,
-                initargs=(cfg, str(baseline_dir), str(kb_path), entity_ids)):
+                initargs=(cfg, str(baseline_dir), str(kb_path), entity_ids, str(texts),
+                          ident)):
             progress.advance(resumed=was_done)  # counted as shards come back
         todo = []
     else:
@@ -301,7 +328,7 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
                 or not state.is_done(shard_jobs[j.name], _outputs(out_dir, j.name))]
         progress.advance(len(jobs) - len(todo), resumed=True)
     if todo:
-        sc = Scorer.build(cfg, baseline_dir, kb, entity_ids)
+        sc = Scorer.build(cfg, baseline_dir, kb, entity_ids, texts, ident, scorer_model())
         loader = DataLoader(ShardBatches(todo, sc.prep, cfg.batch_size), batch_size=None,
                             num_workers=min(decode_workers(cfg, sc.device, num_workers),
                                             len(todo)))
@@ -343,7 +370,8 @@ def score(ingest_dir: Path, ner_dir: Path, kb_path: Path, baseline_dir: Path,
 class Scorer:
     """What scoring needs, built once per process: the CLIP on its device, its batched image
     preprocessing (the model's eval transform, :mod:`mofi_core.models.preprocess`), one text
-    embedding per entity (row = position in the entity list) and the null pool's rows."""
+    embedding per entity (row = position in the entity list, read from the folder
+    :mod:`~mofi_core.curate.entity_embeddings` wrote) and the null pool's rows."""
 
     cfg: ScoreConfig
     device: torch.device
@@ -356,11 +384,13 @@ class Scorer:
 
     @classmethod
     def build(cls, cfg: ScoreConfig, baseline_dir: Path, kb: KnowledgeBase,
-              entity_ids: tuple[str, ...]) -> Scorer:
+              entity_ids: tuple[str, ...], texts: Path, ident: dict,
+              loaded: tuple | None = None) -> Scorer:
+        """``texts``, ``ident``: the entity embedding folder and the identity it must have;
+        ``loaded``: the scorer :func:`load_scorer` gave, when this process has it already."""
         device = resolve_device(cfg.device)
-        model, transform, tokenizer = load_scorer(cfg, baseline_dir, device)
-        text = entity_text_embeddings(model, tokenizer, kb, list(entity_ids), cfg.prompts,
-                                      device, homonym_prompts=cfg.homonym_prompts)
+        model, transform, _ = loaded or load_scorer(cfg, baseline_dir, device)
+        text = torch.from_numpy(entity_embeddings.load(texts, ident, entity_ids)).to(device)
         index = {e: i for i, e in enumerate(entity_ids)}
         pools = {t: np.array([index[e] for e in ids], dtype=np.int64)
                  for t, ids in null_pool(kb, cfg).items()}
@@ -410,12 +440,13 @@ class Scorer:
 _WORKER_SCORER: Scorer | None = None  # an executor worker's scorer, built by _init_scorer
 
 
-def _init_scorer(cfg: ScoreConfig, baseline_dir: str, kb_path: str, entity_ids: tuple[str, ...]
-                 ) -> None:
-    """Per executor worker: the scorer, built once."""
+def _init_scorer(cfg: ScoreConfig, baseline_dir: str, kb_path: str, entity_ids: tuple[str, ...],
+                 texts: str, ident: dict) -> None:
+    """Per executor worker: the scorer, built once, its entity vectors memory-mapped from the
+    folder the main process wrote."""
     global _WORKER_SCORER
     _WORKER_SCORER = Scorer.build(cfg, Path(baseline_dir), KnowledgeBase.open(Path(kb_path)),
-                                  entity_ids)
+                                  entity_ids, Path(texts), ident)
 
 
 @torch.no_grad()

@@ -114,7 +114,7 @@ def check_table(table: pa.Table, source: str) -> pa.Table:
                       "entities the alt-texts name")
     for column in ("entity_id", "name"):
         col = table[column]
-        empty = pc.or_(pc.is_null(col), pc.equal(pc.utf8_trim_whitespace(col), ""))
+        empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(col), ""), True)  # null counts
         bad = pc.sum(empty).as_py() or 0
         if bad:
             first = pc.index(empty, True).as_py()
@@ -176,26 +176,42 @@ class KnowledgeBase:
         if not (folder / TABLE).is_file() or not meta_path.is_file():
             raise FileNotFoundError(f"no knowledge base in {folder} ({TABLE}, {INDEX}/{META}); "
                                     "run the kb stage first (dvc repro kb)")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        table = ipc.open_file(pa.memory_map(str(folder / TABLE))).read_all()
-        digest = (table.schema.metadata or {}).get(DIGEST_KEY, b"").decode()
-        if meta.get("format") != FORMAT or digest != meta.get("digest"):
-            raise KBError(f"{folder / INDEX} was built from another KB than {folder / TABLE} "
-                          f"(digest {meta.get('digest')!r} vs {digest!r}, format "
-                          f"{meta.get('format')!r}); rebuild both: dvc repro -f kb")
+        reading = meta_path
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            reading = folder / TABLE
+            table = ipc.open_file(pa.memory_map(str(reading))).read_all()
+            digest = (table.schema.metadata or {}).get(DIGEST_KEY, b"").decode()
+            if meta.get("format") != FORMAT or digest != meta.get("digest"):
+                raise KBError(f"{folder / INDEX} was built from another KB than "
+                              f"{folder / TABLE} (digest {meta.get('digest')!r} vs {digest!r}, "
+                              f"format {meta.get('format')!r}); rebuild both: dvc repro -f kb")
+            index = folder / INDEX
 
-        index = folder / INDEX
+            def arr(name: str) -> np.ndarray:
+                nonlocal reading
+                reading = index / f"{name}.npy"
+                return np.load(reading, mmap_mode="r", allow_pickle=False)
 
-        def arr(name: str) -> np.ndarray:
-            return np.load(index / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            def strings(name: str) -> pa.Array:
+                nonlocal reading
+                reading = index / name
+                return _strings(reading)
 
-        kb = cls.__new__(cls)
-        phrases = Phrases(arr("phrase_hash"), _strings(index / "phrase_text.arrow"),
-                          int(meta["max_phrase_tokens"]), meta["tokenizer"]) \
-            if meta.get("phrases") else None
-        kb._set(table, arr("id_hash"), arr("id_row"), arr("form_hash"),
-                _strings(index / "form_text.arrow"), arr("form_ptr"), arr("form_rows"),
-                phrases, meta)
+            kb = cls.__new__(cls)
+            phrases = Phrases(arr("phrase_hash"), strings("phrase_text.arrow"),
+                              int(meta["max_phrase_tokens"]), meta["tokenizer"]) \
+                if meta.get("phrases") else None
+            kb._set(table, arr("id_hash"), arr("id_row"), arr("form_hash"),
+                    strings("form_text.arrow"), arr("form_ptr"), arr("form_rows"),
+                    phrases, meta)
+        except KBError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, pa.ArrowException
+                ) as err:  # a truncated, overwritten or missing file of the folder
+            raise KBError(f"{reading}: not a readable part of the knowledge base in {folder} "
+                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                          "); rebuild the folder: dvc repro -f kb") from err
         return kb
 
     @classmethod

@@ -316,7 +316,11 @@ def test_score_resumes_finished_shards(chain, tmp_path, monkeypatch):
         def __init__(self, *a, **k):
             raise AssertionError("finished shards were scored again")
 
+    def must_not_embed(*a, **k):
+        raise AssertionError("the entity texts were embedded again")
+
     monkeypatch.setattr(sc, "ShardBatches", MustNotLoad)
+    monkeypatch.setattr(sc, "entity_text_embeddings", must_not_embed)  # kept in the output
     assert score(layout.ingest, layout.ner, layout.kb, layout.baseline_model, tmp_path / "s",
                  params.score, num_workers=0, state_dir=state) == first
     assert (tmp_path / "s" / "scores.parquet").read_bytes() == digest

@@ -30,7 +30,7 @@ from tests.conftest import ROOT
 
 OUTPUT_DIRS = ("data", "models", "metrics", "reports", "plots")
 KB_SOURCE = "data/corpus/kb.parquet"  # what the kb stage reads (kb.source demo)
-KB = "data/kb/kb.parquet"  # what it writes, and every later stage reads
+KB = "data/kb"  # what it writes, and every later stage opens (kb.arrow and index/)
 
 
 # minutes of stage runs: the system tier (CI runs it after make test, which stays < 20 min)
@@ -106,6 +106,22 @@ def json_edit(rel: str, change: Callable[[dict], dict]) -> Mutation:
     def apply(root: Path) -> None:
         path = root / rel
         path.write_text(json.dumps(change(json.loads(path.read_text()))), encoding="utf-8")
+    return apply
+
+
+def rebuilt_kb(change: Callable[[list[dict]], list[dict]]) -> Mutation:
+    """The KB folder written again, by the kb stage's own writer, from changed rows: a KB
+    that is whole and consistent, only not this corpus's."""
+    def apply(root: Path) -> None:
+        from mofi_core.config.kb import KBConfig
+        from mofi_core.kb.importer import materialise
+
+        src = root / "other_kb.parquet"
+        pq.write_table(_kb_rows(change)(pq.read_table(root / KB / "kb.parquet")), src)
+        shutil.rmtree(root / KB)
+        materialise(KBConfig(), src, root / KB,
+                    read_params_file(root / "params.yaml")["ner"]["spacy_model"])
+        src.unlink()
     return apply
 
 
@@ -259,16 +275,23 @@ FILE_CASES = [
          both(text("data/dump.json", "[\n<rdf:RDF>\n]\n"),
               params(kb__source="wikidata", kb__path="data/dump.json")), r"not JSON"),
         ("ner", "KB missing", remove(KB),
-         r"ner needs data/kb/kb\.parquet, which is missing: run stage 'kb' first"),
-        ("ner", "KB of another corpus", table(KB, _kb_rows(_unrelated)),
-         r"no mention in \d+ alt-texts links to an entity of the KB .*kb\.parquet"),
+         r"ner needs data/kb, which is missing: run stage 'kb' first"),
+        ("ner", "KB of another corpus", rebuilt_kb(_unrelated),
+         r"no mention in \d+ alt-texts links to an entity of the KB .*data/kb"),
+        ("ner", "KB index of another KB",
+         lambda root: (root / KB / "kb.arrow").write_bytes(
+             (root / KB / "index" / "form_text.arrow").read_bytes()),
+         r"data/kb/index was built from another KB than .*kb\.arrow.*dvc repro -f kb"),
         ("ner", "spaCy pipeline missing", params(ner__spacy_model="xx_nope_sm"),
          r"spaCy pipeline 'xx_nope_sm' \(ner\.spacy_model\) is not installed"),
         ("ner", "ingest parts missing", remove("data/ingest/parts"),
          r"ner needs data/ingest/parts, which is missing: run stage 'ingest' first"),
         ("baseline", "ingest shards missing", remove("data/ingest/shards"),
          r"baseline needs data/ingest/shards, which is missing: run stage 'ingest'"),
-        ("score", "KB garbage", text(KB, GARBAGE), r"kb\.parquet: not a readable parquet file"),
+        ("score", "KB garbage", text(f"{KB}/kb.arrow", GARBAGE),
+         r"data/kb/kb\.arrow: not a readable part of the knowledge base .*dvc repro -f kb"),
+        ("score", "KB index truncated", text(f"{KB}/index/form_hash.npy", "\x93NUMPY"),
+         r"form_hash\.npy: not a readable part of the knowledge base"),
         ("score", "scorer missing", remove("models/baseline"),
          r"score needs models/baseline, which is missing: run stage 'baseline'"),
         ("score", "scorer metadata garbage", text("models/baseline/model.json", "{nope"),

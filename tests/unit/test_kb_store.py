@@ -63,6 +63,20 @@ def test_an_index_from_another_kb_is_refused(tmp_path):
         KnowledgeBase.open(tmp_path / "nothing")
 
 
+@pytest.mark.parametrize("part, damage", [
+    ("kb.arrow", lambda p: p.write_text("not arrow")),
+    ("index/meta.json", lambda p: p.write_text("{nope")),
+    ("index/form_hash.npy", lambda p: p.write_bytes(p.read_bytes()[:40])),
+    ("index/form_text.arrow", lambda p: p.unlink()),
+])
+def test_a_damaged_part_of_the_folder_is_one_line_naming_it(tmp_path, part, damage):
+    KnowledgeBase(ENTITIES).write(tmp_path, "sha256:aaa")
+    damage(tmp_path / part)
+    with pytest.raises(KBError, match="rebuild the folder: dvc repro -f kb") as err:
+        KnowledgeBase.open(tmp_path)
+    assert str(tmp_path / part) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_hash_collision_never_joins_two_forms(monkeypatch):
     """Every form hashes alike: the lookups still return only what each string names."""
     from mofi_core.kb import store
