@@ -11,9 +11,10 @@ output, memory-mapped by every process that scores.
 The score stage keeps the rows a previous run made with the same KB, scorer and prompts and
 embeds only the entities it has not seen (equal to what a fresh run computes up to float
 rounding: the text tower batches texts by length); a change to any of the three, or an
-unreadable folder, embeds everything again (a cache never answers for another model). A worker on a cluster opens the folder the main
-process wrote and refuses, in one line, one made from another KB or scorer. Memory holds the
-rows a run needs (its candidates and the decoy pool), never the whole KB.
+unreadable folder, embeds everything again (a cache never answers for another model). A
+worker on a cluster opens the folder the main process wrote and refuses, in one line, one made
+from another KB or scorer. Memory holds the rows a run needs (its candidates and the decoy
+pool), never the whole KB.
 """
 
 from __future__ import annotations
