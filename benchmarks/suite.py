@@ -12,14 +12,15 @@ Parts:
   server);
 - ``demo``: the whole pipeline (the Prefect flow over ``dvc repro``, as ``make demo``) in a
   fresh copy of the project, with each stage's time;
-- ``scaling``: time and peak RSS of generate, ingest, ner, score, build and evaluate at 1k, 10k
-  and 100k images, and of generate and ingest at 1M (bench_curate_scaling).
+- ``scaling``: time and peak RSS of generate, kb, ingest, decontam, ner, score, build and
+  evaluate at 1k, 10k and 100k images, and of generate and ingest at 1M (bench_curate_scaling).
 
 Each benchmark runs in its own process and writes JSON; this script gathers them into
 ``benchmarks/results.json`` after every part (a part that fails is recorded with its error and
 the others still run), then ``report.py`` writes ``benchmarks/results.md``, the PNG plots in
 ``benchmarks/plots/`` and the table in ``benchmarks/README.md``, and prints every target with
-MET / MISSED. Timing needs a quiet machine: nothing else should run meanwhile.
+MET / MISSED; ``billion.py`` then turns the measured throughputs into what a billion images
+would cost (``docs/scale.md``). Timing needs a quiet machine: nothing else should run meanwhile.
 """
 
 from __future__ import annotations
@@ -247,9 +248,12 @@ def main() -> None:
                 print(f"{part}: FAILED: {err}", flush=True)
             results.setdefault("part_seconds", {})[part] = round(time.perf_counter() - start)
             args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    from billion import main as billion
     from report import main as report
 
-    sys.exit(report(["--results", str(args.out)] + (["--no-page"] if args.no_page else [])))
+    rc = report(["--results", str(args.out)] + (["--no-page"] if args.no_page else []))
+    billion(["--results", str(args.out)] + (["--no-page"] if args.no_page else []))
+    sys.exit(rc)
 
 
 if __name__ == "__main__":
