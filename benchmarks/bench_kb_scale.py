@@ -177,6 +177,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     state = root / "record.json"
     record = json.loads(state.read_text()) if state.is_file() else {}
+    record.update(images=images, context=args.context)
 
     def save() -> None:
         state.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -20,6 +20,12 @@ MEMORY_FLAT = 1.2  # peak memory at the largest size / at 10k
 LINEAR_SLOPE = 1.15  # log-log slope of time vs images between the two largest sizes
 QUADRATIC_SLOPE = 2.15  # evaluate ranks all pairs
 DEMO_LIMIT_S = 600
+KB_STEPS = ("kb", "ner", "score", "build", "validate")  # bench_kb_scale.py's steps per KB size
+KB_RSS_MB = 4096  # peak RSS of any process
+KB_SPEED = 0.8  # ner and score at the largest KB against the 200-entity KB, same corpus
+KB_RECALL, KB_TOP1 = 0.99, 0.80  # a right candidate sent on; top-1 on ambiguous mentions
+KB_LABELS_PTS, KB_LABEL_FREE_PTS = 2.0, 3.0  # points from the 200-entity KB; from the truth
+KB_CURATION_S = 3600  # the whole curation at 2M entities x 1M images
 
 
 def _elsewhen(results: dict, r: dict) -> str:
@@ -95,12 +101,119 @@ def targets(results: dict) -> list[dict]:
                               f"{s['to']:,}, log-log slope <= {LINEAR_SLOPE})",
                     "value": f"{s['time_slope']:.2f}{when}",
                     "met": s["time_slope"] <= LINEAR_SLOPE})
+    out += kb_scale_targets(results)
     demo = results.get("demo") or {}
     out.append({"target": f"make demo <= {DEMO_LIMIT_S // 60} min",
                 "value": f"{demo['total_s']:.0f} s{_elsewhen(results, demo)}"
                 if "total_s" in demo else demo.get("error", "not measured"),
                 "met": demo["total_s"] <= DEMO_LIMIT_S if "total_s" in demo else None})
     return out
+
+
+def _kb_sizes(kb: dict) -> list[dict]:
+    """The KB sizes of a bench_kb_scale record, smallest first (each: entities, steps,
+    quality)."""
+    return sorted((v for k, v in kb.items() if k.startswith("kb") and isinstance(v, dict)
+                   and "entities" in v), key=lambda v: v["entities"])
+
+
+def _label_free_error(size: dict) -> float | None:
+    q = size.get("quality") or {}
+    est = (q.get("label_free") or {}).get("estimated_precision")
+    true = (q.get("filtered") or {}).get("precision")
+    return None if est is None or true is None else abs(est - true) * 100
+
+
+def kb_scale_targets(results: dict) -> list[dict]:
+    """The KB-scale targets from ``results['kb_scale']`` (a bench_kb_scale.py record)."""
+    kb = results.get("kb_scale") or {}
+    sizes = _kb_sizes(kb)
+    if not sizes:
+        return [{"target": "KB scale (bench_kb_scale.py)", "value": kb.get("error",
+                 "not measured"), "met": None}]
+    when = _elsewhen(results, kb)
+    small, big = sizes[0], sizes[-1]
+    at = f" ({big['entities']:,} entities x {kb.get('images', 0):,} images{when})"
+    done = all(s in big and "seconds" in big[s] for s in KB_STEPS)
+    passed = (big.get("validate") or {}).get("passed")
+    out = [{"target": "every curation step completes at the largest KB",
+            "value": ("all steps" + ("" if passed else ", validate failed") if done
+                      else "missing: " + ", ".join(s for s in KB_STEPS if s not in big)) + at,
+            "met": done and bool(passed)}]
+    peaks = [(max(r.get("rss_main_mb", 0), r.get("rss_worker_mb", 0)), f"{s} at "
+              f"{size['entities']:,}") for size in sizes for s in KB_STEPS
+             if isinstance(r := size.get(s), dict)]
+    top = max(peaks, default=(0.0, "-"))
+    out.append({"target": f"peak RSS of any process <= {KB_RSS_MB / 1024:.0f} GB",
+                "value": f"{top[0]:,.0f} MB ({top[1]}){when}", "met": top[0] <= KB_RSS_MB})
+    for step in ("ner", "score"):
+        a, b = (small.get(step) or {}).get("seconds"), (big.get(step) or {}).get("seconds")
+        out.append({"target": f"{step} throughput at the largest KB >= {KB_SPEED}x the "
+                              f"{small['entities']}-entity KB's",
+                    "value": f"{a / b:.2f}x{at}" if a and b else "not measured",
+                    "met": a / b >= KB_SPEED if a and b else None})
+    ev = ((big.get("quality") or {}).get("evidence") or {}).get("ranking") or {}
+    for key, goal, label in (("recall_at_cut", KB_RECALL, "a right candidate among those sent "
+                              "to CLIP"), ("top1", KB_TOP1, "top-1 on ambiguous mentions")):
+        v = ev.get(key)
+        out.append({"target": f"{label} >= {goal:.0%} at the largest KB",
+                    "value": f"{v:.1%}{at}" if v is not None else "not measured",
+                    "met": v >= goal if v is not None else None})
+    f0 = (small.get("quality") or {}).get("filtered") or {}
+    f1 = (big.get("quality") or {}).get("filtered") or {}
+    for key, label in (("precision", "label precision"), ("filter_recall", "filter recall")):
+        if key in f0 and key in f1:
+            d = (f1[key] - f0[key]) * 100
+            out.append({"target": f"{label} within {KB_LABELS_PTS:g} points of the "
+                                  f"{small['entities']}-entity KB's",
+                        "value": f"{f1[key]:.1%} vs {f0[key]:.1%} ({d:+.1f} points){at}",
+                        "met": abs(d) <= KB_LABELS_PTS})
+    errs = [(e, s["entities"]) for s in sizes if (e := _label_free_error(s)) is not None]
+    worst = max(errs, default=None)
+    out.append({"target": f"label-free estimate within {KB_LABEL_FREE_PTS:g} points of the truth "
+                          "at every KB size",
+                "value": (f"worst {worst[0]:.1f} points (at {worst[1]:,} entities){when}"
+                          if worst else "not measured"),
+                "met": worst[0] <= KB_LABEL_FREE_PTS if worst else None})
+    total = sum((big.get(s) or {}).get("seconds", 0) for s in KB_STEPS) + \
+        (kb.get("ingest") or {}).get("seconds", 0)
+    paper = big["entities"] >= 2_000_000 and kb.get("images", 0) >= 1_000_000
+    out.append({"target": f"the whole curation (ingest, {', '.join(KB_STEPS)}) at 2M entities "
+                          f"x 1M images <= {KB_CURATION_S // 60} min",
+                "value": f"{total / 60:.0f} min{at}" if done else "not measured",
+                "met": (total <= KB_CURATION_S) if done and paper else None})
+    return out
+
+
+def kb_scale_table(results: dict) -> list[str]:
+    kb = results.get("kb_scale") or {}
+    sizes = _kb_sizes(kb)
+    if not sizes:
+        return []
+    lines = ["", f"KB scale: one world of {kb.get('images', 0):,} images (bench_kb_scale.py); "
+             "seconds (peak RSS MB) per step, then the labels against the world's truth.", "",
+             "| KB entities | " + " | ".join(KB_STEPS) + " | pairs to CLIP | right one sent on "
+             "| top-1 ambiguous: popularity / type / context / ranking | precision / filter "
+             "recall | label-free estimate (true) |",
+             "|---|" + "---|" * (len(KB_STEPS) + 5)]
+    for size in sizes:
+        cells = []
+        for s in KB_STEPS:
+            r = size.get(s) or {}
+            cells.append(f"{r['seconds']:.0f} ({_peak(r):.0f})" if "seconds" in r else "")
+        q = size.get("quality") or {}
+        ev = q.get("evidence") or {}
+        f = q.get("filtered") or {}
+        est = (q.get("label_free") or {}).get("estimated_precision")
+        top1 = " / ".join(f"{(ev.get(k) or {}).get('top1', 0):.0%}"
+                          for k in ("prior", "type", "context", "ranking"))
+        lines.append(f"| {size['entities']:,} | " + " | ".join(cells) + " | "
+                     f"{q.get('pairs_to_clip', 0):,} | "
+                     f"{(ev.get('ranking') or {}).get('recall_at_cut', 0):.1%} | {top1} | "
+                     f"{f.get('precision', 0):.1%} / {f.get('filter_recall', 0):.1%} | "
+                     + (f"{est:.1%} ({f.get('precision', 0):.1%})" if est is not None else "—")
+                     + " |")
+    return lines
 
 
 def _peak(row: dict) -> float:
@@ -153,6 +266,7 @@ def markdown(results: dict) -> str:
                 r = next((x for x in rows if x["stage"] == stage and x["images"] == n), None)
                 cells.append(f"{r['seconds']:.1f} ({_peak(r):.0f})" if r else "")
             lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines += kb_scale_table(results)
     return "\n".join(lines) + "\n"
 
 

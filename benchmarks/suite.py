@@ -1,8 +1,8 @@
 """``make bench``: every benchmark in one run, one results file, a table and plots.
 
-    python benchmarks/suite.py                 # the full suite (about 1.5 h on 2 CPU cores)
-    python benchmarks/suite.py --quick         # smaller inputs, no 1M run, no demo (~10 min)
-    python benchmarks/suite.py --only ratios   # one part: ratios | demo | scaling
+    python benchmarks/suite.py                 # the full suite (hours on 2 CPU cores)
+    python benchmarks/suite.py --quick         # smaller inputs, no 1M run, no demo
+    python benchmarks/suite.py --only ratios   # one part: ratios | demo | scaling | kb_scale
 
 Parts:
 - ``ratios``: each stage against its raw baseline in the same process, median of >= 5 repeats
@@ -13,7 +13,10 @@ Parts:
 - ``demo``: the whole pipeline (the Prefect flow over ``dvc repro``, as ``make demo``) in a
   fresh copy of the project, with each stage's time;
 - ``scaling``: time and peak RSS of generate, kb, ingest, decontam, ner, score, build and
-  evaluate at 1k, 10k and 100k images, and of generate and ingest at 1M (bench_curate_scaling).
+  evaluate at 1k, 10k and 100k images, and of generate and ingest at 1M (bench_curate_scaling);
+- ``kb_scale``: one world of 1M images through kb, ner, score, build and validate against KBs of
+  200 to 2,000,000 entities, with the labels against the world's truth (bench_kb_scale; hours,
+  resumable: ``--only kb_scale`` again picks up where it stopped).
 
 Each benchmark runs in its own process and writes JSON; this script gathers them into
 ``benchmarks/results.json`` after every part (a part that fails is recorded with its error and
@@ -184,6 +187,15 @@ def run_demo(tmp: Path) -> dict:
             "gpr_map": {k: m.get("gpr_map") for k, m in summary["models"].items()}}
 
 
+def run_kb_scale(quick: bool, tmp: Path, images: int | None, sizes: list[int] | None) -> dict:
+    """bench_kb_scale.py: one world through the curation against KBs of growing size; its
+    work folder (``.mofi/bench-kb-scale``) keeps finished steps, so a stopped run resumes."""
+    args = ["--workdir", str(ROOT / ".mofi" / "bench-kb-scale")] + (["--quick"] if quick else [])
+    args += ["--images", str(images)] if images else []
+    args += ["--kb", *map(str, sizes)] if sizes else []
+    return _bench("bench_kb_scale.py", args, tmp / "kb_scale.json", 12 * 3600)
+
+
 def run_scaling(quick: bool, tmp: Path, stages: list[str] | None = None,
                 earlier: dict | None = None) -> dict:
     """All stages; or, with ``stages``, those (and their inputs) merged into ``earlier``."""
@@ -209,7 +221,7 @@ def run_scaling(quick: bool, tmp: Path, stages: list[str] | None = None,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller inputs, no 1M run, no demo")
-    ap.add_argument("--only", nargs="+", choices=("ratios", "demo", "scaling"),
+    ap.add_argument("--only", nargs="+", choices=("ratios", "demo", "scaling", "kb_scale"),
                     help="run these parts; the others keep their earlier results")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-page", action="store_true",
@@ -219,8 +231,13 @@ def main() -> None:
     ap.add_argument("--scaling-stages", nargs="+", metavar="STAGE",
                     help="with --only scaling: re-measure these stages (and their inputs), "
                          "keep the other stages' earlier rows")
+    ap.add_argument("--kb-images", type=int, default=None,
+                    help="kb_scale: the world's images (default 1M; 20k with --quick)")
+    ap.add_argument("--kb-sizes", type=int, nargs="+", default=None,
+                    help="kb_scale: the KB sizes (default 200 20000 200000 2000000)")
     args = ap.parse_args()
-    parts = args.only or (["ratios", "scaling"] if args.quick else ["ratios", "demo", "scaling"])
+    parts = args.only or (["ratios", "scaling", "kb_scale"] if args.quick
+                          else ["ratios", "demo", "scaling", "kb_scale"])
     results = json.loads(args.out.read_text(encoding="utf-8")) \
         if args.only and args.out.exists() else {}
     partial = bool(args.only)  # keeps the header of the run its other rows come from; what
@@ -237,6 +254,9 @@ def main() -> None:
                                                    results.get("ratios"), stamp)
                 elif part == "demo":
                     results["demo"] = run_demo(Path(tmp))
+                elif part == "kb_scale":
+                    results["kb_scale"] = run_kb_scale(args.quick, Path(tmp), args.kb_images,
+                                                       args.kb_sizes)
                 else:
                     results["scaling"] = run_scaling(args.quick, Path(tmp), args.scaling_stages,
                                                      results.get("scaling"))
