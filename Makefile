@@ -40,7 +40,7 @@ demo: setup
 # make test: what CI runs first (under 20 minutes here): lint, the docs site built strictly,
 # then the unit, integration and e2e tiers. make test-all adds the system tier (tests/system:
 # kill -9 at every stage, scale-out, deployments, a clean clone, the bad-input matrix, the
-# paper study on tiny worlds; about 40 minutes here), which CI runs after make test.
+# paper study on tiny worlds; about 30 minutes here), which CI runs after make test.
 test: setup lint docs
 	$(RUN) $(BIN)/pytest -q -m "not system"
 
