@@ -150,7 +150,7 @@ def kb_scale_targets(results: dict) -> list[dict]:
         a, b = (small.get(step) or {}).get("seconds"), (big.get(step) or {}).get("seconds")
         out.append({"target": f"{step} throughput at the largest KB >= {KB_SPEED}x the "
                               f"{small['entities']}-entity KB's",
-                    "value": f"{a / b:.2f}x{at}" if a and b else "not measured",
+                    "value": f"{a / b:.3f}x{at}" if a and b else "not measured",
                     "met": a / b >= KB_SPEED if a and b else None})
     ev = ((big.get("quality") or {}).get("evidence") or {}).get("ranking") or {}
     for key, goal, label in (("recall_at_cut", KB_RECALL, "a right candidate among those sent "
