@@ -75,3 +75,17 @@ def test_the_table_shows_gaps_walls_and_assumptions(tmp_path):
 def test_the_page_holds_what_the_committed_results_give():
     assert billion.page_block() == billion.block(), \
         "docs/scale.md's billion block is stale: python benchmarks/billion.py"
+
+
+def test_a_kb_scale_run_scales_the_stages_it_measured_at_the_larger_kb():
+    kb = {"images": 1000,
+          "kb200": {"entities": 200, "ner": {"seconds": 100.0}, "build": {"seconds": 10.0}},
+          "kb2000000": {"entities": 2_000_000, "ner": {"seconds": 200.0},
+                        "build": {"seconds": 40.0}, "validate": {"seconds": 0.5}}}
+    rows = {r.stage: r for r in billion.rows({**RESULTS, "kb_scale": kb}, PUBLISHED, None,
+                                             1e9, 2e6)}
+    assert rows["ner"].rate.per_s == pytest.approx(1_000.0)  # 2,000/s at 200 x 100/200
+    assert rows["build"].rate.per_s == pytest.approx(5_000.0)
+    assert "x 0.50, its throughput at 2,000,000 against 200 entities" in rows["ner"].rate.source
+    assert rows["validate"].rate.per_s == pytest.approx(2_000.0)  # 1,000 images in 0.5 s
+    assert rows["ingest"].rate.per_s == pytest.approx(10_000.0)  # not a KB-bound stage
