@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import report
+
 HERE = Path(__file__).resolve().parent
 PAGE = HERE.parent / "docs" / "scale.md"
 GPU = HERE / "gpu" / "results.json"  # the GPU check's results, once a GPU run has kept them
@@ -81,8 +83,7 @@ def kb_factors(results: dict) -> tuple[dict[str, float], str]:
     """Per step, the KB-scale run's throughput at its largest KB over its smallest (the same
     corpus), and a note naming the sizes; empty when that run has not measured two sizes."""
     kb = results.get("kb_scale") or {}
-    sizes = sorted((v for k, v in kb.items() if k.startswith("kb") and isinstance(v, dict)
-                    and "entities" in v), key=lambda v: v["entities"])
+    sizes = report.kb_sizes(kb)
     if len(sizes) < 2:
         return {}, ""
     small, big = sizes[0], sizes[-1]
@@ -143,8 +144,7 @@ def rows(results: dict, published: dict, gpu: dict | None, images: float, entiti
     out.append(Row("build", "image", images, measured("build"),
                    "bench_curate_scaling has no build row"))
     kb = results.get("kb_scale") or {}
-    big = max((v for k, v in kb.items() if k.startswith("kb") and isinstance(v, dict)
-               and "entities" in v), key=lambda v: v["entities"], default={})
+    big = (report.kb_sizes(kb) or [{}])[-1]
     v = big.get("validate") or {}
     out.append(Row("validate", "image", images, Rate(
         kb["images"] / v["seconds"], "cpu", cores, f"measured: the validate stage at "
@@ -214,14 +214,6 @@ def markdown(table: list[Row], images: float, entities: float, workers: list[int
     return "\n".join(lines) + "\n"
 
 
-def update_page(page: Path, block: str) -> None:
-    text = page.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{page} has no {BEGIN!r} ... {END!r} markers for the table")
-    head, rest = text.split(BEGIN, 1)
-    page.write_text(f"{head}{BEGIN}\n{block}{END}{rest.split(END, 1)[1]}", encoding="utf-8")
-
-
 def block(results_path: Path = HERE / "results.json", gpu_path: Path | None = None,
           published_path: Path = HERE / "published.json", images: float = 1e9,
           entities: float = 2e6, workers: tuple[int, ...] = (64, 512, 4096)) -> str:
@@ -236,8 +228,7 @@ def block(results_path: Path = HERE / "results.json", gpu_path: Path | None = No
 
 
 def page_block(page: Path = PAGE) -> str:
-    return page.read_text(encoding="utf-8").split(BEGIN, 1)[1].split(END, 1)[0] \
-        .removeprefix("\n")
+    return report.page_block(page, BEGIN, END)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                  tuple(args.workers))
     print(text)
     if not args.no_page:
-        update_page(args.page, text)
+        report.update_page(args.page, text, BEGIN, END)
     return 0
 
 

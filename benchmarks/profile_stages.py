@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ratio import kb_folder
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -41,7 +43,6 @@ def main() -> None:
     from mofi_core.config.corpus import BenchmarkConfig, CorpusConfig
     from mofi_core.config.evaluate import EvaluateConfig
     from mofi_core.config.ingest import IngestConfig
-    from mofi_core.config.kb import KBConfig
     from mofi_core.config.ner import NerConfig
     from mofi_core.config.score import ScoreConfig
     from mofi_core.curate.build import build
@@ -50,7 +51,6 @@ def main() -> None:
     from mofi_core.curate.score import score
     from mofi_core.demo.world import generate_world
     from mofi_core.evaluate.run import evaluate
-    from mofi_core.kb.importer import materialise
     from mofi_core.models.artifact import build_model, default_meta, save_model
     from mofi_core.models.factory import arch_config
 
@@ -69,8 +69,7 @@ def main() -> None:
                                                root / "bench"),
             "ingest": lambda: ingest(root / "corpus" / "shards", root / "ingest",
                                      IngestConfig(workers=1)),
-            "kb": lambda: materialise(KBConfig(), root / "corpus" / "kb.parquet", root / "kb",
-                                      NerConfig().spacy_model),
+            "kb": lambda: kb_folder(root),
             "ner": lambda: run_ner(root / "ingest", root / "kb",
                                    root / "ner", NerConfig(workers=1)),
             "score": lambda: score(root / "ingest", root / "ner", root / "kb",

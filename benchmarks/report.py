@@ -110,7 +110,7 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
-def _kb_sizes(kb: dict) -> list[dict]:
+def kb_sizes(kb: dict) -> list[dict]:
     """The KB sizes of a bench_kb_scale record, smallest first (each: entities, steps,
     quality)."""
     return sorted((v for k, v in kb.items() if k.startswith("kb") and isinstance(v, dict)
@@ -127,7 +127,7 @@ def _label_free_error(size: dict) -> float | None:
 def kb_scale_targets(results: dict) -> list[dict]:
     """The KB-scale targets from ``results['kb_scale']`` (a bench_kb_scale.py record)."""
     kb = results.get("kb_scale") or {}
-    sizes = _kb_sizes(kb)
+    sizes = kb_sizes(kb)
     if not sizes:
         return [{"target": "KB scale (bench_kb_scale.py)", "value": kb.get("error",
                  "not measured"), "met": None}]
@@ -187,7 +187,7 @@ def kb_scale_targets(results: dict) -> list[dict]:
 
 def kb_scale_table(results: dict) -> list[str]:
     kb = results.get("kb_scale") or {}
-    sizes = _kb_sizes(kb)
+    sizes = kb_sizes(kb)
     if not sizes:
         return []
     lines = ["", f"KB scale: one world of {kb.get('images', 0):,} images (bench_kb_scale.py); "
@@ -316,20 +316,21 @@ def plots(results: dict, folder: Path) -> list[Path]:
     return written
 
 
-def update_page(page: Path, block: str) -> None:
-    """Put ``block`` between the markers of ``page`` (benchmarks/README.md)."""
+def update_page(page: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``block`` between the markers of ``page`` (benchmarks/README.md's table, or another
+    generated block's)."""
     text = page.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{page} has no {BEGIN!r} ... {END!r} markers for the table")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    page.write_text(f"{head}{BEGIN}\n{block}{END}{tail}", encoding="utf-8")
+    if begin not in text or end not in text:
+        raise ValueError(f"{page} has no {begin!r} ... {end!r} markers for the table")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    page.write_text(f"{head}{begin}\n{block}{end}{tail}", encoding="utf-8")
 
 
-def page_block(page: Path) -> str:
+def page_block(page: Path, begin: str = BEGIN, end: str = END) -> str:
     """The table now between the markers of ``page``."""
     text = page.read_text(encoding="utf-8")
-    return text.split(BEGIN, 1)[1].split(END, 1)[0].removeprefix("\n")
+    return text.split(begin, 1)[1].split(end, 1)[0].removeprefix("\n")
 
 
 def main(argv: list[str] | None = None) -> int:
