@@ -78,7 +78,7 @@ elif step == "score":
                   p.score)
 elif step == "build":
     from mofi_core.curate.build import build
-    extra = build(root / "ingest", out / "score", out / "i2e", p.build)
+    extra = build(root / "ingest", out / "score", out / "i2e", p.build, ner_dir=out / "ner")
 elif step == "validate":
     from mofi_core.validate.suites import Inputs, ValidationFailed, validate
     try:
@@ -117,10 +117,12 @@ evidence = linking_evidence(mentions, texts, KnowledgeBase.open(kb_dir), true,
                             p.ner.link_weights.model_dump(), p.ner.max_candidates)
 stats = json.loads((out / "i2e" / "stats.json").read_text())
 lf = label_free_quality(json.loads((out / "i2e" / "label_free.json").read_text()),
-                        out / "score", frozenset(), true, stats["rule"])
+                        out / "score", frozenset(), true, stats["rule"], out / "ner")
 print(json.dumps({"pairs_to_clip": sum(e is not None for e in mentions["entity_id"].to_pylist()),
                   "raw": q["raw_ner"], "filtered": q["filtered"], "linking": q["linking"],
                   "evidence": evidence, "vocabulary": stats.get("classes"),
+                  "rule": {k: stats["rule"].get(k) for k in ("rules", "threshold", "top_k",
+                                                             "link_weight")},
                   "label_free": {k: lf.get(k) for k in ("estimated_precision", "useful_range",
                                                         "chosen")}}))
 """
@@ -133,8 +135,8 @@ def _py(code: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _params(root: Path, images: int, context: float) -> None:
-    """The project's params.yaml, with this world's size (200 entities x images/200)."""
+def _params(root: Path, images: int, context: float, seed: int) -> None:
+    """The project's params.yaml, with this world's size (200 entities x images/200) and seed."""
     import yaml
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -143,6 +145,7 @@ def _params(root: Path, images: int, context: float) -> None:
     repo = Path(__file__).resolve().parents[1]
     raw = apply_overrides(read_params_file(repo / "params.yaml"), {
         "corpus.images_per_entity": images // 200, "corpus.noise.context": context,
+        "corpus.seed": seed,
         "corpus.planted_duplicates": 0, "corpus.benchmark.seen_classes": 1,
         "corpus.benchmark.unseen_classes": 0, "corpus.benchmark.labelled_train": 0,
         "corpus.benchmark.labelled_val": 0, "corpus.benchmark.labelled_test": 0,
@@ -168,16 +171,19 @@ def main() -> None:
     ap.add_argument("--context", type=float, default=0.5, help=(
         "corpus.noise.context of the world: the share of captions that also say what the "
         "entity is"))
+    ap.add_argument("--seed", type=int, default=0, help=(
+        "corpus.seed of the world (and of its KB padding); 0 reports, another seed calibrates"))
     ap.add_argument("--workdir", type=Path, default=Path(".mofi/bench-kb-scale"))
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     preset = QUICK if args.quick else FULL
     images, sizes = args.images or preset["images"], args.kb or preset["kb"]
-    root = args.workdir / f"images{images}-context{args.context}"
+    root = (args.workdir / (f"images{images}-context{args.context}"
+                            + (f"-seed{args.seed}" if args.seed else ""))).resolve()
     root.mkdir(parents=True, exist_ok=True)
     state = root / "record.json"
     record = json.loads(state.read_text()) if state.is_file() else {}
-    record.update(images=images, context=args.context)
+    record.update(images=images, context=args.context, seed=args.seed)
 
     def save() -> None:
         state.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -185,7 +191,7 @@ def main() -> None:
             args.json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
     if not (root / "params.yaml").is_file():
-        _params(root, images, args.context)
+        _params(root, images, args.context, args.seed)
     print(f"world: {images:,} images, KB sizes {sizes}, in {root}")
     for name in ("world", "ingest", "baseline"):
         _step(record, name, lambda n=name: _py(CHILD, n, str(root), "-", "-"))

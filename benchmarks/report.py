@@ -190,8 +190,13 @@ def kb_scale_table(results: dict) -> list[str]:
     sizes = kb_sizes(kb)
     if not sizes:
         return []
-    lines = ["", f"KB scale: one world of {kb.get('images', 0):,} images (bench_kb_scale.py); "
-             "seconds (peak RSS MB) per step, then the labels against the world's truth.", "",
+    rule = ((sizes[-1].get("quality") or {}).get("rule") or {})
+    applied = (f" Build's rules: {' + '.join(rule['rules'])}, threshold {rule['threshold']}, "
+               f"top_k {rule['top_k']}, link_weight {rule.get('link_weight', 0)}."
+               if rule.get("rules") else "")
+    lines = ["", f"KB scale: one world of {kb.get('images', 0):,} images (bench_kb_scale.py, "
+             f"corpus seed {kb.get('seed', 0)}); seconds (peak RSS MB) per step, then the labels "
+             f"against the world's truth.{applied}", "",
              "| KB entities | " + " | ".join(KB_STEPS) + " | pairs to CLIP | right one sent on "
              "| top-1 ambiguous: popularity / type / context / ranking | precision / filter "
              "recall | label-free estimate (true) |",

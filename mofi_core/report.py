@@ -128,8 +128,9 @@ def linking_evidence(mentions: pa.Table, texts: dict[str, str], kb, true: Pairs,
     import zlib
 
     from mofi_core.curate.linking import rank, words
-    from mofi_core.curate.ner import candidates
+    from mofi_core.curate.ner import CandidateLookup
 
+    candidates = CandidateLookup(kb)
     rows = mentions.select(["key", "start", "end", "mention", "label", "entity_id"]).to_pylist()
     by_key: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -140,7 +141,7 @@ def linking_evidence(mentions: pa.Table, texts: dict[str, str], kb, true: Pairs,
     measured = 0
     for key in sorted(by_key, key=lambda k: zlib.crc32(k.encode())):
         text = texts.get(key, "")
-        spans = [(m, candidates(kb, m["mention"])) for m in by_key[key]]
+        spans = [(m, candidates(m["mention"])) for m in by_key[key]]
         sure = {c[0].entity_id for _, c in spans if len(c) == 1}
         for m, cands in spans:
             right = {c.entity_id for c in cands if (key, c.entity_id) in true}
@@ -185,16 +186,20 @@ def label_quality(truth: pa.Table, kept_keys: set[str], mentions: pa.Table, labe
             "linking": linking_accuracy(mentions, true)}
 
 
-def rule_variants(rule: dict, score_dir: Path, truth_pairs: Pairs) -> dict[str, dict]:
+def rule_variants(rule: dict, score_dir: Path, truth_pairs: Pairs,
+                  ner_dir: Path | None = None) -> dict[str, dict]:
     """Label quality of each filter rule alone (with build's settings) and of the applied
-    combination, from the kept scores: what each rule buys, on the same candidates."""
+    combination, from the kept scores: what each rule buys, on the same candidates.
+    ``ner_dir``: ner's output, for ``top_k``'s link scores when build used them."""
     from mofi_core.config.build import BuildConfig
-    from mofi_core.curate.rules import null_cutoffs, select_labels
+    from mofi_core.curate.rules import link_scores, link_values, null_cutoffs, select_labels
 
     scores = tables.read_table(score_dir / "scores.parquet", tables.SCORES)
     cols = (scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
             scores["score"].to_pylist())
     base = {k: v for k, v in rule.items() if k in BuildConfig.model_fields and k != "rules"}
+    links = link_values(cols[0], cols[1], link_scores([ner_dir / "mentions.parquet"])) \
+        if base.get("link_weight") and ner_dir is not None else None
     reachable = {(k, e) for k, e in zip(cols[0], cols[1], strict=True)} & truth_pairs
     has_null = (score_dir / "null.parquet").is_file()
     out = {}
@@ -204,7 +209,7 @@ def rule_variants(rule: dict, score_dir: Path, truth_pairs: Pairs) -> dict[str, 
         cfg = BuildConfig(**base, rules=rules)
         cut = null_cutoffs(score_dir / "null.parquet", cfg.null_quantile) \
             if "null_quantile" in rules else None
-        kept = {(k, e) for k, ls in select_labels(*cols, cfg, cut).items() for e, _ in ls}
+        kept = {(k, e) for k, ls in select_labels(*cols, cfg, cut, links).items() for e, _ in ls}
         # the key becomes an MLflow metric name: letters, digits, _ - . / and spaces only
         out["_and_".join(rules)] = precision_recall(kept, truth_pairs, reachable)
     return out
@@ -214,7 +219,7 @@ USEFUL_IMAGE_SHARE = (0.2, 0.95)  # thresholds keeping 20-95 % of the images wit
 
 
 def label_free_quality(label_free: dict, score_dir: Path, dropped: frozenset[str],
-                       true: Pairs | None, rule: dict) -> dict:
+                       true: Pairs | None, rule: dict, ner_dir: Path | None = None) -> dict:
     """The label-free estimate as build made it; with the world's truth, each threshold's true
     precision and filter recall beside it (same candidates, same per-image rules), the error
     over the useful range (thresholds keeping 20-95 % of the images with candidates: chosen
@@ -233,7 +238,8 @@ def label_free_quality(label_free: dict, score_dir: Path, dropped: frozenset[str
     from mofi_core.curate import fdr
 
     cfg = BuildConfig(**{k: v for k, v in rule.items() if k in BuildConfig.model_fields})
-    cands, _ = fdr.read_candidates(score_dir, dropped, label_free.get("sample", 1.0))
+    cands, _ = fdr.read_candidates(score_dir, dropped, label_free.get("sample", 1.0), ner_dir,
+                                   cfg.link_weight)
     hit = np.zeros(cands.scores.shape, dtype=bool)
     for i, (k, ents) in enumerate(zip(cands.keys, cands.entities, strict=True)):
         hit[i, :len(ents)] = [(k, e) in true for e in ents]
@@ -486,7 +492,7 @@ def run(cfg: ReportConfig, ctx: StageContext) -> dict:
                                 pq.read_table(lay.i2e / "labels.parquet"))
         rule = json.loads((lay.i2e / "stats.json").read_text(encoding="utf-8"))["rule"]
         true = truth_pairs(truth, kept_keys)
-        quality["rules"] = rule_variants(rule, lay.score, true)
+        quality["rules"] = rule_variants(rule, lay.score, true, lay.ner)
         from mofi_core.kb.store import KnowledgeBase
 
         ner = ctx.params.ner
@@ -500,7 +506,8 @@ def run(cfg: ReportConfig, ctx: StageContext) -> dict:
         rule = json.loads((lay.i2e / "stats.json").read_text(encoding="utf-8"))["rule"]
     label_free = json.loads((lay.i2e / "label_free.json").read_text(encoding="utf-8"))
     quality["label_free"] = label_free_quality(label_free, lay.score,
-                                               frozenset(dropped["key"].to_pylist()), true, rule)
+                                               frozenset(dropped["key"].to_pylist()), true, rule,
+                                               lay.ner)
     if true is not None and quality["label_free"].get("estimated_precision") is not None:
         quality["label_free"]["labels_true_precision"] = quality["filtered"]["precision"]
     label_free_plot(quality["label_free"], lay.reports / "label_free.png")

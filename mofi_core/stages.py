@@ -169,7 +169,9 @@ STAGES: tuple[StageSpec, ...] = (
               outs=(Out("data/score", persist=True),), check="mofi_core.curate.score:check"),
     StageSpec("build", "mofi_core.curate.build:run", "build",
               "Filter rule + min images per entity -> Image-to-Entities dataset.",
-              inputs=("data/ingest/shards", "data/score/parts", "data/decontam"),
+              # data/ner/parts: the link scores top_k weighs in (build.link_weight)
+              inputs=("data/ingest/shards", "data/score/parts", "data/ner/parts",
+                      "data/decontam"),
               outs=(Out("data/i2e"),)),
     StageSpec("validate", "mofi_core.validate.suites:run", "validate",
               "great-expectations gate on the I2E dataset; failure stops the pipeline.",

@@ -24,7 +24,13 @@ class BuildConfig(Section):
     publish: str = Field("", description=(
         "s3://bucket/prefix: also copy the I2E dataset there (vocab.json last), for training "
         "clusters that stream from S3 (train.data)"))
-    top_k: int = Field(1, ge=1, description="keep the k best-scoring candidates of an image")
+    top_k: int = Field(1, ge=1, description=(
+        "keep the k best candidates of an image, ranked by score + link_weight * "
+        "log(link score)"))
+    link_weight: float = Field(0.0, ge=0, description=(
+        "how much ner's link score (the text evidence: prior, type, context) weighs in top_k's "
+        "ranking, in cosine units per unit of log(link score); 0 = the CLIP score alone. "
+        "Namesakes share most of their text, so CLIP alone ties them"))
     null_quantile: float = Field(0.95, gt=0, lt=1, description=(
         "keep a candidate scoring above this quantile of the image's null scores"))
     target_fdr: float = Field(0.05, gt=0, lt=1, description=(

@@ -1,7 +1,8 @@
 """build: apply the filter rules to the scores and materialise the Image-to-Entities dataset.
 
 Rules (``build.rules``, combined with AND): ``threshold`` (score >= build.threshold), ``top_k``
-(among the image's k best candidates), ``null_quantile`` (score above the q-quantile of the
+(among the image's k best candidates, ranked by the score plus ``build.link_weight`` times the
+log of ner's link score), ``null_quantile`` (score above the q-quantile of the
 image's scores against random non-candidate entities, from ``score``). Then entities with fewer
 than ``min_images_per_entity`` images are dropped (optionally capped at ``max_images_per_entity``,
 keeping the best scores) and images left without a label are dropped.
@@ -70,12 +71,14 @@ def _shards(ingest_dir: Path, score_dir: Path) -> list[tuple[str, Path, Path, Pa
 
 
 def rules_shard(job: ShardJob, score_dir: Path, spill: Path, cfg: BuildConfig,
-                exclude: frozenset[str] = frozenset()) -> tuple[list[Path], dict]:
+                exclude: frozenset[str] = frozenset(), ner_dir: Path | None = None
+                ) -> tuple[list[Path], dict]:
     """Pass 1 for one shard: the per-image rules; kept pairs spilled to ``spill/<name>``.
     Returns per-entity counts (and, with a cap, each entity's best ``cap`` (score, key)).
-    Candidates of ``exclude`` keys (decontam's near-copies) never become labels."""
-    scores = tables.read_table(score_dir / "parts" / f"{job.name}.scores.parquet",
-                               tables.SCORES)
+    Candidates of ``exclude`` keys (decontam's near-copies) never become labels. With
+    ``build.link_weight`` > 0, ``top_k`` reads the shard's link scores from ``ner_dir``."""
+    part = score_dir / "parts" / f"{job.name}.scores.parquet"
+    scores = tables.read_table(part, tables.SCORES)
     if exclude:
         import pyarrow.compute as pc
 
@@ -83,8 +86,15 @@ def rules_shard(job: ShardJob, score_dir: Path, spill: Path, cfg: BuildConfig,
                                                   pa.array(sorted(exclude), pa.string()))))
     cut = rules.null_cutoffs(score_dir / "parts" / f"{job.name}.null.parquet", cfg.null_quantile) \
         if "null_quantile" in cfg.rules else {}
-    kept = rules.passes_rules(scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
-                         scores["score"].to_pylist(), cfg, cut)
+    keys, ents = scores["key"].to_pylist(), scores["entity_id"].to_pylist()
+    links = None
+    if cfg.link_weight:
+        if ner_dir is None:
+            raise rules.LinkScoresError("build.link_weight > 0 needs ner's link scores: give "
+                                        "the ner folder, or set build.link_weight: 0")
+        links = rules.link_values(keys, ents,
+                                  rules.link_scores([rules.ner_part(ner_dir, part)]))
+    kept = rules.passes_rules(keys, ents, scores["score"].to_pylist(), cfg, cut, links)
     flat = [(k, e, sc) for k, ls in kept.items() for e, sc in ls]
     counts: Counter[str] = Counter(e for _, e, _ in flat)
     best: dict[str, list] = {}
@@ -143,17 +153,17 @@ def write_shard_job(job: ShardJob, spill: Path, shards_dir: Path, cut_file: Path
 
 
 def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig,
-          exclude: frozenset[str] = frozenset()) -> dict:
+          exclude: frozenset[str] = frozenset(), ner_dir: Path | None = None) -> dict:
     """Two streaming passes over the per-shard scores (memory: one shard plus per-entity
     counters, never the corpus): 1) the per-image rules, spilled per shard; 2) the vocabulary
     and cap cut, I2E shards and labels. Same result as :func:`rules.select_labels` on
-    everything.
+    everything. ``ner_dir``: ner's output, read when ``build.link_weight`` > 0.
 
     Each pass is one job per shard (``iter_shards``): in this process by default, on the Dask
     cluster when an executor address is set (the workers must see this folder)."""
     shards = _shards(ingest_dir, score_dir)
     jobs = [ShardJob(name, str(tar), None) for name, _, _, tar in shards]
-    label_free = _label_free(score_dir, cfg, exclude)
+    label_free = _label_free(score_dir, cfg, exclude, ner_dir)
     source = {}
     if "fdr" in cfg.rules:
         cfg, source = _fdr_rule(cfg, label_free["chosen"]), {"threshold_source": "fdr"}
@@ -168,7 +178,8 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig,
         # the jobs ran, and only one shard's per-entity counts at a time
         progress = Progress("build pass 1/2", len(jobs), "shard")  # the rules
         for _, s, _ in iter_shards(partial(rules_shard, score_dir=score_dir, spill=spill,
-                                           cfg=cfg, exclude=exclude), jobs, lambda j: [],
+                                           cfg=cfg, exclude=exclude, ner_dir=ner_dir), jobs,
+                                   lambda j: [],
                                    None):
             pairs_in += s["pairs"]
             progress.advance(pairs=pairs_in)
@@ -221,13 +232,14 @@ def build(ingest_dir: Path, score_dir: Path, out_dir: Path, cfg: BuildConfig,
     return stats
 
 
-def _label_free(score_dir: Path, cfg: BuildConfig, exclude: frozenset[str]) -> dict:
+def _label_free(score_dir: Path, cfg: BuildConfig, exclude: frozenset[str],
+                ner_dir: Path | None) -> dict:
     """The decoy-calibrated precision estimate of this run's scores (``fdr``): the model, the
     curve over thresholds, the threshold rule ``fdr`` would pick, every candidate's posterior.
     ``available`` false (and why) when the scores carry no decoys, unless rule ``fdr`` needs
     them (an error)."""
     try:
-        model, cands, post = fdr.estimate(score_dir, cfg, exclude)
+        model, cands, post = fdr.estimate(score_dir, cfg, exclude, ner_dir)
     except fdr.LabelFreeError as err:
         if "fdr" in cfg.rules:
             raise
@@ -353,7 +365,7 @@ def _plots(out: Path, acc: _Accumulator) -> None:
 def run(cfg: BuildConfig, ctx: StageContext) -> dict:
     """Stage ``build``: filter rules -> I2E shards, labels, vocabulary."""
     lay = ctx.layout
-    stats = build(lay.ingest, lay.score, lay.i2e, cfg, read_dropped(lay.decontam))
+    stats = build(lay.ingest, lay.score, lay.i2e, cfg, read_dropped(lay.decontam), lay.ner)
     ctx.artifacts += [lay.i2e / "stats.json", lay.i2e / "stats.png"]
     if cfg.publish:
         n = publish(lay.i2e, cfg.publish)

@@ -23,6 +23,12 @@ null, so the estimate leans conservative. EM then fits ``f1`` (a histogram) with
     -------------------------------------------------
     pi_none + (1 - pi_none) / c * sum_k f1(s_k) / f0(s_k)
 
+With ``build.link_weight`` > 0 the prior of candidate ``j`` is ``(1 - pi_none)`` times its
+share of the image's link scores (``link_j / sum_k link_k``: ner's text evidence, a softmax
+over each mention's candidates) instead of ``1 / c``. Namesakes score almost alike, so under a
+uniform prior each gets a share of the posterior and the estimate counts a right namesake as
+mostly wrong; the link score says which one the text points at.
+
 The estimated precision of any set of kept labels is the mean posterior over them; its
 complement is the estimated false-discovery rate. Where real wrong candidates are harder than
 random entities (a look-alike named in the alt-text), their scores sit above the decoys' and the
@@ -40,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 
 from mofi_core.config.build import BuildConfig
+from mofi_core.curate import rules
 from mofi_core.io import tables
 
 CURVE_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(-0.2, 0.951, 0.01), 2))
@@ -53,26 +60,46 @@ class LabelFreeError(ValueError):
 
 @dataclass(frozen=True)
 class Candidates:
-    """Every scored candidate, grouped by image: ``scores[i, j]`` (NaN-padded), entity ids."""
+    """Every scored candidate, grouped by image: ``scores[i, j]`` (NaN-padded), entity ids, and
+    with ``build.link_weight`` > 0 their link scores (``link``) and the value ``top_k`` ranks
+    them by (``rank``), same shape."""
 
     keys: list[str]
     entities: list[list[str]]
     scores: np.ndarray  # (images, widest) float64, NaN where an image has fewer candidates
+    rank: np.ndarray | None = None  # (images, widest) score + link_weight * log(link score)
+    link: np.ndarray | None = None  # (images, widest) ner's link score, the prior's weight
 
     @classmethod
-    def from_rows(cls, keys: Iterable[str], entities: Iterable[str], scores: Iterable[float]
+    def from_rows(cls, keys: Iterable[str], entities: Iterable[str], scores: Iterable[float],
+                  links: Iterable[float] | None = None, link_weight: float = 0.0
                   ) -> Candidates:
-        by_key: dict[str, list[tuple[str, float]]] = {}
-        for k, e, s in zip(keys, entities, scores, strict=True):
-            by_key.setdefault(k, []).append((e, float(s)))
+        by_key: dict[str, list[tuple[str, float, float]]] = {}
+        for k, e, s, x in zip(keys, entities, scores, links if links is not None else scores,
+                              strict=True):
+            by_key.setdefault(k, []).append((e, float(s), float(x)))
         order = sorted(by_key)
         width = max((len(v) for v in by_key.values()), default=0)
         grid = np.full((len(order), width), np.nan)
+        lgrid = np.full((len(order), width), np.nan) if links is not None else None
         ents = []
         for i, k in enumerate(order):
-            ents.append([e for e, _ in by_key[k]])
-            grid[i, :len(by_key[k])] = [s for _, s in by_key[k]]
-        return cls(order, ents, grid)
+            ents.append([e for e, _, _ in by_key[k]])
+            grid[i, :len(by_key[k])] = [s for _, s, _ in by_key[k]]
+            if lgrid is not None:
+                lgrid[i, :len(by_key[k])] = [x for _, _, x in by_key[k]]
+        rank = None
+        if lgrid is not None:
+            rank = grid + link_weight * np.log(np.maximum(lgrid, rules.LINK_FLOOR))
+        return cls(order, ents, grid, rank, lgrid)
+
+    def prior(self) -> np.ndarray | None:
+        """(images, widest): each candidate's share of its image's link scores (0 on the
+        padding); None without link scores (the uniform prior)."""
+        if self.link is None:
+            return None
+        w = np.nan_to_num(np.maximum(self.link, rules.LINK_FLOOR), nan=0.0)
+        return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-300)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -98,7 +125,7 @@ class DecoyMixture:
     def posteriors(self, cands: Candidates) -> np.ndarray:
         """(images, widest): P(candidate j is the entity the image shows); NaN padding."""
         return _posteriors(cands.scores, self._bins(cands.scores), self.null, self.depicted,
-                           self.pi_none)[0]
+                           self.pi_none, cands.prior())[0]
 
     def summary(self) -> dict:
         return {"pi_none": round(self.pi_none, 6), "storey_lambda": self.storey_lambda,
@@ -106,11 +133,12 @@ class DecoyMixture:
                 "images": self.images, "decoys": self.decoys, "bins": len(self.null)}
 
 
-def _posteriors(scores, bins, f0, f1, pi_none):
+def _posteriors(scores, bins, f0, f1, pi_none, prior=None):
     valid = ~np.isnan(scores)
-    count = valid.sum(axis=1)
     ratio = np.where(valid, f1[bins] / f0[bins], 0.0)
-    weight = (1.0 - pi_none) / np.maximum(count, 1)[:, None] * ratio
+    if prior is None:  # every candidate equally likely
+        prior = np.where(valid, 1.0 / np.maximum(valid.sum(axis=1), 1)[:, None], 0.0)
+    weight = (1.0 - pi_none) * prior * ratio
     total = pi_none + weight.sum(axis=1)
     post = np.where(valid, weight / total[:, None], np.nan)
     return post, pi_none / total
@@ -164,12 +192,19 @@ def fit(cands: Candidates, decoys: np.ndarray, bins: int = 40, max_iter: int = 2
     f0 = f0 / f0.sum()
     scores = cands.scores
     b = np.clip(np.searchsorted(edges, np.nan_to_num(scores), side="right") - 1, 0, bins - 1)
+    # EM over the scored candidates only (the grid's padding can be most of it when a few
+    # images have many namesakes): each candidate's bin, image and prior, flat
     valid = ~np.isnan(scores)
+    rows = np.nonzero(valid)[0]
+    bv = b[valid]
+    prior = cands.prior()
+    pv = prior[valid] if prior is not None else 1.0 / valid.sum(axis=1)[rows]
     f1, iterations = f0.copy(), 0
     while iterations < max_iter:
         iterations += 1
-        post, _ = _posteriors(scores, b, f0, f1, pi_none)
-        h = np.bincount(b[valid], weights=post[valid], minlength=bins) + _F1_FLOOR
+        weight = (1.0 - pi_none) * pv * (f1 / f0)[bv]
+        post = weight / (pi_none + np.bincount(rows, weights=weight, minlength=len(cands)))[rows]
+        h = np.bincount(bv, weights=post, minlength=bins) + _F1_FLOOR
         new_f1 = h / h.sum()
         step = float(np.abs(new_f1 - f1).max())
         f1 = new_f1
@@ -184,45 +219,58 @@ def in_sample(key: str, fraction: float) -> bool:
 
 
 def read_candidates(score_dir: Path, exclude: frozenset[str] = frozenset(),
-                    fraction: float = 1.0) -> tuple[Candidates, np.ndarray]:
+                    fraction: float = 1.0, ner_dir: Path | None = None,
+                    link_weight: float = 0.0) -> tuple[Candidates, np.ndarray]:
     """The candidates and decoy scores of ``score_dir`` (its per-shard parts), leaving out
-    ``exclude`` (decontam's drops) and keeping a ``fraction`` of the images by key."""
+    ``exclude`` (decontam's drops) and keeping a ``fraction`` of the images by key. With a
+    ``link_weight``, each candidate's ``top_k`` rank value too, from ``ner_dir``'s link scores."""
     keys: list[str] = []
     ents: list[str] = []
     scs: list[float] = []
+    links: list[float] = []
     decoys: list[np.ndarray] = []
     parts = sorted((score_dir / "parts").glob("*.scores.parquet"))
     if not parts:
         raise FileNotFoundError(f"no score parts in {score_dir / 'parts'}; run score first")
+    if link_weight and ner_dir is None:
+        raise rules.LinkScoresError("build.link_weight > 0 needs ner's link scores: give the "
+                                    "ner folder, or set build.link_weight: 0")
     for part in parts:
         t = tables.read_table(part, tables.SCORES)
-        for k, e, s in zip(t["key"].to_pylist(), t["entity_id"].to_pylist(),
-                           t["score"].to_pylist(), strict=True):
-            if k not in exclude and in_sample(k, fraction):
-                keys.append(k), ents.append(e), scs.append(s)
+        rows = [(k, e, s) for k, e, s in zip(t["key"].to_pylist(), t["entity_id"].to_pylist(),
+                                             t["score"].to_pylist(), strict=True)
+                if k not in exclude and in_sample(k, fraction)]
+        keys += [r[0] for r in rows]
+        ents += [r[1] for r in rows]
+        scs += [r[2] for r in rows]
+        if link_weight:
+            links += rules.link_values([r[0] for r in rows], [r[1] for r in rows],
+                                       rules.link_scores([rules.ner_part(ner_dir, part)]))
         null = score_dir / "parts" / part.name.replace(".scores.", ".null.")
         if null.is_file():
             n = tables.read_table(null, tables.NULL_SCORES)
             for k, row in zip(n["key"].to_pylist(), n["scores"].to_pylist(), strict=True):
                 if row and k not in exclude and in_sample(k, fraction):
                     decoys.append(np.asarray(row, dtype=np.float64))
-    return (Candidates.from_rows(keys, ents, scs),
+    return (Candidates.from_rows(keys, ents, scs, links if link_weight else None, link_weight),
             np.concatenate(decoys) if decoys else np.zeros(0))
 
 
-def estimate(score_dir: Path, cfg: BuildConfig, exclude: frozenset[str] = frozenset()
-             ) -> tuple[DecoyMixture, Candidates, np.ndarray]:
+def estimate(score_dir: Path, cfg: BuildConfig, exclude: frozenset[str] = frozenset(),
+             ner_dir: Path | None = None) -> tuple[DecoyMixture, Candidates, np.ndarray]:
     """Fit on the run's own scores: the model, the candidates and their posteriors."""
-    cands, decoys = read_candidates(score_dir, exclude, cfg.fdr_sample)
+    cands, decoys = read_candidates(score_dir, exclude, cfg.fdr_sample, ner_dir,
+                                    cfg.link_weight)
     model = fit(cands, decoys, cfg.fdr_bins)
     return model, cands, model.posteriors(cands)
 
 
 def ranks(cands: Candidates) -> np.ndarray:
     """(images, widest): each candidate's rank within its image, best first: how many of the
-    image's candidates score strictly higher (tied candidates share a rank, as
-    ``rules.top_k`` keeps every candidate tied with the k-th)."""
-    s = np.nan_to_num(cands.scores, nan=-np.inf)
+    image's candidates rank strictly higher (by ``cands.rank`` when it has one, else the
+    score; tied candidates share a rank, as ``rules.top_k`` keeps every candidate tied with the
+    k-th)."""
+    s = np.nan_to_num(cands.scores if cands.rank is None else cands.rank, nan=-np.inf)
     out = np.zeros(s.shape, dtype=np.int64)
     step = max(1, 2**22 // max(1, s.shape[1] ** 2))  # a few MB of comparisons at a time
     for a in range(0, len(s), step):

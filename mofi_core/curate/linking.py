@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -52,6 +52,11 @@ class Candidate:
     type: str
     popularity: int
     description: str
+    # the content words of its description and type, read once (the context evidence)
+    words: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "words", frozenset(words(f"{self.description} {self.type}")))
 
 
 def evidence(cands: list[Candidate], label: str, co_mentioned: set[str],
@@ -63,7 +68,7 @@ def evidence(cands: list[Candidate], label: str, co_mentioned: set[str],
         out[i] = (math.log1p(max(c.popularity, 0)), float(c.name_match),
                   0.0 if fits is None else (1.0 if c.type in fits else -1.0),
                   float(c.entity_id in co_mentioned),
-                  float(len(context & words(f"{c.description} {c.type}"))))
+                  float(len(context & c.words)))
     return out
 
 

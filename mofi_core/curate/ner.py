@@ -12,6 +12,7 @@ mentions stay in the output (``entity_id`` null).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
@@ -99,9 +100,11 @@ def _spans(doc, found: list[tuple[int, int]], labels: frozenset[str]
 
 
 def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: NerConfig,
-                     nlp=None) -> list[dict]:
-    """One row per (mention, candidate); unlinked mentions get one row with a null entity."""
+                     nlp=None, lookup: CandidateLookup | None = None) -> list[dict]:
+    """One row per (mention, candidate); unlinked mentions get one row with a null entity.
+    ``lookup``: a worker's candidate cache over ``kb``, kept from shard to shard."""
     nlp = nlp or load_nlp(cfg.spacy_model)
+    lookup = lookup or CandidateLookup(kb)
     phrases = gazetteer_phrases(kb, nlp) if cfg.gazetteer else None
     labels = frozenset(cfg.labels)
     docs = list(nlp.pipe(texts, batch_size=cfg.batch_size))
@@ -109,7 +112,7 @@ def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: 
     weights = cfg.link_weights.model_dump()
     rows: list[dict] = []
     for key, doc, gaz in zip(keys, docs, found, strict=True):
-        spans = [(start, end, label, source, candidates(kb, doc.text[start:end]))
+        spans = [(start, end, label, source, lookup(doc.text[start:end]))
                  for start, end, label, source in _spans(doc, gaz, labels)]
         sure = {c[0].entity_id for *_, c in spans if len(c) == 1}
         text_words = words(doc.text)
@@ -127,7 +130,31 @@ def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: 
 
 def candidates(kb: KnowledgeBase, mention: str) -> list[Candidate]:
     """Every entity the mention's normalised form names, with what ranking reads of it."""
-    form = normalise_alias(mention)
+    return _form_candidates(kb, normalise_alias(mention))
+
+
+class CandidateLookup:
+    """:func:`candidates` with the last ``max_forms`` surface forms' candidates kept: a web
+    corpus names the same few forms again and again, and a form with many namesakes costs a
+    read of each one's row (and its description's words) every time it is seen."""
+
+    def __init__(self, kb: KnowledgeBase, max_forms: int = 20_000) -> None:
+        self.kb, self.max_forms = kb, max_forms
+        self._cache: OrderedDict[str, list[Candidate]] = OrderedDict()
+
+    def __call__(self, mention: str) -> list[Candidate]:
+        form = normalise_alias(mention)
+        hit = self._cache.get(form)
+        if hit is not None:
+            self._cache.move_to_end(form)
+            return hit
+        found = self._cache[form] = _form_candidates(self.kb, form)
+        if len(self._cache) > self.max_forms:
+            self._cache.popitem(last=False)
+        return found
+
+
+def _form_candidates(kb: KnowledgeBase, form: str) -> list[Candidate]:
     rows = kb.form_rows(form)
     if not len(rows):
         return []
@@ -155,8 +182,8 @@ _WORKER: dict = {}
 
 
 def _init_worker(kb_path: str, cfg: NerConfig) -> None:
-    _WORKER.update(nlp=load_nlp(cfg.spacy_model), kb=KnowledgeBase.open(Path(kb_path)),
-                   cfg=cfg)
+    kb = KnowledgeBase.open(Path(kb_path))
+    _WORKER.update(nlp=load_nlp(cfg.spacy_model), kb=kb, cfg=cfg, lookup=CandidateLookup(kb))
 
 
 def _out(out_dir: Path, name: str) -> Path:
@@ -168,7 +195,7 @@ def ner_shard(job: ShardJob, out_dir: Path) -> tuple[list[Path], dict[str, int]]
     part = tables.read_table(job.source, tables.MANIFEST).select(["key", "text"])
     w = _WORKER
     rows = extract_mentions(part["key"].to_pylist(), part["text"].to_pylist(), w["kb"],
-                            w["cfg"], w["nlp"])
+                            w["cfg"], w["nlp"], w["lookup"])
     out = _out(out_dir, job.name)
     tables.write_table(out, tables.from_rows(rows, tables.MENTIONS), tables.MENTIONS)
     return [out], mention_metrics(rows, part.num_rows)

@@ -207,5 +207,12 @@ def test_kb_scale_targets_say_by_how_much_they_miss_and_what_was_not_measured():
     curation = next(v for k, v in t.items() if k.startswith("the whole curation"))
     assert curation["met"] is None  # 100k images: not the paper's 1M, so no verdict
     assert report.kb_scale_targets(RESULTS)[0]["met"] is None  # no record: not measured
-    assert "| 2,000,000 |" in "\n".join(report.kb_scale_table(
+    table = "\n".join(report.kb_scale_table(
         {**RESULTS, "kb_scale": {"images": 100_000, "kb2000000": big}}))
+    assert "| 2,000,000 |" in table and "corpus seed 0" in table
+    assert "Build's rules" not in table  # not recorded: not claimed
+    big["quality"]["rule"] = {"rules": ["threshold", "top_k"], "threshold": 0.63, "top_k": 1,
+                              "link_weight": 0.075}
+    table = "\n".join(report.kb_scale_table(
+        {**RESULTS, "kb_scale": {"images": 100_000, "seed": 0, "kb2000000": big}}))
+    assert "threshold + top_k, threshold 0.63, top_k 1, link_weight 0.075." in table

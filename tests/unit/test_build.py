@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from mofi_core.config.build import BuildConfig
@@ -60,9 +61,11 @@ def test_unknown_rule_is_refused():
         BuildConfig(rules=("magic",))
 
 
-def test_streaming_build_over_shards_equals_select_labels_on_everything(tmp_path):
+@pytest.mark.parametrize("link_weight", [0.0, 0.05])
+def test_streaming_build_over_shards_equals_select_labels_on_everything(tmp_path, link_weight):
     """build works shard by shard; the vocabulary and the per-entity cap are global, so the
-    result must equal the in-memory rule on the whole table (ties included)."""
+    result must equal the in-memory rule on the whole table (ties included), with and without
+    ner's link scores in top_k's ranking."""
     import random
 
     import pyarrow as pa
@@ -74,9 +77,9 @@ def test_streaming_build_over_shards_equals_select_labels_on_everything(tmp_path
 
     rng = random.Random(3)
     ents = [f"E{i}" for i in range(8)]
-    all_rows = []
+    all_rows, all_links = [], {}
     for shard in range(3):
-        rows = []
+        rows, mentions = [], []
         with ShardWriter(tmp_path / "ingest" / "shards" / f"{shard:05d}.tar") as w:
             for i in range(40):
                 key = f"k{shard}-{i:02d}"
@@ -84,15 +87,33 @@ def test_streaming_build_over_shards_equals_select_labels_on_everything(tmp_path
                 for e in rng.sample(ents, rng.randint(1, 3)):
                     rows.append({"key": key, "entity_id": e,
                                  "score": rng.choice([0.2, 0.5, 0.5, 0.7, 0.9])})
+                    link = rng.choice([0.1, 0.3, 0.6, 1.0])
+                    # two mentions of one entity: its best link score counts
+                    for start, sc in ((0, link), (10, link / 2)):
+                        mentions.append({"key": key, "mention": "m", "start": start,
+                                         "end": start + 1, "label": "KB", "source": "kb",
+                                         "entity_id": e, "link_score": sc})
+                    all_links[(key, e)] = float(np.float32(link))
+                mentions.append({"key": key, "mention": "u", "start": 20, "end": 21,
+                                 "label": "KB", "source": "kb", "entity_id": None,
+                                 "link_score": 0.0})  # an unlinked mention counts for nothing
         tables.write_table(tmp_path / "score" / "parts" / f"{shard:05d}.scores.parquet",
                            pa.Table.from_pylist(rows), tables.SCORES)
+        tables.write_table(tmp_path / "ner" / "parts" / f"{shard:05d}.parquet",
+                           tables.from_rows(mentions, tables.MENTIONS), tables.MENTIONS)
         all_rows += rows
     cfg = BuildConfig(rules=("threshold", "top_k"), threshold=0.4, top_k=2,
-                      min_images_per_entity=12, max_images_per_entity=15)
-    stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg)
+                      min_images_per_entity=12, max_images_per_entity=15,
+                      link_weight=link_weight)
+    stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg,
+                  ner_dir=tmp_path / "ner")
     scores = pa.Table.from_pylist(all_rows, tables.SCORES)  # float32, as build reads them
-    want = select_labels(scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
-                         scores["score"].to_pylist(), cfg)
+    keys, ids = scores["key"].to_pylist(), scores["entity_id"].to_pylist()
+    want = select_labels(keys, ids, scores["score"].to_pylist(), cfg,
+                         links=[all_links[p] for p in zip(keys, ids, strict=True)])
+    if link_weight:  # the link scores change which candidates top_k keeps
+        assert want != select_labels(keys, ids, scores["score"].to_pylist(),
+                                     cfg.model_copy(update={"link_weight": 0.0}))
     got = {r["key"]: list(zip(r["entity_ids"], r["scores"], strict=True))
            for r in pq.read_table(tmp_path / "i2e" / "labels.parquet").to_pylist()}
     assert {k: [e for e, _ in v] for k, v in got.items()} == \

@@ -86,3 +86,17 @@ def test_co_mention_in_the_same_alt_text_shifts_the_ambiguous_link(kb, nlp):
                             nlp)
     ambiguous = {r["entity_id"]: r["link_score"] for r in rows if r["mention"] == "Kelvara"}
     assert set(ambiguous) == {"Q1", "Q2"} and ambiguous["Q1"] > ambiguous["Q2"]
+
+
+def test_candidate_lookup_keeps_recent_forms_and_equals_a_fresh_read(kb):
+    from mofi_core.curate.ner import CandidateLookup, candidates
+
+    lookup = CandidateLookup(kb, max_forms=2)
+    first = lookup("Kelvara")
+    assert [c.entity_id for c in first] == ["Q1", "Q2"] == \
+        [c.entity_id for c in candidates(kb, "KELVARA!")]
+    assert lookup("  kelvara ") is first  # one normalised form, read once
+    assert first[0].words == frozenset({"tower", "landmark"})  # description and type words
+    lookup("Rossta"), lookup("Fujisan")  # a third form evicts the least recently used
+    assert lookup("kelvara") is not first and lookup("kelvara") == first
+    assert lookup("nobody") == []
