@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,31 +61,79 @@ class Candidate:
         object.__setattr__(self, "words", frozenset(words(f"{self.description} {self.type}")))
 
 
-def evidence(cands: list[Candidate], label: str, co_mentioned: set[str],
+class CandidateSet(Sequence):
+    """One surface form's candidates, with what ranking reads of them laid out once as arrays
+    (popularity, name match, type, an index from each description word to its candidates):
+    ranking a mention then costs a few array operations and a look-up per context word, not a
+    Python loop over every namesake of the form."""
+
+    def __init__(self, cands: Sequence[Candidate]) -> None:
+        self.cands = list(cands)
+        self.ids = [c.entity_id for c in self.cands]
+        self._index = {e: i for i, e in enumerate(self.ids)}
+        n = len(self.cands)
+        self._base = np.zeros((n, len(EVIDENCE)))
+        self._base[:, 0] = [math.log1p(max(c.popularity, 0)) for c in self.cands]
+        self._base[:, 1] = [float(c.name_match) for c in self.cands]
+        by_type: dict[str, list[int]] = defaultdict(list)
+        by_word: dict[str, list[int]] = defaultdict(list)
+        for i, c in enumerate(self.cands):
+            by_type[c.type].append(i)
+            for w in c.words:
+                by_word[w].append(i)
+        self._by_type = {t: np.asarray(ix) for t, ix in by_type.items()}
+        self._by_word = {w: np.asarray(ix) for w, ix in by_word.items()}
+        # each candidate's place in id order: equal scores are listed by id
+        self.id_rank = np.argsort(np.argsort(np.asarray(self.ids, dtype=object)))
+
+    def __len__(self) -> int:
+        return len(self.cands)
+
+    def __getitem__(self, i):
+        return self.cands[i]
+
+    def evidence(self, label: str, co_mentioned: set[str], context: set[str]) -> np.ndarray:
+        """(candidates x :data:`EVIDENCE`) matrix of the evidence for each candidate."""
+        out = self._base.copy()
+        fits = TYPE_COMPATIBILITY.get(label)
+        if fits is not None:
+            out[:, 2] = -1.0
+            for t in fits:
+                if t in self._by_type:
+                    out[self._by_type[t], 2] = 1.0
+        for e in co_mentioned:
+            i = self._index.get(e)
+            if i is not None:
+                out[i, 3] = 1.0
+        for w in context:
+            ix = self._by_word.get(w)
+            if ix is not None:
+                out[ix, 4] += 1.0
+        return out
+
+
+def evidence(cands: Sequence[Candidate], label: str, co_mentioned: set[str],
              context: set[str]) -> np.ndarray:
     """(candidates x :data:`EVIDENCE`) matrix of the evidence for each candidate."""
-    fits = TYPE_COMPATIBILITY.get(label)
-    out = np.zeros((len(cands), len(EVIDENCE)))
-    for i, c in enumerate(cands):
-        out[i] = (math.log1p(max(c.popularity, 0)), float(c.name_match),
-                  0.0 if fits is None else (1.0 if c.type in fits else -1.0),
-                  float(c.entity_id in co_mentioned),
-                  float(len(context & c.words)))
-    return out
+    return _as_set(cands).evidence(label, co_mentioned, context)
 
 
-def rank(cands: list[Candidate], label: str, co_mentioned: set[str], context: set[str],
+def _as_set(cands: Sequence[Candidate]) -> CandidateSet:
+    return cands if isinstance(cands, CandidateSet) else CandidateSet(cands)
+
+
+def rank(cands: Sequence[Candidate], label: str, co_mentioned: set[str], context: set[str],
          weights: dict[str, float], max_candidates: int) -> list[tuple[str, float]]:
     """The candidates kept, ``(entity_id, link_score)``, best first (equal scores by id)."""
-    if not cands:
+    if not len(cands):
         return []
+    cs = _as_set(cands)
     w = np.array([weights.get(k, 0.0) for k in EVIDENCE])
-    score = evidence(cands, label, co_mentioned, context) @ w
-    order = sorted(range(len(cands)), key=lambda i: (-score[i], cands[i].entity_id))
-    kept = order[:max_candidates]
-    cut = score[kept[-1]]
-    kept += [i for i in order[max_candidates:] if score[i] == cut]  # a tie is never cut by order
+    score = cs.evidence(label, co_mentioned, context) @ w
+    order = np.lexsort((cs.id_rank, -score))
+    kept, rest = order[:max_candidates], order[max_candidates:]
+    kept = np.concatenate([kept, rest[score[rest] == score[kept[-1]]]])  # ties never cut
     s = score[kept]
     p = np.exp(s - s.max())
     p /= p.sum()
-    return [(cands[i].entity_id, float(x)) for i, x in zip(kept, p, strict=True)]
+    return [(cs.ids[i], float(x)) for i, x in zip(kept, p, strict=True)]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mofi_core.config.ner import NerConfig
-from mofi_core.curate.linking import Candidate, rank, words
+from mofi_core.curate.linking import Candidate, CandidateSet, rank, words
 from mofi_core.io import tables
 from mofi_core.io.hashing import file_sha256, fingerprint
 from mofi_core.kb.phrases import build_phrases, find, tokenizer_id
@@ -128,7 +128,7 @@ def extract_mentions(keys: list[str], texts: list[str], kb: KnowledgeBase, cfg: 
     return rows
 
 
-def candidates(kb: KnowledgeBase, mention: str) -> list[Candidate]:
+def candidates(kb: KnowledgeBase, mention: str) -> CandidateSet:
     """Every entity the mention's normalised form names, with what ranking reads of it."""
     return _form_candidates(kb, normalise_alias(mention))
 
@@ -140,9 +140,9 @@ class CandidateLookup:
 
     def __init__(self, kb: KnowledgeBase, max_forms: int = 20_000) -> None:
         self.kb, self.max_forms = kb, max_forms
-        self._cache: OrderedDict[str, list[Candidate]] = OrderedDict()
+        self._cache: OrderedDict[str, CandidateSet] = OrderedDict()
 
-    def __call__(self, mention: str) -> list[Candidate]:
+    def __call__(self, mention: str) -> CandidateSet:
         form = normalise_alias(mention)
         hit = self._cache.get(form)
         if hit is not None:
@@ -154,14 +154,14 @@ class CandidateLookup:
         return found
 
 
-def _form_candidates(kb: KnowledgeBase, form: str) -> list[Candidate]:
+def _form_candidates(kb: KnowledgeBase, form: str) -> CandidateSet:
     rows = kb.form_rows(form)
     if not len(rows):
-        return []
+        return CandidateSet([])
     ids, names, types, pops, descs = (kb.column(c, rows) for c in (
         "entity_id", "name", "type", "popularity", "description"))
-    return [Candidate(i, normalise_alias(n) == form, t or "", int(p or 0), d or "")
-            for i, n, t, p, d in zip(ids, names, types, pops, descs, strict=True)]
+    return CandidateSet([Candidate(i, normalise_alias(n) == form, t or "", int(p or 0), d or "")
+                         for i, n, t, p, d in zip(ids, names, types, pops, descs, strict=True)])
 
 
 def mention_metrics(rows: Iterable[dict], num_samples: int) -> dict[str, int]:
