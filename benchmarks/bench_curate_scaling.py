@@ -98,7 +98,8 @@ elif stage == "score":
           root / "score", ScoreConfig())
 elif stage == "build":
     from mofi_core.curate.build import build
-    build(root / "ingest", root / "score", root / "i2e", BuildConfig(threshold=-1.0))
+    build(root / "ingest", root / "score", root / "i2e", BuildConfig(threshold=-1.0),
+          ner_dir=root / "ner")
 elif stage == "evaluate":
     from mofi_core.config.evaluate import EvaluateConfig
     from mofi_core.evaluate.run import evaluate

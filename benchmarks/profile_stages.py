@@ -75,7 +75,7 @@ def main() -> None:
             "score": lambda: score(root / "ingest", root / "ner", root / "kb",
                                    root / "baseline", root / "score", ScoreConfig()),
             "build": lambda: build(root / "ingest", root / "score", root / "i2e",
-                                   BuildConfig(threshold=-1.0)),
+                                   BuildConfig(threshold=-1.0), ner_dir=root / "ner"),
             "evaluate": lambda: evaluate({"baseline": root / "baseline"},
                                          root / "bench" / "gpr1200", EvaluateConfig()),
         }

@@ -198,6 +198,7 @@ def rule_variants(rule: dict, score_dir: Path, truth_pairs: Pairs,
     cols = (scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
             scores["score"].to_pylist())
     base = {k: v for k, v in rule.items() if k in BuildConfig.model_fields and k != "rules"}
+    base.setdefault("link_weight", 0.0)  # a build from before link_weight ranked by CLIP alone
     links = link_values(cols[0], cols[1], link_scores([ner_dir / "mentions.parquet"])) \
         if base.get("link_weight") and ner_dir is not None else None
     reachable = {(k, e) for k, e in zip(cols[0], cols[1], strict=True)} & truth_pairs
@@ -237,7 +238,8 @@ def label_free_quality(label_free: dict, score_dir: Path, dropped: frozenset[str
     from mofi_core.config.build import BuildConfig
     from mofi_core.curate import fdr
 
-    cfg = BuildConfig(**{k: v for k, v in rule.items() if k in BuildConfig.model_fields})
+    cfg = BuildConfig(**{"link_weight": 0.0,  # a build from before link_weight: CLIP alone
+                         **{k: v for k, v in rule.items() if k in BuildConfig.model_fields}})
     cands, _ = fdr.read_candidates(score_dir, dropped, label_free.get("sample", 1.0), ner_dir,
                                    cfg.link_weight)
     hit = np.zeros(cands.scores.shape, dtype=bool)

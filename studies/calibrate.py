@@ -57,7 +57,7 @@ def sweep(root: Path, build: BuildConfig, thresholds: tuple[float, ...] = THRESH
     """Label quality at each threshold on the scored world in ``root`` (its ``data/score``,
     ``data/truth`` and ingest manifest), the other build rules as ``build`` sets them."""
     from mofi_core.curate.decontam import curated_keys, read_dropped
-    from mofi_core.curate.rules import null_cutoffs, select_labels
+    from mofi_core.curate.rules import link_scores, link_values, null_cutoffs, select_labels
     from mofi_core.io.layout import Layout
     from mofi_core.report import precision_recall, read_truth, truth_pairs
 
@@ -70,13 +70,17 @@ def sweep(root: Path, build: BuildConfig, thresholds: tuple[float, ...] = THRESH
     cols = (scores["key"].to_pylist(), scores["entity_id"].to_pylist(),
             scores["score"].to_pylist())
     reachable = set(zip(cols[0], cols[1], strict=True)) & true
+    # top_k ranks as build does: with ner's link scores when build.link_weight > 0
+    links = link_values(cols[0], cols[1], link_scores([lay.ner / "mentions.parquet"])) \
+        if build.link_weight else None
     rules = tuple(dict.fromkeys((*(r for r in build.rules if r != "fdr"), "threshold")))
     cut = null_cutoffs(lay.score / "null.parquet", build.null_quantile) \
         if "null_quantile" in rules else None
     points = []
     for t in thresholds:
         cfg = build.model_copy(update={"rules": rules, "threshold": t})
-        kept = {(k, e) for k, ls in select_labels(*cols, cfg, cut).items() for e, _ in ls}
+        kept = {(k, e) for k, ls in select_labels(*cols, cfg, cut, links).items()
+                for e, _ in ls}
         q = precision_recall(kept, true, reachable)
         points.append(Point(t, q["precision"], q["filter_recall"], q["recall"], q["pairs"]))
     return points

@@ -104,7 +104,7 @@ def truth_i2e(tiny_world, tmp_path_factory):
                 for e in t["entity_ids"] if shard_of.get(t["key"]) == shard]  # kept by ingest
         tables.write_table(tmp / "score" / "parts" / f"{shard[:-4]}.scores.parquet",
                            pa.Table.from_pylist(rows), tables.SCORES)
-    build(tmp / "ingest", tmp / "score", tmp / "i2e", BuildConfig(threshold=0.5))
+    build(tmp / "ingest", tmp / "score", tmp / "i2e", BuildConfig(threshold=0.5, link_weight=0.0))
     return layout, params, tmp / "i2e"
 
 

@@ -27,10 +27,11 @@ class BuildConfig(Section):
     top_k: int = Field(1, ge=1, description=(
         "keep the k best candidates of an image, ranked by score + link_weight * "
         "log(link score)"))
-    link_weight: float = Field(0.0, ge=0, description=(
+    link_weight: float = Field(0.075, ge=0, description=(
         "how much ner's link score (the text evidence: prior, type, context) weighs in top_k's "
-        "ranking, in cosine units per unit of log(link score); 0 = the CLIP score alone. "
-        "Namesakes share most of their text, so CLIP alone ties them"))
+        "ranking, in cosine units per unit of log(link score); 0 = the CLIP score alone (and "
+        "no ner output needed). Namesakes share most of their text, so CLIP alone ties them. "
+        "0.075 = benchmarks/calibrate_link_weight.py on the 2M-entity world of seed 1"))
     null_quantile: float = Field(0.95, gt=0, lt=1, description=(
         "keep a candidate scoring above this quantile of the image's null scores"))
     target_fdr: float = Field(0.05, gt=0, lt=1, description=(

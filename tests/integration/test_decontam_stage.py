@@ -90,7 +90,7 @@ def test_build_leaves_the_dropped_keys_out(tmp_path):
         "score": pa.array([0.9, 0.8, 0.7], pa.float32())}), tables.SCORES)
     (tmp_path / "spill").mkdir()
     job = ShardJob("00000", "unused", None)
-    cfg = BuildConfig(threshold=0.5, min_images_per_entity=1)
+    cfg = BuildConfig(threshold=0.5, min_images_per_entity=1, link_weight=0.0)  # no ner here
     _, all_ = rules_shard(job, tmp_path / "score", tmp_path / "spill", cfg)
     _, some = rules_shard(job, tmp_path / "score", tmp_path / "spill", cfg,
                           exclude=frozenset({"b"}))

@@ -41,7 +41,8 @@ def chain(tiny_world, tmp_path_factory):
                                  lambda s, r: None)
     out["score"] = score(layout.ingest, layout.ner, layout.kb,
                          layout.baseline_model, layout.score, params.score, num_workers=0)
-    out["build"] = build(layout.ingest, layout.score, layout.i2e, params.build)
+    out["build"] = build(layout.ingest, layout.score, layout.i2e, params.build,
+                         ner_dir=layout.ner)
     out["validate"] = validate(_inputs(layout, layout.i2e), layout.reports / "validate.json",
                                params.validate_, layout.reports / "data_docs")
     out["train"] = train_model(layout.i2e, layout.model("supervised"),
@@ -274,7 +275,7 @@ def test_quality_report_reads_truth_and_the_world_is_noisy(chain):
     params = chain[1]
     quality["rules"] = rule_variants(rule_summary(params.build), layout.score,
                                      truth_pairs(read_truth(layout.truth),
-                                                 set(manifest["key"].to_pylist())))
+                                                 set(manifest["key"].to_pylist())), layout.ner)
     assert set(quality["rules"]) == {"threshold", "top_k", "null_quantile", "threshold_and_top_k"}
     # top-1 keeps at most one label per image
     assert quality["rules"]["top_k"]["pairs"] <= out["score"]["images_scored"]

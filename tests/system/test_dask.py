@@ -63,7 +63,7 @@ def test_score_and_build_on_dask_equal_the_local_path(cluster, tiny_world, tmp_p
                   tmp_path / where / "score", params.score, num_workers=0,
                   state_dir=tmp_path / where / "state")
             build(tmp_path / "ingest", tmp_path / where / "score", tmp_path / where / "i2e",
-                  rules)
+                  rules, ner_dir=tmp_path / "ner")
     from distributed import Client
 
     with Client(cluster.scheduler_address) as client:  # the workers, not this process, scored

@@ -1,3 +1,5 @@
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -5,29 +7,32 @@ from mofi_core.config.build import BuildConfig
 from mofi_core.curate.rules import select_labels
 from tests.errors import names
 
+# the rules on CLIP scores alone: these tests have no ner output (no link scores)
+ClipOnly = partial(BuildConfig, link_weight=0.0)
+
 
 def test_threshold_then_min_images_then_empty_images_dropped():
     keys = ["a", "a", "b", "c", "d", "e"]
     ents = ["X", "Y", "X", "Y", "Z", "X"]
     scores = [0.9, 0.1, 0.5, 0.6, 0.95, 0.3]
-    out = select_labels(keys, ents, scores, BuildConfig(threshold=0.3, min_images_per_entity=2))
+    out = select_labels(keys, ents, scores, ClipOnly(threshold=0.3, min_images_per_entity=2))
     # X: a, b, e pass (3 images); Y: only c passes (1 < 2) -> dropped; Z: 1 image -> dropped
     assert out == {"a": [("X", 0.9)], "b": [("X", 0.5)], "e": [("X", 0.3)]}
 
 
 def test_multi_label_images_keep_every_passing_entity_sorted():
     out = select_labels(["a", "a", "b", "b"], ["Y", "X", "X", "Y"], [0.5, 0.6, 0.7, 0.8],
-                        BuildConfig(rules=("threshold",), threshold=0.0, min_images_per_entity=1))
+                        ClipOnly(rules=("threshold",), threshold=0.0, min_images_per_entity=1))
     assert out == {"a": [("X", 0.6), ("Y", 0.5)], "b": [("X", 0.7), ("Y", 0.8)]}
 
 
 def test_threshold_bounds_are_validated():
     with pytest.raises(ValueError):
-        BuildConfig(threshold=1.5)
+        ClipOnly(threshold=1.5)
 
 
 def _cfg(**kw):
-    return BuildConfig(min_images_per_entity=1, **kw)
+    return ClipOnly(min_images_per_entity=1, **kw)
 
 
 def test_top_k_keeps_the_best_candidates_of_each_image():
@@ -141,10 +146,10 @@ def test_rule_edges_ties_and_equalities():
 def test_an_entity_with_exactly_min_images_is_kept_one_fewer_is_dropped():
     keys = ["a", "b", "c", "d", "e"]
     ents = ["X", "X", "Y", "Y", "Y"]
-    out = select_labels(keys, ents, [0.9] * 5, BuildConfig(rules=("threshold",), threshold=0.0,
+    out = select_labels(keys, ents, [0.9] * 5, ClipOnly(rules=("threshold",), threshold=0.0,
                                                            min_images_per_entity=3))
     assert out == {"c": [("Y", 0.9)], "d": [("Y", 0.9)], "e": [("Y", 0.9)]}
-    out = select_labels(keys, ents, [0.9] * 5, BuildConfig(rules=("threshold",), threshold=0.0,
+    out = select_labels(keys, ents, [0.9] * 5, ClipOnly(rules=("threshold",), threshold=0.0,
                                                            min_images_per_entity=2))
     assert set(out) == set(keys)
 
@@ -166,7 +171,7 @@ def test_min_images_counts_across_shards(tmp_path):
         tables.write_table(tmp_path / "score" / "parts" / f"{shard:05d}.scores.parquet",
                            pa.Table.from_pylist([{"key": k, "entity_id": e, "score": 0.8}
                                                  for k, e in rows]), tables.SCORES)
-    cfg = BuildConfig(rules=("threshold",), threshold=0.5, min_images_per_entity=3)
+    cfg = ClipOnly(rules=("threshold",), threshold=0.5, min_images_per_entity=3)
     stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg)
     labels = pq.read_table(tmp_path / "i2e" / "labels.parquet").to_pylist()
     assert [(r["key"], r["entity_ids"]) for r in labels] == [("a", ["Y"]), ("c", ["Y"]),
@@ -181,10 +186,10 @@ def test_min_images_counts_across_shards(tmp_path):
 def test_rule_summary_gives_the_gate_its_score_floor():
     from mofi_core.curate.rules import rule_summary
 
-    got = rule_summary(BuildConfig(rules=("threshold", "top_k"), threshold=0.4))
+    got = rule_summary(ClipOnly(rules=("threshold", "top_k"), threshold=0.4))
     assert got["score_floor"] == 0.4 and got["rules"] == ["threshold", "top_k"]  # json: lists
-    assert rule_summary(BuildConfig(rules=("top_k",), threshold=0.4))["score_floor"] == -1.0
-    assert got == {**BuildConfig(rules=("threshold", "top_k"), threshold=0.4).model_dump(
+    assert rule_summary(ClipOnly(rules=("top_k",), threshold=0.4))["score_floor"] == -1.0
+    assert got == {**ClipOnly(rules=("threshold", "top_k"), threshold=0.4).model_dump(
         mode="json"), "score_floor": 0.4}
 
 
@@ -224,7 +229,7 @@ def test_streaming_build_applies_each_images_null_cutoff_and_drops_excluded_keys
             [{"key": k, "entity_id": e, "score": s} for k, e, s, _ in rows]), tables.SCORES)
         tables.write_table(parts / f"{name}.null.parquet", pa.Table.from_pylist(
             [{"key": k, "scores": n} for k, _, _, n in rows]), tables.NULL_SCORES)
-    cfg = BuildConfig(rules=("threshold", "null_quantile"), threshold=0.25, null_quantile=0.5,
+    cfg = ClipOnly(rules=("threshold", "null_quantile"), threshold=0.25, null_quantile=0.5,
                       min_images_per_entity=1)
     stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg,
                   exclude=frozenset({"b"}))
@@ -282,7 +287,7 @@ def test_build_writes_whole_samples_labels_vocab_and_statistics(tmp_path, monkey
     _write_build_inputs(tmp_path)
     drawn = {}
     monkeypatch.setattr(build_mod, "_plots", lambda out, acc: drawn.update(acc=acc))
-    cfg = BuildConfig(rules=("threshold",), threshold=0.5, min_images_per_entity=2)
+    cfg = ClipOnly(rules=("threshold",), threshold=0.5, min_images_per_entity=2)
     stats = build_mod.build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg)
     i2e = tmp_path / "i2e"
     want = {"k1": (["X", "Y"], [0.805, 0.705]), "k2": (["X"], [0.655]),

@@ -1,6 +1,8 @@
 """The label-free precision estimate (decoy-calibrated mixture) and the build rule ``fdr``, on
 synthetic scores whose truth is known: every image shows at most one of its candidates."""
 
+from functools import partial
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,6 +15,9 @@ from mofi_core.curate.rules import select_labels
 from mofi_core.io import tables
 from mofi_core.io.shards import ShardWriter
 from tests.errors import names
+
+# the rules on CLIP scores alone: these tests have no ner output (no link scores)
+ClipOnly = partial(BuildConfig, link_weight=0.0)
 
 
 def synthetic(seed=0, images=3000, pi_none=0.12, decoys_per_image=16):
@@ -51,7 +56,7 @@ def test_estimate_tracks_the_true_precision_across_thresholds(seed):
     assert 0.08 < model.pi_none < 0.2  # drawn with 0.12; Storey's estimate leans high
     post = model.posteriors(cands)
     assert np.all(np.nansum(post, axis=1) <= 1 + 1e-12)  # at most one depicted per image
-    cfg = BuildConfig(rules=("threshold", "top_k"))
+    cfg = ClipOnly(rules=("threshold", "top_k"))
     rank = fdr.ranks(cands)
     errors = []
     for t in np.arange(0.3, 0.81, 0.05):
@@ -91,9 +96,9 @@ def test_choose_threshold_is_the_q_value_cut():
 
 def test_rules_fdr_and_threshold_exclude_each_other():
     with pytest.raises(ValueError, match="both threshold and fdr"):
-        BuildConfig(rules=("threshold", "fdr"))
+        ClipOnly(rules=("threshold", "fdr"))
     with pytest.raises(ValueError, match="must be resolved to a threshold"):
-        select_labels(["a"], ["X"], [0.9], BuildConfig(rules=("fdr",), min_images_per_entity=1))
+        select_labels(["a"], ["X"], [0.9], ClipOnly(rules=("fdr",), min_images_per_entity=1))
 
 
 def _write(tmp_path, keys, ents, scores, null, with_null=True):
@@ -113,7 +118,7 @@ def _write(tmp_path, keys, ents, scores, null, with_null=True):
 def test_build_rule_fdr_picks_its_threshold_and_reports_the_estimate(tmp_path):
     keys, ents, scores, truth, null = synthetic(3, images=1500)
     _write(tmp_path, keys, ents, scores, null)
-    cfg = BuildConfig(rules=("fdr", "top_k"), target_fdr=0.05, min_images_per_entity=1)
+    cfg = ClipOnly(rules=("fdr", "top_k"), target_fdr=0.05, min_images_per_entity=1)
     stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg)
     import json
 
@@ -139,9 +144,9 @@ def test_build_without_decoys(tmp_path):
     _write(tmp_path, keys, ents, scores, null, with_null=False)
     with pytest.raises(fdr.LabelFreeError, match=r"score\.null_samples > 0"):
         build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e",
-              BuildConfig(rules=("fdr", "top_k"), min_images_per_entity=1))
+              ClipOnly(rules=("fdr", "top_k"), min_images_per_entity=1))
     stats = build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e",
-                  BuildConfig(threshold=0.5, min_images_per_entity=1))
+                  ClipOnly(threshold=0.5, min_images_per_entity=1))
     assert "estimated_precision" not in stats  # nothing to estimate from: left out, said
     import json
 
@@ -158,7 +163,7 @@ def test_report_sets_the_estimate_beside_the_truth(tmp_path):
     keys, ents, scores, truth, null = synthetic(5, images=1500)
     _write(tmp_path, keys, ents, scores, null)
     build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e",
-          BuildConfig(rules=("fdr", "top_k"), target_fdr=0.05, min_images_per_entity=1))
+          ClipOnly(rules=("fdr", "top_k"), target_fdr=0.05, min_images_per_entity=1))
     free = json.loads((tmp_path / "i2e" / "label_free.json").read_text())
     rule = json.loads((tmp_path / "i2e" / "stats.json").read_text())["rule"]
     q = label_free_quality(free, tmp_path / "score", frozenset(), truth, rule)
@@ -282,7 +287,7 @@ def test_the_fits_summary_holds_its_numbers():
 
 def test_a_score_at_the_threshold_is_kept_and_top_k_ranks_within_the_image():
     cands = fdr.Candidates.from_rows(["a", "a", "b"], ["Q1", "Q2", "Q3"], [0.5, 0.7, 0.5])
-    cfg = BuildConfig(rules=("threshold", "top_k"), top_k=1)
+    cfg = ClipOnly(rules=("threshold", "top_k"), top_k=1)
     keep = fdr.per_image_keep(cands, cfg, 0.5)
     assert keep.tolist() == [[False, True], [True, False]]  # b's 0.5 at 0.5 stays; a keeps 0.7
     rows = fdr.curve(cands, np.array([[0.2, 0.9], [0.6, np.nan]]), cfg, thresholds=[0.5, 0.6])
@@ -297,7 +302,7 @@ def test_build_says_what_it_estimated_and_only_rule_fdr_fails_on_an_unreachable_
     keys, ents, scores, _, null = synthetic(6, images=600)
     _write(tmp_path, keys, ents, scores, null)
     excluded = frozenset(sorted(set(keys))[:100])  # decontam's near-copies
-    plain = BuildConfig(rules=("threshold", "top_k"), threshold=0.5, target_fdr=0.001,
+    plain = ClipOnly(rules=("threshold", "top_k"), threshold=0.5, target_fdr=0.001,
                         fdr_sample=0.5, min_images_per_entity=1)
     build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", plain, exclude=excluded)
     free = json.loads((tmp_path / "i2e" / "label_free.json").read_text())
@@ -331,7 +336,7 @@ def test_an_empty_dataset_is_refused_naming_every_rule_parameter(tmp_path):
 
     keys, ents, scores, _, null = synthetic(7, images=50)
     _write(tmp_path, keys, ents, scores, null)
-    cfg = BuildConfig(rules=("threshold", "top_k"), threshold=0.99, min_images_per_entity=3)
+    cfg = ClipOnly(rules=("threshold", "top_k"), threshold=0.99, min_images_per_entity=3)
     with pytest.raises(EmptyDatasetError) as err:
         build(tmp_path / "ingest", tmp_path / "score", tmp_path / "i2e", cfg)
     names(err.value, "build.rules=['threshold', 'top_k']", "threshold=0.99", "top_k=1",

@@ -25,7 +25,7 @@ from mofi_core.io import tables
 
 def _cfg(**kw) -> BuildConfig:
     return BuildConfig(**{"rules": ("threshold", "top_k"), "threshold": 0.5, "top_k": 1,
-                          "min_images_per_entity": 1, **kw})
+                          "min_images_per_entity": 1, "link_weight": 0.0, **kw})
 
 
 def test_namesakes_tied_by_clip_are_ranked_by_their_link_scores():
