@@ -87,13 +87,7 @@ def rules_shard(job: ShardJob, score_dir: Path, spill: Path, cfg: BuildConfig,
     cut = rules.null_cutoffs(score_dir / "parts" / f"{job.name}.null.parquet", cfg.null_quantile) \
         if "null_quantile" in cfg.rules else {}
     keys, ents = scores["key"].to_pylist(), scores["entity_id"].to_pylist()
-    links = None
-    if cfg.link_weight:
-        if ner_dir is None:
-            raise rules.LinkScoresError("build.link_weight > 0 needs ner's link scores: give "
-                                        "the ner folder, or set build.link_weight: 0")
-        links = rules.link_values(keys, ents,
-                                  rules.link_scores([rules.ner_part(ner_dir, part)]))
+    links = rules.shard_links(ner_dir, part, keys, ents) if cfg.link_weight else None
     kept = rules.passes_rules(keys, ents, scores["score"].to_pylist(), cfg, cut, links)
     flat = [(k, e, sc) for k, ls in kept.items() for e, sc in ls]
     counts: Counter[str] = Counter(e for _, e, _ in flat)

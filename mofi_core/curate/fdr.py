@@ -232,9 +232,6 @@ def read_candidates(score_dir: Path, exclude: frozenset[str] = frozenset(),
     parts = sorted((score_dir / "parts").glob("*.scores.parquet"))
     if not parts:
         raise FileNotFoundError(f"no score parts in {score_dir / 'parts'}; run score first")
-    if link_weight and ner_dir is None:
-        raise rules.LinkScoresError("build.link_weight > 0 needs ner's link scores: give the "
-                                    "ner folder, or set build.link_weight: 0")
     for part in parts:
         t = tables.read_table(part, tables.SCORES)
         rows = [(k, e, s) for k, e, s in zip(t["key"].to_pylist(), t["entity_id"].to_pylist(),
@@ -244,8 +241,7 @@ def read_candidates(score_dir: Path, exclude: frozenset[str] = frozenset(),
         ents += [r[1] for r in rows]
         scs += [r[2] for r in rows]
         if link_weight:
-            links += rules.link_values([r[0] for r in rows], [r[1] for r in rows],
-                                       rules.link_scores([rules.ner_part(ner_dir, part)]))
+            links += rules.shard_links(ner_dir, part, [r[0] for r in rows], [r[1] for r in rows])
         null = score_dir / "parts" / part.name.replace(".scores.", ".null.")
         if null.is_file():
             n = tables.read_table(null, tables.NULL_SCORES)

@@ -70,9 +70,15 @@ def link_scores(mention_files: list[Path]) -> Links:
     return out
 
 
-def ner_part(ner_dir: Path, score_part: Path) -> Path:
-    """ner's mention table for the shard of a score part (``<name>.scores.parquet``)."""
-    return ner_dir / "parts" / f"{score_part.name.split('.', 1)[0]}.parquet"
+def shard_links(ner_dir: Path | None, score_part: Path, keys: list[str],
+                entities: list[str]) -> list[float]:
+    """The link scores of one score part's pairs (aligned with ``keys``), from ner's mention
+    table of the same shard (``<ner_dir>/parts/<name>.parquet``)."""
+    if ner_dir is None:
+        raise LinkScoresError("build.link_weight > 0 needs ner's link scores: give the ner "
+                              "folder, or set build.link_weight: 0")
+    part = ner_dir / "parts" / f"{score_part.name.split('.', 1)[0]}.parquet"
+    return link_values(keys, entities, link_scores([part]))
 
 
 def link_values(keys: list[str], entities: list[str], links: Links) -> list[float]:
